@@ -1,0 +1,147 @@
+"""pytest options, Hypothesis profiles, and the recording of check results for the report.
+
+Options:
+  --device auto|cpu|cuda   where torch twins run (auto: CUDA when available)
+  --results-json PATH      write one record per correctness check (see suites/recording.py)
+  --bench-sizes, --bench-impls, --bench-dtypes   narrow the benchmark matrix
+
+Hypothesis profiles (``--hypothesis-profile NAME`` or ``REFBENCH_PROFILE=NAME``):
+  ci        deterministic and quick: what CI and ``nox -s tests`` run
+  dev       random, a few more examples: the default for local runs
+  thorough  thousands of examples per check, for nightly runs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(
+    deadline=None,  # the first call of a kernel compiles (or loads from cache)
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("ci", derandomize=True, max_examples=30, database=None, **_COMMON)
+settings.register_profile("dev", max_examples=60, **_COMMON)
+settings.register_profile("thorough", max_examples=2000, **_COMMON)
+settings.load_profile(os.environ.get("REFBENCH_PROFILE", "dev"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("refbench")
+    g.addoption("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                help="where torch twins run; auto = CUDA when available (default: auto)")
+    g.addoption("--results-json", default=None, metavar="PATH",
+                help="write the correctness records to PATH (JSON)")
+    g.addoption("--bench-sizes", default="small,medium,large",
+                help="comma-separated benchmark sizes (default: small,medium,large)")
+    g.addoption("--bench-impls", default="numba,torch-cpu,torch-cuda",
+                help="comma-separated implementations to benchmark")
+    g.addoption("--bench-dtypes", default="float32",
+                help="comma-separated dtypes to benchmark (default: float32)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config._refbench_records = []  # type: ignore[attr-defined]
+    config._refbench_start = time.time()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> str:
+    """The torch device for twins; CUDA requested without a GPU skips with a reason."""
+    import torch
+
+    from suites.twin import resolve_device
+
+    name = resolve_device(request.config.getoption("--device"))
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("--device cuda: torch sees no CUDA device on this machine")
+        # Parity checks compare IEEE float32 arithmetic, not TF32's 10-bit mantissa.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return name
+
+
+_REC_KEY = pytest.StashKey["object"]()
+
+
+def _replay_command(item: pytest.Item) -> str:
+    config = item.config
+    profile = settings.get_current_profile_name()
+    args = ["python", "-m", "pytest", item.nodeid, f"--device={config.getoption('--device')}",
+            f"--hypothesis-profile={profile}"]
+    return shlex.join(args)
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest):
+    """The CheckRecord of this test item; every Hypothesis example updates the same one."""
+    from suites.recording import CheckRecord
+
+    rec = CheckRecord(nodeid=request.node.nodeid, replay=_replay_command(request.node))
+    request.node.stash[_REC_KEY] = rec
+    return rec
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    rec = item.stash.get(_REC_KEY, None)
+    if rec is None or not rec.check:
+        return report
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        rec.duration_s += report.duration
+        rec.verdict = report.outcome
+        if report.skipped:
+            rec.reason = _skip_reason(report)
+        elif report.failed and not rec.message:
+            rec.message = str(report.longreprtext)[-4000:]
+        item.config._refbench_records.append(rec)  # type: ignore[attr-defined]
+    return report
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("--results-json")
+    if not path:
+        return
+    from suites.environment import collect
+    from suites.recording import SCHEMA
+
+    records = session.config._refbench_records  # type: ignore[attr-defined]
+    doc = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": round(time.time() - session.config._refbench_start, 3),
+        "device": session.config.getoption("--device"),
+        "profile": settings.get_current_profile_name(),
+        "environment": collect(),
+        "records": [r.to_json() for r in records],
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Add GPU facts, library versions and the commit to pytest-benchmark's machine_info."""
+    from suites.environment import collect
+
+    env = collect()
+    machine_info["refbench"] = env
+    if env["gpu"]:
+        machine_info["gpu"] = env["gpu"]

@@ -1,0 +1,145 @@
+"""Input checks shared by every public reference function.
+
+Each check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape or value)
+with a message that names the argument, says what was expected and what came, so a user
+never meets a Numba typing error or a silent wrong answer. Checks are cheap: they run on
+every call, including the small sizes where Python overhead is most of the time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOATS = "float32 or float64"
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of dtype {x.dtype} and shape {x.shape}"
+    return f"{type(x).__name__} {x!r}" if np.isscalar(x) else type(x).__name__
+
+
+def float_array(
+    x,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    min_ndim: int = 0,
+    dtype: np.dtype | None = None,
+    allow_empty: bool = True,
+) -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32/float64 array, or raise naming ``name``.
+
+    ``dtype``, when given, is the dtype ``x`` must share with an earlier argument.
+    A numpy scalar (what arithmetic on a 0-d array returns) counts as a 0-d array.
+    """
+    if isinstance(x, np.generic):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {_FLOATS}, got {_describe(x)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype {_FLOATS}, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have the same dtype as the input ({dtype}), got {x.dtype}")
+    _check_ndim(x, name, ndim, min_ndim)
+    if not allow_empty and x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+def int_array(x, name: str, *, ndim: int | Sequence[int] | None = None) -> np.ndarray:
+    """Return ``x`` as a C-contiguous int64 array (class labels, indices), or raise."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integers, got {_describe(x)}")
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+    _check_ndim(x, name, ndim, 0)
+    if x.dtype != np.int64 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.int64)  # 1-d or more here, so no 0-d promotion
+    return x
+
+
+def _check_ndim(x: np.ndarray, name: str, ndim, min_ndim: int) -> None:
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(d) for d in allowed)
+            raise ValueError(f"{name} must be {want}-dimensional, got shape {x.shape}")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}"
+        )
+
+
+def same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{b_name} must have the same shape as {a_name} {a.shape}, got {b.shape}"
+        )
+
+
+def grad_like(grad: np.ndarray, name: str, like: np.ndarray) -> np.ndarray:
+    """Check an upstream gradient against the forward output it belongs to."""
+    grad = float_array(grad, name, dtype=like.dtype)
+    same_shape(like, "the forward output", grad, name)
+    return grad
+
+
+def real(value, name: str, *, lo: float = -math.inf, hi: float = math.inf,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite real parameter within [lo, hi] (or open ends), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    below = v <= lo if lo_open else v < lo
+    above = v >= hi if hi_open else v > hi
+    if below or above:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {v}")
+    return v
+
+
+def integer(value, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer parameter within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {_describe(value)}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def axis(value, name: str, ndim: int) -> int:
+    """A numpy-style axis (negative counts from the end), normalised to [0, ndim)."""
+    if ndim == 0:
+        raise ValueError(f"{name} cannot be used on a 0-dimensional input")
+    v = integer(value, name)
+    if not -ndim <= v < ndim:
+        raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for a {ndim}-d input, got {v}")
+    return v % ndim
+
+
+def choice(value, name: str, options: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def labels(y: np.ndarray, name: str, n_classes: int, *, ignore_index: int | None = None) -> None:
+    """Check that integer labels lie in [0, n_classes) (or equal ``ignore_index``)."""
+    if y.size == 0:
+        return
+    valid = (y >= 0) & (y < n_classes)
+    if ignore_index is not None:
+        valid |= y == ignore_index
+    if not valid.all():
+        bad = y[~valid].flat[0]
+        extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+        raise ValueError(f"{name} must lie in [0, {n_classes}){extra}, got {bad}")

@@ -1,0 +1,1 @@
+"""refbench suites: the catalog of specs, generic correctness tests and benchmarks."""

@@ -1,0 +1,124 @@
+"""The generic checks, as plain functions of (spec, case, ...).
+
+The parametrized tests in this folder call them for every spec; the harness's own tests call
+them with deliberately wrong specs and expect a ``Mismatch``. Nothing here knows any algorithm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from suites import twin
+from suites.catalog.spec import FLOAT64, Case, Spec
+from suites.catalog.strategies import normal
+from suites.recording import CheckRecord, Mismatch, compare
+
+
+def upstream(spec: Spec, outs: tuple[np.ndarray, ...], rng: np.random.Generator):
+    """A random upstream gradient for each differentiable output: never ones, never a sum."""
+    return tuple(normal(rng, o.shape, o.dtype) for o in outs[: spec.n_diff_outputs])
+
+
+def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | None = None,
+                  ) -> None:
+    outs, _ = spec.run_forward(case)
+    theirs = twin.forward(spec, case, device)
+    dtype = next(iter(case.inputs.values())).dtype
+    if len(outs) != len(theirs):
+        raise Mismatch(f"{spec.name} forward: reference gave {len(outs)} outputs, "
+                       f"twin {len(theirs)}")
+    tol = spec.tolerance(dtype)
+    for i, (mine, ref) in enumerate(zip(outs, theirs, strict=True)):
+        label = f"{spec.name} forward, {dtype}, output {i + 1} of {len(outs)}, on {device}"
+        compare(mine, ref, tol.rtol, tol.atol, label=label, record=record,
+                case=case.describe())
+
+
+def check_gradient(spec: Spec, case: Case, rng: np.random.Generator, device: str,
+                   record: CheckRecord | None = None) -> None:
+    outs, ctx = spec.run_forward(case)
+    grads = upstream(spec, outs, rng)
+    mine = spec.run_backward(ctx, grads)
+    theirs = twin.gradients(spec, case, device, grads)
+    dtype = next(iter(case.inputs.values())).dtype
+    tol = spec.tolerance(dtype, grad=True)
+    n = len(spec.grad_inputs)
+    for i, (name, m, t) in enumerate(zip(spec.grad_inputs, mine, theirs, strict=True)):
+        label = (f"{spec.name} backward, {dtype}, gradient of {name!r} ({i + 1} of {n}), "
+                 f"on {device}")
+        compare(m, t, tol.rtol, tol.atol, label=label, record=record, case=case.describe())
+
+
+# Central differences, in float64, of phi(t) = <g, f(x + t v)> against <grad, v>.
+#
+# Step: h = 1e-4 along a direction v ~ N(0, 1) per element (absolute, not relative: a relative
+# step on logits of 1e4 would leave the region where the function is smooth). Richardson
+# extrapolation of D(h) and D(h/2) cancels the h^2 error term, leaving O(h^4) ~ 1e-16 * f^(5).
+# Tolerance: each phi(t) carries a rounding error of about k * eps * S with S = sum |g * f(x)|
+# and k a small count of operations per output; D(h) then errs by ~ k * eps * S / h and the
+# Richardson combination by ~ 3 k * eps * S / h. We allow k = 64 (a long reduction's worth),
+# plus a relative 1e-6 of sum |grad * v| for the float64 error of the analytic side itself.
+GRADCHECK_STEP = 1e-4
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def check_gradcheck(spec: Spec, case: Case, rng: np.random.Generator,
+                    record: CheckRecord | None = None) -> None:
+    if spec.smooth is not None:
+        case = spec.smooth(case)
+    outs, ctx = spec.run_forward(case)
+    grads = upstream(spec, outs, rng)
+    analytic_parts = spec.run_backward(ctx, grads)
+    directions = {name: normal(rng, case.inputs[name].shape, FLOAT64)
+                  for name in spec.grad_inputs}
+
+    analytic = sum(float(np.sum(g.astype(np.float64) * directions[name]))
+                   for name, g in zip(spec.grad_inputs, analytic_parts, strict=True))
+    analytic_scale = sum(float(np.sum(np.abs(g.astype(np.float64) * directions[name])))
+                         for name, g in zip(spec.grad_inputs, analytic_parts, strict=True))
+
+    def phi(t: float) -> tuple[float, float]:
+        moved = {name: (np.asarray(a + t * directions[name]) if name in directions else a)
+                 for name, a in case.inputs.items()}
+        outs_t, _ = spec.run_forward(Case(moved, case.params))
+        terms = [g * o.astype(np.float64) for g, o in zip(grads, outs_t, strict=False)]
+        return (sum(float(np.sum(x)) for x in terms),
+                sum(float(np.sum(np.abs(x))) for x in terms))
+
+    h = GRADCHECK_STEP
+    p1, s1 = phi(h)
+    m1, _ = phi(-h)
+    p2, _ = phi(h / 2)
+    m2, _ = phi(-h / 2)
+    d1 = (p1 - m1) / (2 * h)
+    d2 = (p2 - m2) / h
+    numeric = (4 * d2 - d1) / 3
+    _, s0 = phi(0.0)
+    scale = max(s0, s1)
+    allowed = 3 * 64 * _EPS64 * scale / h + 1e-6 * analytic_scale
+    diff = abs(numeric - analytic)
+    label = f"{spec.name} gradcheck (float64 central differences vs own backward)"
+    if record is not None:
+        rel = diff / abs(numeric) if numeric else (0.0 if diff == 0 else np.inf)
+        record.observe(diff, rel, diff / allowed if allowed else np.inf, 1e-6, allowed)
+    if not np.isfinite(numeric) or not np.isfinite(analytic) or diff > allowed:
+        msg = (f"{label}: directional derivative by differences {numeric!r}, by backward "
+               f"{analytic!r}, |diff| {diff:.3g} > allowed {allowed:.3g}")
+        msg += f"\n  case: {case.describe()}"
+        if record is not None:
+            msg += f"\n  replay: {record.replay}"
+            record.message, record.case = msg, case.describe()
+        raise Mismatch(msg)
+
+
+def check_invariants(spec: Spec, case: Case, record: CheckRecord | None = None) -> None:
+    outs, _ = spec.run_forward(case)
+    for inv in spec.invariants:
+        try:
+            inv.check(case, outs)
+        except AssertionError as err:
+            msg = f"{spec.name} invariant '{inv.name}' broken: {err}\n  case: {case.describe()}"
+            if record is not None:
+                msg += f"\n  replay: {record.replay}"
+                record.message, record.case = msg, case.describe()
+            raise Mismatch(msg) from None
