@@ -141,7 +141,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     """Add GPU facts, library versions and the commit to pytest-benchmark's machine_info."""
     from suites.environment import collect
 
+    from suites.performance import peaks
+
     env = collect()
-    machine_info["refbench"] = env
+    env["peaks"] = {"cpu": peaks.measure("cpu")}
     if env["gpu"]:
         machine_info["gpu"] = env["gpu"]
+        env["peaks"]["cuda"] = peaks.measure("cuda", n=8192, copy_mib=1024)
+    machine_info["refbench"] = env
