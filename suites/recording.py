@@ -60,6 +60,10 @@ class CheckRecord:
         return d
 
 
+def _index(idx) -> str:
+    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+
+
 def _finite_or_str(x: float):
     return x if np.isfinite(x) else str(x)
 
@@ -100,7 +104,8 @@ def compare(actual, expected: np.ndarray, rtol: float, atol: float, *, label: st
             record.observe(float(bad.any()), float(bad.any()), float(bad.any()), 0.0, 0.0)
         if bad.any():
             idx = np.unravel_index(np.argmax(bad), bad.shape)
-            fail(f"element {list(idx)}: reference {actual[idx]}, twin {expected[idx]} "
+            fail(f"element {_index(idx)}: reference {actual[idx].item()}, twin "
+                 f"{expected[idx].item()} "
                  f"({int(bad.sum())}/{bad.size} differ)")
         return
 
@@ -122,7 +127,8 @@ def compare(actual, expected: np.ndarray, rtol: float, atol: float, *, label: st
         idx = np.unravel_index(np.argmax(frac), frac.shape)
         n_bad = int((frac > 1.0).sum())
         fail(
-            f"worst element {list(idx)}: reference {actual[idx]!r}, twin {expected[idx]!r}, "
+            f"worst element {_index(idx)}: reference {actual[idx].item()!r}, twin "
+            f"{expected[idx].item()!r}, "
             f"|diff| {diff[idx]:.3g} > tolerance {allowed[idx]:.3g} (atol {atol:g} + rtol "
             f"{rtol:g} * |twin|), {worst:.3g}x the tolerance; {n_bad}/{frac.size} elements "
             f"out, max abs {max_abs:.3g}, max rel {max_rel:.3g}"

@@ -1,0 +1,171 @@
+"""The harness proves itself: deliberately wrong implementations must be caught.
+
+Each test swaps one piece of a real spec for a wrong one and asks Hypothesis to *find* a case
+on which the generic check fails. ``find`` raises ``NoSuchExample`` if the check let every
+case through, which fails the test: a check that cannot catch these bugs is worthless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import find, settings
+from hypothesis import strategies as st
+
+from reference import activations as A
+from suites.catalog import get
+from suites.catalog.spec import FLOAT32, FLOAT64, Case
+from suites.catalog.strategies import seeds
+from suites.correctness import checks
+from suites.recording import CheckRecord, Mismatch, compare
+
+SEARCH = settings(max_examples=300, derandomize=True, database=None, deadline=None)
+
+
+def _caught(spec, dtype, check) -> Case:
+    """Find a case on which ``check(spec, case, rng)`` raises Mismatch."""
+
+    def fails(drawn) -> bool:
+        case, rng = drawn
+        try:
+            check(spec, case, rng)
+        except Mismatch:
+            return True
+        return False
+
+    case, _ = find(st.tuples(spec.cases(dtype), seeds()), fails, settings=SEARCH)
+    return case
+
+
+def _gradient(spec, case, rng):
+    checks.check_gradient(spec, case, rng, "cpu")
+
+
+def _gradcheck(spec, case, rng):
+    checks.check_gradcheck(spec, case, rng)
+
+
+def _forward(spec, case, rng):
+    checks.check_forward(spec, case, "cpu")
+
+
+def _with_backward(name, backward):
+    return dataclasses.replace(get(name), backward=backward)
+
+
+def _scaled(ctx, g):
+    (dx,) = A.sigmoid_backward(ctx, g)
+    return (dx * dx.dtype.type(1.01),)
+
+
+def _dropped_term(ctx, g):
+    # softmax backward without the "- sum_j g_j y_j" term
+    return ((ctx.y * g).astype(ctx.y.dtype),)
+
+
+def _transposed_sum(ctx, g):
+    # the sum taken over the wrong axis (a transposed reduction), broadcast back
+    wrong = 0 if ctx.axis != 0 else -1
+    s = (g * ctx.y).sum(axis=wrong, keepdims=True)
+    return ((ctx.y * (g - s)).astype(ctx.y.dtype),)
+
+
+def _relu_one_at_zero(ctx, g):
+    return (np.where(ctx.x >= 0, g, 0).astype(g.dtype),)
+
+
+def _zeros(ctx, g):
+    return (np.zeros_like(g),)
+
+
+WRONG_BACKWARDS = [
+    pytest.param("sigmoid", _scaled, id="backward scaled by 1.01"),
+    pytest.param("softmax", _dropped_term, id="softmax backward with a dropped term"),
+    pytest.param("softmax", _transposed_sum, id="softmax backward with a transposed sum"),
+    pytest.param("relu", _relu_one_at_zero, id="relu'(0) = 1"),
+    pytest.param("softmax", _zeros, id="softmax backward returning zeros"),
+]
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+@pytest.mark.parametrize(("name", "backward"), WRONG_BACKWARDS)
+def test_gradient_parity_catches(name, backward, dtype):
+    _caught(_with_backward(name, backward), dtype, _gradient)
+
+
+@pytest.mark.parametrize(("name", "backward"), [
+    p for p in WRONG_BACKWARDS if p.id != "relu'(0) = 1"  # a kink is not a gradcheck's business
+])
+def test_gradcheck_catches(name, backward):
+    _caught(_with_backward(name, backward), FLOAT64, _gradcheck)
+
+
+def _softmax_unshifted(x, axis=-1):
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(x.astype(np.float64))
+        return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype), None
+
+
+def _sigmoid_float32_math(x):
+    # computes in float16: loses digits a float32 reference must keep
+    y = (1 / (1 + np.exp(-x.astype(np.float16)))).astype(x.dtype)
+    return y, None
+
+
+@pytest.mark.parametrize(("name", "forward"), [
+    pytest.param("softmax", _softmax_unshifted, id="softmax without the max shift"),
+    pytest.param("sigmoid", _sigmoid_float32_math, id="sigmoid in half precision"),
+])
+def test_forward_parity_catches(name, forward):
+    spec = dataclasses.replace(get(name), forward=forward)
+    _caught(spec, FLOAT32, _forward)
+
+
+def test_invariant_catches_unnormalised_softmax():
+    spec = dataclasses.replace(
+        get("softmax"), forward=lambda x, axis=-1: (A.softmax(x, axis)[0] * 1.001, None))
+    _caught(spec, FLOAT64, lambda s, case, rng: checks.check_invariants(s, case))
+
+
+# -- the comparison itself ---------------------------------------------------------------------
+
+
+def test_compare_rejects_zeros_below_atol():
+    """A twin whose values are all below atol: plain allclose would accept zeros."""
+    expected = np.array([3e-6, -2e-6, 1e-6], np.float32)
+    with pytest.raises(Mismatch, match="all zeros"):
+        compare(np.zeros(3, np.float32), expected, 1.3e-6, 1e-5, label="t")
+
+
+def test_compare_accepts_matching_nan_and_inf():
+    a = np.array([np.nan, np.inf, -np.inf, 1.0])
+    compare(a, a.copy(), 1e-7, 1e-7, label="t")
+
+
+@pytest.mark.parametrize(("actual", "expected", "what"), [
+    (np.array([np.nan]), np.array([1.0]), "NaN vs a number"),
+    (np.array([np.inf]), np.array([1e300]), "inf vs a finite number"),
+    (np.array([np.inf]), np.array([-np.inf]), "opposite infinities"),
+    (np.ones(3, np.float32), np.ones(3), "dtype"),
+    (np.ones(3), np.ones(4), "shape"),
+])
+def test_compare_rejects(actual, expected, what):
+    with pytest.raises(Mismatch):
+        compare(actual, expected, 1e-7, 1e-7, label=what)
+
+
+def test_failure_message_is_actionable():
+    rec = CheckRecord(nodeid="n", replay="python -m pytest 'n' --hypothesis-profile=ci")
+    rec.bind("softmax", "activations", "gradient", FLOAT32, "cpu")
+    actual = np.array([[1.0, 2.0], [3.0, 4.5]], np.float32)
+    expected = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    with pytest.raises(Mismatch) as info:
+        compare(actual, expected, 1.3e-6, 1e-5, label="softmax backward, float32",
+                record=rec, case="x: float32[2, 2]")
+    msg = str(info.value)
+    for part in ("softmax backward, float32", "worst element [1, 1]", "4.5", "tolerance",
+                 "case: x: float32[2, 2]", "replay: python -m pytest"):
+        assert part in msg, f"{part!r} missing from: {msg}"
+    assert rec.worst > 1 and rec.message == msg
