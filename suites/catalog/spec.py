@@ -16,6 +16,12 @@ Calling conventions the generic code relies on:
   that order. ``grad_out`` is one array when ``n_diff_outputs == 1``, else a tuple.
 - ``spec.torch(*tensors, **params)`` returns a tensor or a tuple of tensors, the same
   structure as ``out``. Float inputs named in ``grad_inputs`` arrive with ``requires_grad``.
+- Optional inputs (a bias, a norm's affine parameters): a case may leave them out of
+  ``Case.inputs`` (then also every input after them, since inputs are positional). Backward
+  returns ``None`` in the place of a left-out input, and the checks compare the gradients of
+  the inputs the case has (``spec.grad_names(case)``). Benchmark sizes give every input.
+- The case's dtype is that of its first float input (``case_dtype``): integer inputs (indices,
+  labels) may come first, in the order the torch function takes them.
 """
 
 from __future__ import annotations
@@ -121,6 +127,12 @@ class Spec:
     # For a forward-only spec: why it has no derivative. The generic checks then assert that
     # torch cannot differentiate the twin either, so the declaration is tested, not trusted.
     nondifferentiable: str = ""
+    # A tolerance derived from the case itself, for algorithms whose rounding error grows with
+    # the case (float32 sums of K products; normalizing by a small spread). Called as
+    # ``case_tol(case, upstream)``: ``upstream`` is None for forward outputs and the upstream
+    # gradients for gradients. Returns a Tol (its derivation in a comment), or None for
+    # ``tol``/``grad_tol``.
+    case_tol: Callable[[Case, tuple[np.ndarray, ...] | None], Tol | None] | None = None
 
     def __post_init__(self) -> None:
         if (self.backward is None) != (not self.grad_inputs):
@@ -139,9 +151,18 @@ class Spec:
     def differentiable(self) -> bool:
         return self.backward is not None
 
-    def tolerance(self, dtype: np.dtype, *, grad: bool = False) -> Tol:
+    def tolerance(self, dtype: np.dtype, *, grad: bool = False, case: Case | None = None,
+                  upstream: tuple[np.ndarray, ...] | None = None) -> Tol:
+        if self.case_tol is not None and case is not None:
+            derived = self.case_tol(case, upstream if grad else None)
+            if derived is not None:
+                return derived
         table = (self.grad_tol or self.tol) if grad else self.tol
         return table[np.dtype(dtype)]
+
+    def grad_names(self, case: Case) -> tuple[str, ...]:
+        """The differentiable inputs this case has (optional ones may be left out)."""
+        return tuple(name for name in self.grad_inputs if name in case.inputs)
 
     # -- calling the reference, uniformly ---------------------------------------------------
 
@@ -159,6 +180,14 @@ class Spec:
                 f"({', '.join(self.grad_inputs)}), got {type(result).__name__}"
             )
         return result
+
+
+def case_dtype(case: Case) -> np.dtype:
+    """The dtype of the case's first float input (integer indices or labels may come first)."""
+    for a in case.inputs.values():
+        if np.asarray(a).dtype.kind == "f":
+            return np.asarray(a).dtype
+    return next(iter(case.inputs.values())).dtype
 
 
 def as_tuple(out: Any) -> tuple:

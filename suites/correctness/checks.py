@@ -6,10 +6,12 @@ them with deliberately wrong specs and expect a ``Mismatch``. Nothing here knows
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from suites import twin
-from suites.catalog.spec import FLOAT64, Case, Spec
+from suites.catalog.spec import FLOAT64, Case, Spec, case_dtype
 from suites.catalog.strategies import normal
 from suites.recording import CheckRecord, Mismatch, compare
 
@@ -23,27 +25,46 @@ def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | Non
                   ) -> None:
     outs, _ = spec.run_forward(case)
     theirs = twin.forward(spec, case, device)
-    dtype = next(iter(case.inputs.values())).dtype
+    dtype = case_dtype(case)
     if len(outs) != len(theirs):
         raise Mismatch(f"{spec.name} forward: reference gave {len(outs)} outputs, "
                        f"twin {len(theirs)}")
-    tol = spec.tolerance(dtype)
+    tol = spec.tolerance(dtype, case=case)
     for i, (mine, ref) in enumerate(zip(outs, theirs, strict=True)):
         label = f"{spec.name} forward, {dtype}, output {i + 1} of {len(outs)}, on {device}"
         compare(mine, ref, tol.rtol, tol.atol, label=label, record=record,
                 case=case.describe())
 
 
+def present_gradients(spec: Spec, case: Case, result: tuple) -> tuple[np.ndarray, ...]:
+    """The reference's gradients of the inputs the case has; an optional input the case leaves
+    out must get None, one it has must get an array."""
+    kept = []
+    for name, g in zip(spec.grad_inputs, result, strict=True):
+        if name not in case.inputs:
+            if g is not None:
+                raise Mismatch(f"{spec.name} backward returned a gradient for {name!r}, which "
+                               f"the case leaves out (expected None)")
+            continue
+        if g is None:
+            raise Mismatch(f"{spec.name} backward returned None for {name!r}, which the case "
+                           f"has\n  case: {case.describe()}")
+        kept.append(g)
+    return tuple(kept)
+
+
 def check_gradient(spec: Spec, case: Case, rng: np.random.Generator, device: str,
                    record: CheckRecord | None = None) -> None:
     outs, ctx = spec.run_forward(case)
     grads = upstream(spec, outs, rng)
-    mine = spec.run_backward(ctx, grads)
-    theirs = twin.gradients(spec, case, device, grads)
-    dtype = next(iter(case.inputs.values())).dtype
-    tol = spec.tolerance(dtype, grad=True)
-    n = len(spec.grad_inputs)
-    for i, (name, m, t) in enumerate(zip(spec.grad_inputs, mine, theirs, strict=True)):
+    mine = present_gradients(spec, case, spec.run_backward(ctx, grads))
+    names = spec.grad_names(case)
+    # The twin differentiates the inputs this case has (optional ones may be left out).
+    theirs = twin.gradients(dataclasses.replace(spec, grad_inputs=names), case, device, grads)
+    dtype = case_dtype(case)
+    tol = spec.tolerance(dtype, grad=True, case=case, upstream=grads)
+    n = len(names)
+    for i, (name, m, t) in enumerate(zip(names, mine, theirs, strict=True)):
         label = (f"{spec.name} backward, {dtype}, gradient of {name!r} ({i + 1} of {n}), "
                  f"on {device}")
         compare(m, t, tol.rtol, tol.atol, label=label, record=record, case=case.describe())
@@ -68,14 +89,14 @@ def check_gradcheck(spec: Spec, case: Case, rng: np.random.Generator,
         case = spec.smooth(case)
     outs, ctx = spec.run_forward(case)
     grads = upstream(spec, outs, rng)
-    analytic_parts = spec.run_backward(ctx, grads)
-    directions = {name: normal(rng, case.inputs[name].shape, FLOAT64)
-                  for name in spec.grad_inputs}
+    analytic_parts = present_gradients(spec, case, spec.run_backward(ctx, grads))
+    names = spec.grad_names(case)
+    directions = {name: normal(rng, case.inputs[name].shape, FLOAT64) for name in names}
 
     analytic = sum(float(np.sum(g.astype(np.float64) * directions[name]))
-                   for name, g in zip(spec.grad_inputs, analytic_parts, strict=True))
+                   for name, g in zip(names, analytic_parts, strict=True))
     analytic_scale = sum(float(np.sum(np.abs(g.astype(np.float64) * directions[name])))
-                         for name, g in zip(spec.grad_inputs, analytic_parts, strict=True))
+                         for name, g in zip(names, analytic_parts, strict=True))
 
     def phi(t: float) -> tuple[float, float]:
         moved = {name: (np.asarray(a + t * directions[name]) if name in directions else a)
