@@ -27,7 +27,7 @@ def kernel(*, parallel: bool = False, reduce: bool = False):
         cache=True,
         error_model="numpy",
         parallel=parallel,
-        fastmath=REDUCE if reduce else False,
+        fastmath=set(REDUCE) if reduce else False,  # numba accepts a set, not a frozenset
     )
 
 
