@@ -1,0 +1,990 @@
+"""Loss functions: forward and hand-written backward.
+
+Convention (the same in every family)::
+
+    loss, ctx = mse_loss(input, target, reduction="mean")     # forward
+    d_input, d_target = mse_loss_backward(ctx, grad_out)      # vector-Jacobian product
+
+``reduction`` is ``'none'`` (one loss per element or per sample, float of the input's dtype),
+``'mean'`` or ``'sum'`` (a 0-d array of the input's dtype). Sums accumulate in float64 and are
+rounded once. ``'mean'`` of an empty batch is 0/0 and raises ``ValueError`` instead of
+returning NaN (PyTorch returns NaN, or for ``multi_margin_loss`` uninitialised memory).
+Label arrays are integer (int64) inputs and class weights are float inputs; neither is
+differentiated. Each backward returns its gradients in the order its docstring lists.
+
+Contents: ``mse_loss``, ``l1_loss``, ``binary_cross_entropy``,
+``binary_cross_entropy_with_logits``, ``cross_entropy``, ``nll_loss``, ``hinge_loss``,
+``multi_margin_loss``, each with its ``*_backward``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from reference import _validate as v
+from reference._jit import PARALLEL_MIN, inline, kernel
+
+__all__ = [
+    "mse_loss", "mse_loss_backward", "l1_loss", "l1_loss_backward",
+    "binary_cross_entropy", "binary_cross_entropy_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
+    "cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+    "hinge_loss", "hinge_loss_backward", "multi_margin_loss", "multi_margin_loss_backward",
+]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared plumbing: reductions, upstream gradients, optional weights
+
+
+def _reduction(reduction, count: int) -> str:
+    """Validate ``reduction``; 'mean' over zero elements is refused (0/0)."""
+    r = v.choice(reduction, "reduction", REDUCTIONS)
+    if r == "mean" and count == 0:
+        raise ValueError("reduction='mean' of an empty batch is 0/0; the input (and target) "
+                         "must have at least one element, or use reduction='sum'")
+    return r
+
+
+def _div(a: float, b: float) -> float:
+    """IEEE ``a / b`` on Python floats (0/0 = NaN, x/0 = +-inf), as torch's division gives."""
+    if b != 0.0:
+        return a / b
+    return math.nan if a == 0.0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def _reduced(total: float, count: float, reduction: str, dtype) -> np.ndarray:
+    value = _div(total, count) if reduction == "mean" else total
+    return np.asarray(value, dtype=dtype)
+
+
+def _upstream(grad_out, reduction: str, out: np.ndarray, count: float):
+    """The upstream gradient as ``(per_element_array, scalar)``.
+
+    For 'none' the array is ``grad_out`` itself and the scalar is 1; for 'mean'/'sum' the array
+    is a 1-element placeholder and the scalar is ``grad_out / count`` or ``grad_out``.
+    """
+    g = v.grad_like(grad_out, "grad_out", out)
+    if reduction == "none":
+        return g.reshape(-1), 1.0, True
+    c = float(g)
+    if reduction == "mean":
+        c = _div(c, count)
+    return g.reshape(-1), c, False
+
+
+def _elementwise_weight(weight, name: str, like: np.ndarray) -> tuple[np.ndarray, bool]:
+    """An optional per-element weight broadcastable to ``like``'s shape, flat; or a placeholder."""
+    if weight is None:
+        return np.ones(1, like.dtype), False
+    w = v.float_array(weight, name, dtype=like.dtype)
+    if w.shape != like.shape:
+        try:
+            ok = np.broadcast_shapes(w.shape, like.shape) == like.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must broadcast to the input's shape {like.shape}, "
+                             f"got shape {w.shape}")
+        w = np.ascontiguousarray(np.broadcast_to(w, like.shape))
+    return w.reshape(-1), True
+
+
+def _class_weight(weight, n_classes: int, dtype) -> tuple[np.ndarray, bool]:
+    if weight is None:
+        return np.ones(1, dtype), False
+    w = v.float_array(weight, "weight", ndim=1, dtype=dtype)
+    if w.shape[0] != n_classes:
+        raise ValueError(f"weight must have one entry per class, shape ({n_classes},), "
+                         f"got shape {w.shape}")
+    return w, True
+
+
+def _pair(input, target, *, target_dtype_from_input: bool = True):
+    x = v.float_array(input, "input")
+    t = v.float_array(target, "target", dtype=x.dtype if target_dtype_from_input else None)
+    v.same_shape(x, "input", t, "target")
+    return x, t
+
+
+class PointwiseCtx(NamedTuple):
+    """What an elementwise loss keeps: its inputs, weights, reduction and output."""
+
+    x: np.ndarray  # input, flat
+    t: np.ndarray  # target, flat
+    shape: tuple[int, ...]
+    reduction: str
+    out: np.ndarray
+    w: np.ndarray | None = None  # per-element weight, flat (or a placeholder)
+    pw: np.ndarray | None = None  # pos_weight broadcast to the input, flat (or a placeholder)
+    has_w: bool = False
+    has_pw: bool = False
+
+
+def _pointwise_out(e: np.ndarray, total: float, x: np.ndarray, shape, reduction: str):
+    if reduction == "none":
+        return e.reshape(shape)
+    return _reduced(total, x.size, reduction, x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# mean squared error and mean absolute error
+
+
+@inline()
+def _reg1(x, t, l1):
+    d = np.float64(x) - np.float64(t)
+    return abs(d) if l1 else d * d
+
+
+@inline()
+def _reg_grad1(x, t, l1):
+    d = np.float64(x) - np.float64(t)
+    return np.sign(d) if l1 else 2.0 * d
+
+
+@kernel(parallel=True, reduce=True)
+def _reg_fwd(x, t, e, l1, write):
+    n = x.size
+    s = 0.0
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            li = _reg1(x[i], t[i], l1)
+            s += li
+            if write:
+                e[i] = li
+    else:
+        for i in prange(n):
+            li = _reg1(x[i], t[i], l1)
+            s += li
+            if write:
+                e[i] = li
+    return s
+
+
+@kernel(parallel=True)
+def _reg_bwd(x, t, g, c, each, dx, dt, l1):
+    # dx = g_i c f'(x - t), dt = -dx; g_i is the per-element upstream ('none') or 1.
+    n = x.size
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            gi = np.float64(g[i]) * c if each else c
+            d = gi * _reg_grad1(x[i], t[i], l1)
+            dx[i] = d
+            dt[i] = -d
+    else:
+        for i in prange(n):
+            gi = np.float64(g[i]) * c if each else c
+            d = gi * _reg_grad1(x[i], t[i], l1)
+            dx[i] = d
+            dt[i] = -d
+
+
+def _regression(input, target, reduction, l1: bool):
+    x, t = _pair(input, target)
+    r = _reduction(reduction, x.size)
+    e = np.empty(x.shape if r == "none" else (0,), x.dtype)
+    total = _reg_fwd(x.reshape(-1), t.reshape(-1), e.reshape(-1), l1, r == "none")
+    out = _pointwise_out(e, total, x, x.shape, r)
+    return out, PointwiseCtx(x.reshape(-1), t.reshape(-1), x.shape, r, out)
+
+
+def _regression_backward(ctx: PointwiseCtx, grad_out, l1: bool):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
+    dx = np.empty_like(ctx.x)
+    dt = np.empty_like(ctx.x)
+    _reg_bwd(ctx.x, ctx.t, g, c, each, dx, dt, l1)
+    return dx.reshape(ctx.shape), dt.reshape(ctx.shape)
+
+
+def mse_loss(input: np.ndarray, target: np.ndarray, *, reduction: str = "mean"):
+    r"""Mean squared error.
+
+    .. math:: \ell_i = (x_i - t_i)^2, \qquad
+              \partial x_i = g_i\, 2 (x_i - t_i), \quad \partial t_i = -\partial x_i
+
+    with :math:`g_i` the upstream gradient (divided by the element count for 'mean').
+    ``input`` and ``target`` have the same shape and dtype. Backward returns
+    ``(d_input, d_target)``.
+    """
+    return _regression(input, target, reduction, False)
+
+
+def mse_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
+    return _regression_backward(ctx, grad_out, False)
+
+
+def l1_loss(input: np.ndarray, target: np.ndarray, *, reduction: str = "mean"):
+    r"""Mean absolute error.
+
+    .. math:: \ell_i = |x_i - t_i|, \qquad
+              \partial x_i = g_i \operatorname{sign}(x_i - t_i), \quad \partial t_i = -\partial x_i
+
+    At the kink :math:`x_i = t_i` the derivative is 0 (PyTorch's ``sign(0) = 0``).
+    Backward returns ``(d_input, d_target)``.
+    """
+    return _regression(input, target, reduction, True)
+
+
+def l1_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
+    return _regression_backward(ctx, grad_out, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# binary cross-entropy on probabilities
+
+_LOG_FLOOR = -100.0  # torch clamps each log at -100 so that p = 0 or 1 gives a finite loss
+_BCE_EPS = 1e-12  # torch's floor on x (1 - x) in the input gradient
+
+
+@inline()
+def _bce1(x, t):
+    lx = max(math.log(x), _LOG_FLOOR)
+    l1x = max(math.log1p(-x), _LOG_FLOOR)
+    return (t - 1.0) * l1x - t * lx
+
+
+@inline()
+def _unit(x):
+    return 0.0 <= x <= 1.0  # NaN fails
+
+
+@kernel(parallel=True, reduce=True)
+def _bce_fwd(x, t, w, has_w, e, write):
+    # Returns (sum of losses, number of x outside [0, 1], number of t outside [0, 1]).
+    n = x.size
+    s = 0.0
+    bad_x = 0
+    bad_t = 0
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            xi = np.float64(x[i])
+            ti = np.float64(t[i])
+            if not _unit(xi):
+                bad_x += 1
+            if not _unit(ti):
+                bad_t += 1
+            li = _bce1(xi, ti) * (np.float64(w[i]) if has_w else 1.0)
+            s += li
+            if write:
+                e[i] = li
+    else:
+        for i in prange(n):
+            xi = np.float64(x[i])
+            ti = np.float64(t[i])
+            if not _unit(xi):
+                bad_x += 1
+            if not _unit(ti):
+                bad_t += 1
+            li = _bce1(xi, ti) * (np.float64(w[i]) if has_w else 1.0)
+            s += li
+            if write:
+                e[i] = li
+    return s, bad_x, bad_t
+
+
+@inline()
+def _bce_grad1(x, t, gi, dx, dt, i):
+    # d/dx = (x - t) / max(x (1 - x), 1e-12);  d/dt = log(1 - x) - log(x)  (unclamped, as torch)
+    dx[i] = gi * ((x - t) / max((1.0 - x) * x, _BCE_EPS))
+    dt[i] = gi * (math.log1p(-x) - math.log(x))
+
+
+@kernel(parallel=True)
+def _bce_bwd(x, t, w, has_w, g, c, each, dx, dt):
+    n = x.size
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            gi = (np.float64(g[i]) * c if each else c) * (np.float64(w[i]) if has_w else 1.0)
+            _bce_grad1(np.float64(x[i]), np.float64(t[i]), gi, dx, dt, i)
+    else:
+        for i in prange(n):
+            gi = (np.float64(g[i]) * c if each else c) * (np.float64(w[i]) if has_w else 1.0)
+            _bce_grad1(np.float64(x[i]), np.float64(t[i]), gi, dx, dt, i)
+
+
+def _first_outside_unit(a: np.ndarray) -> float:
+    return float(a[~((a >= 0) & (a <= 1))].flat[0])
+
+
+def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
+                         *, reduction: str = "mean"):
+    r"""Binary cross-entropy of probabilities ``input`` against targets in [0, 1].
+
+    .. math::
+        \ell_i = -w_i \left(t_i \max(\log x_i, -100) + (1 - t_i) \max(\log(1 - x_i), -100)\right)
+
+        \partial x_i = g_i w_i \frac{x_i - t_i}{\max(x_i (1 - x_i), 10^{-12})}, \qquad
+        \partial t_i = g_i w_i \left(\log(1 - x_i) - \log x_i\right)
+
+    PyTorch's conventions: each log is clamped at -100, so probabilities of exactly 0 or 1
+    give finite losses (100 per element at worst); the input gradient's denominator is floored
+    at 1e-12; the target gradient is not clamped (``+inf`` at ``x = 0``, ``-inf`` at ``x = 1``,
+    as ``torch.autograd`` gives). ``input`` and ``target`` outside [0, 1] (or NaN) raise.
+    ``weight`` (optional, not differentiated) broadcasts to the input's shape.
+    Backward returns ``(d_input, d_target)``.
+    """
+    x, t = _pair(input, target)
+    w, has_w = _elementwise_weight(weight, "weight", x)
+    r = _reduction(reduction, x.size)
+    xf, tf = x.reshape(-1), t.reshape(-1)
+    e = np.empty(x.shape if r == "none" else (0,), x.dtype)
+    total, bad_x, bad_t = _bce_fwd(xf, tf, w, has_w, e.reshape(-1), r == "none")
+    if bad_x:
+        raise ValueError(f"input must hold probabilities in [0, 1], got {_first_outside_unit(x)}"
+                         f" ({bad_x} element(s) outside)")
+    if bad_t:
+        raise ValueError(f"target must lie in [0, 1], got {_first_outside_unit(t)}"
+                         f" ({bad_t} element(s) outside)")
+    out = _pointwise_out(e, total, x, x.shape, r)
+    return out, PointwiseCtx(xf, tf, x.shape, r, out, w, None, has_w)
+
+
+def binary_cross_entropy_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
+    dx = np.empty_like(ctx.x)
+    dt = np.empty_like(ctx.x)
+    _bce_bwd(ctx.x, ctx.t, ctx.w, ctx.has_w, g, c, each, dx, dt)
+    return dx.reshape(ctx.shape), dt.reshape(ctx.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# binary cross-entropy with logits
+
+
+@inline()
+def _log_sigmoid(x):
+    # log sigma(x) = min(x, 0) - log1p(e^{-|x|}): no overflow for any finite x.
+    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
+
+
+@inline()
+def _sigmoid(x):
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    ex = math.exp(x)
+    return ex / (1.0 + ex)
+
+
+@inline()
+def _bcel1(x, t, pw):
+    return (1.0 - t) * x - (1.0 + (pw - 1.0) * t) * _log_sigmoid(x)
+
+
+@kernel(parallel=True, reduce=True)
+def _bcel_fwd(x, t, w, has_w, pw, has_pw, e, write):
+    n = x.size
+    s = 0.0
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            li = _bcel1(np.float64(x[i]), np.float64(t[i]), np.float64(pw[i]) if has_pw else 1.0)
+            li *= np.float64(w[i]) if has_w else 1.0
+            s += li
+            if write:
+                e[i] = li
+    else:
+        for i in prange(n):
+            li = _bcel1(np.float64(x[i]), np.float64(t[i]), np.float64(pw[i]) if has_pw else 1.0)
+            li *= np.float64(w[i]) if has_w else 1.0
+            s += li
+            if write:
+                e[i] = li
+    return s
+
+
+@inline()
+def _bcel_grad1(x, t, pw, gi, dx, dt, i):
+    # d/dx = (1 + (pw - 1) t) sigma(x) - pw t;  d/dt = log sigma(-x) - pw log sigma(x)
+    dx[i] = gi * ((1.0 + (pw - 1.0) * t) * _sigmoid(x) - pw * t)
+    dt[i] = gi * (_log_sigmoid(-x) - pw * _log_sigmoid(x))
+
+
+@kernel(parallel=True)
+def _bcel_bwd(x, t, w, has_w, pw, has_pw, g, c, each, dx, dt):
+    n = x.size
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            gi = (np.float64(g[i]) * c if each else c) * (np.float64(w[i]) if has_w else 1.0)
+            _bcel_grad1(np.float64(x[i]), np.float64(t[i]),
+                        np.float64(pw[i]) if has_pw else 1.0, gi, dx, dt, i)
+    else:
+        for i in prange(n):
+            gi = (np.float64(g[i]) * c if each else c) * (np.float64(w[i]) if has_w else 1.0)
+            _bcel_grad1(np.float64(x[i]), np.float64(t[i]),
+                        np.float64(pw[i]) if has_pw else 1.0, gi, dx, dt, i)
+
+
+def binary_cross_entropy_with_logits(input: np.ndarray, target: np.ndarray,
+                                     weight: np.ndarray | None = None,
+                                     pos_weight: np.ndarray | None = None,
+                                     *, reduction: str = "mean"):
+    r"""Binary cross-entropy of logits, numerically stable.
+
+    .. math::
+        \ell_i = w_i \left((1 - t_i) x_i - (1 + (p_i - 1) t_i) \log\sigma(x_i)\right), \quad
+        \log\sigma(x) = \min(x, 0) - \log(1 + e^{-|x|})
+
+        \partial x_i = g_i w_i \left((1 + (p_i - 1) t_i)\, \sigma(x_i) - p_i t_i\right), \qquad
+        \partial t_i = g_i w_i \left(\log\sigma(-x_i) - p_i \log\sigma(x_i)\right)
+
+    equal to :math:`-w (p\, t \log\sigma(x) + (1 - t) \log(1 - \sigma(x)))`; logits of any finite
+    magnitude give finite results. ``weight`` (``w``) and ``pos_weight`` (``p``, the weight of
+    positive examples, usually one per class along the last axis) broadcast to the input's
+    shape and are not differentiated (PyTorch does not differentiate them either). Targets
+    may be any real (soft labels), as in PyTorch. Backward returns ``(d_input, d_target)``.
+    """
+    x, t = _pair(input, target)
+    w, has_w = _elementwise_weight(weight, "weight", x)
+    pw, has_pw = _elementwise_weight(pos_weight, "pos_weight", x)
+    r = _reduction(reduction, x.size)
+    xf, tf = x.reshape(-1), t.reshape(-1)
+    e = np.empty(x.shape if r == "none" else (0,), x.dtype)
+    total = _bcel_fwd(xf, tf, w, has_w, pw, has_pw, e.reshape(-1), r == "none")
+    out = _pointwise_out(e, total, x, x.shape, r)
+    return out, PointwiseCtx(xf, tf, x.shape, r, out, w, pw, has_w, has_pw)
+
+
+def binary_cross_entropy_with_logits_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
+    dx = np.empty_like(ctx.x)
+    dt = np.empty_like(ctx.x)
+    _bcel_bwd(ctx.x, ctx.t, ctx.w, ctx.has_w, ctx.pw, ctx.has_pw, g, c, each, dx, dt)
+    return dx.reshape(ctx.shape), dt.reshape(ctx.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# binary hinge loss
+
+
+@kernel(parallel=True, reduce=True)
+def _hinge_fwd(f, y, e, write):
+    # z = 1 - y f; y = +-1 makes y f exact, and the sign of z in float64 is the sign of the
+    # input-dtype result torch clamps, so the kink is decided exactly as in torch.
+    n = f.size
+    s = 0.0
+    bad = 0
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            yi = np.float64(y[i])
+            if yi != 1.0 and yi != -1.0:
+                bad += 1
+            li = max(1.0 - yi * np.float64(f[i]), 0.0)
+            s += li
+            if write:
+                e[i] = li
+    else:
+        for i in prange(n):
+            yi = np.float64(y[i])
+            if yi != 1.0 and yi != -1.0:
+                bad += 1
+            li = max(1.0 - yi * np.float64(f[i]), 0.0)
+            s += li
+            if write:
+                e[i] = li
+    return s, bad
+
+
+@kernel(parallel=True)
+def _hinge_bwd(f, y, g, c, each, df):
+    n = f.size
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            gi = np.float64(g[i]) * c if each else c
+            yi = np.float64(y[i])
+            df[i] = -gi * yi if 1.0 - yi * np.float64(f[i]) >= 0.0 else 0.0
+    else:
+        for i in prange(n):
+            gi = np.float64(g[i]) * c if each else c
+            yi = np.float64(y[i])
+            df[i] = -gi * yi if 1.0 - yi * np.float64(f[i]) >= 0.0 else 0.0
+
+
+def hinge_loss(input: np.ndarray, target: np.ndarray, *, reduction: str = "mean"):
+    r"""Binary hinge loss of a linear SVM: scores ``input`` = f, labels ``target`` = y in {-1, +1}.
+
+    .. math:: \ell_i = \max(0, 1 - y_i f_i), \qquad
+              \partial f_i = -g_i\, y_i\, [1 - y_i f_i \ge 0]
+
+    At the kink :math:`y_i f_i = 1` the derivative is :math:`-y_i` (the twin is
+    ``torch.clamp(1 - y * f, min=0)``, whose gradient passes at the boundary). ``target``
+    has the input's shape and dtype, every value exactly -1 or +1; it is not differentiated.
+    Backward returns ``(d_input,)``.
+    """
+    f, y = _pair(input, target)
+    r = _reduction(reduction, f.size)
+    ff, yf = f.reshape(-1), y.reshape(-1)
+    e = np.empty(f.shape if r == "none" else (0,), f.dtype)
+    total, bad = _hinge_fwd(ff, yf, e.reshape(-1), r == "none")
+    if bad:
+        first = y[(y != 1) & (y != -1)].flat[0]
+        raise ValueError(f"target must be -1 or +1 everywhere, got {first} ({bad} element(s))")
+    out = _pointwise_out(e, total, f, f.shape, r)
+    return out, PointwiseCtx(ff, yf, f.shape, r, out)
+
+
+def hinge_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
+    df = np.empty_like(ctx.x)
+    _hinge_bwd(ctx.x, ctx.t, g, c, each, df)
+    return (df.reshape(ctx.shape),)
+
+
+# ---------------------------------------------------------------------------------------------
+# classification losses over integer labels: shapes and labels
+#
+# Inputs are (C,) with a 0-d target (one sample), (N, C) with target (N,), or, for
+# cross_entropy and nll_loss, (N, C, d1, ...) with target (N, d1, ...).
+
+
+def _class_input(input, name: str, max_ndim: int | None):
+    x = v.float_array(input, "input", min_ndim=1)
+    if max_ndim is not None and x.ndim > max_ndim:
+        raise ValueError(f"input must be 1- or 2-dimensional ((C,) or (N, C)) for {name}, "
+                         f"got shape {x.shape}")
+    if x.shape[0 if x.ndim == 1 else 1] == 0:
+        raise ValueError(f"input must have at least one class, got shape {x.shape}")
+    return x
+
+
+def _class_target(target, x: np.ndarray) -> np.ndarray:
+    """Check the labels' shape against the input's; return them flat, int64."""
+    want = _out_shape(x)
+    if isinstance(target, np.integer):  # what indexing a label array returns: a 0-d label
+        target = np.asarray(target)
+    y = v.int_array(target, "target")
+    if np.shape(target) != want:
+        raise ValueError(f"target must have shape {want} (the input's {x.shape} without its "
+                         f"class axis), got {np.shape(target)}")
+    return y.reshape(-1)
+
+
+def _bad_label(y: np.ndarray, n_classes: int, ignore_index: int | None) -> None:
+    v.labels(y, "target", n_classes, ignore_index=ignore_index)
+
+
+def _out_shape(x: np.ndarray) -> tuple[int, ...]:
+    return () if x.ndim == 1 else (x.shape[0],) + x.shape[2:]
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-entropy from logits
+#
+# Rows: the input is viewed as (R, C), one row of class logits per sample (an (N, C, d...)
+# input is moved to (N * d..., C) first, one copy). Forward keeps logsumexp per row, so the
+# backward recomputes softmax with one exp per element and nothing of size (R, C) is saved.
+
+
+class ClassCtx(NamedTuple):
+    x: np.ndarray  # (R, C) logits or log-probabilities, or (N, C, K) for nll_loss
+    y: np.ndarray  # (R,) labels
+    w: np.ndarray  # (C,) class weights or a placeholder
+    has_w: bool
+    ignore_index: int
+    reduction: str
+    out: np.ndarray
+    denom: float  # the 'mean' denominator: the sum of the weights of non-ignored targets
+    shape: tuple[int, ...]  # the input's shape
+    lse: np.ndarray | None = None  # (R,) logsumexp per row (cross_entropy)
+    smoothing: float = 0.0
+    margin: float = 0.0
+    p: int = 1
+
+
+@inline()
+def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, r):
+    # Returns (loss of row r, its weight in the mean's denominator, 1 if its label is bad).
+    n_classes = x.shape[1]
+    yr = y[r]
+    if yr == ignore:
+        rowloss[r] = 0.0
+        lse[r] = 0.0
+        return 0.0, 0.0, 0
+    if yr < 0 or yr >= n_classes:
+        rowloss[r] = 0.0
+        return 0.0, 0.0, 1
+    m = -np.inf
+    for c in range(n_classes):
+        xv = np.float64(x[r, c])
+        if xv > m or xv != xv:
+            m = xv
+    s = 0.0
+    a = 0.0  # sum_c w_c (m - x_c), for label smoothing; every term >= 0, no cancellation
+    for c in range(n_classes):
+        xv = np.float64(x[r, c])
+        s += math.exp(xv - m)
+        if eps != 0.0:
+            a += (np.float64(w[c]) if has_w else 1.0) * (m - xv)
+    ls = math.log(s)
+    lse[r] = m + ls
+    wy = np.float64(w[yr]) if has_w else 1.0
+    loss = (1.0 - eps) * wy * ((m - np.float64(x[r, yr])) + ls)
+    if eps != 0.0:
+        loss += eps / n_classes * (wsum * ls + a)
+    rowloss[r] = loss
+    return loss, wy, 0
+
+
+@kernel(parallel=True, reduce=True)
+def _ce_fwd(x, y, w, has_w, ignore, eps, rowloss, lse):
+    rows, n_classes = x.shape
+    wsum = 0.0
+    if has_w:
+        for c in range(n_classes):
+            wsum += np.float64(w[c])
+    else:
+        wsum = np.float64(n_classes)
+    total = 0.0
+    denom = 0.0
+    bad = 0
+    if x.size < PARALLEL_MIN:
+        for r in range(rows):
+            lr, dr, br = _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, r)
+            total += lr
+            denom += dr
+            bad += br
+    else:
+        for r in prange(rows):
+            lr, dr, br = _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, r)
+            total += lr
+            denom += dr
+            bad += br
+    return total, denom, bad
+
+
+@inline()
+def _ce_bwd_row(x, y, w, has_w, wsum, ignore, eps, lse, gr, dx, r):
+    # dx_c = gr (A p_c - B w_c - [c = y] (1 - eps) w_y),
+    # A = (1 - eps) w_y + eps W / C, B = eps / C, p = softmax(x_r), W = sum_c w_c.
+    n_classes = x.shape[1]
+    yr = y[r]
+    if yr == ignore:
+        for c in range(n_classes):
+            dx[r, c] = 0.0
+        return
+    wy = np.float64(w[yr]) if has_w else 1.0
+    a = (1.0 - eps) * wy + eps * wsum / n_classes
+    b = eps / n_classes
+    l_r = lse[r]
+    for c in range(n_classes):
+        p = math.exp(np.float64(x[r, c]) - l_r)
+        dx[r, c] = gr * (a * p - b * (np.float64(w[c]) if has_w else 1.0))
+    p = math.exp(np.float64(x[r, yr]) - l_r)
+    dx[r, yr] = gr * (a * p - b * wy - (1.0 - eps) * wy)
+
+
+@kernel(parallel=True)
+def _ce_bwd(x, y, w, has_w, ignore, eps, lse, g, c, each, dx):
+    rows, n_classes = x.shape
+    wsum = 0.0
+    if has_w:
+        for k in range(n_classes):
+            wsum += np.float64(w[k])
+    else:
+        wsum = np.float64(n_classes)
+    if x.size < PARALLEL_MIN:
+        for r in range(rows):
+            gr = np.float64(g[r]) * c if each else c
+            _ce_bwd_row(x, y, w, has_w, wsum, ignore, eps, lse, gr, dx, r)
+    else:
+        for r in prange(rows):
+            gr = np.float64(g[r]) * c if each else c
+            _ce_bwd_row(x, y, w, has_w, wsum, ignore, eps, lse, gr, dx, r)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """(C,) -> (1, C); (N, C) stays; (N, C, d...) -> (N * d..., C) (a copy)."""
+    if x.ndim == 1:
+        return x.reshape(1, -1)
+    if x.ndim == 2:
+        return x
+    n, c = x.shape[:2]
+    return np.ascontiguousarray(np.moveaxis(x.reshape(n, c, -1), 1, 2)).reshape(-1, c)
+
+
+def _unrows(d: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if len(shape) <= 2:
+        return d.reshape(shape)
+    n, c = shape[:2]
+    return np.ascontiguousarray(np.moveaxis(d.reshape(n, -1, c), 2, 1)).reshape(shape)
+
+
+def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None, *,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0):
+    r"""Cross-entropy of logits against integer class labels, as ``F.cross_entropy``.
+
+    With :math:`\log p_{ic} = x_{ic} - \operatorname{logsumexp}_c x_{ic}` (max-shifted, so
+    logits of magnitude 1e4 stay finite), class weights :math:`w` (ones when absent), label
+    smoothing :math:`\varepsilon` and :math:`C` classes, for every sample whose label
+    :math:`y_i` is not ``ignore_index``:
+
+    .. math::
+        \ell_i = -(1 - \varepsilon)\, w_{y_i} \log p_{i y_i}
+                 - \frac{\varepsilon}{C} \sum_c w_c \log p_{ic}
+
+        \partial x_{ic} = g_i \left(\left((1 - \varepsilon) w_{y_i} + \frac{\varepsilon}{C}
+            \textstyle\sum_k w_k\right) p_{ic} - \frac{\varepsilon}{C} w_c
+            - (1 - \varepsilon) w_{y_i} [c = y_i]\right)
+
+    Ignored samples have loss and gradient 0. 'mean' divides by :math:`\sum_i w_{y_i}` over the
+    non-ignored samples (both terms, as PyTorch); if every target is ignored that is 0/0 = NaN
+    (the gradient is then 0, as PyTorch's). Shapes: input (C,), (N, C) or (N, C, d1, ...);
+    target (), (N,) or (N, d1, ...), int; weight (C,), not differentiated. Labels outside
+    [0, C) other than ``ignore_index`` raise. Backward returns ``(d_input,)``.
+    """
+    x = _class_input(input, "cross_entropy", None)
+    y = _class_target(target, x)
+    n_classes = x.shape[0 if x.ndim == 1 else 1]
+    w, has_w = _class_weight(weight, n_classes, x.dtype)
+    ignore = v.integer(ignore_index, "ignore_index")
+    eps = v.real(label_smoothing, "label_smoothing", lo=0.0, hi=1.0)
+    r = _reduction(reduction, y.size)
+    xr = _rows(x)
+    rowloss = np.empty(y.size)
+    lse = np.empty(y.size)
+    total, denom, bad = _ce_fwd(xr, y, w, has_w, ignore, eps, rowloss, lse)
+    if bad:
+        _bad_label(y, n_classes, ignore)
+    if r == "none":
+        out = rowloss.astype(x.dtype).reshape(_out_shape(x))
+    else:
+        out = _reduced(total, denom, r, x.dtype)
+    return out, ClassCtx(xr, y, w, has_w, ignore, r, out, denom, x.shape, lse, eps)
+
+
+def cross_entropy_backward(ctx: ClassCtx, grad_out: np.ndarray):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
+    dx = np.empty_like(ctx.x)
+    _ce_bwd(ctx.x, ctx.y, ctx.w, ctx.has_w, ctx.ignore_index, ctx.smoothing, ctx.lse,
+            g, c, each, dx)
+    return (_unrows(dx, ctx.shape),)
+
+
+# ---------------------------------------------------------------------------------------------
+# negative log-likelihood
+#
+# The input is viewed as (N, C, K) (K = d1 * d2 ..., 1 for (N, C)); labels as (N, K). Each
+# loss reads one element, so no copy is needed for the spatial case.
+
+
+@kernel(parallel=True, reduce=True)
+def _nll_fwd(x, y, w, has_w, ignore, e):
+    n, n_classes, inner = x.shape
+    total = 0.0
+    denom = 0.0
+    bad = 0
+    if n * inner < PARALLEL_MIN:  # one element read per sample: parallel only for many samples
+        for i in range(n * inner):
+            s = i // inner
+            k = i % inner
+            yi = y[i]
+            if yi == ignore:
+                e[i] = 0.0
+            elif yi < 0 or yi >= n_classes:
+                e[i] = 0.0
+                bad += 1
+            else:
+                wy = np.float64(w[yi]) if has_w else 1.0
+                li = -wy * np.float64(x[s, yi, k])
+                e[i] = li
+                total += li
+                denom += wy
+    else:
+        for i in prange(n * inner):
+            s = i // inner
+            k = i % inner
+            yi = y[i]
+            if yi == ignore:
+                e[i] = 0.0
+            elif yi < 0 or yi >= n_classes:
+                e[i] = 0.0
+                bad += 1
+            else:
+                wy = np.float64(w[yi]) if has_w else 1.0
+                li = -wy * np.float64(x[s, yi, k])
+                e[i] = li
+                total += li
+                denom += wy
+    return total, denom, bad
+
+
+@kernel()
+def _nll_bwd(y, w, has_w, ignore, g, c, each, dx):
+    # dx is zero-filled; only the labelled element of each sample gets -w_y g.
+    n, _, inner = dx.shape
+    for i in range(n * inner):
+        s = i // inner
+        k = i % inner
+        yi = y[i]
+        if yi != ignore:
+            gi = np.float64(g[i]) * c if each else c
+            dx[s, yi, k] = -gi * (np.float64(w[yi]) if has_w else 1.0)
+
+
+def _three(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 1:
+        return x.reshape(1, -1, 1)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def nll_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None, *,
+             ignore_index: int = -100, reduction: str = "mean"):
+    r"""Negative log-likelihood of log-probabilities ``input`` at integer labels, as ``F.nll_loss``.
+
+    .. math:: \ell_i = -w_{y_i} x_{i y_i}, \qquad \partial x_{ic} = -g_i\, w_{y_i} [c = y_i]
+
+    Ignored samples (label ``ignore_index``) have loss and gradient 0; 'mean' divides by
+    :math:`\sum_i w_{y_i}` over the non-ignored samples (0/0 = NaN when all are ignored).
+    Shapes as ``cross_entropy``: (C,), (N, C) or (N, C, d1, ...) with target (), (N,) or
+    (N, d1, ...). ``cross_entropy(x) = nll_loss(log_softmax(x))`` without label smoothing.
+    Backward returns ``(d_input,)``.
+    """
+    x = _class_input(input, "nll_loss", None)
+    y = _class_target(target, x)
+    n_classes = x.shape[0 if x.ndim == 1 else 1]
+    w, has_w = _class_weight(weight, n_classes, x.dtype)
+    ignore = v.integer(ignore_index, "ignore_index")
+    r = _reduction(reduction, y.size)
+    x3 = _three(x)
+    e = np.empty(y.size)
+    total, denom, bad = _nll_fwd(x3, y, w, has_w, ignore, e)
+    if bad:
+        _bad_label(y, n_classes, ignore)
+    if r == "none":
+        out = e.astype(x.dtype).reshape(_out_shape(x))
+    else:
+        out = _reduced(total, denom, r, x.dtype)
+    return out, ClassCtx(x3, y, w, has_w, ignore, r, out, denom, x.shape)
+
+
+def nll_loss_backward(ctx: ClassCtx, grad_out: np.ndarray):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
+    dx = np.zeros_like(ctx.x)
+    _nll_bwd(ctx.y, ctx.w, ctx.has_w, ctx.ignore_index, g, c, each, dx)
+    return (dx.reshape(ctx.shape),)
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-class margin loss (Crammer-Singer style hinge, as F.multi_margin_loss)
+
+
+@inline()
+def _mm_row(x, y, w, has_w, margin, p, e, r):
+    # z_j = margin - x_y + x_j in the input's dtype, in torch's order, so that the kink test
+    # z > 0 agrees bit for bit; the sum accumulates in float64.
+    n_classes = x.shape[1]
+    yr = y[r]
+    if yr < 0 or yr >= n_classes:
+        e[r] = 0.0
+        return 0.0, 1
+    xt = x[r, yr]
+    s = 0.0
+    for j in range(n_classes):
+        z = margin - xt + x[r, j]
+        if j != yr and z > 0:
+            zf = np.float64(z)
+            s += zf if p == 1 else zf * zf
+    s *= (np.float64(w[yr]) if has_w else 1.0) / n_classes
+    e[r] = s
+    return s, 0
+
+
+@kernel(parallel=True, reduce=True)
+def _mm_fwd(x, y, w, has_w, margin, p, e):
+    rows = x.shape[0]
+    total = 0.0
+    bad = 0
+    if x.size < PARALLEL_MIN:
+        for r in range(rows):
+            lr, br = _mm_row(x, y, w, has_w, margin, p, e, r)
+            total += lr
+            bad += br
+    else:
+        for r in prange(rows):
+            lr, br = _mm_row(x, y, w, has_w, margin, p, e, r)
+            total += lr
+            bad += br
+    return total, bad
+
+
+@inline()
+def _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r):
+    # dx_j = gr w_y / C * (1 or 2 z_j) for j != y with z_j > 0; dx_y = -sum_j dx_j.
+    n_classes = x.shape[1]
+    yr = y[r]
+    xt = x[r, yr]
+    scale = gr * (np.float64(w[yr]) if has_w else 1.0) / n_classes
+    acc = 0.0
+    for j in range(n_classes):
+        z = margin - xt + x[r, j]
+        if j != yr and z > 0:
+            d = scale if p == 1 else scale * 2.0 * np.float64(z)
+            dx[r, j] = d
+            acc += d
+        else:
+            dx[r, j] = 0.0
+    dx[r, yr] = -acc
+
+
+@kernel(parallel=True)
+def _mm_bwd(x, y, w, has_w, margin, p, g, c, each, dx):
+    rows = x.shape[0]
+    if x.size < PARALLEL_MIN:
+        for r in range(rows):
+            gr = np.float64(g[r]) * c if each else c
+            _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r)
+    else:
+        for r in prange(rows):
+            gr = np.float64(g[r]) * c if each else c
+            _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r)
+
+
+def multi_margin_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
+                      *, p: int = 1, margin: float = 1.0, reduction: str = "mean"):
+    r"""Multi-class hinge loss, as ``F.multi_margin_loss``.
+
+    With :math:`z_{ij} = \text{margin} - x_{i y_i} + x_{ij}` and :math:`p \in \{1, 2\}`:
+
+    .. math::
+        \ell_i = \frac{w_{y_i}}{C} \sum_{j \ne y_i} \max(0, z_{ij})^p, \qquad
+        \partial x_{ij} = g_i \frac{w_{y_i}}{C} p\, z_{ij}^{p-1} [z_{ij} > 0]\ (j \ne y_i),\quad
+        \partial x_{i y_i} = -\sum_{j \ne y_i} \partial x_{ij}
+
+    At the kink :math:`z = 0` the term and its gradient are 0 (PyTorch's ``z > 0``); ``z`` is
+    computed in the input's dtype in PyTorch's order so the test agrees bit for bit. 'mean'
+    divides by N (not by the weights). Shapes: input (C,) or (N, C), target () or (N,), int;
+    weight (C,), not differentiated. Backward returns ``(d_input,)``.
+    """
+    x = _class_input(input, "multi_margin_loss", 2)
+    y = _class_target(target, x)
+    n_classes = x.shape[-1]
+    w, has_w = _class_weight(weight, n_classes, x.dtype)
+    pp = v.integer(p, "p")
+    if pp not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {pp}")
+    mg = v.real(margin, "margin")
+    r = _reduction(reduction, y.size)
+    xr = x.reshape(-1, n_classes)
+    m_t = x.dtype.type(mg)
+    e = np.empty(y.size)
+    total, bad = _mm_fwd(xr, y, w, has_w, m_t, pp, e)
+    if bad:
+        _bad_label(y, n_classes, None)
+    if r == "none":
+        out = e.astype(x.dtype).reshape(_out_shape(x))
+    else:
+        out = _reduced(total, y.size, r, x.dtype)
+    return out, ClassCtx(xr, y, w, has_w, 0, r, out, float(y.size), x.shape, None, 0.0, mg, pp)
+
+
+def multi_margin_loss_backward(ctx: ClassCtx, grad_out: np.ndarray):
+    g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
+    dx = np.empty_like(ctx.x)
+    _mm_bwd(ctx.x, ctx.y, ctx.w, ctx.has_w, ctx.x.dtype.type(ctx.margin), ctx.p, g, c, each, dx)
+    return (dx.reshape(ctx.shape),)
