@@ -1,0 +1,137 @@
+"""``python -m reports build | compare | gate | baseline``: see ``--help`` of each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from reports.loading import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+
+DESCRIPTION = """\
+Reports on refbench results: one self-contained HTML file, a markdown summary, comparisons of
+two runs, and the CI gate. Inputs are the correctness JSON (pytest --results-json=FILE) and
+pytest-benchmark's JSON (pytest suites/performance --benchmark-json=FILE).
+Exit status: 0 done (gate: passed), 1 gate failed, 2 unusable input (one line on stderr)."""
+
+BUILD = """\
+Write OUT/index.html (one file, inline CSS/JS/SVG, opens offline) and OUT/summary.md, then print
+the HTML path and the markdown summary. The report shows the verdict first, the environment of
+every run, a correctness matrix (check x dtype per algorithm, worst error as a fraction of the
+tolerance, failures with their shrunk input and replay command), performance per algorithm
+(median and IQR per implementation and size, speed-ups, compile time, GFLOP/s and GB/s with the
+fraction of the measured peaks), log-log scaling charts with fitted exponents, and, given two or
+more --bench files, a comparison of each with the first. Any input may be left out: what is
+missing reads "not run". Exits 0 whenever the report was written, even if checks failed."""
+
+COMPARE = """\
+Compare a baseline and a candidate run: two benchmark files (pytest-benchmark JSON or a baseline
+from `python -m reports baseline`), or two correctness files. For benchmarks: per benchmark the
+ratio of medians with a bootstrap confidence interval from the raw timings and a verdict
+(faster / slower / no significant change), and how each within-run ratio numba / torch-cpu
+changed. Runs from different machines get no absolute verdicts unless --allow-cross-machine.
+For correctness files: the checks whose verdict changed. Prints markdown; --out also writes
+DIR/compare.html and DIR/compare.md. Exits 0 when the comparison was made (use `gate` to fail)."""
+
+GATE = """\
+Exit 1 when any correctness check failed, or when a benchmark's within-run ratio numba / torch-cpu
+grew over the baseline's both significantly (its 1-alpha bootstrap interval excludes 1) and by
+more than max_slowdown; thresholds from [tool.refbench.gate] in pyproject.toml (per family or
+algorithm overrides under [tool.refbench.gate.overrides]). The baseline is --baseline, else the
+`baseline` path configured there. Within-run ratios cancel the machine, so a slower machine is not
+a regression. Prints a summary; exits 0 when everything passed."""
+
+BASELINE = """\
+Write a compact baseline (quantiles of each benchmark's timings, a few KB per algorithm) from a
+pytest-benchmark JSON file, for `gate --baseline` or [tool.refbench.gate] baseline."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reports", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    b = sub.add_parser("build", help="write the HTML report and markdown summary",
+                       description=BUILD, formatter_class=raw)
+    b.add_argument("--correctness", metavar="FILE", help="correctness JSON (--results-json)")
+    b.add_argument("--bench", metavar="FILE", action="append", default=[],
+                   help="pytest-benchmark JSON; repeat for more runs (the first is the "
+                        "baseline of the comparison)")
+    b.add_argument("--out", metavar="DIR", required=True, help="directory to write into")
+    b.add_argument("--allow-cross-machine", action="store_true",
+                   help="judge absolute time changes between runs from different machines")
+    b.add_argument("--title", default="refbench report", help="the report's title")
+    b.add_argument("--config", metavar="PYPROJECT", help="pyproject.toml with "
+                   "[tool.refbench.gate] (default: the nearest one)")
+
+    c = sub.add_parser("compare", help="compare a baseline run with a candidate run",
+                       description=COMPARE, formatter_class=raw)
+    c.add_argument("base", metavar="BASE.json")
+    c.add_argument("candidate", metavar="CANDIDATE.json")
+    c.add_argument("--out", metavar="DIR", help="also write DIR/compare.html and compare.md")
+    c.add_argument("--allow-cross-machine", action="store_true",
+                   help="judge absolute time changes even across different machines")
+    c.add_argument("--config", metavar="PYPROJECT", help="pyproject.toml with "
+                   "[tool.refbench.gate] (default: the nearest one)")
+
+    g = sub.add_parser("gate", help="exit non-zero on a failed check or a real slow-down",
+                       description=GATE, formatter_class=raw)
+    g.add_argument("--correctness", metavar="FILE", required=True,
+                   help="correctness JSON (--results-json)")
+    g.add_argument("--bench", metavar="FILE", help="pytest-benchmark JSON of this run")
+    g.add_argument("--baseline", metavar="FILE",
+                   help="benchmark or baseline file to compare with (default: "
+                        "[tool.refbench.gate] baseline)")
+    g.add_argument("--config", metavar="PYPROJECT", help="pyproject.toml with "
+                   "[tool.refbench.gate] (default: the nearest one)")
+
+    s = sub.add_parser("baseline", help="write a compact baseline from a benchmark file",
+                       description=BASELINE, formatter_class=raw)
+    s.add_argument("bench", metavar="BENCH.json")
+    s.add_argument("--out", metavar="FILE", required=True, help="where to write it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from reports import build as jobs
+    from reports.config import load_config
+
+    try:
+        if args.command == "baseline":
+            path = jobs.write_baseline(args.bench, args.out)
+            print(path)
+            return EXIT_OK
+        config = load_config(args.config)
+        if args.command == "build":
+            t0 = time.perf_counter()
+            built = jobs.build(args.correctness, args.bench, args.out,
+                               args.allow_cross_machine, config, args.title)
+            print(built.html)
+            print()
+            print(built.markdown.rstrip())
+            print(f"\n(report built in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+            return EXIT_OK
+        if args.command == "compare":
+            done = jobs.compare(args.base, args.candidate, args.out, args.allow_cross_machine,
+                                config)
+            print(done.markdown.rstrip())
+            if done.html:
+                print(f"\n{done.html}")
+            return EXIT_OK
+        result = jobs.run_gate(args.correctness, args.bench, args.baseline, config)
+        print("\n".join(result.lines))
+        return EXIT_OK if result.ok else EXIT_FAILED
+    except InputError as exc:
+        print(f"python -m reports {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # e.g. the output directory cannot be written
+        print(f"python -m reports {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

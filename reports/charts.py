@@ -1,0 +1,151 @@
+"""Scaling charts: median time against problem size on log-log axes, as inline SVG.
+
+matplotlib's SVG backend draws them (no display, no Agg raster); text stays text
+(``svg.fonttype = none``) and the output is trimmed (no metadata, rounded coordinates, no
+group ids) so a chart weighs ~10 KB and a catalog of them stays small. Output is deterministic:
+the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+from reports.analysis import Algo, Line
+from reports.format import time_text
+
+COLORS = {"numba": "#1f77b4", "torch-cpu": "#d62728", "torch-cuda": "#2ca02c"}
+OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+STYLES = {"forward": (0, (4, 2)), "forward+backward": "solid"}
+MARKERS = ("o", "s", "^", "D", "v")
+
+_RC = {
+    "svg.fonttype": "none",
+    "font.size": 8,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "path.simplify": True,
+}
+
+
+def _matplotlib():
+    # Figure + savefig(format="svg") draw with the SVG backend; pyplot and its GUI backends
+    # are never imported.
+    import matplotlib
+    from matplotlib import ticker
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    return matplotlib, Figure, ticker, Line2D
+
+
+def _size_label(v: float, pos=None) -> str:
+    exp = f"{v:.0e}"
+    mant, e = exp.split("e")
+    e = int(e)
+    if -3 <= e <= 3:
+        return f"{v:g}"
+    return f"{mant}e{e}"
+
+
+def _color(impl: str) -> str:
+    if impl in COLORS:
+        return COLORS[impl]
+    return OTHER_COLORS[sum(map(ord, impl)) % len(OTHER_COLORS)]
+
+
+_ATTR = re.compile(r'( (?:d|x|y|transform|points)=")([^"]*)"')
+_NUM = re.compile(r"(\d+\.\d)\d+")
+
+
+def _trim(svg: str) -> str:
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    svg = re.sub(r'<g id="[^"]*">', "<g>", svg)
+    svg = re.sub(r"font-family: [^;\"]*;? ?", "", svg)
+    svg = _ATTR.sub(lambda m: m.group(1) + _NUM.sub(r"\1", m.group(2)) + '"', svg)
+    svg = re.sub(r" \n(?=[LMCz])", " ", svg)
+    return svg.strip()
+
+
+def scaling_chart(algo: Algo, run_labels: list[str], salt: str) -> str:
+    """The SVG markup of one algorithm's scaling chart ('' when there is nothing to draw).
+
+    Colour is the implementation, line style the pass, marker the run; the fitted exponent
+    k of time ~ size**k is printed at the right end of each line.
+    """
+    lines = [ln for ln in algo.lines if ln.sizes]
+    if not lines:
+        return ""
+    matplotlib, Figure, ticker, Line2D = _matplotlib()
+    # One dtype per chart: float32 when present (what the benchmarks time by default).
+    dtypes = sorted({ln.dtype for ln in lines})
+    dtype = "float32" if "float32" in dtypes else dtypes[0]
+    lines = [ln for ln in lines if ln.dtype == dtype]
+    runs = sorted({ln.run for ln in lines})
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": salt}):
+        fig = Figure(figsize=(4.9, 3.3))
+        ax = fig.add_subplot()
+        for ln in lines:
+            ax.plot(ln.sizes, ln.times, color=_color(ln.impl),
+                    linestyle=STYLES.get(ln.pass_, "dotted"),
+                    marker=MARKERS[runs.index(ln.run) % len(MARKERS)], markersize=3.5,
+                    linewidth=1.4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis, fmt in ((ax.xaxis, _size_label), (ax.yaxis, lambda v, p: time_text(v))):
+            axis.set_major_locator(ticker.LogLocator(numticks=6))
+            axis.set_minor_locator(ticker.NullLocator())
+            axis.set_major_formatter(ticker.FuncFormatter(fmt))
+        xmin = min(min(ln.sizes) for ln in lines)
+        xmax = max(max(ln.sizes) for ln in lines)
+        span = max(xmax / xmin, 10.0)
+        ax.set_xlim(xmin / span**0.05, xmax * span**0.2)  # room for the exponents on the right
+        ax.set_xlabel(f"problem size ({algo.size_unit})")
+        ax.set_ylabel(f"time per call, {dtype}")
+        _exponents(ax, lines)
+        handles = [Line2D([], [], color=_color(i), linewidth=2, label=i)
+                   for i in dict.fromkeys(ln.impl for ln in lines)]
+        handles += [Line2D([], [], color="#555", linestyle=STYLES.get(p, "dotted"), label=p)
+                    for p in dict.fromkeys(ln.pass_ for ln in lines)]
+        if len(runs) > 1:
+            handles += [Line2D([], [], color="#555", linestyle="none", markersize=4,
+                               marker=MARKERS[k % len(MARKERS)],
+                               label=run_labels[run].split(" (")[0])
+                        for k, run in enumerate(runs)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7,
+                   frameon=False, handlelength=2.2, columnspacing=1.2)
+        rows = -(-len(handles) // 4)
+        fig.subplots_adjust(left=0.15, right=0.98, top=0.97, bottom=0.17 + 0.055 * rows)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    return _trim(buf.getvalue())
+
+
+def _exponents(ax, lines: list[Line]) -> None:
+    """Write k=... beside the last point of each line, nudged apart so labels do not overlap."""
+    import numpy as np
+
+    ends = [(np.log10(ln.times[-1]), ln) for ln in lines if ln.exponent is not None]
+    if not ends:
+        return
+    lo, hi = (np.log10(v) for v in ax.get_ylim())
+    gap = 0.06 * (hi - lo)  # the height of a label in log10 units
+    ends.sort(key=lambda e: e[0])
+    placed: list[float] = []
+    for y, _ in ends:
+        placed.append(max(y, placed[-1] + gap) if placed else y)
+    shift = max(placed[-1] - (hi - gap / 2), 0.0)  # keep the top label inside the axes
+    for (_, ln), py in zip(ends, placed, strict=True):
+        ax.annotate(f"k={ln.exponent:.2f}", xy=(ln.sizes[-1], ln.times[-1]),
+                    xytext=(ln.sizes[-1] * 1.25, 10 ** (py - shift)), textcoords="data",
+                    va="center", fontsize=7, color=_color(ln.impl))
+
+
+def draw_all(algos: list[Algo], run_labels: list[str]) -> None:
+    for i, a in enumerate(algos):
+        a.chart = scaling_chart(a, run_labels, salt=f"refbench-{i}")

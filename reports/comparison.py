@@ -1,0 +1,211 @@
+"""Two runs side by side: a baseline and a candidate.
+
+- Absolute times, benchmark by benchmark: candidate median / baseline median with a confidence
+  interval and a verdict (faster / slower / no significant change). Only when both runs come
+  from the same machine, or when the caller passes ``allow_cross_machine``: a different CPU or
+  GPU is not a regression.
+- Within-run ratios (numba / torch-cpu), which cancel the machine: how the ratio of each
+  algorithm x size x dtype x pass changed, with a confidence interval; a significant change
+  beyond the threshold is a regression (what the gate fails on).
+- Correctness: checks whose verdict changed, appeared or disappeared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reports.config import GateConfig
+from reports.loading import (
+    IMPL_ORDER,
+    PASS_ORDER,
+    SIZE_ORDER,
+    Bench,
+    BenchRun,
+    Check,
+    CorrectnessRun,
+    order_key,
+)
+from reports.stats import Ratio, ratio, ratio_of_ratios
+
+# The within-run ratio: the reference over the eager twin on the same CPU.
+NUMERATOR, DENOMINATOR = "numba", "torch-cpu"
+
+
+@dataclass
+class AbsChange:
+    base: Bench
+    cand: Bench
+    change: Ratio  # candidate / baseline median
+
+
+@dataclass
+class RatioChange:
+    algorithm: str
+    family: str
+    size: str
+    dtype: str
+    pass_: str
+    base_ratio: float
+    cand_ratio: float
+    change: Ratio  # candidate ratio / baseline ratio
+    max_slowdown: float
+
+    @property
+    def regression(self) -> bool:
+        return self.change.significant and self.change.value > self.max_slowdown
+
+    @property
+    def improvement(self) -> bool:
+        return self.change.significant and self.change.value < 1.0 / self.max_slowdown
+
+    @property
+    def label(self) -> str:
+        return f"{self.algorithm} {self.size} {self.dtype} {self.pass_}"
+
+
+@dataclass
+class CheckChange:
+    algorithm: str
+    family: str
+    check: str
+    dtype: str
+    device: str
+    nodeid: str
+    before: str  # verdict, or "absent"
+    after: str
+    message: str = ""
+
+
+def machine_differences(a: BenchRun, b: BenchRun) -> list[str]:
+    """What differs between the two runs' hardware; an unknown fact counts as different."""
+    diffs = []
+    ma, mb = a.env.machine, b.env.machine
+    for key in ma:
+        if ma[key] != mb[key]:
+            diffs.append(f"{key}: {ma[key] or 'unknown'} vs {mb[key] or 'unknown'}")
+    if all(v is None for v in (*ma.values(), *mb.values())):
+        diffs.append("neither file says which machine it ran on")
+    return diffs
+
+
+def software_differences(a, b) -> list[str]:
+    diffs = []
+    for name in sorted(set(a.env.versions) | set(b.env.versions)):
+        va, vb = a.env.versions.get(name), b.env.versions.get(name)
+        if va != vb:
+            diffs.append(f"{name} {va or 'absent'} -> {vb or 'absent'}")
+    if a.env.commit != b.env.commit and (a.env.commit or b.env.commit):
+        diffs.append(f"commit {(a.env.commit or '?')[:10]} -> {(b.env.commit or '?')[:10]}")
+    return diffs
+
+
+def _bench_sort(key):
+    algorithm, impl, size, dtype, pass_ = key
+    return (algorithm, order_key(size, SIZE_ORDER), dtype, order_key(pass_, PASS_ORDER),
+            order_key(impl, IMPL_ORDER))
+
+
+def within_run_ratios(run: BenchRun) -> dict[tuple, tuple[Bench, Bench]]:
+    """(algorithm, size, dtype, pass) -> (numba bench, torch-cpu bench) of one run."""
+    out = {}
+    for b in run.benchmarks:
+        if b.impl != NUMERATOR:
+            continue
+        den = run.find((b.algorithm, DENOMINATOR, b.size, b.dtype, b.pass_))
+        if den is not None:
+            out[(b.algorithm, b.size, b.dtype, b.pass_)] = (b, den)
+    return out
+
+
+def ratio_changes(base: BenchRun, cand: BenchRun, config: GateConfig) -> list[RatioChange]:
+    rb, rc = within_run_ratios(base), within_run_ratios(cand)
+    out = []
+    for key in sorted(set(rb) & set(rc), key=lambda k: _bench_sort((k[0], "", *k[1:]))):
+        (nb, db), (nc, dc) = rb[key], rc[key]
+        th = config.threshold(nc.family, nc.algorithm)
+        change = ratio_of_ratios(nc.timing, dc.timing, nb.timing, db.timing, th.alpha, key)
+        out.append(RatioChange(nc.algorithm, nc.family, nc.size, nc.dtype, nc.pass_,
+                               nb.timing.median / db.timing.median,
+                               nc.timing.median / dc.timing.median, change, th.max_slowdown))
+    return out
+
+
+@dataclass
+class Comparison:
+    base: BenchRun
+    cand: BenchRun
+    machine_diffs: list[str]
+    software_diffs: list[str]
+    allow_cross_machine: bool
+    absolute: list[AbsChange]
+    ratios: list[RatioChange]
+    only_base: list[tuple] = field(default_factory=list)
+    only_cand: list[tuple] = field(default_factory=list)
+
+    @property
+    def same_machine(self) -> bool:
+        return not self.machine_diffs
+
+    @property
+    def judges_absolute(self) -> bool:
+        return self.same_machine or self.allow_cross_machine
+
+    @property
+    def refusal(self) -> str:
+        if self.judges_absolute:
+            return ""
+        return ("The two runs come from different machines (" + "; ".join(self.machine_diffs)
+                + "): absolute times are shown but no change is called a regression or an "
+                  "improvement. Within-run ratios (numba / torch-cpu) are compared instead. "
+                  "Pass --allow-cross-machine to judge absolute times anyway.")
+
+    def counts(self) -> dict[str, int]:
+        c = {"slower": 0, "faster": 0, "no significant change": 0, "not judged": 0}
+        if self.judges_absolute:
+            for a in self.absolute:
+                c[a.change.verdict] += 1
+        c["regressions"] = sum(r.regression for r in self.ratios)
+        c["improvements"] = sum(r.improvement for r in self.ratios)
+        return c
+
+
+def compare_runs(base: BenchRun, cand: BenchRun, config: GateConfig,
+                 allow_cross_machine: bool = False) -> Comparison:
+    keys_b = {b.key for b in base.benchmarks}
+    keys_c = {b.key for b in cand.benchmarks}
+    absolute = []
+    for key in sorted(keys_b & keys_c, key=_bench_sort):
+        b, c = base.find(key), cand.find(key)
+        th = config.threshold(c.family, c.algorithm)
+        absolute.append(AbsChange(b, c, ratio(c.timing, b.timing, th.alpha, key)))
+    absolute.sort(key=lambda a: -a.change.value)
+    return Comparison(
+        base=base, cand=cand, machine_diffs=machine_differences(base, cand),
+        software_diffs=software_differences(base, cand),
+        allow_cross_machine=allow_cross_machine, absolute=absolute,
+        ratios=ratio_changes(base, cand, config),
+        only_base=sorted(keys_b - keys_c, key=_bench_sort),
+        only_cand=sorted(keys_c - keys_b, key=_bench_sort))
+
+
+def compare_checks(base: CorrectnessRun, cand: CorrectnessRun) -> list[CheckChange]:
+    """Checks whose verdict changed between the runs, and checks only one run has."""
+    def index(run: CorrectnessRun) -> dict[str, Check]:
+        return {c.nodeid or f"{c.algorithm}|{c.check}|{c.dtype}|{c.device}": c
+                for c in run.checks}
+
+    ib, ic = index(base), index(cand)
+    out = []
+    for key in sorted(set(ib) | set(ic)):
+        b, c = ib.get(key), ic.get(key)
+        before = b.verdict if b else "absent"
+        after = c.verdict if c else "absent"
+        if before == after:
+            continue
+        ref = c or b
+        out.append(CheckChange(ref.algorithm, ref.family, ref.check, ref.dtype, ref.device,
+                               ref.nodeid, before, after,
+                               (c.message or c.reason) if c else ""))
+    rank = {"failed": 0, "absent": 2, "skipped": 1, "passed": 3}
+    out.sort(key=lambda ch: (rank.get(ch.after, 4), ch.algorithm, ch.check, ch.dtype))
+    return out

@@ -1,0 +1,110 @@
+"""The CI gate: fail on any correctness failure, or on a real slow-down.
+
+A slow-down is judged on the within-run ratio numba / torch-cpu (both timed in the same
+process, so the machine cancels) against the same ratio in a baseline: it fails the gate when
+the change is significant (its ``1 - alpha`` interval excludes 1) AND larger than
+``max_slowdown``. Thresholds: ``[tool.refbench.gate]`` in pyproject.toml (see config.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reports.comparison import ratio_changes, within_run_ratios
+from reports.config import GateConfig
+from reports.format import ratio_text
+from reports.loading import BenchRun, Check, CorrectnessRun
+
+
+@dataclass
+class GateResult:
+    failures: list[Check]
+    lines: list[str] = field(default_factory=list)
+    regressions: list = field(default_factory=list)
+    empty: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.regressions and not self.empty
+
+
+def _first_line(text: str) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun | None,
+         config: GateConfig, baseline_note: str = "") -> GateResult:
+    checks = correctness.checks
+    failures = [c for c in checks if c.verdict == "failed"]
+    result = GateResult(failures=failures, empty=not checks)
+    lines = result.lines
+    n = {v: sum(c.verdict == v for c in checks) for v in ("passed", "failed", "skipped")}
+
+    if not checks:
+        lines.append(f"correctness: {correctness.path} holds no checks (did the run collect "
+                     f"nothing?)")
+    elif failures:
+        algos = sorted({c.algorithm for c in failures})
+        lines.append(f"correctness: {len(failures)} of {len(checks)} checks FAILED in "
+                     f"{len(algos)} algorithm(s): {', '.join(algos[:10])}"
+                     + (" ..." if len(algos) > 10 else ""))
+        for c in failures[:20]:
+            lines.append(f"  - {c.algorithm} {c.check} {c.dtype or ''} on {c.device or '?'}: "
+                         f"{_first_line(c.message) or 'failed'}")
+            if c.replay:
+                lines.append(f"    replay: {c.replay}")
+        if len(failures) > 20:
+            lines.append(f"  ... and {len(failures) - 20} more (see the report)")
+    else:
+        lines.append(f"correctness: all {n['passed']} checks passed"
+                     + (f" ({n['skipped']} skipped)" if n["skipped"] else ""))
+
+    if bench is None:
+        lines.append("performance: not gated (no --bench file)")
+    elif baseline is None:
+        lines.append("performance: not gated (no baseline: pass --baseline FILE or set "
+                     "[tool.refbench.gate] baseline in pyproject.toml)"
+                     + (f"; {baseline_note}" if baseline_note else ""))
+    else:
+        changes = ratio_changes(baseline, bench, config)
+        result.regressions = [c for c in changes if c.regression]
+        where = f"vs baseline {baseline.path}"
+        if not changes:
+            have = len(within_run_ratios(bench))
+            lines.append(f"performance: not gated: no numba / torch-cpu pair in common with "
+                         f"the baseline {where} ({have} pair(s) in this run)")
+        else:
+            judged = [c for c in changes if c.change.judged]
+            slower = [c for c in changes if c.change.significant and c.change.value > 1]
+            faster = [c for c in changes if c.change.significant and c.change.value < 1]
+            head = (f"performance: {len(result.regressions)} regression(s) in {len(changes)} "
+                    f"within-run ratios (numba / torch-cpu) {where}; threshold "
+                    f"{config.max_slowdown:g}x at alpha {config.alpha:g}"
+                    + (" (with overrides)" if config.overrides else ""))
+            lines.append(head)
+            for c in sorted(result.regressions, key=lambda c: -c.change.value):
+                lines.append(f"  - REGRESSION {c.label}: numba/torch-cpu {c.base_ratio:.3g} -> "
+                             f"{c.cand_ratio:.3g}, {ratio_text(c.change)} "
+                             f"(limit {c.max_slowdown:g}x)")
+            small = [c for c in slower if not c.regression]
+            if small:
+                lines.append(f"  {len(small)} significant slow-down(s) within the threshold, "
+                             f"worst {max(small, key=lambda c: c.change.value).label} "
+                             f"{ratio_text(max(small, key=lambda c: c.change.value).change)}")
+            if faster:
+                best = min(faster, key=lambda c: c.change.value)
+                lines.append(f"  {len(faster)} significantly faster, best {best.label} "
+                             f"{ratio_text(best.change)}")
+            if len(judged) < len(changes):
+                lines.append(f"  {len(changes) - len(judged)} not judged (fewer than 2 rounds)")
+            diffs = [f"{k}: {v} vs {bench.env.machine[k]}"
+                     for k, v in baseline.env.machine.items()
+                     if v is not None and bench.env.machine[k] is not None
+                     and v != bench.env.machine[k]]
+            if diffs:
+                lines.append("  note: the baseline comes from another machine ("
+                             + "; ".join(diffs) + "); within-run ratios cancel most of that")
+    status = "PASSED" if result.ok else "FAILED"
+    lines.insert(0, f"refbench gate: {status}")
+    return result

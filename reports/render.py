@@ -1,0 +1,153 @@
+"""HTML and markdown from a Report, with Jinja2 templates in reports/templates.
+
+Autoescape is on for HTML: algorithm names, messages and shrunk inputs come from user code and
+are text, never markup. The markdown summary escapes what markdown and a pull-request comment's
+HTML would interpret. CSS and JS are read from the package and inlined: the report is one file
+that needs no network.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from reports import format as fmt
+from reports.analysis import Report, achieved
+from reports.loading import order_key
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|<>#!~])")
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
+def md(text: object) -> str:
+    """Text made inert in markdown (and in the HTML GitHub renders from it), on one line."""
+    s = " ".join(str(text).split())
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return _ENTITY.sub("&amp;", s)  # only "&name;" would turn into another character
+
+
+def md_code(text: object) -> str:
+    """Text as a markdown code span (safe in a table cell)."""
+    s = " ".join(str(text).split()).replace("`", "'").replace("|", "\\|")
+    return f"`{s}`"
+
+
+def short_dtype(d: str) -> str:
+    return {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}.get(d, d)
+
+
+def bar_width(worst: float) -> float:
+    if not math.isfinite(worst):
+        return 100.0
+    return round(min(max(worst, 0.0), 1.0) * 100, 1)
+
+
+def sort_num(x: float | None) -> str:
+    """A data-sort value: numbers sort numerically, missing ones last."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "inf"
+    return repr(float(x))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("reports", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",),
+                                            disabled_extensions=("md",), default=True),
+        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        time=fmt.time_text, rate=fmt.rate_text, pct=fmt.percent_text, speed=fmt.speed_text,
+        ratio=fmt.ratio_text, worst=fmt.worst_text, sig=fmt.sig, md=md, md_code=md_code,
+        dt=short_dtype, bar=bar_width, sortnum=sort_num,
+    )
+    env.globals.update(achieved=achieved, order_key=order_key, isfinite=math.isfinite)
+    return env
+
+
+def _static(name: str) -> Markup:
+    text = resources.files("reports").joinpath("templates", name).read_text(encoding="utf-8")
+    return Markup(text)  # our own CSS/JS, not user data
+
+
+def render_html(template: str, **context) -> str:
+    env = _environment()
+    return env.get_template(template).render(css=_static("report.css"), js=_static("report.js"),
+                                             **context)
+
+
+def render_md(template: str, **context) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def write(out_dir: Path, name: str, text: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def report_context(report: Report) -> dict:
+    fastest, slowest = report.extremes()
+    return {"r": report, "fastest": fastest, "slowest": slowest}
+
+
+def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """One column per run (correctness and benchmark files), one row per fact."""
+    def commit(env) -> str:
+        if not env.commit:
+            return "–"
+        state = {True: " (dirty tree)", False: " (clean)", None: ""}[env.dirty]
+        return env.commit[:12] + state
+
+    def gpu(env, *keys) -> str:
+        if not env.gpu:
+            return "none"
+        return " · ".join(f"{env.gpu[k]}" for k in keys if env.gpu.get(k) not in (None, ""))
+
+    def peak(env, device) -> str:
+        p = env.peaks.get(device)
+        if not p:
+            return "–"
+        return (f"{fmt.rate_text(p.get('flops_per_s'), 'FLOP')}, "
+                f"{fmt.rate_text(p.get('bytes_per_s'), 'B')}")
+
+    heads = [f"{r.title or r.label}: {Path(r.path).name}" for r in runs]
+    facts = [
+        ("kind", lambda r: {"correctness": "correctness checks", "benchmark": "benchmarks",
+                            "baseline": "baseline (compact)"}[r.kind]),
+        ("created", lambda r: r.created or "–"),
+        ("CPU", lambda r: r.env.cpu or "–"),
+        ("cores", lambda r: str(r.env.cores) if r.env.cores else "–"),
+        ("host", lambda r: r.env.node or "–"),
+        ("GPU", lambda r: gpu(r.env, "name", "count")),
+        ("GPU driver · CUDA · capability",
+         lambda r: gpu(r.env, "driver", "cuda", "capability") if r.env.gpu else "–"),
+        ("python", lambda r: r.env.python or "–"),
+    ]
+    names = ["numpy", "numba", "llvmlite", "scipy", "torch", "hypothesis", "pytest-benchmark"]
+    extra = sorted({k for r in runs for k in r.env.versions} - set(names))
+    for name in names + extra:
+        facts.append((name, lambda r, n=name: r.env.versions.get(n) or "–"))
+    facts += [
+        ("commit", lambda r: commit(r.env)),
+        ("measured peak, CPU", lambda r: peak(r.env, "cpu")),
+        ("measured peak, CUDA", lambda r: peak(r.env, "cuda")),
+        ("platform", lambda r: r.env.platform or "–"),
+        ("Hypothesis profile · --device",
+         lambda r: f"{r.profile or '–'} · {r.device or '–'}" if r.kind == "correctness" else ""),
+    ]
+    rows = []
+    for label, get in facts:
+        values = [get(r) for r in runs]
+        if any(v not in ("–", "", "none") for v in values):
+            rows.append((label, values))
+    return heads, rows

@@ -1,0 +1,350 @@
+"""Writes the small result files the report tests read (run it to regenerate them):
+
+    python suites/selftest/data/reports/make_fixtures.py
+
+Files, in the formats conftest.py and pytest-benchmark write:
+- cpu_correctness.json   a CPU run, every check passed (CUDA checks skipped with a reason)
+- cpu_bench.json         its benchmarks: numba and torch-cpu, three sizes, two passes
+- gpu_bench.json         another machine with a GPU: numba, torch-cpu, torch-cuda; one
+                         benchmark crashed (absent), so its cell reads "not run"
+- failing_correctness.json  failures with shrunk input and replay, and hostile names
+- hostile_bench.json     benchmarks whose names carry <script>, quotes and unicode
+- old_bench.json         pytest-benchmark 3.x style: no fullname, ops, stats.data, extra_info
+- slower_bench.json      cpu_bench with numba softmax 1.6x slower relative to torch (gate: fail)
+- noisy_bench.json       cpu_bench re-timed with noise only, on another host (gate: pass)
+
+``synthetic_bench``/``synthetic_correctness`` build catalog-sized inputs for the size and
+speed tests. Everything is seeded: the same files every time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+SIZES = {"small": 64, "medium": 65536, "large": 16777216}
+HOSTILE = '<script>alert("pwned")</script>'
+HOSTILE_FAMILY = "évil \"family\" 'x' ∑😀"
+
+ENV_CPU = {
+    "python": "3.11.7", "platform": "Linux-6.18.44-x86_64-with-glibc2.36",
+    "cpu": "Intel(R) Xeon(R) Processor", "cores": 2,
+    "versions": {"numpy": "2.4.6", "numba": "0.68.1", "llvmlite": "0.50.0", "scipy": "1.17.1",
+                 "torch": "2.13.0+cpu", "hypothesis": "6.155.2", "pytest-benchmark": "5.2.3"},
+    "gpu": None, "commit": "dbf39841b07950c290e1eb140c3f0a4d708a36e8", "dirty": False,
+}
+ENV_GPU = {
+    **ENV_CPU, "cpu": "AMD EPYC 9454 48-Core Processor", "cores": 16,
+    "versions": {**ENV_CPU["versions"], "torch": "2.13.0+cu128"},
+    "gpu": {"name": "NVIDIA H100 80GB HBM3", "count": 1, "cuda": "12.8", "capability": "9.0",
+            "driver": "570.124.06"},
+    "commit": "5e0c1d2a9b8f7e6d5c4b3a29180f7e6d5c4b3a29", "dirty": True,
+}
+PEAK_CPU = {"device": "cpu", "flops_per_s": 9.3e10, "bytes_per_s": 8.2e9,
+            "method": "float32 matmul 2048x2048; copy of 256 MiB (read + write)"}
+PEAK_GPU_CPU = {**PEAK_CPU, "flops_per_s": 1.9e12, "bytes_per_s": 6.1e10}
+PEAK_CUDA = {"device": "cuda", "flops_per_s": 5.1e13, "bytes_per_s": 2.9e12,
+             "method": "float32 matmul 8192x8192; copy of 1024 MiB (read + write)"}
+
+# name -> (family, differentiable, flops per element, rows for softmax-like shapes)
+ALGOS = {
+    "relu": ("activations", True, 1.0),
+    "leaky_relu": ("activations", True, 2.0),
+    "softmax": ("activations", True, 5.0),
+    "gelu": ("activations", True, 12.0),
+    "step": ("activations", False, 1.0),
+}
+
+
+# -- correctness --------------------------------------------------------------------------------
+
+def _record(algo, family, check, dtype, verdict="passed", worst=0.0, reason="", message="",
+            case="", device="cpu", examples=30, extra=""):
+    param = f"{algo}-{dtype}" if dtype else f"{algo}{extra}"
+    test = {"forward": "test_forward", "gradient": "test_gradient",
+            "gradcheck": "test_gradcheck", "invariants": "test_invariants",
+            "invalid input": "test_invalid", "no derivative": "test_no_derivative"}[check]
+    nodeid = f"suites/correctness/test_checks.py::{test}[{param}]"
+    tol = {"float32": (1.3e-6, 1e-5), "float64": (1e-7, 1e-7)}.get(dtype)
+    measured = check in ("forward", "gradient", "gradcheck")
+    return {
+        "nodeid": nodeid,
+        "replay": f"python -m pytest '{nodeid}' --device=auto --hypothesis-profile=ci",
+        "algorithm": algo, "family": family, "check": check, "dtype": dtype, "device": device,
+        "examples": examples if verdict != "skipped" else 0,
+        "max_abs": worst * (tol[1] if tol else 0) if measured else 0.0,
+        "max_rel": worst * (tol[0] if tol else 0) if measured else 0.0,
+        "worst": worst if measured else 0.0,
+        "rtol": tol[0] if measured and tol else None, "atol": tol[1] if measured and tol else None,
+        "verdict": verdict, "reason": reason, "message": message, "case": case,
+        "duration_s": 0.25,
+    }
+
+
+def correctness(failing: bool = False) -> dict:
+    rng = np.random.default_rng(1 if failing else 0)
+    records = []
+    for algo, (family, diff, _) in ALGOS.items():
+        for dtype in ("float32", "float64"):
+            checks = ["forward", "gradient", "gradcheck"] if diff else ["forward"]
+            for check in checks:
+                if check == "gradcheck" and dtype == "float32":
+                    continue
+                worst = float(rng.uniform(0.0, 0.3) if dtype == "float32" else rng.uniform(0, .05))
+                records.append(_record(algo, family, check, dtype, worst=worst))
+            records.append(_record(algo, family, "invariants", dtype))
+        if not diff:
+            records.append(_record(algo, family, "no derivative", "float64"))
+        for i, what in enumerate(("wrong rank", "float16 input", "non-finite parameter")):
+            records.append(_record(algo, family, "invalid input", "", examples=1,
+                                   extra=f"-{i}-{what.replace(' ', '_')}"))
+        records.append(_record(algo, family, "forward", "float32", verdict="skipped",
+                               device="cuda",
+                               reason="--device cuda: torch sees no CUDA device on this machine",
+                               examples=0) | {"nodeid": f"suites/correctness/test_checks.py::"
+                                                        f"test_forward_cuda[{algo}-float32]"})
+    if failing:
+        case = ("x: float32[3, 5] [ 1.0000000e+04, -1.0000000e+04,  0.0000000e+00,  "
+                "1.5000000e+00, -2.5000000e+00, 3.0000000e+00] ... (+9); params: axis=-1")
+        for r in records:
+            if r["algorithm"] == "softmax" and r["check"] == "gradient" and r["dtype"] == "float32":
+                r.update(verdict="failed", worst=37.5, max_abs=3.75e-4, max_rel=2.1e-2,
+                         case=case, message=(
+                             "softmax backward, float32, gradient of 'x' (1 of 1), on cpu: "
+                             "worst element [1, 3]: reference 0.01234, twin 0.012715, |diff| "
+                             "0.000375 > tolerance 1e-05 (atol 1e-05 + rtol 1.3e-06 * |twin|), "
+                             "37.5x the tolerance; 4/15 elements out, max abs 0.000375, max rel "
+                             f"0.021\n  case: {case}\n  replay: {r['replay']}\n"
+                             "You can reproduce this example by temporarily adding "
+                             "@reproduce_failure('6.155.2', b'AXicY2BgYAAAAAQAAQ==') as a "
+                             "decorator on your test case"))
+        bad = {"family": HOSTILE_FAMILY}
+        records.append(_record(HOSTILE, HOSTILE_FAMILY, "forward", "float32", verdict="failed",
+                               worst=float("inf"), message=(
+                                   f"{HOSTILE} forward: reference returned <img src=x "
+                                   f"onerror=\"window.__pwned=1\"> & 'quotes' \"double\" "
+                                   f"unicode ∑ 😀 — ünïcödé\n  replay: python -m pytest "
+                                   f"'x::test[{HOSTILE}]'"),
+                               case="x: float32[2] [nan, inf]") | bad)
+        # recording.py writes non-finite errors as strings
+        records[-1].update(worst="inf", max_abs="inf", max_rel="nan")
+        records.append(_record(HOSTILE, HOSTILE_FAMILY, "gradient", "float32",
+                               verdict="skipped", reason=f"skipped because {HOSTILE} & ∑",
+                               examples=0) | bad)
+        records.append(_record("ß∑😀 relu \"quoted\"", "activations", "forward", "float64",
+                               worst=0.5))
+    env = dict(ENV_CPU)
+    return {"schema": "refbench.correctness/1", "created": "2026-11-22T14:59:33+0000",
+            "duration_s": 17.1, "device": "auto", "profile": "ci", "environment": env,
+            "records": records}
+
+
+# -- benchmarks ---------------------------------------------------------------------------------
+
+def _stats(data: np.ndarray, old: bool = False) -> dict:
+    q1, med, q3 = np.quantile(data, (0.25, 0.5, 0.75))
+    iqr = q3 - q1
+    s = {"min": float(data.min()), "max": float(data.max()), "mean": float(data.mean()),
+         "stddev": float(data.std(ddof=1)), "rounds": int(data.size), "median": float(med),
+         "iqr": float(iqr), "q1": float(q1), "q3": float(q3),
+         "iqr_outliers": int(((data < q1 - 1.5 * iqr) | (data > q3 + 1.5 * iqr)).sum()),
+         "stddev_outliers": 0, "outliers": "0;0",
+         "ld15iqr": float(data[data >= q1 - 1.5 * iqr].min()),
+         "hd15iqr": float(data[data <= q3 + 1.5 * iqr].max()),
+         "total": float(data.sum()), "iterations": 1}
+    if not old:
+        s["ops"] = float(1.0 / data.mean())
+        s["data"] = [float(f"{x:.6g}") for x in data]
+    return s
+
+
+def model_time(algo: str, impl: str, size: str, pass_: str, flops_per: float) -> float:
+    """A plausible median: fixed call overhead plus work at a rate, per implementation."""
+    n = SIZES[size]
+    overhead = {"numba": 1.5e-6, "torch-cpu": 6e-6, "torch-cuda": 2.5e-5}[impl]
+    rate = {"numba": 1.2e9, "torch-cpu": 1.6e9, "torch-cuda": 4e11}[impl]
+    work = n * (flops_per + 2) / rate
+    factor = 1.0 if pass_ == "forward" else 2.6
+    if impl == "torch-cpu" and pass_ == "forward+backward":
+        overhead *= 4  # autograd
+    return (overhead + work) * factor
+
+
+def bench_entry(algo, family, impl, size, dtype, pass_, median, rng, rounds, flops_per,
+                old=False, spread=0.04, shapes=None) -> dict:
+    data = median * np.exp(rng.normal(0, spread, rounds)) * (1 + rng.exponential(0.02, rounds))
+    data *= median / np.median(data)
+    n = SIZES[size]
+    factor = 1.0 if pass_ == "forward" else 3.0
+    pid = f"{algo}-{impl}-{size}-{dtype}-{pass_.replace('+', '_')}"
+    entry = {
+        "group": f"{algo} {size} {dtype} {pass_}",
+        "name": f"test_bench[{pid}]",
+        "fullname": f"suites/performance/test_bench.py::test_bench[{pid}]",
+        "params": {"bench": [algo, impl, size, f"UNSERIALIZABLE[dtype('{dtype}')]", pass_]},
+        "param": pid,
+        "extra_info": {
+            "algorithm": algo, "family": family, "implementation": impl,
+            "device": "cuda" if impl == "torch-cuda" else "cpu", "dtype": dtype, "size": size,
+            "shapes": shapes or {"x": [n // 64, 64] if algo == "softmax" else [n]},
+            "flops": flops_per * n * factor, "bytes": 8.0 * n * factor,
+            "first_call_s": (0.45 if impl == "numba" and size == "small" else 0.0) + median * 2,
+            "compile_s": 0.45 if impl == "numba" and size == "small" else median * 0.1,
+            "pass": pass_,
+        },
+        "options": {"disable_gc": True, "timer": "perf_counter", "min_rounds": 5,
+                    "max_time": 0.5, "min_time": 5e-06, "warmup": False},
+        "stats": _stats(data, old),
+    }
+    if old:
+        for key in ("fullname", "params", "param", "extra_info"):
+            entry.pop(key)
+    return entry
+
+
+def bench(machine: str = "cpu", seed: int = 0, tweak=None, impls=None, node="vm",
+          drop=()) -> dict:
+    rng = np.random.default_rng(seed)
+    impls = impls or (["numba", "torch-cpu", "torch-cuda"] if machine == "gpu"
+                      else ["numba", "torch-cpu"])
+    out = []
+    for algo, (family, diff, flops_per) in ALGOS.items():
+        for size in SIZES:
+            for impl in impls:
+                for pass_ in ("forward", "forward+backward") if diff else ("forward",):
+                    key = (algo, impl, size, pass_)
+                    if key in drop:
+                        continue
+                    med = model_time(algo, impl, size, pass_, flops_per)
+                    if machine == "gpu" and impl != "torch-cuda":
+                        med *= 0.6
+                    if tweak:
+                        med *= tweak(*key)
+                    rounds = int(min(max(0.02 / med, 5), 40))
+                    out.append(bench_entry(algo, family, impl, size, "float32", pass_, med, rng,
+                                           rounds, flops_per))
+    return _bench_doc(out, ENV_GPU if machine == "gpu" else ENV_CPU,
+                      {"cpu": PEAK_GPU_CPU, "cuda": PEAK_CUDA} if machine == "gpu"
+                      else {"cpu": PEAK_CPU}, node)
+
+
+def _bench_doc(benchmarks, env, peaks, node, version="5.2.3", refbench=True) -> dict:
+    cpu = {"brand_raw": env["cpu"], "count": env["cores"], "arch": "X86_64"}
+    mi = {"node": node, "processor": "", "machine": "x86_64", "python_implementation": "CPython",
+          "python_version": env["python"], "release": "6.18.44", "system": "Linux", "cpu": cpu}
+    if refbench:
+        mi["refbench"] = {**env, "peaks": peaks}
+        if env["gpu"]:
+            mi["gpu"] = env["gpu"]
+    return {"machine_info": mi,
+            "commit_info": {"id": env["commit"], "time": "2026-11-22T14:58:19+00:00",
+                            "dirty": env["dirty"], "project": "main", "branch": "main"},
+            "benchmarks": benchmarks, "datetime": "2026-11-22T15:00:01.420626+00:00",
+            "version": version}
+
+
+def hostile_bench() -> dict:
+    rng = np.random.default_rng(7)
+    out = []
+    for algo, family in ((HOSTILE, HOSTILE_FAMILY), ("ß∑😀 relu \"quoted\"", "activations")):
+        for size in SIZES:
+            for impl in ("numba", "torch-cpu"):
+                med = model_time("relu", impl, size, "forward", 1.0)
+                e = bench_entry(algo, family, impl, size, "float32", "forward", med, rng, 20, 1.0)
+                e["extra_info"]["shapes"] = {f"<b>{HOSTILE}</b>": [SIZES[size]]}
+                out.append(e)
+    return _bench_doc(out, ENV_CPU, {"cpu": PEAK_CPU}, node="<i>host</i>")
+
+
+def old_bench() -> dict:
+    """pytest-benchmark 3.x: no fullname/params/extra_info, no ops, no raw data."""
+    rng = np.random.default_rng(3)
+    out = []
+    for size in SIZES:
+        for impl in ("numba", "torch-cpu"):
+            med = model_time("relu", impl, size, "forward", 1.0)
+            out.append(bench_entry("relu", "activations", impl, size, "float32", "forward", med,
+                                   rng, 40, 1.0, old=True))
+    # One benchmark that is not refbench's at all: kept under its own name.
+    other = bench_entry("x", "y", "numba", "small", "float32", "forward", 1e-5, rng, 10, 1.0,
+                        old=True)
+    other["name"] = "test_something_else"
+    out.append(other)
+    doc = _bench_doc(out, ENV_CPU, {}, node="oldbox", version="3.2.3", refbench=False)
+    return doc
+
+
+# -- catalog-sized synthetic inputs -------------------------------------------------------------
+
+def synthetic_bench(n_algos: int = 80, rounds: int = 1000, gpu: bool = True,
+                    seed: int = 11) -> dict:
+    rng = np.random.default_rng(seed)
+    impls = ["numba", "torch-cpu", "torch-cuda"] if gpu else ["numba", "torch-cpu"]
+    out = []
+    families = ("activations", "losses", "regularizers", "layers", "sequence", "optim",
+                "models", "classical")
+    for i in range(n_algos):
+        algo, family = f"algorithm_{i:02d}", families[i % len(families)]
+        flops_per = float(1 + i % 13)
+        for size in SIZES:
+            for impl in impls:
+                for pass_ in ("forward", "forward+backward"):
+                    med = model_time(algo, impl, size, pass_, flops_per) * math.exp(
+                        rng.normal(0, 0.3))
+                    out.append(bench_entry(algo, family, impl, size, "float32", pass_, med, rng,
+                                           rounds, flops_per))
+    env = ENV_GPU if gpu else ENV_CPU
+    peaks = {"cpu": PEAK_GPU_CPU, "cuda": PEAK_CUDA} if gpu else {"cpu": PEAK_CPU}
+    return _bench_doc(out, env, peaks, node="gpu-box" if gpu else "vm")
+
+
+def synthetic_correctness(n_algos: int = 80, seed: int = 12) -> dict:
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n_algos):
+        algo = f"algorithm_{i:02d}"
+        family = ("activations", "losses", "regularizers", "layers", "sequence", "optim",
+                  "models", "classical")[i % 8]
+        for dtype in ("float32", "float64"):
+            for check in ("forward", "gradient", "gradcheck", "invariants"):
+                records.append(_record(algo, family, check, dtype,
+                                       worst=float(rng.uniform(0, 0.5))))
+        for j in range(4):
+            records.append(_record(algo, family, "invalid input", "", examples=1,
+                                   extra=f"-{j}"))
+    doc = correctness()
+    doc["records"] = records
+    return doc
+
+
+def main() -> None:
+    def slower(algo, impl, size, pass_):
+        return 1.6 if algo == "softmax" and impl == "numba" and size == "large" else 1.0
+
+    def noise(algo, impl, size, pass_):
+        h = (sum(map(ord, algo + impl + size + pass_)) % 11) / 100.0  # within +-5%
+        return 0.95 + h
+
+    files = {
+        "cpu_correctness.json": correctness(),
+        "failing_correctness.json": correctness(failing=True),
+        "cpu_bench.json": bench("cpu", seed=0),
+        "gpu_bench.json": bench("gpu", seed=1, node="gpu-box",
+                                drop={("softmax", "numba", "large", "forward+backward")}),
+        "hostile_bench.json": hostile_bench(),
+        "old_bench.json": old_bench(),
+        "slower_bench.json": bench("cpu", seed=2, tweak=slower),
+        "noisy_bench.json": bench("cpu", seed=3, tweak=noise, node="vm2"),
+    }
+    for name, doc in files.items():
+        (HERE / name).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        print(name, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
