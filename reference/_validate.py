@@ -143,3 +143,45 @@ def labels(y: np.ndarray, name: str, n_classes: int, *, ignore_index: int | None
         bad = y[~valid].flat[0]
         extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
         raise ValueError(f"{name} must lie in [0, {n_classes}){extra}, got {bad}")
+
+
+def bool_array(x, name: str, *, shape: Sequence[int] | None = None,
+               like: str = "") -> np.ndarray:
+    """Return ``x`` as a C-contiguous bool array (a dropout mask), or raise naming ``name``.
+
+    ``shape``, when given, is the shape ``x`` must have; ``like`` names where it comes from.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of bool, got {_describe(x)}")
+    if x.dtype != np.bool_:
+        raise TypeError(f"{name} must have dtype bool (True = keep), got {x.dtype}")
+    if shape is not None and x.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}{like}, got {x.shape}")
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+def int_tuple(value, name: str, n: int, *, lo: int | None = None) -> tuple[int, ...]:
+    """An integer or a sequence of ``n`` integers (one per spatial dim: a stride, a padding),
+    each at least ``lo``, as a tuple of ``n`` Python ints."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, tuple, list)):
+        raise TypeError(f"{name} must be an integer or a sequence of {n} integers, "
+                        f"got {_describe(value)}")
+    items = [value] * n if isinstance(value, (int, np.integer)) else list(value)
+    if len(items) != n:
+        raise ValueError(f"{name} must be an integer or a sequence of {n} integers, "
+                         f"got {len(items)} values {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+            raise TypeError(f"{name} must hold integers, got {_describe(item)} in {value!r}")
+        if lo is not None and item < lo:
+            raise ValueError(f"{name} must be at least {lo}, got {value!r}")
+        out.append(int(item))
+    return tuple(out)
+
+
+def boolean(value, name: str) -> bool:
+    """A flag (``training``, ``ceil_mode``): a Python or numpy bool, nothing else."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return bool(value)

@@ -1,0 +1,286 @@
+"""Layers without spatial structure: dense (linear), dropout, channel dropout, embedding.
+
+Convolution is in ``reference.conv``, pooling in ``reference.pool``, batch and layer norm in
+``reference.norm``, and the composite blocks (residual, MobileNet, Inception) in
+``reference.blocks``. The convention is the library's::
+
+    y, ctx = linear(x, weight, bias)           # forward
+    dx, dw, db = linear_backward(ctx, dy)      # one gradient per differentiable input
+
+An optional input left out (``bias=None``) gets ``None`` in its place. Randomness is an
+explicit input: dropout takes its mask; ``dropout_mask`` draws one from a numpy Generator.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from reference import _validate as v
+from reference._jit import PARALLEL_MIN, kernel
+
+__all__ = [
+    "linear", "linear_backward", "dropout", "dropout_backward", "dropout2d",
+    "dropout2d_backward", "dropout_mask", "embedding", "embedding_backward",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# dense / linear
+#
+# The products go to BLAS (np.dot inside @njit calls SciPy's OpenBLAS): float64 uses dgemm and
+# float32 sgemm, which accumulates in float32 as torch does; the spec derives its float32
+# tolerance from the length K of these sums. BLAS threads itself, so these kernels are not
+# parallel: np.dot inside a prange region makes OpenBLAS and numba's threads fight for the cores.
+
+
+class LinearCtx(NamedTuple):
+    x2: np.ndarray      # (M, K): the input with its leading dims flattened
+    weight: np.ndarray  # (N, K)
+    has_bias: bool
+    x_shape: tuple[int, ...]
+
+
+@kernel()
+def _linear_fwd(x2, w, b, has_bias, y2):
+    np.dot(x2, w.T, y2)                        # (M, K) @ (K, N) -> (M, N)
+    if has_bias:
+        for i in range(y2.shape[0]):
+            for j in range(y2.shape[1]):
+                y2[i, j] += b[j]
+
+
+@kernel()
+def _linear_bwd(x2, w, g2, dx2, dw, db, has_bias):
+    np.dot(g2, w, dx2)                         # (M, N) @ (N, K) -> (M, K)
+    np.dot(g2.T, x2, dw)                       # (N, M) @ (M, K) -> (N, K)
+    if has_bias:
+        acc = np.zeros(g2.shape[1])            # float64 accumulator
+        for i in range(g2.shape[0]):
+            for j in range(g2.shape[1]):
+                acc[j] += g2[i, j]
+        for j in range(g2.shape[1]):
+            db[j] = acc[j]
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
+           ) -> tuple[np.ndarray, LinearCtx]:
+    r"""Dense layer ``y = x W^T + b`` over any leading batch dims (``F.linear``).
+
+    Shapes: ``x`` (..., K), ``weight`` (N, K), ``bias`` (N,) or None, ``y`` (..., N).
+
+    .. math:: y_{\cdot n} = \sum_k x_{\cdot k} W_{nk} + b_n
+
+    .. math:: dx = dy\,W, \qquad dW = \sum_{\cdot} dy^T x, \qquad db = \sum_{\cdot} dy
+
+    (sums over all leading dims). Backward returns ``(dx, dW, db)``, ``db = None`` without bias.
+    """
+    x = v.float_array(x, "x", min_ndim=1)
+    weight = v.float_array(weight, "weight", ndim=2, dtype=x.dtype)
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must have shape (out_features, {x.shape[-1]}) to match the "
+                         f"last dim of x {x.shape}, got {weight.shape}")
+    has_bias = bias is not None
+    if has_bias:
+        bias = v.float_array(bias, "bias", ndim=1, dtype=x.dtype)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) (out_features), "
+                             f"got {bias.shape}")
+    else:
+        bias = np.empty(0, x.dtype)
+    x2 = x.reshape(-1, x.shape[-1])
+    y2 = np.empty((x2.shape[0], weight.shape[0]), x.dtype)
+    _linear_fwd(x2, weight, bias, has_bias, y2)
+    return y2.reshape(x.shape[:-1] + (weight.shape[0],)), LinearCtx(x2, weight, has_bias, x.shape)
+
+
+def linear_backward(ctx: LinearCtx, grad_out: np.ndarray):
+    w = ctx.weight
+    g = v.float_array(grad_out, "grad_out", dtype=w.dtype)
+    v.same_shape(np.empty(ctx.x_shape[:-1] + (w.shape[0],), dtype=bool), "the forward output",
+                 g, "grad_out")
+    g2 = g.reshape(-1, w.shape[0])
+    dx2 = np.empty_like(ctx.x2)
+    dw = np.empty_like(w)
+    db = np.empty(w.shape[0] if ctx.has_bias else 0, w.dtype)
+    _linear_bwd(ctx.x2, w, g2, dx2, dw, db, ctx.has_bias)
+    return dx2.reshape(ctx.x_shape), dw, (db if ctx.has_bias else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout with an explicit mask, and the mask sampler
+
+
+class DropoutCtx(NamedTuple):
+    mask: np.ndarray  # bool; (N, C) for channel dropout, else x's shape
+    scale: float      # 1 / (1 - p); 0 when p = 1
+    all_dropped: bool  # p = 1
+
+
+def _dropout_p(p) -> tuple[float, bool]:
+    p = v.real(p, "p", lo=0.0, hi=1.0)
+    return (0.0, True) if p == 1.0 else (1.0 / (1.0 - p), False)
+
+
+@kernel(parallel=True)
+def _scale_by_mask(x, mask, scale, all_dropped, inner, y):
+    # x, y: flat (n * inner,); mask: flat (n,), one entry per block of ``inner`` elements.
+    # p = 1 gives x * 0 (NaN and inf stay NaN), as torch.nn.functional.dropout does.
+    n = mask.size
+    if n * inner < PARALLEL_MIN:
+        for i in range(n):
+            s = 0.0 if all_dropped or not mask[i] else scale
+            for j in range(i * inner, (i + 1) * inner):
+                y[j] = np.float64(x[j]) * s
+    else:
+        for i in prange(n):
+            s = 0.0 if all_dropped or not mask[i] else scale
+            for j in range(i * inner, (i + 1) * inner):
+                y[j] = np.float64(x[j]) * s
+
+
+def dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray, DropoutCtx]:
+    r"""Inverted dropout with an explicit keep-mask (``F.dropout`` in training mode).
+
+    ``mask`` is a bool array of x's shape, True where the element is kept (draw one with
+    ``dropout_mask``). Kept elements are scaled by ``1/(1-p)`` so the expectation is unchanged.
+
+    .. math:: y = x \cdot m / (1 - p), \qquad dx = dy \cdot m / (1 - p)
+
+    ``p = 0`` with an all-True mask is the identity. ``p = 1`` drops everything: ``y = 0 \cdot x``
+    (NaN stays NaN) and ``dx = 0``, as in PyTorch, whatever the mask.
+    """
+    x = v.float_array(x, "x")
+    mask = v.bool_array(mask, "mask", shape=x.shape, like=" (the shape of x)")
+    scale, all_dropped = _dropout_p(p)
+    y = np.empty_like(x)
+    _scale_by_mask(x.reshape(-1), mask.reshape(-1), scale, all_dropped, 1, y.reshape(-1))
+    return y, DropoutCtx(mask, scale, all_dropped)
+
+
+def dropout_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    g = v.float_array(grad_out, "grad_out")
+    v.same_shape(ctx.mask, "the forward output", g, "grad_out")
+    dx = np.empty_like(g)
+    _scale_by_mask(g.reshape(-1), ctx.mask.reshape(-1), ctx.scale, ctx.all_dropped, 1,
+                   dx.reshape(-1))
+    return (dx,)
+
+
+def dropout2d(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray, DropoutCtx]:
+    r"""Channel (feature-map) dropout of an (N, C, H, W) input (``F.dropout2d``).
+
+    ``mask`` is a bool (N, C) array, True where the whole channel ``x[n, c]`` is kept.
+
+    .. math:: y_{nc\cdot\cdot} = x_{nc\cdot\cdot}\, m_{nc} / (1 - p), \qquad
+              dx_{nc\cdot\cdot} = dy_{nc\cdot\cdot}\, m_{nc} / (1 - p)
+
+    ``p = 1`` gives ``0 \cdot x`` and zero gradients, as ``dropout`` does.
+    """
+    x = v.float_array(x, "x", ndim=4)
+    mask = v.bool_array(mask, "mask", shape=x.shape[:2], like=" (N, C) of x")
+    scale, all_dropped = _dropout_p(p)
+    y = np.empty_like(x)
+    inner = x.shape[2] * x.shape[3]
+    _scale_by_mask(x.reshape(-1), mask.reshape(-1), scale, all_dropped, inner, y.reshape(-1))
+    return y, DropoutCtx(mask, scale, all_dropped)
+
+
+def dropout2d_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    g = v.float_array(grad_out, "grad_out", ndim=4)
+    if g.shape[:2] != ctx.mask.shape:
+        raise ValueError(f"grad_out must have the forward output's (N, C) = {ctx.mask.shape}, "
+                         f"got shape {g.shape}")
+    dx = np.empty_like(g)
+    inner = g.shape[2] * g.shape[3]
+    _scale_by_mask(g.reshape(-1), ctx.mask.reshape(-1), ctx.scale, ctx.all_dropped, inner,
+                   dx.reshape(-1))
+    return (dx,)
+
+
+def dropout_mask(rng: np.random.Generator, shape, p: float = 0.5) -> np.ndarray:
+    """A keep-mask: each entry True (kept) independently with probability ``1 - p``.
+
+    Entry ``i`` is ``u_i >= p`` with ``u_i`` uniform on [0, 1) from ``rng``, so ``p = 0`` keeps
+    everything and ``p = 1`` nothing. For ``dropout2d`` draw shape (N, C); for ``dropout`` the
+    input's shape.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    p = v.real(p, "p", lo=0.0, hi=1.0)
+    shape = v.int_tuple(shape, "shape", len(shape) if isinstance(shape, (tuple, list)) else 1,
+                        lo=0)
+    return rng.random(shape) >= p
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding
+
+
+class EmbeddingCtx(NamedTuple):
+    indices: np.ndarray  # int64, flat
+    num_embeddings: int
+    dim: int
+    padding_idx: int     # normalised to [0, num_embeddings), or -1 for none
+    out_shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@kernel()
+def _embedding_fwd(idx, w, y):
+    for i in range(idx.size):
+        y[i, :] = w[idx[i], :]
+
+
+@kernel()
+def _embedding_bwd(idx, g, pad, dw):
+    acc = np.zeros(dw.shape)  # float64: a row may collect many repeated indices
+    for i in range(idx.size):
+        r = idx[i]
+        if r != pad:
+            for j in range(g.shape[1]):
+                acc[r, j] += g[i, j]
+    for r in range(dw.shape[0]):
+        for j in range(dw.shape[1]):
+            dw[r, j] = acc[r, j]
+
+
+def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None = None,
+              ) -> tuple[np.ndarray, EmbeddingCtx]:
+    r"""Row lookup ``y[...] = weight[indices[...]]`` (``F.embedding``).
+
+    Shapes: ``indices`` any shape of integers in [0, num_embeddings), ``weight``
+    (num_embeddings, dim), ``y`` indices.shape + (dim,).
+
+    .. math:: y_{i\cdot} = W_{\mathrm{idx}_i \cdot}, \qquad
+              dW_{r\cdot} = [r \ne \mathrm{padding\_idx}] \sum_{i:\, \mathrm{idx}_i = r} dy_{i\cdot}
+
+    Repeated indices accumulate (scatter-add, in float64); the ``padding_idx`` row gets a zero
+    gradient, as in PyTorch (its forward lookup is an ordinary one). A negative
+    ``padding_idx`` counts from the end. Backward returns ``(dW,)``: indices are not
+    differentiable.
+    """
+    indices = v.int_array(indices, "indices")
+    weight = v.float_array(weight, "weight", ndim=2)
+    num, dim = weight.shape
+    v.labels(indices, "indices", num)
+    pad = -1
+    if padding_idx is not None:
+        pad = v.integer(padding_idx, "padding_idx", lo=-num, hi=num - 1) % num
+    flat = indices.reshape(-1)
+    y = np.empty((flat.size, dim), weight.dtype)
+    _embedding_fwd(flat, weight, y)
+    out_shape = indices.shape + (dim,)
+    return y.reshape(out_shape), EmbeddingCtx(flat, num, dim, pad, out_shape, weight.dtype)
+
+
+def embedding_backward(ctx: EmbeddingCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
+    if g.shape != ctx.out_shape:
+        raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "
+                         f"got {g.shape}")
+    dw = np.empty((ctx.num_embeddings, ctx.dim), ctx.dtype)
+    _embedding_bwd(ctx.indices, g.reshape(-1, ctx.dim), ctx.padding_idx, dw)
+    return (dw,)

@@ -1,0 +1,354 @@
+"""Batch norm and layer norm, forward and hand-written backward.
+
+Statistics accumulate in float64 with two passes (mean, then the sum of squared deviations),
+so a channel of values ~1e3 with spread ~1e-3 keeps its digits. ``x_hat = (x - mean) *
+invstd`` with ``invstd = 1 / sqrt(var + eps)`` and the biased variance, as PyTorch normalizes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from reference import _validate as v
+from reference._jit import PARALLEL_MIN, kernel
+
+__all__ = ["batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward"]
+
+
+def _affine(weight, bias, shape: tuple[int, ...], dtype, what: str):
+    """Optional weight and bias of ``shape``; absent ones become empty arrays for the kernels."""
+    out = []
+    for a, name in ((weight, "weight"), (bias, "bias")):
+        if a is None:
+            out.append(np.empty((0,) * len(shape), dtype))
+            continue
+        a = v.float_array(a, name, dtype=dtype)
+        if a.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} ({what}), got {a.shape}")
+        out.append(a)
+    return out[0], out[1], weight is not None, bias is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# batch norm
+
+
+class BatchNormCtx(NamedTuple):
+    x3: np.ndarray      # (N, C, L): the input, spatial dims flattened
+    mean: np.ndarray    # (C,) float64: batch mean (training) or running mean (eval)
+    invstd: np.ndarray  # (C,) float64
+    weight: np.ndarray  # (C,) or empty
+    has_weight: bool
+    has_bias: bool
+    training: bool
+    x_shape: tuple[int, ...]
+
+
+@kernel()
+def _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd,
+                    c):
+    n, _, l = x.shape
+    m = n * l
+    if training:
+        s = 0.0
+        for i in range(n):
+            for j in range(l):
+                s += x[i, c, j]
+        mu = s / m
+        ss = 0.0
+        for i in range(n):
+            for j in range(l):
+                d = x[i, c, j] - mu
+                ss += d * d
+        var = ss / m
+        nrm[c] = (1.0 - momentum) * rm[c] + momentum * mu
+        nrv[c] = (1.0 - momentum) * rv[c] + momentum * (ss / (m - 1))  # unbiased
+    else:
+        mu = np.float64(rm[c])
+        var = np.float64(rv[c])
+        nrm[c] = rm[c]
+        nrv[c] = rv[c]
+    inv = 1.0 / math.sqrt(var + eps)
+    mean[c] = mu
+    invstd[c] = inv
+    scale = inv * (w[c] if hw else 1.0)
+    shift = b[c] if hb else 0.0
+    for i in range(n):
+        for j in range(l):
+            y[i, c, j] = (x[i, c, j] - mu) * scale + shift
+
+
+@kernel(parallel=True)
+def _bn_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd):
+    channels = x.shape[1]
+    if x.size < PARALLEL_MIN:
+        for c in range(channels):
+            _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv,
+                            mean, invstd, c)
+    else:
+        for c in prange(channels):
+            _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv,
+                            mean, invstd, c)
+
+
+@kernel()
+def _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c):
+    n, _, l = x.shape
+    mu, inv = mean[c], invstd[c]
+    sg = 0.0   # sum of g
+    sgx = 0.0  # sum of g * x_hat
+    for i in range(n):
+        for j in range(l):
+            gij = np.float64(g[i, c, j])
+            sg += gij
+            sgx += gij * (x[i, c, j] - mu) * inv
+    dw[c] = sgx
+    db[c] = sg
+    k = inv * (w[c] if hw else 1.0)
+    if training:
+        m = n * l
+        a, bb = sg / m, sgx / m
+        for i in range(n):
+            for j in range(l):
+                xh = (x[i, c, j] - mu) * inv
+                dx[i, c, j] = k * (g[i, c, j] - a - xh * bb)
+    else:
+        for i in range(n):
+            for j in range(l):
+                dx[i, c, j] = k * g[i, c, j]
+
+
+@kernel(parallel=True)
+def _bn_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db):
+    channels = x.shape[1]
+    if x.size < PARALLEL_MIN:
+        for c in range(channels):
+            _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c)
+    else:
+        for c in prange(channels):
+            _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c)
+
+
+def batch_norm(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
+               weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
+    r"""Batch normalization over (N, C) or (N, C, *spatial) (``F.batch_norm``).
+
+    Returns ``((y, new_running_mean, new_running_var), ctx)``; the running statistics are
+    new arrays, the inputs are not touched. Per channel c, over the M = N * prod(spatial)
+    values:
+
+    .. math::
+        \text{training: } \mu = \tfrac1M \textstyle\sum x, \quad \sigma^2 = \tfrac1M \sum
+        (x - \mu)^2, \quad \hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon}, \quad
+        y = \gamma \hat x + \beta
+
+        \text{running: } \mu_r \leftarrow (1 - m) \mu_r + m \mu, \quad
+        \sigma^2_r \leftarrow (1 - m) \sigma^2_r + m \tfrac{M}{M - 1} \sigma^2
+
+        \text{eval: } \hat x = (x - \mu_r) / \sqrt{\sigma^2_r + \epsilon}, \text{ statistics
+        unchanged}
+
+    .. math::
+        d\beta = \textstyle\sum dy, \quad d\gamma = \sum dy\, \hat x, \quad
+        dx = \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} \Big(dy - \tfrac1M \sum dy - \hat x\,
+        \tfrac1M \sum dy\, \hat x\Big) \text{ (training)}, \quad
+        dx = \frac{\gamma\, dy}{\sqrt{\sigma^2_r + \epsilon}} \text{ (eval)}
+
+    Normalizing uses the biased variance, the running update the unbiased one (PyTorch's
+    choice). Training on one value per channel (M = 1) raises ValueError, as PyTorch does: its
+    variance is undefined. ``weight`` (gamma) and ``bias`` (beta) are optional (affine off);
+    backward returns ``(dx, dgamma, dbeta)`` with None for an absent one. The running
+    statistics are not differentiable outputs.
+    """
+    x = v.float_array(x, "x", min_ndim=2)
+    n, c = x.shape[:2]
+    rm = v.float_array(running_mean, "running_mean", ndim=1, dtype=x.dtype)
+    rv = v.float_array(running_var, "running_var", ndim=1, dtype=x.dtype)
+    for a, name in ((rm, "running_mean"), (rv, "running_var")):
+        if a.shape != (c,):
+            raise ValueError(f"{name} must have shape ({c},) (x's channels, dim 1), "
+                             f"got {a.shape}")
+    w, b, hw, hb = _affine(weight, bias, (c,), x.dtype, "x's channels, dim 1")
+    training = v.boolean(training, "training")
+    momentum = v.real(momentum, "momentum", lo=0.0, hi=1.0)
+    eps = v.real(eps, "eps", lo=0.0)
+    m = x.size // c if c else 0
+    if training and m <= 1:
+        raise ValueError(f"x must have more than 1 value per channel when training (as in "
+                         f"PyTorch), got shape {x.shape}")
+    x3 = x.reshape(n, c, -1)
+    y = np.empty_like(x3)
+    nrm, nrv = np.empty_like(rm), np.empty_like(rv)
+    mean, invstd = np.empty(c), np.empty(c)
+    _bn_fwd(x3, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd)
+    ctx = BatchNormCtx(x3, mean, invstd, w, hw, hb, training, x.shape)
+    return (y.reshape(x.shape), nrm, nrv), ctx
+
+
+def batch_norm_backward(ctx: BatchNormCtx, grad_out: np.ndarray):
+    g = v.float_array(grad_out, "grad_out", dtype=ctx.x3.dtype)
+    if g.shape != ctx.x_shape:
+        raise ValueError(f"grad_out must have the forward output's shape {ctx.x_shape}, "
+                         f"got {g.shape}")
+    x3 = ctx.x3
+    dx = np.empty_like(x3)
+    c = x3.shape[1]
+    dw, db = np.empty(c, x3.dtype), np.empty(c, x3.dtype)
+    _bn_bwd(x3, g.reshape(x3.shape), ctx.mean, ctx.invstd, ctx.weight, ctx.has_weight,
+            ctx.training, dx, dw, db)
+    return (dx.reshape(ctx.x_shape), dw if ctx.has_weight else None,
+            db if ctx.has_bias else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer norm
+
+
+class LayerNormCtx(NamedTuple):
+    x2: np.ndarray      # (M, D): leading dims x normalized dims
+    mean: np.ndarray    # (M,) float64
+    invstd: np.ndarray  # (M,) float64
+    weight: np.ndarray  # (D,) or empty
+    has_weight: bool
+    has_bias: bool
+    x_shape: tuple[int, ...]
+    norm_shape: tuple[int, ...]
+
+
+@kernel()
+def _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r):
+    d = x.shape[1]
+    s = 0.0
+    for j in range(d):
+        s += x[r, j]
+    mu = s / d
+    ss = 0.0
+    for j in range(d):
+        t = x[r, j] - mu
+        ss += t * t
+    inv = 1.0 / math.sqrt(ss / d + eps)
+    mean[r] = mu
+    invstd[r] = inv
+    for j in range(d):
+        xh = (x[r, j] - mu) * inv
+        if hw:
+            xh *= w[j]
+        if hb:
+            xh += b[j]
+        y[r, j] = xh
+
+
+@kernel(parallel=True)
+def _ln_fwd(x, y, w, b, hw, hb, eps, mean, invstd):
+    rows = x.shape[0]
+    if x.size < PARALLEL_MIN:
+        for r in range(rows):
+            _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r)
+    else:
+        for r in prange(rows):
+            _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r)
+
+
+@kernel()
+def _ln_row_bwd(x, g, mean, invstd, w, hw, dx, r):
+    # g' = g * w;  dx = invstd * (g' - mean(g') - x_hat * mean(g' * x_hat))
+    d = x.shape[1]
+    mu, inv = mean[r], invstd[r]
+    a = 0.0
+    bb = 0.0
+    for j in range(d):
+        gj = np.float64(g[r, j]) * (w[j] if hw else 1.0)
+        a += gj
+        bb += gj * (x[r, j] - mu) * inv
+    a /= d
+    bb /= d
+    for j in range(d):
+        gj = np.float64(g[r, j]) * (w[j] if hw else 1.0)
+        dx[r, j] = inv * (gj - a - (x[r, j] - mu) * inv * bb)
+
+
+@kernel()
+def _ln_col_bwd(x, g, mean, invstd, dw, db, j0, j1):
+    # dw_j = sum_r g_rj x_hat_rj, db_j = sum_r g_rj, for columns [j0, j1)
+    sw = np.zeros(j1 - j0)
+    sb = np.zeros(j1 - j0)
+    for r in range(x.shape[0]):
+        mu, inv = mean[r], invstd[r]
+        for j in range(j0, j1):
+            gj = np.float64(g[r, j])
+            sb[j - j0] += gj
+            sw[j - j0] += gj * (x[r, j] - mu) * inv
+    for j in range(j0, j1):
+        dw[j] = sw[j - j0]
+        db[j] = sb[j - j0]
+
+
+@kernel(parallel=True)
+def _ln_bwd(x, g, mean, invstd, w, hw, dx, dw, db, affine):
+    rows, d = x.shape
+    blocks = (d + 63) // 64
+    if x.size < PARALLEL_MIN:
+        for r in range(rows):
+            _ln_row_bwd(x, g, mean, invstd, w, hw, dx, r)
+        if affine:
+            _ln_col_bwd(x, g, mean, invstd, dw, db, 0, d)
+    else:
+        for r in prange(rows):
+            _ln_row_bwd(x, g, mean, invstd, w, hw, dx, r)
+        if affine:
+            for k in prange(blocks):
+                _ln_col_bwd(x, g, mean, invstd, dw, db, k * 64, min(d, (k + 1) * 64))
+
+
+def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None,
+               bias: np.ndarray | None = None, eps: float = 1e-5):
+    r"""Layer normalization over the trailing ``normalized_shape`` dims (``F.layer_norm``).
+
+    Each slice ``x[i, ...]`` over the last D = prod(normalized_shape) values is normalized by
+    its own mean and biased variance; ``weight`` and ``bias`` (optional) have shape
+    ``normalized_shape``.
+
+    .. math:: \hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon}, \qquad y = w \hat x + b
+
+    .. math:: g' = dy\, w, \quad dx = \frac{1}{\sqrt{\sigma^2 + \epsilon}} \Big(g' -
+              \tfrac1D \textstyle\sum g' - \hat x\, \tfrac1D \sum g' \hat x\Big), \quad
+              dw = \sum_i dy\, \hat x, \quad db = \sum_i dy
+
+    Backward returns ``(dx, dw, db)``, None for an absent weight or bias.
+    """
+    x = v.float_array(x, "x", min_ndim=1)
+    k = len(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else 1
+    shape = v.int_tuple(normalized_shape, "normalized_shape", k, lo=1)
+    if not 1 <= len(shape) <= x.ndim or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"normalized_shape {shape} must equal the trailing dims of x, got "
+                         f"x of shape {x.shape}")
+    w, b, hw, hb = _affine(weight, bias, shape, x.dtype, "normalized_shape")
+    eps = v.real(eps, "eps", lo=0.0)
+    d = math.prod(shape)
+    x2 = x.reshape(-1, d)
+    y = np.empty_like(x2)
+    mean, invstd = np.empty(x2.shape[0]), np.empty(x2.shape[0])
+    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), hw, hb, eps, mean, invstd)
+    ctx = LayerNormCtx(x2, mean, invstd, w.reshape(-1), hw, hb, x.shape, shape)
+    return y.reshape(x.shape), ctx
+
+
+def layer_norm_backward(ctx: LayerNormCtx, grad_out: np.ndarray):
+    x2 = ctx.x2
+    g = v.float_array(grad_out, "grad_out", dtype=x2.dtype)
+    if g.shape != ctx.x_shape:
+        raise ValueError(f"grad_out must have the forward output's shape {ctx.x_shape}, "
+                         f"got {g.shape}")
+    dx = np.empty_like(x2)
+    d = x2.shape[1]
+    dw, db = np.empty(d, x2.dtype), np.empty(d, x2.dtype)
+    _ln_bwd(x2, g.reshape(x2.shape), ctx.mean, ctx.invstd, ctx.weight, ctx.has_weight, dx, dw,
+            db, ctx.has_weight or ctx.has_bias)
+    return (dx.reshape(ctx.x_shape),
+            dw.reshape(ctx.norm_shape) if ctx.has_weight else None,
+            db.reshape(ctx.norm_shape) if ctx.has_bias else None)
