@@ -374,7 +374,9 @@ def _sigmoid(x):
 
 @inline()
 def _bcel1(x, t, pw):
-    return (1.0 - t) * x - (1.0 + (pw - 1.0) * t) * _log_sigmoid(x)
+    # -(pw t log sigma(x) + (1 - t) log sigma(-x)): for t in [0, 1] and pw >= 0 both terms are
+    # >= 0, so unlike torch's (1 - t) x - (1 + (pw - 1) t) log sigma(x) nothing cancels.
+    return -(pw * t * _log_sigmoid(x) + (1.0 - t) * _log_sigmoid(-x))
 
 
 @kernel(parallel=True, reduce=True)
@@ -400,9 +402,15 @@ def _bcel_fwd(x, t, w, has_w, pw, has_pw, e, write):
 
 @inline()
 def _bcel_grad1(x, t, pw, gi, dx, dt, i):
-    # d/dx = (1 + (pw - 1) t) sigma(x) - pw t;  d/dt = log sigma(-x) - pw log sigma(x)
-    dx[i] = gi * ((1.0 + (pw - 1.0) * t) * _sigmoid(x) - pw * t)
-    dt[i] = gi * (_log_sigmoid(-x) - pw * _log_sigmoid(x))
+    # d/dx = (1 + (pw - 1) t) sigma(x) - pw t = (1 - t) sigma(x) - pw t sigma(-x), the second
+    # form without the cancellation of sigma(x) - 1 at large x.
+    # d/dt = log sigma(-x) - pw log sigma(x), which is exactly -x when pw = 1 (the general form
+    # would round a tiny x away in log(1/2 -+ x/4)).
+    dx[i] = gi * ((1.0 - t) * _sigmoid(x) - pw * t * _sigmoid(-x))
+    if pw == 1.0:
+        dt[i] = gi * -x
+    else:
+        dt[i] = gi * (_log_sigmoid(-x) - pw * _log_sigmoid(x))
 
 
 @kernel(parallel=True)
@@ -427,14 +435,15 @@ def binary_cross_entropy_with_logits(input: np.ndarray, target: np.ndarray,
     r"""Binary cross-entropy of logits, numerically stable.
 
     .. math::
-        \ell_i = w_i \left((1 - t_i) x_i - (1 + (p_i - 1) t_i) \log\sigma(x_i)\right), \quad
+        \ell_i = -w_i \left(p_i t_i \log\sigma(x_i) + (1 - t_i) \log\sigma(-x_i)\right), \quad
         \log\sigma(x) = \min(x, 0) - \log(1 + e^{-|x|})
 
-        \partial x_i = g_i w_i \left((1 + (p_i - 1) t_i)\, \sigma(x_i) - p_i t_i\right), \qquad
-        \partial t_i = g_i w_i \left(\log\sigma(-x_i) - p_i \log\sigma(x_i)\right)
+        \partial x_i = g_i w_i \left((1 - t_i)\, \sigma(x_i) - p_i t_i\, \sigma(-x_i)\right),
+        \qquad \partial t_i = g_i w_i \left(\log\sigma(-x_i) - p_i \log\sigma(x_i)\right)
 
-    equal to :math:`-w (p\, t \log\sigma(x) + (1 - t) \log(1 - \sigma(x)))`; logits of any finite
-    magnitude give finite results. ``weight`` (``w``) and ``pos_weight`` (``p``, the weight of
+    Logits of any finite magnitude give finite results, and no term cancels another (PyTorch
+    computes the equal :math:`(1 - t) x - (1 + (p - 1) t) \log\sigma(x)`, which loses digits
+    when both terms are large). ``weight`` (``w``) and ``pos_weight`` (``p``, the weight of
     positive examples, usually one per class along the last axis) broadcast to the input's
     shape and are not differentiated (PyTorch does not differentiate them either). Targets
     may be any real (soft labels), as in PyTorch. Backward returns ``(d_input, d_target)``.
