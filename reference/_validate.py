@@ -150,7 +150,10 @@ def bool_array(x, name: str, *, shape: Sequence[int] | None = None,
     """Return ``x`` as a C-contiguous bool array (a dropout mask), or raise naming ``name``.
 
     ``shape``, when given, is the shape ``x`` must have; ``like`` names where it comes from.
+    A numpy bool scalar counts as a 0-d array.
     """
+    if isinstance(x, np.generic):
+        x = np.asarray(x)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of bool, got {_describe(x)}")
     if x.dtype != np.bool_:

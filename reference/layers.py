@@ -212,7 +212,7 @@ def dropout_mask(rng: np.random.Generator, shape, p: float = 0.5) -> np.ndarray:
     p = v.real(p, "p", lo=0.0, hi=1.0)
     shape = v.int_tuple(shape, "shape", len(shape) if isinstance(shape, (tuple, list)) else 1,
                         lo=0)
-    return rng.random(shape) >= p
+    return np.asarray(rng.random(shape) >= p)
 
 
 # ---------------------------------------------------------------------------------------------
