@@ -37,8 +37,8 @@ def bilinear_tol(forward, backward, length: Callable[[Case], int]):
     sum |a_i b_i| of every output is the op itself applied to |a| and |b| (computed here in
     float64 with the reference), and for the gradients, which are bilinear in the upstream
     gradient and the other input, the backward applied to |upstream|. ``length(case)`` is the
-    longest sum K in the forward and backward (the bias adds one term). The bound is taken as
-    atol on top of the default: a worst case, about sqrt(K) times the typical error, so a
+    longest sum K in the forward and backward (the bias adds one term). The bound replaces the
+    default atol where it is larger: a worst case, about sqrt(K) times the typical error, so a
     wrong index (an O(1) error) still fails by orders of magnitude; float64 keeps the default
     tolerance and checks the same code tightly.
     """
@@ -53,7 +53,8 @@ def bilinear_tol(forward, backward, length: Callable[[Case], int]):
             grads = backward(ctx, np.abs(upstream[0]).astype(np.float64))
             sizes = [float(np.max(g, initial=0)) for g in grads if g is not None]
         base = DEFAULT_TOL[FLOAT32]
-        return Tol(base.rtol, base.atol + 2 * gamma(length(case)) * max(sizes, default=0.0))
+        bound = 2 * gamma(length(case)) * max(sizes, default=0.0)
+        return Tol(base.rtol, max(base.atol, bound))
 
     return case_tol
 
