@@ -147,6 +147,7 @@ class Algo:
     size_unit: str = "input elements"
     crossings: list[str] = field(default_factory=list)
     chart: str = ""
+    legend: list[dict] = field(default_factory=list)
 
     @property
     def check_rows(self) -> list[Cell]:

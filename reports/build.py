@@ -53,7 +53,7 @@ def build(correctness: str | None, benches: list[str], out: str | Path,
     corr = load_file(correctness, ("correctness",)) if correctness else None
     runs = [load_file(p, ("benchmark", "baseline")) for p in benches]
     report = build_report(corr, runs, config, allow_cross_machine, title)
-    draw_all(report.algos, [r.label for r in runs])
+    draw_all(report.algos)
     heads, rows = environment_table(([corr] if corr else []) + runs)
     ctx = report_context(report)
     ctx.update(env_heads=heads, env_rows=rows,

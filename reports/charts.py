@@ -12,12 +12,12 @@ import io
 import re
 
 from reports.analysis import Algo, Line
-from reports.format import time_text
 
 COLORS = {"numba": "#1f77b4", "torch-cpu": "#d62728", "torch-cuda": "#2ca02c"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 STYLES = {"forward": (0, (4, 2)), "forward+backward": "solid"}
 MARKERS = ("o", "s", "^", "D", "v")
+MARKER_GLYPHS = ("●", "■", "▲", "◆", "▼")
 
 _RC = {
     "svg.fonttype": "none",
@@ -38,9 +38,8 @@ def _matplotlib():
     import matplotlib
     from matplotlib import ticker
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
-    return matplotlib, Figure, ticker, Line2D
+    return matplotlib, Figure, ticker
 
 
 def _size_label(v: float, pos=None) -> str:
@@ -50,6 +49,13 @@ def _size_label(v: float, pos=None) -> str:
     if -3 <= e <= 3:
         return f"{v:g}"
     return f"{mant}e{e}"
+
+
+def _time_tick(v: float, pos=None) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if v >= scale * 0.999 or unit == "ns":
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:g}"
 
 
 def _color(impl: str) -> str:
@@ -72,58 +78,73 @@ def _trim(svg: str) -> str:
     return svg.strip()
 
 
-def scaling_chart(algo: Algo, run_labels: list[str], salt: str) -> str:
-    """The SVG markup of one algorithm's scaling chart ('' when there is nothing to draw).
+class Painter:
+    """One matplotlib figure reused for every chart: creating axes, ticks and fonts once
+    instead of per algorithm makes a catalog of charts several times faster."""
 
-    Colour is the implementation, line style the pass, marker the run; the fitted exponent
-    k of time ~ size**k is printed at the right end of each line.
-    """
-    lines = [ln for ln in algo.lines if ln.sizes]
-    if not lines:
-        return ""
-    matplotlib, Figure, ticker, Line2D = _matplotlib()
-    # One dtype per chart: float32 when present (what the benchmarks time by default).
-    dtypes = sorted({ln.dtype for ln in lines})
-    dtype = "float32" if "float32" in dtypes else dtypes[0]
-    lines = [ln for ln in lines if ln.dtype == dtype]
-    runs = sorted({ln.run for ln in lines})
-    with matplotlib.rc_context({**_RC, "svg.hashsalt": salt}):
-        fig = Figure(figsize=(4.9, 3.3))
-        ax = fig.add_subplot()
-        for ln in lines:
-            ax.plot(ln.sizes, ln.times, color=_color(ln.impl),
-                    linestyle=STYLES.get(ln.pass_, "dotted"),
-                    marker=MARKERS[runs.index(ln.run) % len(MARKERS)], markersize=3.5,
-                    linewidth=1.4)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for axis, fmt in ((ax.xaxis, _size_label), (ax.yaxis, lambda v, p: time_text(v))):
-            axis.set_major_locator(ticker.LogLocator(numticks=6))
-            axis.set_minor_locator(ticker.NullLocator())
-            axis.set_major_formatter(ticker.FuncFormatter(fmt))
-        xmin = min(min(ln.sizes) for ln in lines)
-        xmax = max(max(ln.sizes) for ln in lines)
-        span = max(xmax / xmin, 10.0)
-        ax.set_xlim(xmin / span**0.05, xmax * span**0.2)  # room for the exponents on the right
-        ax.set_xlabel(f"problem size ({algo.size_unit})")
-        ax.set_ylabel(f"time per call, {dtype}")
-        _exponents(ax, lines)
-        handles = [Line2D([], [], color=_color(i), linewidth=2, label=i)
-                   for i in dict.fromkeys(ln.impl for ln in lines)]
-        handles += [Line2D([], [], color="#555", linestyle=STYLES.get(p, "dotted"), label=p)
-                    for p in dict.fromkeys(ln.pass_ for ln in lines)]
+    def __init__(self) -> None:
+        self.matplotlib, Figure, ticker = _matplotlib()
+        with self.matplotlib.rc_context(_RC):
+            self.fig = Figure(figsize=(4.9, 3.0))
+            self.ax = self.fig.add_subplot()
+            self.ax.set_xscale("log")
+            self.ax.set_yscale("log")
+            for axis, fmt in ((self.ax.xaxis, _size_label),
+                              (self.ax.yaxis, _time_tick)):
+                axis.set_major_locator(ticker.LogLocator(numticks=6))
+                axis.set_minor_locator(ticker.NullLocator())
+                axis.set_major_formatter(ticker.FuncFormatter(fmt))
+            self.fig.subplots_adjust(left=0.15, right=0.98, top=0.97, bottom=0.15)
+
+    def chart(self, algo: Algo, salt: str) -> tuple[str, list[dict]]:
+        """One algorithm's scaling chart: SVG markup and its legend ('' and [] if no data).
+
+        Colour is the implementation, line style the pass, marker the run; the fitted
+        exponent k of time ~ size**k is printed at the right end of each line. The legend is
+        returned as data for the HTML around the chart.
+        """
+        lines = [ln for ln in algo.lines if ln.sizes]
+        if not lines:
+            return "", []
+        # One dtype per chart: float32 when present (what the benchmarks time by default).
+        dtypes = sorted({ln.dtype for ln in lines})
+        dtype = "float32" if "float32" in dtypes else dtypes[0]
+        lines = [ln for ln in lines if ln.dtype == dtype]
+        runs = sorted({ln.run for ln in lines})
+        ax = self.ax
+        with self.matplotlib.rc_context({**_RC, "svg.hashsalt": salt}):
+            for artist in [*ax.lines, *ax.texts]:
+                artist.remove()
+            for ln in lines:
+                ax.plot(ln.sizes, ln.times, color=_color(ln.impl),
+                        linestyle=STYLES.get(ln.pass_, "dotted"),
+                        marker=MARKERS[runs.index(ln.run) % len(MARKERS)], markersize=3.5,
+                        linewidth=1.4)
+            ax.relim()
+            ax.autoscale_view()
+            xmin = min(min(ln.sizes) for ln in lines)
+            xmax = max(max(ln.sizes) for ln in lines)
+            span = max(xmax / xmin, 10.0)
+            ax.set_xlim(xmin / span**0.05, xmax * span**0.2)  # room for the exponents
+            ymin = min(min(ln.times) for ln in lines)
+            ymax = max(max(ln.times) for ln in lines)
+            yspan = max(ymax / ymin, 10.0)
+            ax.set_ylim(ymin / yspan**0.05, ymax * yspan**0.08)
+            ax.set_xlabel(f"problem size ({algo.size_unit})")
+            ax.set_ylabel(f"time per call, {dtype}")
+            _exponents(ax, lines)
+            buf = io.StringIO()
+            self.fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        legend = [{"kind": "impl", "label": i, "color": _color(i)}
+                  for i in dict.fromkeys(ln.impl for ln in lines)]
+        legend += [{"kind": "pass", "label": p,
+                    "dash": "" if STYLES.get(p) == "solid" else "4 2"}
+                   for p in dict.fromkeys(ln.pass_ for ln in lines)]
         if len(runs) > 1:
-            handles += [Line2D([], [], color="#555", linestyle="none", markersize=4,
-                               marker=MARKERS[k % len(MARKERS)],
-                               label=run_labels[run].split(" (")[0])
-                        for k, run in enumerate(runs)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7,
-                   frameon=False, handlelength=2.2, columnspacing=1.2)
-        rows = -(-len(handles) // 4)
-        fig.subplots_adjust(left=0.15, right=0.98, top=0.97, bottom=0.17 + 0.055 * rows)
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    return _trim(buf.getvalue())
+            legend += [{"kind": "run", "label": run_label,
+                        "marker": MARKER_GLYPHS[k % len(MARKER_GLYPHS)]}
+                       for k, run_label in enumerate(f"run {r + 1}" for r in runs)]
+        return _trim(buf.getvalue()), legend
 
 
 def _exponents(ax, lines: list[Line]) -> None:
@@ -134,18 +155,21 @@ def _exponents(ax, lines: list[Line]) -> None:
     if not ends:
         return
     lo, hi = (np.log10(v) for v in ax.get_ylim())
-    gap = 0.06 * (hi - lo)  # the height of a label in log10 units
+    gap = 0.065 * (hi - lo)  # the height of a label in log10 units
     ends.sort(key=lambda e: e[0])
     placed: list[float] = []
     for y, _ in ends:
         placed.append(max(y, placed[-1] + gap) if placed else y)
     shift = max(placed[-1] - (hi - gap / 2), 0.0)  # keep the top label inside the axes
     for (_, ln), py in zip(ends, placed, strict=True):
-        ax.annotate(f"k={ln.exponent:.2f}", xy=(ln.sizes[-1], ln.times[-1]),
-                    xytext=(ln.sizes[-1] * 1.25, 10 ** (py - shift)), textcoords="data",
-                    va="center", fontsize=7, color=_color(ln.impl))
+        ax.text(ln.sizes[-1] * 1.3, 10 ** (py - shift), f"k={ln.exponent:.2f}", va="center",
+                fontsize=7, color=_color(ln.impl))
 
 
-def draw_all(algos: list[Algo], run_labels: list[str]) -> None:
+def draw_all(algos: list[Algo]) -> None:
+    painter = None
     for i, a in enumerate(algos):
-        a.chart = scaling_chart(a, run_labels, salt=f"refbench-{i}")
+        if not any(ln.sizes for ln in a.lines):
+            continue
+        painter = painter or Painter()
+        a.chart, a.legend = painter.chart(a, salt=f"refbench-{i}")

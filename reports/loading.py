@@ -352,7 +352,7 @@ class BenchRun:
 
 
 # test_bench[<algorithm>-<impl>-<size>-<dtype>-<pass>] when extra_info is missing (old files).
-_PARAM = re.compile(r"^(?P<algorithm>.+)-(?P<impl>numba|torch-cpu|torch-cuda|[^-]+)-"
+_PARAM = re.compile(r"^(?P<algorithm>.+?)-(?P<impl>numba|torch-cpu|torch-cuda|[^-]+)-"
                     r"(?P<size>small|medium|large)-(?P<dtype>float\d+)-"
                     r"(?P<pass>forward|forward_backward)$")
 

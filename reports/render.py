@@ -51,7 +51,7 @@ def sort_num(x: float | None) -> str:
     """A data-sort value: numbers sort numerically, missing ones last."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "inf"
-    return repr(float(x))
+    return f"{float(x):.4g}"
 
 
 def _environment() -> jinja2.Environment:
@@ -76,10 +76,25 @@ def _static(name: str) -> Markup:
     return Markup(text)  # our own CSS/JS, not user data
 
 
+_KEEP = re.compile(r"(<pre\b.*?</pre>)", re.S)
+_INDENT = re.compile(r"\n[ \t]+|(?<=>)[ \t]{2,}|[ \t]{2,}(?=<)")
+
+
+def compact(html: str) -> str:
+    """Drop the templates' indentation (a fifth of a large report); <pre> keeps its own."""
+    parts = _KEEP.split(html)
+    return "".join(p if i % 2 else _INDENT.sub(_space, p) for i, p in enumerate(parts))
+
+
+def _space(m: re.Match) -> str:
+    return "\n" if m.group(0).startswith("\n") else " "  # the same once HTML collapses it
+
+
 def render_html(template: str, **context) -> str:
     env = _environment()
-    return env.get_template(template).render(css=_static("report.css"), js=_static("report.js"),
+    html = env.get_template(template).render(css=_static("report.css"), js=_static("report.js"),
                                              **context)
+    return compact(html)
 
 
 def render_md(template: str, **context) -> str:

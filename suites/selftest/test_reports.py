@@ -1,0 +1,503 @@
+"""reports/: the builder on checked-in result files (golden summaries), hostile and broken
+input, partial results, comparisons, the gate, and the size and speed of a catalog-sized report.
+
+Golden files live in suites/selftest/data/reports/golden; after an intended change of the
+report, regenerate them with ``REFBENCH_UPDATE_GOLDEN=1 pytest suites/selftest/test_reports.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html.parser
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports import stats
+from reports.__main__ import main
+from reports.build import build, compare, run_gate, write_baseline
+from reports.config import load_config
+from reports.loading import PROBS, InputError, Timing, load
+from reports.render import md
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).parent / "data" / "reports"
+GOLDEN = DATA / "golden"
+HOSTILE = '<script>alert("pwned")</script>'
+
+
+def _fixtures():
+    spec = importlib.util.spec_from_file_location("make_fixtures", DATA / "make_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m reports ARGS``, in this process (a fresh interpreter per call would cost
+    seconds of imports each); test_build_prints_path... runs the real command line."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def f(name: str) -> str:
+    return str(DATA / name)
+
+
+class _Text(html.parser.HTMLParser):
+    """The visible text of chosen sections, one line per block, without scripts and charts."""
+
+    SKIP = {"script", "style", "svg"}
+    BLOCK = {"p", "div", "tr", "li", "h1", "h2", "h3", "h4", "pre", "section", "table",
+             "thead", "tbody", "details", "summary", "br"}
+
+    def __init__(self, ids: set[str]) -> None:
+        super().__init__(convert_charrefs=True)
+        self.ids, self.stack, self.skip, self.out = ids, [], 0, []
+        self.depth_in = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("br", "meta", "input", "img", "line"):
+            return
+        self.stack.append(tag)
+        if self.depth_in is None and dict(attrs).get("id") in self.ids:
+            self.depth_in = len(self.stack)
+        if tag in self.SKIP:
+            self.skip += 1
+        if tag in self.BLOCK or tag in ("td", "th"):
+            self.out.append("\n" if tag in self.BLOCK else " | ")
+
+    def handle_endtag(self, tag):
+        if tag in ("br", "meta", "input", "img", "line") or not self.stack:
+            return
+        if tag in self.SKIP:
+            self.skip -= 1
+        if self.depth_in is not None and len(self.stack) == self.depth_in:
+            self.depth_in = None
+            self.out.append("\n")
+        self.stack.pop()
+
+    def handle_data(self, data):
+        if self.depth_in is not None and not self.skip:
+            self.out.append(" ".join(data.split()) + (" " if data[-1:].isspace() else ""))
+
+    def text(self) -> str:
+        lines = (" ".join(line.split()) for line in "".join(self.out).splitlines())
+        return "\n".join(ln for ln in lines if ln.strip(" |"))
+
+
+def visible(html_text: str, *ids: str) -> str:
+    p = _Text(set(ids))
+    p.feed(html_text)
+    return p.text()
+
+
+SCENARIOS = {
+    "cpu": ("cpu_correctness.json", ["cpu_bench.json"]),
+    "gpu": (None, ["gpu_bench.json"]),
+    "failing": ("failing_correctness.json", ["cpu_bench.json", "gpu_bench.json"]),
+    "old": (None, ["old_bench.json"]),
+    "same_machine": ("cpu_correctness.json", ["cpu_bench.json", "slower_bench.json"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_golden(name, tmp_path):
+    corr, benches = SCENARIOS[name]
+    built = build(f(corr) if corr else None, [f(b) for b in benches], tmp_path)
+    page = built.html.read_text()
+    got = (built.markdown.replace(str(built.html), "OUT/index.html")
+           + "\n----- html: verdict, failures, algorithms, comparison -----\n"
+           + visible(page, "verdict", "failures", "overview", "comparison") + "\n")
+    got = got.replace(str(DATA) + "/", "")
+    golden = GOLDEN / f"{name}.txt"
+    if os.environ.get("REFBENCH_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(got)
+    assert golden.exists(), f"no golden file {golden}: run with REFBENCH_UPDATE_GOLDEN=1"
+    assert got == golden.read_text()
+
+
+def test_report_is_one_offline_file(tmp_path):
+    built = build(f("failing_correctness.json"), [f("cpu_bench.json"), f("gpu_bench.json")],
+                  tmp_path)
+    page = built.html.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "summary.md"]
+    assert re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) is None
+    assert "<link" not in page and "@import" not in page and "url(http" not in page
+    assert page.count("<script") == 1 and "<script>" in page  # our inline script only
+    assert page.count("<svg") >= 6  # scaling charts, inline
+    assert "k=" in page  # fitted exponents beside the lines
+    assert built.markdown.startswith("## ❌ refbench: FAILED")
+
+
+def test_deterministic(tmp_path):
+    a = build(f("cpu_correctness.json"), [f("cpu_bench.json")], tmp_path / "a")
+    b = build(f("cpu_correctness.json"), [f("cpu_bench.json")], tmp_path / "b")
+    assert a.html.read_bytes() == b.html.read_bytes()
+
+
+# -- hostile input ------------------------------------------------------------------------------
+
+def test_hostile_names_and_messages_are_escaped(tmp_path):
+    built = build(f("failing_correctness.json"), [f("hostile_bench.json")], tmp_path)
+    page = built.html.read_text()
+    assert HOSTILE not in page
+    assert "<img src=x" not in page and "<b><script" not in page and "<i>host" not in page
+    assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in page
+    assert "évil &#34;family&#34; &#39;x&#39; ∑😀" in page  # quotes escaped, unicode kept
+    assert "ß∑😀 relu &#34;quoted&#34;" in page
+    # Attribute values stay inside their quotes.
+    for value in re.findall(r'data-(?:family|copy)="([^"]*)"', page):
+        assert "<" not in value and '"' not in value
+    # An anchor id is made of safe characters only, and unique.
+    ids = re.findall(r'<article class="algo" id="([^"]+)"', page)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids) and len(ids) == len(set(ids))
+    assert "<script>" not in built.markdown.replace("`", "").split("python -m pytest")[0]
+    assert "\\<script\\>" in built.markdown
+
+
+def test_markdown_escaping():
+    assert md("a|b <b>*x*</b> [l](u) `c`") == (
+        "a\\|b \\<b\\>\\*x\\*\\</b\\> \\[l\\](u) \\`c\\`")
+    assert md("x &amp; y & z\nnext") == "x &amp;amp; y & z next"
+
+
+# -- broken input: one line on stderr, exit 2, no traceback -------------------------------------
+
+def _broken_files(tmp: Path) -> dict[str, Path]:
+    good = (DATA / "cpu_bench.json").read_text()
+    files = {
+        "missing": tmp / "nope.json",
+        "empty": tmp / "empty.json",
+        "blank": tmp / "blank.json",
+        "truncated": tmp / "truncated.json",
+        "not json": tmp / "text.json",
+        "binary": tmp / "binary.json",
+        "a list": tmp / "list.json",
+        "other schema": tmp / "schema.json",
+        "records wrong": tmp / "records.json",
+        "bad verdict": tmp / "verdict.json",
+        "bad stats": tmp / "stats.json",
+        "directory": tmp,
+    }
+    files["empty"].write_text("")
+    files["blank"].write_text("  \n\n")
+    files["truncated"].write_text(good[: len(good) // 2])
+    files["not json"].write_text("median: 3 us\n")
+    files["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    files["a list"].write_text("[1, 2, 3]")
+    files["other schema"].write_text('{"schema": "someone.else/9", "records": []}')
+    files["records wrong"].write_text('{"schema": "refbench.correctness/1", "records": {}}')
+    files["bad verdict"].write_text(json.dumps({
+        "schema": "refbench.correctness/1",
+        "records": [{"nodeid": "x", "verdict": "<b>maybe</b>"}]}))
+    doc = json.loads(good)
+    doc["benchmarks"][3]["stats"] = {"median": "fast"}
+    files["bad stats"].write_text(json.dumps(doc))
+    return files
+
+
+def _one_clear_line(run: subprocess.CompletedProcess) -> str:
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "blank", "truncated", "not json",
+                                  "binary", "a list", "other schema", "records wrong",
+                                  "bad verdict", "bad stats", "directory"])
+def test_broken_input_as_correctness_and_bench(case, tmp_path):
+    path = _broken_files(tmp_path)[case]
+    for args in (["build", "--correctness", str(path), "--out", str(tmp_path / "o1")],
+                 ["build", "--bench", str(path), "--out", str(tmp_path / "o2")],
+                 ["gate", "--correctness", str(path)],
+                 ["compare", str(path), f("cpu_bench.json")]):
+        line = _one_clear_line(cli(*args))
+        assert str(path) in line
+    assert not (tmp_path / "o1" / "index.html").exists()
+
+
+def test_broken_input_messages_say_what_is_wrong(tmp_path):
+    files = _broken_files(tmp_path)
+    expect = {"missing": "no such file", "empty": "empty file", "truncated": "truncated",
+              "a list": "top level is a JSON list", "other schema": "someone.else/9",
+              "bad verdict": "is not one of", "bad stats": "'median' should be float",
+              "binary": "not UTF-8", "directory": "is a directory"}
+    for case, words in expect.items():
+        with pytest.raises(InputError, match=re.escape(words)):
+            load(files[case], ("correctness", "benchmark") if case != "bad verdict"
+                 else ("correctness",))
+
+
+def test_wrong_kind_of_file(tmp_path):
+    line = _one_clear_line(cli("build", "--correctness", f("cpu_bench.json"), "--out",
+                               str(tmp_path)))
+    assert "expected a correctness file" in line and "pytest-benchmark" in line
+    line = _one_clear_line(cli("build", "--bench", f("cpu_correctness.json"), "--out",
+                               str(tmp_path)))
+    assert "expected a pytest-benchmark JSON file" in line
+    line = _one_clear_line(cli("compare", f("cpu_correctness.json"), f("cpu_bench.json")))
+    assert "compare two of the same kind" in line
+
+
+def test_bad_config(tmp_path):
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text("[tool.refbench.gate]\nmax_slowdown = 0.5\n")
+    line = _one_clear_line(cli("gate", "--correctness", f("cpu_correctness.json"),
+                               "--config", str(cfg)))
+    assert "max_slowdown" in line and "out of range" in line
+    cfg.write_text("[tool.refbench.gate.overrides]\nsoftmax = { max_slowdon = 2 }\n")
+    assert "unknown keys" in _one_clear_line(
+        cli("gate", "--correctness", f("cpu_correctness.json"), "--config", str(cfg)))
+    cfg.write_text("[tool.refbench\n")
+    assert "not valid TOML" in _one_clear_line(
+        cli("gate", "--correctness", f("cpu_correctness.json"), "--config", str(cfg)))
+
+
+# -- partial results ----------------------------------------------------------------------------
+
+def test_partial_results_render_not_run(tmp_path):
+    only_bench = build(None, [f("gpu_bench.json")], tmp_path / "b")
+    page = only_bench.html.read_text()
+    assert "correctness not run (no --correctness file)" in page
+    assert "Correctness not run for this algorithm." in page
+    # The crashed benchmark (softmax numba large forward+backward) reads "not run".
+    softmax = page[page.index('id="algo-softmax"'):page.index('id="algo-step"')]
+    assert 'class="num notrun">not run</td>' in softmax
+    assert "1 not run" in only_bench.markdown
+
+    only_corr = build(f("cpu_correctness.json"), [], tmp_path / "c")
+    page = only_corr.html.read_text()
+    assert "Performance not run (no --bench file)." in page
+    assert "Performance not run for this algorithm." in page
+    assert "- Benchmarks: not run" in only_corr.markdown
+
+    nothing = cli("build", "--out", str(tmp_path / "n"))
+    assert nothing.returncode == 0, nothing.stderr
+    assert "NOT RUN" in (tmp_path / "n" / "index.html").read_text()
+
+
+def test_cpu_only_run_next_to_gpu_run(tmp_path):
+    built = build(f("cpu_correctness.json"), [f("cpu_bench.json"), f("gpu_bench.json")],
+                  tmp_path)
+    page = built.html.read_text()
+    # The CPU run never had torch-cuda: its cells say "not run" but do not count as missing.
+    assert "torch-cuda" in page and "1 not run" in built.markdown
+    assert "NVIDIA H100 80GB HBM3" in page and "570.124.06" in page and "12.8" in page
+
+
+def test_old_pytest_benchmark_file(tmp_path):
+    run = load(f("old_bench.json"), ("benchmark",))
+    relu = [b for b in run.benchmarks if b.algorithm == "relu"]
+    assert len(relu) == 6 and {b.impl for b in relu} == {"numba", "torch-cpu"}
+    assert all(not b.timing.raw for b in run.benchmarks)  # no stats.data: quartiles only
+    assert {b.algorithm for b in run.benchmarks} == {"relu", "test_something_else"}
+    built = build(None, [f("old_bench.json")], tmp_path)
+    assert "has no raw timings" in built.html.read_text()
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def _timing(samples: np.ndarray) -> Timing:
+    q1, med, q3 = np.quantile(samples, (0.25, 0.5, 0.75))
+    return Timing(float(med), float(q1), float(q3), samples.size, np.quantile(samples, PROBS),
+                  True)
+
+
+def test_ratio_interval_covers_the_truth_and_detects_changes():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for i in range(100):
+        a = _timing(rng.lognormal(np.log(1e-5), 0.1, 200))
+        b = _timing(rng.lognormal(np.log(1e-5), 0.1, 200))
+        r = stats.ratio(a, b, alpha=0.05, key=i)
+        covered += r.lo <= 1.0 <= r.hi
+    assert covered >= 88  # a 95% interval, give or take sampling
+    slow = _timing(rng.lognormal(np.log(1.1e-5), 0.1, 200))
+    base = _timing(rng.lognormal(np.log(1e-5), 0.1, 200))
+    r = stats.ratio(slow, base, alpha=0.01)
+    assert r.significant and r.verdict == "slower" and r.lo < 1.1 < r.hi
+    few = stats.ratio(_timing(np.array([1.0])), base, alpha=0.01)
+    assert not few.judged and few.verdict == "not judged"
+
+
+def test_ratio_of_ratios_cancels_the_machine():
+    rng = np.random.default_rng(1)
+
+    def t(m):
+        return _timing(rng.lognormal(np.log(m), 0.05, 300))
+
+    # A machine twice as slow for both implementations: no change in the within-run ratio.
+    same = stats.ratio_of_ratios(t(2e-5), t(4e-5), t(1e-5), t(2e-5), alpha=0.01)
+    assert not same.significant and abs(same.value - 1) < 0.03
+    worse = stats.ratio_of_ratios(t(3e-5), t(4e-5), t(1e-5), t(2e-5), alpha=0.01)
+    assert worse.significant and 1.4 < worse.value < 1.6
+
+
+def test_power_fit_and_crossovers():
+    n = np.array([64, 65536, 16777216.0])
+    assert stats.power_fit(n, 3e-9 * n**1.5) == pytest.approx(1.5)
+    assert stats.power_fit([64], [1.0]) is None
+    x = stats.crossovers(n, [1e-6, 1e-4, 1e-1], [1e-5, 1e-4 * 0.5, 1e-2])
+    assert len(x) == 1 and 64 < x[0] <= 65536
+
+
+# -- comparison and gate ------------------------------------------------------------------------
+
+def test_compare_same_machine_finds_the_slow_down(tmp_path):
+    done = compare(f("cpu_bench.json"), f("slower_bench.json"), tmp_path)
+    assert done.regressions >= 1
+    assert "softmax large float32 forward" in done.markdown
+    assert "**regression**" in done.markdown
+    page = done.html.read_text()
+    assert "not judged: different machines" not in page
+    row = re.search(r"softmax</a></td><td>numba</td><td>large</td>.*?</tr>", page, re.S)
+    assert row and ">slower</td>" in row.group(0)
+
+
+def test_compare_refuses_cross_machine_unless_asked(tmp_path):
+    done = compare(f("cpu_bench.json"), f("gpu_bench.json"), tmp_path)
+    assert "different machines" in done.markdown and "--allow-cross-machine" in done.markdown
+    assert "Absolute times:" not in done.markdown
+    page = done.html.read_text()
+    assert page.count("not judged: different machines") > 10
+    allowed = compare(f("cpu_bench.json"), f("gpu_bench.json"), tmp_path / "x",
+                      allow_cross_machine=True)
+    assert "Absolute times:" in allowed.markdown
+    assert "faster" in allowed.markdown
+
+
+def test_compare_correctness_files(tmp_path):
+    run = cli("compare", f("cpu_correctness.json"), f("failing_correctness.json"), "--out",
+              str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "| softmax | gradient | float32 | cpu | passed | failed |" in run.stdout
+    assert (tmp_path / "compare.html").exists()
+    assert HOSTILE not in (tmp_path / "compare.html").read_text()
+
+
+def test_gate(tmp_path):
+    ok = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench", f("cpu_bench.json"),
+             "--baseline", f("cpu_bench.json"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("refbench gate: PASSED")
+    assert "0 regression(s)" in ok.stdout
+
+    slow = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+               f("slower_bench.json"), "--baseline", f("cpu_bench.json"))
+    assert slow.returncode == 1
+    assert "REGRESSION softmax large float32 forward" in slow.stdout
+
+    noisy = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+                f("noisy_bench.json"), "--baseline", f("cpu_bench.json"))
+    assert noisy.returncode == 0, noisy.stdout
+    assert "another machine" in noisy.stdout  # said, and judged on within-run ratios
+
+    failing = cli("gate", "--correctness", f("failing_correctness.json"))
+    assert failing.returncode == 1
+    assert "2 of 56 checks FAILED" in failing.stdout
+    assert "replay: python -m pytest" in failing.stdout
+
+
+def test_gate_overrides_and_compact_baseline(tmp_path):
+    base = write_baseline(f("cpu_bench.json"), tmp_path / "base.json")
+    assert base.stat().st_size < (DATA / "cpu_bench.json").stat().st_size / 2
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text('[tool.refbench.gate]\nmax_slowdown = 1.25\nalpha = 0.01\n'
+                   f'baseline = "{base.name}"\n'
+                   '[tool.refbench.gate.overrides]\nsoftmax = { max_slowdown = 2.0 }\n')
+    config = load_config(cfg)
+    assert config.threshold("activations", "softmax").max_slowdown == 2.0
+    assert config.threshold("activations", "relu").max_slowdown == 1.25
+    # The configured baseline is used when --baseline is not given; the override lets the
+    # 1.6x slow-down of softmax through.
+    result = run_gate(f("cpu_correctness.json"), f("slower_bench.json"), None, config)
+    assert result.ok, result.lines
+    strict = load_config(cfg)
+    strict.overrides.clear()
+    result = run_gate(f("cpu_correctness.json"), f("slower_bench.json"), None, strict)
+    assert not result.ok and any("REGRESSION softmax" in ln for ln in result.lines)
+
+
+def test_gate_without_baseline_says_so():
+    run = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+              f("cpu_bench.json"), "--config", f("cpu_bench.json").replace(".json", ".toml"))
+    assert run.returncode == 2  # a config path that does not exist is an error
+    result = run_gate(f("cpu_correctness.json"), f("cpu_bench.json"), None,
+                      load_config(DATA / "no_baseline.toml"))
+    assert result.ok and any("not gated (no baseline" in ln for ln in result.lines)
+
+
+def test_checked_in_baseline_loads():
+    config = load_config(ROOT / "pyproject.toml")
+    assert config.baseline is not None and config.baseline.exists()
+    run = load(config.baseline, ("baseline",))
+    assert run.benchmarks and {b.impl for b in run.benchmarks} >= {"numba", "torch-cpu"}
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [[], ["build"], ["compare"], ["gate"], ["baseline"]])
+def test_help(command):
+    run = cli(*command, "--help")
+    assert run.returncode == 0
+    assert "usage: python -m reports" in run.stdout
+    words = {(): "gate", ("build",): "opens offline", ("compare",): "--allow-cross-machine",
+             ("gate",): "max_slowdown", ("baseline",): "compact"}[tuple(command)]
+    assert words in run.stdout
+
+
+def test_build_prints_path_and_summary_without_torch_or_numba(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['numba'] = None\n"
+            "from reports.__main__ import main\n"
+            f"sys.exit(main(['build', '--correctness', {f('failing_correctness.json')!r}, "
+            f"'--bench', {f('cpu_bench.json')!r}, '--out', {str(tmp_path)!r}]))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr  # failed checks still give a report, exit 0
+    first, *rest = run.stdout.splitlines()
+    assert first == str(tmp_path / "index.html")
+    assert "## ❌ refbench: FAILED" in run.stdout
+    assert (tmp_path / "summary.md").read_text().strip() in run.stdout
+
+
+# -- size and speed on a catalog-sized input ----------------------------------------------------
+
+def test_full_catalog_report_is_small_and_fast(tmp_path):
+    mf = _fixtures()
+    corr, cpu, gpu = tmp_path / "c.json", tmp_path / "cpu.json", tmp_path / "gpu.json"
+    corr.write_text(json.dumps(mf.synthetic_correctness(80)))
+    # 80 algorithms x 3 sizes x 3 implementations x 2 passes, 1000 rounds each, plus a
+    # second (CPU) run to compare with.
+    gpu.write_text(json.dumps(mf.synthetic_bench(80, rounds=1000, gpu=True)))
+    cpu.write_text(json.dumps(mf.synthetic_bench(80, rounds=300, gpu=False, seed=5)))
+    t0, c0 = time.perf_counter(), time.process_time()
+    built = build(str(corr), [str(gpu)], tmp_path / "one")
+    wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    size = built.html.stat().st_size
+    print(f"full catalog, one run: {size / 1e6:.2f} MB, {wall:.1f} s wall, {cpu_s:.1f} s CPU")
+    assert size < 5e6
+    # CPU time: wall time on a shared 2-core machine measures the neighbours too.
+    assert cpu_s < 10
+    two = build(str(corr), [str(cpu), str(gpu)], tmp_path / "two")
+    size2 = two.html.stat().st_size
+    print(f"full catalog, two runs compared: {size2 / 1e6:.2f} MB")
+    assert size2 < 5e6
