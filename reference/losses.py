@@ -709,18 +709,18 @@ def _ce_bwd(x, y, w, has_w, ignore, eps, lse, g, c, each, dx):
 def _rows(x: np.ndarray) -> np.ndarray:
     """(C,) -> (1, C); (N, C) stays; (N, C, d...) -> (N * d..., C) (a copy)."""
     if x.ndim == 1:
-        return x.reshape(1, -1)
+        return x.reshape(1, x.shape[0])
     if x.ndim == 2:
         return x
-    n, c = x.shape[:2]
-    return np.ascontiguousarray(np.moveaxis(x.reshape(n, c, -1), 1, 2)).reshape(-1, c)
+    n, c, k = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    return np.ascontiguousarray(np.moveaxis(x.reshape(n, c, k), 1, 2)).reshape(n * k, c)
 
 
 def _unrows(d: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if len(shape) <= 2:
         return d.reshape(shape)
-    n, c = shape[:2]
-    return np.ascontiguousarray(np.moveaxis(d.reshape(n, -1, c), 2, 1)).reshape(shape)
+    n, c, k = shape[0], shape[1], math.prod(shape[2:])
+    return np.ascontiguousarray(np.moveaxis(d.reshape(n, k, c), 2, 1)).reshape(shape)
 
 
 def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None, *,
@@ -838,8 +838,8 @@ def _nll_bwd(y, w, has_w, ignore, g, c, each, dx):
 
 def _three(x: np.ndarray) -> np.ndarray:
     if x.ndim == 1:
-        return x.reshape(1, -1, 1)
-    return x.reshape(x.shape[0], x.shape[1], -1)
+        return x.reshape(1, x.shape[0], 1)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 def nll_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None, *,
@@ -979,7 +979,7 @@ def multi_margin_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray 
         raise ValueError(f"p must be 1 or 2, got {pp}")
     mg = v.real(margin, "margin")
     r = _reduction(reduction, y.size)
-    xr = x.reshape(-1, n_classes)
+    xr = x.reshape(y.size, n_classes)
     m_t = x.dtype.type(mg)
     e = np.empty(y.size)
     total, bad = _mm_fwd(xr, y, w, has_w, m_t, pp, e)

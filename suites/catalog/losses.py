@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from reference import activations as A
 from reference import losses as L
@@ -56,6 +57,12 @@ def _broadcastable(draw, shape: tuple[int, ...]):
     """A shape that broadcasts to ``shape``: leading dims dropped, others possibly set to 1."""
     drop = draw(st.integers(0, len(shape)))
     return tuple(draw(st.sampled_from([d, 1])) for d in shape[drop:])
+
+
+def _weights(dtype):
+    """Weights: exactly 0 or 1, or in [2^-10, 3]. Not subnormal: a weight of 1e-320 underflows the
+    loss itself, where the float64 gradcheck's model of relative rounding error does not hold."""
+    return st.one_of(st.sampled_from([0.0, 1.0]), S.floats(dtype, 2.0**-10, 3.0))
 
 
 def _first_float(case: Case) -> np.ndarray:
@@ -219,7 +226,7 @@ def _bce_cases(draw, dtype):
     inputs = {"input": x, "target": t}
     if draw(st.booleans()):
         wshape = draw(_broadcastable(shape))
-        inputs["weight"] = draw(S.arrays(dtype, wshape, 0.0, 3.0))
+        inputs["weight"] = draw(S.arrays(dtype, wshape, elements=_weights(dtype)))
     return Case(inputs, {"reduction": draw(_reduction(x.size))})
 
 
@@ -282,9 +289,11 @@ def _bcel_cases(draw, dtype):
     t = draw(S.arrays(dtype, shape, elements=_probabilities(dtype)))
     inputs = {"input": x, "target": t}
     if draw(st.booleans()):  # weight, then maybe pos_weight (inputs are positional)
-        inputs["weight"] = draw(S.arrays(dtype, draw(_broadcastable(shape)), 0.0, 3.0))
+        inputs["weight"] = draw(S.arrays(dtype, draw(_broadcastable(shape)),
+                                         elements=_weights(dtype)))
         if draw(st.booleans()):
-            inputs["pos_weight"] = draw(S.arrays(dtype, draw(_broadcastable(shape)), 0.0, 3.0))
+            inputs["pos_weight"] = draw(S.arrays(dtype, draw(_broadcastable(shape)),
+                                                 elements=_weights(dtype)))
     return Case(inputs, {"reduction": draw(_reduction(x.size))})
 
 
@@ -410,5 +419,297 @@ register(Spec(
     invalid=_pair_invalid(np.ones(3), np.ones(3)) + (
         _bad("a label that is not +-1", ValueError, r"\btarget\b",
              input=np.ones(3), target=np.array([1.0, 0.0, -1.0])),
+    ),
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# classification losses over integer labels: cross-entropy, NLL, multi-class margin
+
+# Logits from the pipeline issue: 64x10, 64x1024, 4096x4096.
+_LOGIT_SHAPES = {"small": (64, 10), "medium": (64, 1024), "large": (4096, 4096)}
+
+
+def _label_sizes(make_input, params):
+    """Benchmark cases: ``make_input(rng, shape, dtype)`` and uniform labels, no weights."""
+
+    def builder(shape):
+        def build(dtype):
+            rng = np.random.default_rng(0)
+            x = make_input(rng, shape, dtype)
+            y = rng.integers(0, shape[1], shape[0])
+            return Case({"input": x, "target": y}, dict(params))
+
+        return build
+
+    return {k: builder(shape) for k, shape in _LOGIT_SHAPES.items()}
+
+
+def _class_cost(flops_per_element: float):
+    def cost(case: Case) -> Cost:
+        x, y = case.inputs["input"], case.inputs["target"]
+        return Cost(flops=flops_per_element * x.size, bytes=x.nbytes + y.nbytes)
+
+    return cost
+
+
+@st.composite
+def _labelled(draw, dtype, values, *, spatial: bool, ignore: bool, min_batch: int = 0):
+    """(C,) with a 0-d label, (N, C) with (N,) labels, or (N, C, d1[, d2]) with (N, d1[, d2]);
+    labels in [0, C) or ``ignore_index`` (-100, or a class index, or one beyond the classes);
+    optional class weights. Returns (inputs, ignore_index)."""
+    kinds = ["single", "batch"] + (["spatial"] if spatial else [])
+    kind = draw(st.sampled_from(kinds))
+    n_classes = draw(st.integers(1, 7))
+    if kind == "single":
+        shape, tshape = (n_classes,), ()
+    elif kind == "batch":
+        n = draw(st.integers(min_batch, 6))
+        shape, tshape = (n, n_classes), (n,)
+    else:
+        n = draw(st.integers(min_batch, 3))
+        dims = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=2)))
+        shape, tshape = (n, n_classes) + dims, (n,) + dims
+    x = draw(S.arrays(dtype, shape, elements=values))
+    ignore_index = (draw(st.sampled_from([-100, 0, n_classes - 1, n_classes + 2]))
+                    if ignore else None)
+    label = st.integers(0, n_classes - 1)
+    if ignore:
+        label = st.one_of(label, st.just(ignore_index))
+    y = draw(hnp.arrays(np.int64, tshape, elements=label))
+    inputs = {"input": x, "target": y}
+    if draw(st.booleans()):
+        inputs["weight"] = draw(S.arrays(dtype, (n_classes,), elements=_weights(dtype)))
+    return inputs, ignore_index
+
+
+def _weight_of_labels(case: Case) -> float:
+    """The 'mean' denominator of cross_entropy / nll_loss: the weights of non-ignored labels."""
+    y = case.inputs["target"].reshape(-1)
+    keep = y != case.params.get("ignore_index", -100)
+    if "weight" not in case.inputs:
+        return float(keep.sum())
+    return float(case.inputs["weight"].astype(np.float64)[y[keep]].sum())
+
+
+@st.composite
+def _ce_like_cases(draw, dtype, smoothing: bool):
+    """Cross-entropy / NLL cases. For 'mean' at least one non-ignored label has a positive
+    weight: a zero denominator is 0/0 (NaN in torch and here, tested by an invariant), where
+    the float64 gradcheck has nothing to check."""
+    values = S.stress(dtype, 1e4)
+    inputs, ignore_index = draw(_labelled(dtype, values, spatial=True, ignore=True))
+    params = {"ignore_index": ignore_index, "reduction": draw(_reduction(inputs["target"].size))}
+    if smoothing:
+        params["label_smoothing"] = draw(st.one_of(st.sampled_from([0.0, 0.1, 1.0]),
+                                                   st.floats(0.0, 1.0)))
+    case = Case(inputs, params)
+    if params["reduction"] == "mean" and _weight_of_labels(case) == 0:
+        n_classes = inputs["input"].shape[0 if inputs["input"].ndim == 1 else 1]
+        usable = [c for c in range(n_classes) if c != ignore_index]
+        if not usable:  # one class, and it is ignored: 'mean' is 0/0 whatever the draw
+            params["reduction"] = "sum"
+        else:
+            first = usable[0]
+            y = inputs["target"].copy()
+            y.reshape(-1)[0] = first
+            inputs["target"] = y
+            if "weight" in inputs:
+                w = inputs["weight"].copy()
+                w[first] = max(w[first], 1.0)
+                inputs["weight"] = w
+    return Case(inputs, params)
+
+
+def _ce_torch(input, target, weight=None, **params):
+    return F.cross_entropy(input, target, weight, **params)
+
+
+def _nll_torch(input, target, weight=None, **params):
+    return F.nll_loss(input, target, weight, **params)
+
+
+def _equals_nll_of_log_softmax(case: Case, outs) -> None:
+    """cross_entropy(x) = nll_loss(log_softmax(x)) without label smoothing, per sample."""
+    if case.params.get("label_smoothing", 0.0) != 0.0:
+        return
+    x = case.inputs["input"]
+    params = {k: p for k, p in case.params.items() if k not in ("label_smoothing", "reduction")}
+    rest = tuple(case.inputs.values())[1:]
+    ce = L.cross_entropy(x, *rest, reduction="none", **params)[0].astype(np.float64)
+    logp = A.log_softmax(x, axis=0 if x.ndim == 1 else 1)[0]
+    nll = L.nll_loss(logp, *rest, reduction="none", **params)[0].astype(np.float64)
+    # Both round the same float64 value once (log_softmax's output once more): 2 eps |value|,
+    # plus the smallest subnormal for values that underflow.
+    bound = 2 * _eps(x.dtype) * np.abs(ce) + float(np.finfo(x.dtype).smallest_subnormal)
+    diff = np.abs(ce - nll)
+    assert np.all(diff <= bound), f"cross_entropy != nll_loss(log_softmax) by {diff.max():.3g}"
+
+
+def _all_ignored(forward, backward):
+    """Every label ignored: 'sum' is 0, 'mean' is 0/0 = NaN (as torch), the gradient is 0."""
+
+    def check(case: Case, outs) -> None:
+        y = case.inputs["target"]
+        if y.size == 0:
+            return
+        ignore_index = case.params.get("ignore_index", -100)
+        inputs = dict(case.inputs)
+        inputs["target"] = np.full_like(y, ignore_index)
+        args = tuple(inputs.values())
+        params = {k: p for k, p in case.params.items() if k != "reduction"}
+        total, _ = forward(*args, reduction="sum", **params)
+        assert total == 0, f"'sum' over ignored labels is {total}, not 0"
+        mean, ctx = forward(*args, reduction="mean", **params)
+        assert np.isnan(mean), f"'mean' over ignored labels is {mean}, not NaN (0/0)"
+        (dx,) = backward(ctx, np.asarray(1.0, mean.dtype))
+        assert not np.any(dx), "the gradient over ignored labels is not 0"
+
+    return Invariant("all labels ignored: sum 0, mean NaN, gradient 0", check)
+
+
+def _class_invalid(name: str, with_ignore: bool = True) -> tuple[Invalid, ...]:
+    x, y = np.zeros((2, 3)), np.array([0, 2])
+    cases = [
+        _bad("a list as input", TypeError, r"\binput\b", input=[[0.0, 1.0]], target=y[:1]),
+        _bad("an integer input", TypeError, r"\binput\b", input=np.zeros((2, 3), np.int64),
+             target=y),
+        _bad("a 0-d input", ValueError, r"\binput\b", input=np.array(1.0), target=np.array(0)),
+        _bad("no classes", ValueError, r"\binput\b", input=np.zeros((2, 0)), target=y),
+        _bad("float labels", TypeError, r"\btarget\b", input=x, target=np.array([0.0, 2.0])),
+        _bad("a label equal to C", ValueError, r"\btarget\b", input=x, target=np.array([0, 3])),
+        _bad("a negative label", ValueError, r"\btarget\b", input=x, target=np.array([-1, 0])),
+        _bad("labels of another batch size", ValueError, r"\btarget\b", input=x,
+             target=np.array([0, 1, 2])),
+        _bad("labels of the wrong rank", ValueError, r"\btarget\b", input=x,
+             target=np.array([[0], [1]])),
+        _bad("a weight of the wrong length", ValueError, r"\bweight\b", input=x, target=y,
+             weight=np.ones(2)),
+        _bad("a weight of another dtype", TypeError, r"\bweight\b", input=x, target=y,
+             weight=np.ones(3, np.float32)),
+        _bad("an unknown reduction", ValueError, "reduction", input=x, target=y,
+             reduction="avg"),
+        _bad("'mean' of an empty batch", ValueError, "reduction", input=x[:0], target=y[:0],
+             reduction="mean"),
+    ]
+    if with_ignore:
+        cases.append(_bad("a non-integer ignore_index", TypeError, "ignore_index", input=x,
+                          target=y, ignore_index=1.5))
+    return tuple(cases)
+
+
+def _log_probs(rng, shape, dtype):
+    z = rng.standard_normal(shape) * 3
+    return (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(dtype)
+
+
+register(Spec(
+    name="cross_entropy", family=FAMILY,
+    summary="softmax cross-entropy of logits; weights, ignore_index, label smoothing",
+    forward=L.cross_entropy, backward=L.cross_entropy_backward, grad_inputs=("input",),
+    torch=_ce_torch,
+    cases=lambda dtype: _ce_like_cases(dtype, smoothing=True),
+    sizes=_label_sizes(lambda rng, shape, dtype: S.normal(rng, shape, dtype, 3.0),
+                       {"reduction": "mean"}),
+    cost=_class_cost(6),
+    invariants=(Invariant("loss >= 0", _nonnegative),
+                reduction_invariant(L.cross_entropy, _weight_of_labels),
+                Invariant("= nll_loss(log_softmax(x))", _equals_nll_of_log_softmax),
+                _all_ignored(L.cross_entropy, L.cross_entropy_backward)),
+    invalid=_class_invalid("cross_entropy") + (
+        _bad("label_smoothing above 1", ValueError, "label_smoothing", input=np.zeros((2, 3)),
+             target=np.array([0, 1]), label_smoothing=1.5),
+        _bad("negative label_smoothing", ValueError, "label_smoothing", input=np.zeros((2, 3)),
+             target=np.array([0, 1]), label_smoothing=-0.1),
+    ),
+))
+
+register(Spec(
+    name="nll_loss", family=FAMILY,
+    summary="negative log-likelihood of log-probabilities; weights, ignore_index",
+    forward=L.nll_loss, backward=L.nll_loss_backward, grad_inputs=("input",),
+    torch=_nll_torch,
+    cases=lambda dtype: _ce_like_cases(dtype, smoothing=False),
+    sizes=_label_sizes(_log_probs, {"reduction": "mean"}),
+    cost=_class_cost(1),
+    invariants=(reduction_invariant(L.nll_loss, _weight_of_labels),
+                _all_ignored(L.nll_loss, L.nll_loss_backward)),
+    invalid=_class_invalid("nll_loss"),
+))
+
+
+# multi-class margin ---------------------------------------------------------------------------
+
+# A coarse grid of logits and margins makes z = margin - x_y + x_j hit the kink 0 exactly.
+_GRID = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+@st.composite
+def _mm_cases(draw, dtype):
+    """(C,) or (N, C) scores up to 1e3 or on a grid (exact kinks), p 1 or 2, any margin.
+    An empty batch only with 'none': torch's 'sum' and 'mean' of it return uninitialised memory
+    (seen: -6.7e-21), so there is nothing to compare; an invariant checks that ours is 0."""
+    values = st.one_of(S.stress(dtype, 1e3), st.sampled_from(_GRID))
+    inputs, _ = draw(_labelled(dtype, values, spatial=False, ignore=False))
+    n = inputs["target"].size
+    params = {
+        "p": draw(st.sampled_from([1, 2])),
+        "margin": draw(st.one_of(st.sampled_from([1.0, 0.0, 0.5, 2.0]), st.floats(-1.0, 3.0))),
+        "reduction": draw(st.sampled_from(REDUCTIONS) if n else st.just("none")),
+    }
+    return Case(inputs, params)
+
+
+def _mm_torch(input, target, weight=None, **params):
+    return F.multi_margin_loss(input, target, weight=weight, **params)
+
+
+def _mm_off_kink(case: Case) -> Case:
+    """Raise x_j by 0.02 where z = margin - x_y + x_j is within 0.01 of the kink 0 (gradcheck
+    only; p = 2 needs it too: its second derivative jumps at 0)."""
+    x = case.inputs["input"].copy()
+    rows = x.reshape(-1, x.shape[-1])
+    y = case.inputs["target"].reshape(-1)
+    margin = case.params.get("margin", 1.0)
+    for r, label in enumerate(y):
+        z = margin - rows[r, label] + rows[r]
+        near = np.abs(z) < 0.01
+        near[label] = False
+        rows[r, near] += 0.02
+    return Case({**case.inputs, "input": x}, case.params)
+
+
+def _mm_empty_is_zero(case: Case, outs) -> None:
+    x = case.inputs["input"]
+    if x.ndim != 2:
+        return
+    rest = {k: a for k, a in case.inputs.items() if k == "weight"}
+    params = {k: p for k, p in case.params.items() if k != "reduction"}
+    total = L.multi_margin_loss(x[:0], case.inputs["target"][:0], *rest.values(),
+                                reduction="sum", **params)[0]
+    assert total == 0, f"'sum' over an empty batch is {total}, not 0"
+
+
+register(Spec(
+    name="multi_margin_loss", family=FAMILY,
+    summary="multi-class hinge (p = 1, 2), margin, class weights; 0 at the kink z = 0",
+    forward=L.multi_margin_loss, backward=L.multi_margin_loss_backward, grad_inputs=("input",),
+    torch=_mm_torch,
+    cases=_mm_cases,
+    sizes=_label_sizes(lambda rng, shape, dtype: S.normal(rng, shape, dtype),
+                       {"reduction": "mean"}),
+    cost=_class_cost(4),
+    smooth=_mm_off_kink,
+    invariants=(Invariant("loss >= 0", _nonnegative),
+                reduction_invariant(L.multi_margin_loss,
+                                    lambda case: float(case.inputs["target"].size)),
+                Invariant("'sum' of an empty batch is 0", _mm_empty_is_zero)),
+    invalid=_class_invalid("multi_margin_loss", with_ignore=False) + (
+        _bad("p = 3", ValueError, r"\bp\b", input=np.zeros((2, 3)), target=np.array([0, 1]),
+             p=3),
+        _bad("a NaN margin", ValueError, "margin", input=np.zeros((2, 3)),
+             target=np.array([0, 1]), margin=float("nan")),
+        _bad("a 3-d input", ValueError, r"\binput\b", input=np.zeros((2, 3, 4)),
+             target=np.zeros((2, 4), np.int64)),
     ),
 ))
