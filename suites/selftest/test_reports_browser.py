@@ -256,3 +256,24 @@ def test_readable_without_javascript(chromium, report):
         chromium.send("Emulation.setScriptExecutionDisabled", value=False)
     assert facts["verdict"] > 0 and facts["rows"] > 3 and facts["charts"] > 0
     assert facts["filters"], "filter controls that need JS must stay hidden without it"
+
+
+def test_full_catalog_report_opens_quickly(chromium, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", DATA / "make_fixtures.py")
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+    corr, bench = tmp_path / "c.json", tmp_path / "b.json"
+    corr.write_text(json.dumps(mf.synthetic_correctness(80)))
+    # The page's size does not depend on the rounds; few of them keep this test quick.
+    bench.write_text(json.dumps(mf.synthetic_bench(80, rounds=30, gpu=True)))
+    built = build(str(corr), [str(bench)], tmp_path / "out")
+    chromium.open(built.html.as_uri())
+    timing = chromium.evaluate("""(() => {
+        const t = performance.getEntriesByType('navigation')[0];
+        return {load: t.loadEventEnd, charts: document.querySelectorAll('figure.chart').length};
+    })()""")
+    assert chromium.problems() == []
+    assert timing["charts"] == 80
+    assert timing["load"] < 2000, timing  # milliseconds from navigation to the load event
