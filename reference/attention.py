@@ -1,0 +1,920 @@
+"""Attention: scaled dot-product attention, multi-head self-attention, the transformer encoder
+layer, and the sinusoidal positional encoding, forward and hand-written backward.
+
+Conventions follow PyTorch (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``,
+``nn.TransformerEncoderLayer``): the same shapes, parameter layout and mask semantics, so a
+module's parameters can be passed in as they are::
+
+    out, ctx = scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False)
+    dq, dk, dv = scaled_dot_product_attention_backward(ctx, d_out)
+
+Masks: for ``scaled_dot_product_attention`` a bool mask is True where a query may attend (as
+torch's); for ``nn.MultiheadAttention``-style masks (``key_padding_mask``, ``attn_mask``) a bool
+mask is True where attention is *forbidden* (as torch's). Float masks are added to the scores.
+A query row that may attend to nothing gets all-zero weights and a zero output (torch's
+``scaled_dot_product_attention`` convention; ``nn.MultiheadAttention`` with ``need_weights=True``
+returns NaN there instead, with ``need_weights=False`` zeros: torch disagrees with itself, and
+zeros are what its fused path and its training path give). Dropout takes explicit keep-masks
+(bool, True = keep; kept values scaled by ``1/(1-p)``), drawn by the caller.
+
+Implementation: per (batch, head) the two products ``Q K^T`` and ``P V`` go through ``np.dot``
+(SciPy's BLAS) in the input's dtype, as torch's do; softmax, layer norm and activations are
+float64 per element (row sums accumulate in float64) and rounded once. The projections are one
+matrix product over all batch rows and positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from reference import _validate as v
+from reference import _vecmath as V
+from reference._jit import inline, kernel
+
+__all__ = [
+    "scaled_dot_product_attention", "scaled_dot_product_attention_backward",
+    "multi_head_attention", "multi_head_attention_backward",
+    "transformer_encoder_layer", "transformer_encoder_layer_backward",
+    "ENCODER_PARAMETERS", "sinusoidal_positional_encoding", "add_positional_encoding",
+    "add_positional_encoding_backward",
+]
+
+_NO_BIAS = np.zeros((1, 1, 1))
+_NO_KEEP = np.ones((1, 1, 1), np.bool_)
+_NO_KEEP2 = np.ones((1, 1), np.bool_)
+_NO_DPROBS = np.zeros((1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: the attention core over N = batch * heads independent (L, S) problems
+
+
+@kernel()
+def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale, scale,
+              probs, kept, out):
+    # q (N, L, D), k (N, S, D), v (N, S, Dv); bias (N / bias_div, L, S) added to the scores;
+    # keep (N, L, S) dropout keep-mask. probs: softmax (N, L, S); kept: probs after dropout
+    # (the same array when there is no dropout); out (N, L, Dv) = kept @ v.
+    n_prob, n_q, n_k = probs.shape
+    scores = np.empty((n_q, n_k), q.dtype)
+    row = np.empty(n_k)
+    for n in range(n_prob):
+        np.dot(q[n], k[n].T, scores)
+        for i in range(n_q):
+            m = -np.inf
+            for j in range(n_k):
+                s = np.float64(scores[i, j]) * scale
+                if has_bias:
+                    s += bias[n // bias_div, i, j]
+                if causal and j > i:
+                    s = -np.inf
+                row[j] = s
+                m = s if s > m else m
+            total = 0.0
+            if m != -np.inf:
+                for j in range(n_k):
+                    e = V.exp(row[j] - m)
+                    row[j] = e
+                    total += e
+            for j in range(n_k):
+                p = row[j] / total if m != -np.inf else 0.0  # nothing to attend: zeros
+                probs[n, i, j] = p
+                if has_keep:
+                    kept[n, i, j] = p * keep_scale if keep[n, i, j] else 0.0
+        np.dot(kept[n], v[n], out[n])
+
+
+@kernel()
+def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs, dp_div,
+              dp_scale, has_dprobs, dq, dk, dv):
+    # d_probs (N / dp_div, L, S): an upstream gradient of the probabilities themselves (the
+    # attention weights an MHA returns), times dp_scale.
+    n_prob, n_q, n_k = probs.shape
+    dp = np.empty((n_q, n_k), q.dtype)
+    ds = np.empty((n_q, n_k), q.dtype)
+    row = np.empty(n_k)
+    for n in range(n_prob):
+        np.dot(kept[n].T, d_out[n], dv[n])      # dV = P_kept^T dO
+        np.dot(d_out[n], v[n].T, dp)            # d P_kept = dO V^T
+        for i in range(n_q):
+            acc = 0.0
+            for j in range(n_k):
+                g = np.float64(dp[i, j])
+                if has_keep:
+                    g = g * keep_scale if keep[n, i, j] else 0.0
+                if has_dprobs:
+                    g += np.float64(d_probs[n // dp_div, i, j]) * dp_scale
+                row[j] = g
+                acc += g * np.float64(probs[n, i, j])
+            for j in range(n_k):
+                ds[i, j] = np.float64(probs[n, i, j]) * (row[j] - acc) * scale
+        np.dot(ds, k[n], dq[n])                 # dQ = dS K (scale folded into dS)
+        np.dot(ds.T, q[n], dk[n])               # dK = dS^T Q
+
+
+# ---------------------------------------------------------------------------------------------
+# scaled dot-product attention
+
+
+class SDPACtx(NamedTuple):
+    q: np.ndarray       # (N, L, D)
+    k: np.ndarray
+    v: np.ndarray
+    probs: np.ndarray   # (N, L, S)
+    scale: float
+    lead: tuple         # the leading (batch) shape
+    dq_shape: tuple
+
+
+def _lead_shapes(q, k, value):
+    q = v.float_array(q, "query", min_ndim=2)
+    k = v.float_array(k, "key", min_ndim=2, dtype=q.dtype)
+    value = v.float_array(value, "value", min_ndim=2, dtype=q.dtype)
+    if k.shape[:-2] != q.shape[:-2] or value.shape[:-2] != q.shape[:-2]:
+        raise ValueError(f"query, key and value must share their leading (batch) dimensions, "
+                         f"got {q.shape}, {k.shape}, {value.shape}")
+    if q.shape[-2] == 0:
+        raise ValueError(f"query must hold a sequence of length >= 1 (..., L, E), got {q.shape}")
+    if k.shape[-2] == 0:
+        raise ValueError(f"key must hold a sequence of length >= 1 (..., S, E), got {k.shape}")
+    if q.shape[-1] == 0 or k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"key must have the query's embedding size E = {q.shape[-1]} >= 1 "
+                         f"(..., S, E), got {k.shape}")
+    if value.shape[-2] != k.shape[-2]:
+        raise ValueError(f"value must have the key's length S = {k.shape[-2]} (..., S, Ev), "
+                         f"got {value.shape}")
+    return q, k, value
+
+
+def _as_bias(mask, name, dtype, true_means: str) -> np.ndarray:
+    """A bool or float mask as an additive float64 bias of its own shape. ``true_means`` is
+    "allowed" (torch's scaled_dot_product_attention) or "masked" (nn.MultiheadAttention)."""
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of bool or {np.dtype(dtype)}, "
+                        f"got {type(mask).__name__}")
+    if mask.dtype != np.bool_ and mask.dtype != dtype:
+        raise TypeError(f"{name} must have dtype bool or the input's {np.dtype(dtype)}, "
+                        f"got {mask.dtype}")
+    if mask.dtype == np.bool_:
+        return np.where(mask if true_means == "masked" else ~mask, -np.inf, 0.0)
+    return mask.astype(np.float64)
+
+
+def scaled_dot_product_attention(query: np.ndarray, key: np.ndarray, value: np.ndarray,
+                                 attn_mask: np.ndarray | None = None, *, is_causal: bool = False,
+                                 scale: float | None = None) -> tuple[np.ndarray, SDPACtx]:
+    r"""Attention of each query over all keys, as ``F.scaled_dot_product_attention``.
+
+    ``query`` (..., L, E), ``key`` (..., S, E), ``value`` (..., S, Ev) -> (..., L, Ev).
+
+    .. math::
+        P = \operatorname{softmax}_j(s Q K^T + M), \qquad O = P V, \qquad s = 1/\sqrt{E}
+
+    ``M``: 0 where attention is allowed, :math:`-\infty` where not (a bool ``attn_mask``
+    True = allowed, broadcastable to (..., L, S); or a float mask added as it is;
+    ``is_causal``: key j is allowed for query i iff ``j <= i``, top-left aligned as torch).
+    A row with no allowed key gives zero weights and a zero output. Backward:
+
+    .. math::
+        \bar V = P^T \bar O, \quad \bar P = \bar O V^T, \quad
+        \bar S_{ij} = P_{ij}(\bar P_{ij} - \textstyle\sum_k \bar P_{ik} P_{ik}), \quad
+        \bar Q = s \bar S K, \quad \bar K = s \bar S^T Q
+    """
+    q, k, val = _lead_shapes(query, key, value)
+    causal = v.boolean(is_causal, "is_causal")
+    if causal and attn_mask is not None:
+        raise ValueError("attn_mask must be None when is_causal=True (torch refuses both)")
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else v.real(scale, "scale")
+    lead = q.shape[:-2]
+    n = math.prod(lead)
+    L, S = q.shape[-2], k.shape[-2]
+    q3, k3, v3 = (a.reshape((n,) + a.shape[-2:]) for a in (q, k, val))
+    bias, div, has_bias = _NO_BIAS, 1, False
+    if attn_mask is not None:
+        b = _as_bias(attn_mask, "attn_mask", q.dtype, "allowed")
+        target = lead + (L, S)
+        try:
+            ok = b.ndim <= len(target) and np.broadcast_shapes(b.shape, target) == target
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"attn_mask must be broadcastable to (..., L, S) = {target}, "
+                             f"got shape {attn_mask.shape}")
+        if b.ndim <= 2 or all(d == 1 for d in b.shape[:-2]):
+            bias, div = np.broadcast_to(b.reshape(b.shape[-2:] if b.ndim >= 2 else b.shape),
+                                        (L, S))[None].copy(), max(n, 1)
+        else:
+            bias, div = np.broadcast_to(b, target).reshape(n, L, S).copy(), 1
+        has_bias = True
+    probs = np.empty((n, L, S), q.dtype)
+    out = np.empty((n, L, val.shape[-1]), q.dtype)
+    _attn_fwd(q3, k3, v3, bias, div, has_bias, causal, _NO_KEEP, False, 1.0, s, probs, probs,
+              out)
+    return out.reshape(lead + out.shape[1:]), SDPACtx(q3, k3, v3, probs, s, lead, q.shape)
+
+
+def scaled_dot_product_attention_backward(ctx: SDPACtx, grad_out: np.ndarray,
+                                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients ``(d query, d key, d value)``."""
+    shape = ctx.lead + (ctx.q.shape[1], ctx.v.shape[2])
+    g = v.float_array(grad_out, "grad_out", dtype=ctx.q.dtype)
+    if g.shape != shape:
+        raise ValueError(f"grad_out must have the forward output's shape {shape}, got {g.shape}")
+    g3 = g.reshape((-1,) + shape[-2:])
+    dq, dk, dv = np.empty_like(ctx.q), np.empty_like(ctx.k), np.empty_like(ctx.v)
+    _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.probs, _NO_KEEP, False, 1.0, ctx.scale, g3,
+              _NO_DPROBS.astype(g.dtype), 1, 0.0, False, dq, dk, dv)
+    return (dq.reshape(ctx.dq_shape), dk.reshape(ctx.lead + ctx.k.shape[1:]),
+            dv.reshape(ctx.lead + ctx.v.shape[1:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# dense helpers (private: one matrix product over all rows, the bias in float64)
+
+
+@kernel()
+def _linear(x, w, b, y):
+    # y (R, O) = x (R, I) @ w^T (I, O) + b
+    np.dot(x, w.T, y)
+    for r in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            y[r, o] = np.float64(y[r, o]) + b[o]
+
+
+@kernel()
+def _matmul_t(x, w, y):
+    np.dot(x, w.T, y)  # y (R, O) = x (R, I) @ w^T
+
+
+@kernel()
+def _linear_bwd(x, w, g, dx, dw, db):
+    # g (R, O): dx = g w, dw = g^T x, db = sum_r g
+    np.dot(g, w, dx)
+    np.dot(g.T, x, dw)
+    acc = np.zeros(g.shape[1])
+    for r in range(g.shape[0]):
+        for o in range(g.shape[1]):
+            acc[o] += g[r, o]
+    for o in range(g.shape[1]):
+        db[o] = acc[o]
+
+
+@kernel()
+def _split_heads(qkv, batch, heads, q, k, val):
+    # qkv (B*L, 3E), row b*L + l -> q, k, v (B*heads, L, Dh)
+    n_q, hd = q.shape[1], q.shape[2]
+    e = heads * hd
+    for b in range(batch):
+        for h in range(heads):
+            for t in range(n_q):
+                r = b * n_q + t
+                for d in range(hd):
+                    q[b * heads + h, t, d] = qkv[r, h * hd + d]
+                    k[b * heads + h, t, d] = qkv[r, e + h * hd + d]
+                    val[b * heads + h, t, d] = qkv[r, 2 * e + h * hd + d]
+
+
+@kernel()
+def _merge_heads(parts, batch, heads, out, col0):
+    # parts (B*heads, L, Dh) -> out[b*L + l, col0 + h*Dh + d]
+    n_q, hd = parts.shape[1], parts.shape[2]
+    for b in range(batch):
+        for h in range(heads):
+            for t in range(n_q):
+                for d in range(hd):
+                    out[b * n_q + t, col0 + h * hd + d] = parts[b * heads + h, t, d]
+
+
+@kernel()
+def _split_rows(a, batch, heads, out):
+    # a (B*L, E) -> out (B*heads, L, Dh): the inverse of _merge_heads with col0 = 0
+    n_q, hd = out.shape[1], out.shape[2]
+    for b in range(batch):
+        for h in range(heads):
+            for t in range(n_q):
+                for d in range(hd):
+                    out[b * heads + h, t, d] = a[b * n_q + t, h * hd + d]
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-head self-attention
+
+
+class MHACtx(NamedTuple):
+    x2: np.ndarray          # (B*L, E)
+    w_in: np.ndarray
+    w_out: np.ndarray
+    q: np.ndarray           # (B*heads, L, Dh), and k, v
+    k: np.ndarray
+    v: np.ndarray
+    probs: np.ndarray       # (B*heads, L, L)
+    kept: np.ndarray        # probs after attention dropout (probs itself without dropout)
+    keep: np.ndarray
+    has_keep: bool
+    keep_scale: float
+    o2: np.ndarray          # (B*L, E) heads concatenated, before the output projection
+    batch: int
+    heads: int
+    scale: float
+    weights: str            # "none", "average" or "per-head"
+
+
+def _mha_bias(key_padding_mask, attn_mask, batch, heads, length, dtype):
+    """Both torch masks (bool: True = masked; or float) as one additive bias (M, L, S) for the
+    attention core, which reads row n // div of it; M = 1 or B * heads."""
+    n = batch * heads
+    kb = ab = None
+    if key_padding_mask is not None:
+        kb = _as_bias(key_padding_mask, "key_padding_mask", dtype, "masked")
+        if kb.shape != (batch, length):
+            raise ValueError(f"key_padding_mask must have shape (B, S) = {(batch, length)}, "
+                             f"got {kb.shape}")
+    if attn_mask is not None:
+        ab = _as_bias(attn_mask, "attn_mask", dtype, "masked")
+        if ab.shape not in ((length, length), (n, length, length)):
+            raise ValueError(f"attn_mask must have shape (L, S) = {(length, length)} or "
+                             f"(B*num_heads, L, S) = {(n, length, length)}, got {ab.shape}")
+    if kb is None and ab is None:
+        return _NO_BIAS, 1, False
+    if kb is None and ab.ndim == 2:
+        return ab[None].copy(), n, True
+    total = np.zeros((batch, heads, length, length))
+    if kb is not None:
+        total += kb[:, None, None, :]
+    if ab is not None:
+        total += ab.reshape(batch, heads, length, length) if ab.ndim == 3 else ab
+    return total.reshape(n, length, length), 1, True
+
+
+def _mha_forward(x3, w_in, b_in, w_out, b_out, heads, bias, div, has_bias, keep, keep_scale,
+                 weights):
+    """x3 (B, L, E) batch-major -> out (B*L, E) and the context."""
+    batch, length, embed = x3.shape
+    hd = embed // heads
+    x2 = x3.reshape(batch * length, embed)
+    qkv = np.empty((batch * length, 3 * embed), x3.dtype)
+    _linear(x2, w_in, b_in, qkv)
+    shape = (batch * heads, length, hd)
+    q, k, val = (np.empty(shape, x3.dtype) for _ in range(3))
+    _split_heads(qkv, batch, heads, q, k, val)
+    probs = np.empty((batch * heads, length, length), x3.dtype)
+    has_keep = keep is not None
+    kept = np.empty_like(probs) if has_keep else probs
+    attn = np.empty(shape, x3.dtype)
+    scale = 1.0 / math.sqrt(hd)
+    _attn_fwd(q, k, val, bias, div, has_bias, False, keep if has_keep else _NO_KEEP, has_keep,
+              keep_scale, scale, probs, kept, attn)
+    o2 = np.empty((batch * length, embed), x3.dtype)
+    _merge_heads(attn, batch, heads, o2, 0)
+    out = np.empty_like(o2)
+    _linear(o2, w_out, b_out, out)
+    ctx = MHACtx(x2, w_in, w_out, q, k, val, probs, kept, keep if has_keep else _NO_KEEP,
+                 has_keep, keep_scale, o2, batch, heads, scale, weights)
+    return out, ctx
+
+
+def _mha_weights(ctx: MHACtx):
+    p = ctx.probs.reshape(ctx.batch, ctx.heads, *ctx.kept.shape[1:])
+    if ctx.weights == "average":
+        return (p.astype(np.float64).sum(axis=1) / ctx.heads).astype(p.dtype)
+    return p.copy()
+
+
+def _mha_backward(ctx: MHACtx, d_out2, d_weights):
+    """d_out2 (B*L, E), d_weights (B, L, S) or (B, heads, L, S) or None -> dx2 and params."""
+    batch, heads = ctx.batch, ctx.heads
+    embed = ctx.x2.shape[1]
+    dt = ctx.x2.dtype
+    do2 = np.empty_like(ctx.o2)
+    dw_out, db_out = np.empty_like(ctx.w_out), np.empty(embed, dt)
+    _linear_bwd(ctx.o2, ctx.w_out, d_out2, do2, dw_out, db_out)
+    dattn = np.empty_like(ctx.q)
+    _split_rows(do2, batch, heads, dattn)
+    dq, dk, dv = np.empty_like(ctx.q), np.empty_like(ctx.k), np.empty_like(ctx.v)
+    if d_weights is None:
+        dprobs, dp_div, dp_scale, has_dp = _NO_DPROBS.astype(dt), 1, 0.0, False
+    elif ctx.weights == "average":
+        dprobs, dp_div, dp_scale, has_dp = d_weights, heads, 1.0 / heads, True
+    else:
+        dprobs = d_weights.reshape(batch * heads, *d_weights.shape[2:])
+        dp_div, dp_scale, has_dp = 1, 1.0, True
+    _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.kept, ctx.keep, ctx.has_keep, ctx.keep_scale,
+              ctx.scale, dattn, dprobs, dp_div, dp_scale, has_dp, dq, dk, dv)
+    dqkv = np.empty((ctx.x2.shape[0], 3 * embed), dt)
+    for part, col in ((dq, 0), (dk, embed), (dv, 2 * embed)):
+        _merge_heads(part, batch, heads, dqkv, col)
+    dx2 = np.empty_like(ctx.x2)
+    dw_in, db_in = np.empty_like(ctx.w_in), np.empty(3 * embed, dt)
+    _linear_bwd(ctx.x2, ctx.w_in, dqkv, dx2, dw_in, db_in)
+    return dx2, dw_in, db_in, dw_out, db_out
+
+
+def _check_mha_params(x3, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                      num_heads):
+    embed = x3.shape[2]
+    heads = v.integer(num_heads, "num_heads", lo=1)
+    if embed % heads:
+        raise ValueError(f"num_heads must divide the embedding size E = {embed}, got {heads}")
+    dt = x3.dtype
+    w_in = v.float_array(in_proj_weight, "in_proj_weight", dtype=dt)
+    b_in = v.float_array(in_proj_bias, "in_proj_bias", dtype=dt)
+    w_out = v.float_array(out_proj_weight, "out_proj_weight", dtype=dt)
+    b_out = v.float_array(out_proj_bias, "out_proj_bias", dtype=dt)
+    for a, name, want in ((w_in, "in_proj_weight", (3 * embed, embed)),
+                          (b_in, "in_proj_bias", (3 * embed,)),
+                          (w_out, "out_proj_weight", (embed, embed)),
+                          (b_out, "out_proj_bias", (embed,))):
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want} for embedding size E = {embed}, "
+                             f"got {a.shape}")
+    return w_in, b_in, w_out, b_out, heads
+
+
+def _batch_major(x, name, batch_first):
+    x = v.float_array(x, name, ndim=3)
+    layout = "(B, L, E)" if batch_first else "(L, B, E)"
+    if 0 in x.shape:
+        what = "a sequence of length >= 1" if x.shape[1 if batch_first else 0] == 0 else \
+            "sizes >= 1"
+        raise ValueError(f"{name} must hold {what} {layout}, got shape {x.shape}")
+    return x if batch_first else x.transpose(1, 0, 2).copy()
+
+
+def _to_layout(y3, batch_first):
+    return y3 if batch_first else y3.transpose(1, 0, 2).copy()
+
+
+class MHAPublicCtx(NamedTuple):
+    inner: MHACtx
+    batch_first: bool
+    length: int
+
+
+def multi_head_attention(x: np.ndarray, in_proj_weight: np.ndarray, in_proj_bias: np.ndarray,
+                         out_proj_weight: np.ndarray, out_proj_bias: np.ndarray,
+                         key_padding_mask: np.ndarray | None = None,
+                         attn_mask: np.ndarray | None = None, *, num_heads: int,
+                         batch_first: bool = False, need_weights: bool = True,
+                         average_attn_weights: bool = True):
+    r"""Multi-head self-attention, as ``nn.MultiheadAttention(E, num_heads)(x, x, x, ...)``.
+
+    Returns ``((attn_output, attn_weights), ctx)``; ``attn_weights`` is None when
+    ``need_weights`` is False, else (B, L, S) averaged over heads or (B, heads, L, S).
+    ``x`` (L, B, E), or (B, L, E) with ``batch_first``; ``in_proj_weight`` (3E, E) holds
+    :math:`W_q, W_k, W_v` stacked, as torch's; ``key_padding_mask`` (B, S) and ``attn_mask``
+    (L, S) or (B*heads, L, S): bool True = masked, or float added to the scores.
+
+    .. math::
+        [Q\ K\ V] = X W_{in}^T + b_{in}, \quad
+        O_h = \operatorname{softmax}(Q_h K_h^T / \sqrt{d_h} + M) V_h, \quad
+        Y = [O_1 \dots O_H] W_{out}^T + b_{out}
+
+    Backward: the attention core as in ``scaled_dot_product_attention`` per head (plus the
+    returned weights' own gradient added to :math:`\bar P`, divided by the head count when
+    averaged), then :math:`\bar W = \bar Z^T Z_{in}`, :math:`\bar b = \sum_{rows} \bar Z`,
+    :math:`\bar Z_{in} = \bar Z W` through both projections.
+    """
+    bf = v.boolean(batch_first, "batch_first")
+    nw = v.boolean(need_weights, "need_weights")
+    avg = v.boolean(average_attn_weights, "average_attn_weights")
+    x3 = _batch_major(x, "x", bf)
+    w_in, b_in, w_out, b_out, heads = _check_mha_params(
+        x3, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads)
+    batch, length, embed = x3.shape
+    bias, div, has_bias = _mha_bias(key_padding_mask, attn_mask, batch, heads, length, x3.dtype)
+    mode = "none" if not nw else ("average" if avg else "per-head")
+    out2, ctx = _mha_forward(x3, w_in, b_in, w_out, b_out, heads, bias, div, has_bias, None,
+                             1.0, mode)
+    out = _to_layout(out2.reshape(batch, length, embed), bf)
+    weights = _mha_weights(ctx) if nw else None
+    return (out, weights), MHAPublicCtx(ctx, bf, length)
+
+
+def multi_head_attention_backward(ctx: MHAPublicCtx, grad_out):
+    """Gradients ``(dx, d in_proj_weight, d in_proj_bias, d out_proj_weight, d out_proj_bias,
+    None, None)`` (the masks have none) for ``grad_out = (d_attn_output, d_attn_weights)``;
+    ``d_attn_weights`` may be None (and must be, without ``need_weights``)."""
+    inner = ctx.inner
+    if not isinstance(grad_out, tuple | list) or len(grad_out) not in (1, 2):
+        raise TypeError("grad_out must be a tuple (d_attn_output, d_attn_weights)")
+    d_out = grad_out[0]
+    d_w = grad_out[1] if len(grad_out) == 2 else None
+    batch, length, embed = inner.batch, ctx.length, inner.x2.shape[1]
+    shape = (batch, length, embed) if ctx.batch_first else (length, batch, embed)
+    d_out = v.float_array(d_out, "grad_out d_attn_output", dtype=inner.x2.dtype)
+    if d_out.shape != shape:
+        raise ValueError(f"grad_out d_attn_output must have shape {shape}, got {d_out.shape}")
+    if d_w is not None:
+        if inner.weights == "none":
+            raise ValueError("grad_out d_attn_weights must be None: forward had need_weights="
+                             "False")
+        d_w = v.float_array(d_w, "grad_out d_attn_weights", dtype=inner.x2.dtype)
+        want = (batch, length, length) if inner.weights == "average" else (
+            batch, inner.heads, length, length)
+        if d_w.shape != want:
+            raise ValueError(f"grad_out d_attn_weights must have shape {want}, got {d_w.shape}")
+    d3 = d_out if ctx.batch_first else d_out.transpose(1, 0, 2)
+    dx2, dw_in, db_in, dw_out, db_out = _mha_backward(
+        inner, np.ascontiguousarray(d3).reshape(batch * length, embed), d_w)
+    dx = _to_layout(dx2.reshape(batch, length, embed), ctx.batch_first)
+    return dx, dw_in, db_in, dw_out, db_out, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# layer norm over the last dimension and the feed-forward activations (private kernels)
+
+
+@kernel()
+def _ln_fwd(x, w, b, eps, y, xhat, rstd):
+    rows, n = x.shape
+    for r in range(rows):
+        mean = 0.0
+        for j in range(n):
+            mean += x[r, j]
+        mean /= n
+        var = 0.0
+        for j in range(n):
+            d = np.float64(x[r, j]) - mean
+            var += d * d
+        s = 1.0 / math.sqrt(var / n + eps)
+        rstd[r] = s
+        for j in range(n):
+            xh = (np.float64(x[r, j]) - mean) * s
+            xhat[r, j] = xh
+            y[r, j] = xh * w[j] + b[j]
+
+
+@kernel()
+def _ln_bwd(g, w, xhat, rstd, dx, dw, db):
+    rows, n = g.shape
+    acc_w = np.zeros(n)
+    acc_b = np.zeros(n)
+    for r in range(rows):
+        m1 = 0.0
+        m2 = 0.0
+        for j in range(n):
+            gh = np.float64(g[r, j]) * w[j]
+            m1 += gh
+            m2 += gh * xhat[r, j]
+            acc_w[j] += np.float64(g[r, j]) * xhat[r, j]
+            acc_b[j] += g[r, j]
+        m1 /= n
+        m2 /= n
+        for j in range(n):
+            gh = np.float64(g[r, j]) * w[j]
+            dx[r, j] = rstd[r] * (gh - m1 - xhat[r, j] * m2)
+    for j in range(n):
+        dw[j] = acc_w[j]
+        db[j] = acc_b[j]
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@inline()
+def _act(a, gelu):
+    if gelu:
+        return 0.5 * a * (1.0 + math.erf(a * _SQRT_HALF))
+    return a if a > 0 else 0.0 * a + 0.0
+
+
+@inline()
+def _act_grad(a, gelu):
+    if gelu:
+        return 0.5 * (1.0 + math.erf(a * _SQRT_HALF)) + a * _INV_SQRT_2PI * math.exp(-0.5 * a * a)
+    return 1.0 if a > 0 else 0.0
+
+
+@kernel()
+def _bias_act_drop(z, b, gelu, keep, has_keep, keep_scale, pre, out):
+    # pre = z + b (saved for backward), out = act(pre) * mask / (1 - p); z, pre, out (R, F)
+    rows, n = z.shape
+    for r in range(rows):
+        for j in range(n):
+            a = np.float64(z[r, j]) + b[j]
+            pre[r, j] = a
+            y = _act(a, gelu)
+            if has_keep:
+                y = y * keep_scale if keep[r, j] else 0.0
+            out[r, j] = y
+
+
+@kernel()
+def _bias_act_drop_bwd(g, pre, gelu, keep, has_keep, keep_scale, dz):
+    rows, n = g.shape
+    for r in range(rows):
+        for j in range(n):
+            d = np.float64(g[r, j])
+            if has_keep:
+                d = d * keep_scale if keep[r, j] else 0.0
+            dz[r, j] = d * _act_grad(np.float64(pre[r, j]), gelu)
+
+
+@kernel()
+def _residual_drop(x, a, keep, has_keep, keep_scale, out):
+    # out = x + a * mask / (1 - p)
+    rows, n = x.shape
+    for r in range(rows):
+        for j in range(n):
+            d = np.float64(a[r, j])
+            if has_keep:
+                d = d * keep_scale if keep[r, j] else 0.0
+            out[r, j] = np.float64(x[r, j]) + d
+
+
+@kernel()
+def _drop_bwd(g, keep, has_keep, keep_scale, out):
+    rows, n = g.shape
+    for r in range(rows):
+        for j in range(n):
+            d = np.float64(g[r, j])
+            if has_keep:
+                d = d * keep_scale if keep[r, j] else 0.0
+            out[r, j] = d
+
+
+# ---------------------------------------------------------------------------------------------
+# transformer encoder layer
+
+# Parameter order (after x), as the names of nn.TransformerEncoderLayer's state_dict
+# (``self_attn.in_proj_weight`` -> ``in_proj_weight``, ``linear1.weight`` -> ``linear1_weight``).
+ENCODER_PARAMETERS = (
+    "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias",
+    "linear1_weight", "linear1_bias", "linear2_weight", "linear2_bias",
+    "norm1_weight", "norm1_bias", "norm2_weight", "norm2_bias",
+)
+# Dropout keep-masks, in the order torch applies them: attention probabilities (B, heads, L, L)
+# inside self_attn; dropout1 on the attention block's output (x's shape); dropout in the
+# feed-forward after the activation (x's shape with F features); dropout2 on its output.
+ENCODER_DROPOUTS = ("attn_dropout_mask", "dropout1_mask", "dropout_mask", "dropout2_mask")
+
+
+class EncoderCtx(NamedTuple):
+    batch_first: bool
+    norm_first: bool
+    gelu: bool
+    shape: tuple            # (B, L, E)
+    params: list
+    mha: MHACtx
+    keeps: list             # (R, E), (R, F), (R, E) bool or None
+    keep_scale: float
+    saved: dict
+
+
+def _check_keep(mask, name, shape, p):
+    if mask is None:
+        if p > 0:
+            raise ValueError(f"{name} must be given when p > 0 (dropout takes explicit masks)")
+        return None
+    return v.bool_array(mask, name, shape=shape, like=" (see ENCODER_DROPOUTS)")
+
+
+def transformer_encoder_layer(
+        x: np.ndarray, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+        linear1_weight, linear1_bias, linear2_weight, linear2_bias,
+        norm1_weight, norm1_bias, norm2_weight, norm2_bias,
+        attn_dropout_mask=None, dropout1_mask=None, dropout_mask=None, dropout2_mask=None,
+        src_key_padding_mask=None, src_mask=None, *, num_heads: int, p: float = 0.0,
+        activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
+        batch_first: bool = False) -> tuple[np.ndarray, EncoderCtx]:
+    r"""One transformer encoder layer, as ``nn.TransformerEncoderLayer`` in training mode.
+
+    Post-norm (``norm_first=False``, the original) and pre-norm:
+
+    .. math::
+        \text{post:}\quad h &= \operatorname{LN}_1(x + D_1(\operatorname{MHA}(x))),\quad
+        y = \operatorname{LN}_2(h + D_2(\operatorname{FF}(h))) \\
+        \text{pre:}\quad h &= x + D_1(\operatorname{MHA}(\operatorname{LN}_1 x)),\quad
+        y = h + D_2(\operatorname{FF}(\operatorname{LN}_2 h)) \\
+        \operatorname{FF}(z) &= W_2\, D(\phi(W_1 z + b_1)) + b_2, \quad
+        \phi = \operatorname{relu} \text{ or exact } \operatorname{gelu}
+
+    :math:`D_\cdot(a) = a \odot m / (1 - p)` with the given keep-masks (``ENCODER_DROPOUTS``;
+    all may be None when ``p = 0``); self-attention also drops attention probabilities with
+    ``attn_dropout_mask``, as torch's ``self_attn`` does. ``src_mask`` (L, L) or
+    (B*heads, L, L) and ``src_key_padding_mask`` (B, L) as in ``multi_head_attention``.
+    :math:`\operatorname{LN}(z) = (z - \mu) / \sqrt{\sigma^2 + \epsilon} \odot w + b` over E
+    (biased variance). Backward chains the parts' vector-Jacobian products: layer norm's
+    :math:`\bar z = r(\bar{\hat z} - \operatorname{mean}\bar{\hat z} - \hat z
+    \operatorname{mean}(\bar{\hat z} \hat z))` with :math:`\bar{\hat z} = \bar y \odot w`,
+    relu'(0) = 0 as in PyTorch, gelu' = :math:`\Phi(a) + a \varphi(a)`.
+
+    Returns ``(y, ctx)``; backward gives the gradients of x and the twelve parameters, in
+    ``ENCODER_PARAMETERS`` order, then None for each mask.
+    """
+    bf = v.boolean(batch_first, "batch_first")
+    nf = v.boolean(norm_first, "norm_first")
+    act = v.choice(activation, "activation", ("relu", "gelu"))
+    eps = v.real(layer_norm_eps, "layer_norm_eps", lo=0.0, lo_open=True)
+    p = v.real(p, "p", lo=0.0, hi=1.0)
+    x3 = _batch_major(x, "x", bf)
+    batch, length, embed = x3.shape
+    dt = x3.dtype
+    w_in, b_in, w_out, b_out, heads = _check_mha_params(
+        x3, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads)
+    w1 = v.float_array(linear1_weight, "linear1_weight", ndim=2, dtype=dt)
+    ff = w1.shape[0]
+    named = [("linear1_weight", w1, (ff, embed)),
+             ("linear1_bias", linear1_bias, (ff,)),
+             ("linear2_weight", linear2_weight, (embed, ff)),
+             ("linear2_bias", linear2_bias, (embed,)),
+             ("norm1_weight", norm1_weight, (embed,)), ("norm1_bias", norm1_bias, (embed,)),
+             ("norm2_weight", norm2_weight, (embed,)), ("norm2_bias", norm2_bias, (embed,))]
+    rest = []
+    for name, a, want in named:
+        a = v.float_array(a, name, dtype=dt)
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want} (E = {embed}, F = {ff}), "
+                             f"got {a.shape}")
+        rest.append(a)
+    w1, b1, w2, b2, n1w, n1b, n2w, n2b = rest
+    lay = (lambda f: (batch, length, f)) if bf else (lambda f: (length, batch, f))
+    k_attn = _check_keep(attn_dropout_mask, "attn_dropout_mask", (batch, heads, length, length),
+                         p)
+    keeps = []
+    for mask, name, f in ((dropout1_mask, "dropout1_mask", embed),
+                          (dropout_mask, "dropout_mask", ff),
+                          (dropout2_mask, "dropout2_mask", embed)):
+        k = _check_keep(mask, name, lay(f), p)
+        if k is not None and not bf:
+            k = k.transpose(1, 0, 2)
+        keeps.append(None if k is None else np.ascontiguousarray(k).reshape(-1, f))
+    keep_scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    bias, div, has_bias = _mha_bias(src_key_padding_mask, src_mask, batch, heads, length, dt)
+    if k_attn is not None:
+        k_attn = np.ascontiguousarray(k_attn).reshape(batch * heads, length, length)
+    rows = batch * length
+    x2 = x3.reshape(rows, embed)
+    s = {}
+
+    def ln(z, w, b, tag):
+        y = np.empty_like(z)
+        xhat = np.empty(z.shape)
+        rstd = np.empty(z.shape[0])
+        _ln_fwd(z, w, b, eps, y, xhat, rstd)
+        s[tag] = (xhat, rstd)
+        return y
+
+    def attention_block(z):
+        out, ctx = _mha_forward(z.reshape(batch, length, embed), w_in, b_in, w_out, b_out,
+                                heads, bias, div, has_bias, k_attn, keep_scale, "none")
+        return out, ctx
+
+    def feed_forward(z):
+        z1 = np.empty((rows, ff), dt)
+        _matmul_t(z, w1, z1)
+        pre = np.empty((rows, ff), dt)
+        hidden = np.empty((rows, ff), dt)
+        _bias_act_drop(z1, b1, act == "gelu", keeps[1] if keeps[1] is not None else _NO_KEEP2,
+                       keeps[1] is not None, keep_scale, pre, hidden)
+        out = np.empty((rows, embed), dt)
+        _linear(hidden, w2, b2, out)
+        s["ff_in"], s["ff_pre"], s["ff_hidden"] = z, pre, hidden
+        return out
+
+    def residual(base, branch, keep):
+        out = np.empty_like(base)
+        _residual_drop(base, branch, keep if keep is not None else _NO_KEEP2, keep is not None,
+                       keep_scale, out)
+        return out
+
+    if nf:
+        a_out, mha = attention_block(ln(x2, n1w, n1b, "ln1"))
+        h = residual(x2, a_out, keeps[0])
+        y = residual(h, feed_forward(ln(h, n2w, n2b, "ln2")), keeps[2])
+    else:
+        a_out, mha = attention_block(x2)
+        h = ln(residual(x2, a_out, keeps[0]), n1w, n1b, "ln1")
+        y = ln(residual(h, feed_forward(h), keeps[2]), n2w, n2b, "ln2")
+    params = [w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b, n2w, n2b]
+    ctx = EncoderCtx(bf, nf, act == "gelu", (batch, length, embed), params, mha, keeps,
+                     keep_scale, s)
+    return _to_layout(y.reshape(batch, length, embed), bf), ctx
+
+
+
+def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) -> tuple:
+    """Gradients ``(dx, *d parameters in ENCODER_PARAMETERS order, None x 6)``."""
+    batch, length, embed = ctx.shape
+    shape = (batch, length, embed) if ctx.batch_first else (length, batch, embed)
+    dt = ctx.params[0].dtype
+    g = v.float_array(grad_out, "grad_out", dtype=dt)
+    if g.shape != shape:
+        raise ValueError(f"grad_out must have the forward output's shape {shape}, got {g.shape}")
+    g2 = (g if ctx.batch_first else g.transpose(1, 0, 2).copy()).reshape(-1, embed)
+    w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b, n2w, n2b = ctx.params
+    s, ks = ctx.saved, ctx.keep_scale
+    grads = {}
+
+    def ln_bwd(gz, w, tag):
+        xhat, rstd = s[tag]
+        dz, dw, db = np.empty_like(gz), np.empty(w.shape, dt), np.empty(w.shape, dt)
+        _ln_bwd(gz, w, xhat, rstd, dz, dw, db)
+        grads[tag] = (dw, db)
+        return dz
+
+    def drop_bwd(gz, keep):
+        out = np.empty_like(gz)
+        _drop_bwd(gz, keep if keep is not None else _NO_KEEP2, keep is not None, ks, out)
+        return out
+
+    def ff_bwd(gy):
+        # gy: gradient of the FF output (before dropout2 was applied by the caller)
+        dh = np.empty_like(s["ff_hidden"])
+        dw2, db2 = np.empty_like(w2), np.empty(w2.shape[0], dt)
+        _linear_bwd(s["ff_hidden"], w2, gy, dh, dw2, db2)
+        dz1 = np.empty_like(dh)
+        keep = ctx.keeps[1]
+        _bias_act_drop_bwd(dh, s["ff_pre"], ctx.gelu, keep if keep is not None else _NO_KEEP2,
+                           keep is not None, ks, dz1)
+        dzin = np.empty_like(s["ff_in"])
+        dw1, db1 = np.empty_like(w1), np.empty(w1.shape[0], dt)
+        _linear_bwd(s["ff_in"], w1, dz1, dzin, dw1, db1)
+        grads["ff"] = (dw1, db1, dw2, db2)
+        return dzin
+
+    def attn_bwd(gy):
+        dz, dw_in, db_in, dw_out, db_out = _mha_backward(ctx.mha, gy, None)
+        grads["attn"] = (dw_in, db_in, dw_out, db_out)
+        return dz
+
+    if ctx.norm_first:
+        dh = g2 + ln_bwd(ff_bwd(drop_bwd(g2, ctx.keeps[2])), n2w, "ln2")
+        dx = dh + ln_bwd(attn_bwd(drop_bwd(dh, ctx.keeps[0])), n1w, "ln1")
+    else:
+        dr2 = ln_bwd(g2, n2w, "ln2")                        # d (h + D2 FF(h))
+        dh = dr2 + ff_bwd(drop_bwd(dr2, ctx.keeps[2]))
+        dr1 = ln_bwd(dh, n1w, "ln1")                        # d (x + D1 MHA(x))
+        dx = dr1 + attn_bwd(drop_bwd(dr1, ctx.keeps[0]))
+    dx = _to_layout(dx.astype(dt).reshape(batch, length, embed), ctx.batch_first)
+    dw1, db1, dw2, db2 = grads["ff"]
+    return (dx, *grads["attn"], dw1, db1, dw2, db2, *grads["ln1"], *grads["ln2"]) + (None,) * 6
+
+
+# ---------------------------------------------------------------------------------------------
+# sinusoidal positional encoding
+
+
+@kernel()
+def _pe_table(length, d_model, log_base, out):
+    for pos in range(length):
+        for i in range(0, d_model, 2):
+            angle = pos * math.exp(-i * log_base / d_model)
+            out[pos, i] = math.sin(angle)
+            if i + 1 < d_model:
+                out[pos, i + 1] = math.cos(angle)
+
+
+def sinusoidal_positional_encoding(length: int, d_model: int, *, base: float = 10000.0,
+                                   dtype=np.float64) -> np.ndarray:
+    r"""The table of "Attention Is All You Need" (and PyTorch's tutorial), (length, d_model).
+
+    .. math::
+        PE_{p, 2i} = \sin(p\, \omega_i), \quad PE_{p, 2i+1} = \cos(p\, \omega_i), \quad
+        \omega_i = \text{base}^{-2i / d}
+
+    Computed in float64 and rounded once. An odd ``d_model`` ends with a sine column.
+    Forward only: it has no input to differentiate.
+    """
+    n = v.integer(length, "length", lo=1)
+    d = v.integer(d_model, "d_model", lo=1)
+    b = v.real(base, "base", lo=1.0, lo_open=True)
+    dt = np.dtype(dtype)
+    if dt not in v.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    out = np.empty((n, d))
+    _pe_table(n, d, math.log(b), out)
+    return out.astype(dt)
+
+
+class PECtx(NamedTuple):
+    shape: tuple
+    dtype: np.dtype
+
+
+def add_positional_encoding(x: np.ndarray, *, batch_first: bool = False,
+                            base: float = 10000.0) -> tuple[np.ndarray, PECtx]:
+    r"""``x + PE`` over the sequence axis (PyTorch tutorial's ``PositionalEncoding``, without
+    dropout): x (L, B, E), or (B, L, E) with ``batch_first``. Backward is the identity:
+    :math:`\bar x = \bar y`."""
+    bf = v.boolean(batch_first, "batch_first")
+    x = v.float_array(x, "x", ndim=3)
+    length = x.shape[1] if bf else x.shape[0]
+    if length == 0 or x.shape[2] == 0:
+        raise ValueError(f"x must hold a sequence of length >= 1 and E >= 1, got {x.shape}")
+    pe = sinusoidal_positional_encoding(length, x.shape[2], base=base, dtype=x.dtype)
+    y = x + (pe[None] if bf else pe[:, None])
+    return y, PECtx(x.shape, x.dtype)
+
+
+def add_positional_encoding_backward(ctx: PECtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
+    if g.shape != ctx.shape:
+        raise ValueError(f"grad_out must have the forward output's shape {ctx.shape}, "
+                         f"got {g.shape}")
+    return (g.copy(),)
