@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import prange
 
 from reference import _validate as v
-from reference._jit import PARALLEL_MIN, inline, kernel
+from reference import _vmath as vm
+from reference._jit import PARALLEL_MIN, kernel
 
 __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
@@ -58,13 +60,8 @@ def _binary(saved, grad_out, kern, *args) -> np.ndarray:
 # sigmoid
 
 
-@inline()
-def _sigmoid1(x):
-    # Stable on both sides: exp of a non-positive number never overflows.
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+# The transcendental kernels call reference/_vmath.py, which vectorises: float32 inputs are
+# computed in float64 with a polynomial accurate far below a float32 ulp and rounded once.
 
 
 @kernel(parallel=True)
@@ -72,10 +69,10 @@ def _sigmoid_fwd(x, y):
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
-            y[i] = _sigmoid1(np.float64(x[i]))
+            y[i] = vm.sigmoid(x[i], y.dtype)
     else:
         for i in prange(n):
-            y[i] = _sigmoid1(np.float64(x[i]))
+            y[i] = vm.sigmoid(x[i], y.dtype)
 
 
 @kernel(parallel=True)
@@ -117,10 +114,10 @@ def _tanh_fwd(x, y):
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
-            y[i] = math.tanh(np.float64(x[i]))
+            y[i] = vm.tanh(x[i], y.dtype)
     else:
         for i in prange(n):
-            y[i] = math.tanh(np.float64(x[i]))
+            y[i] = vm.tanh(x[i], y.dtype)
 
 
 @kernel(parallel=True)
@@ -264,81 +261,193 @@ def _three_d(x: np.ndarray, axis: int) -> tuple[int, int, int]:
     return outer, n, inner
 
 
-@kernel(reduce=False)
-def _softmax_block(x, y, o, log):
-    # x, y: (outer, n, inner); one outer slab. Max and sum per inner column.
-    n, inner = x.shape[1], x.shape[2]
-    m = np.full(inner, -np.inf)
-    for j in range(n):
-        for i in range(inner):
-            xv = np.float64(x[o, j, i])
-            if xv > m[i] or xv != xv:
-                m[i] = xv
-    s = np.zeros(inner)
-    for j in range(n):
-        for i in range(inner):
-            e = math.exp(np.float64(x[o, j, i]) - m[i])
-            s[i] += e
-            if not log:
-                y[o, j, i] = e
-    for j in range(n):
-        for i in range(inner):
-            if log:
-                y[o, j, i] = (np.float64(x[o, j, i]) - m[i]) - math.log(s[i])
-            else:
-                y[o, j, i] = math.exp(np.float64(x[o, j, i]) - m[i]) / s[i]
+# A slice along the last axis is a contiguous row; otherwise the kernels take up to _COLS
+# neighbouring columns of one slab at a time, so the inner loops still run over contiguous memory
+# and vectorise. Work is split into equal chunks of slices, one per thread, each with float64
+# scratch allocated once per call, not per slice. Below PARALLEL_MIN the Python wrapper calls
+# the serial chunk kernel itself: no thread pool, and the parallel kernel is compiled only when
+# an input that large first arrives (it costs seconds of compile time).
+#
+# Modes: 0 softmax, 1 log-softmax (a = x, out = y); 2, 3 their backward (a = y, b = g, out = dx).
 
-
-@kernel(parallel=True)
-def _softmax_fwd(x, y, log):
-    outer = x.shape[0]
-    if x.size < PARALLEL_MIN:
-        for o in range(outer):
-            _softmax_block(x, y, o, log)
-    else:
-        for o in prange(outer):
-            _softmax_block(x, y, o, log)
+_COLS = 256
 
 
 @kernel()
-def _softmax_bwd_block(y, g, dx, o, log):
-    # softmax:     dx = y * (g - sum_j g_j y_j)
-    # log-softmax: dx = g - exp(y) * sum_j g_j
-    n, inner = y.shape[1], y.shape[2]
-    s = np.zeros(inner)
-    for j in range(n):
-        for i in range(inner):
-            if log:
-                s[i] += np.float64(g[o, j, i])
-            else:
-                s[i] += np.float64(g[o, j, i]) * np.float64(y[o, j, i])
-    for j in range(n):
-        for i in range(inner):
-            yv = np.float64(y[o, j, i])
-            if log:
-                dx[o, j, i] = np.float64(g[o, j, i]) - math.exp(yv) * s[i]
-            else:
-                dx[o, j, i] = yv * (np.float64(g[o, j, i]) - s[i])
+def _row_max(x):
+    # NaN is skipped here and propagates through e^(x - m) instead.
+    m = x[0]
+    for j in range(x.size):
+        m = vm.maxnum(m, x[j])
+    return np.float64(m)
+
+
+@kernel()
+def _softmax_row(x, y, e):
+    m = _row_max(x)
+    for j in range(x.size):
+        e[j] = vm.exp(np.float64(x[j]) - m, y.dtype)
+    inv = 1.0 / vm.fsum(e)
+    for j in range(x.size):
+        y[j] = e[j] * inv
+
+
+@kernel()
+def _log_softmax_row(x, y, e):
+    # log sum_j e^(x_j - m) = log1p(delta), delta = (sum over the non-maximal terms) + (number of
+    # maxima - 1): exact even when delta is far below float64's eps (then y_max = -delta, not 0).
+    m = _row_max(x)
+    ties = -1.0
+    for j in range(x.size):
+        d = np.float64(x[j]) - m
+        e[j] = 0.0 if d == 0.0 else vm.exp(d, y.dtype)
+        ties += 1.0 if d == 0.0 else 0.0
+    lse = math.log1p(vm.fsum(e) + ties)
+    for j in range(x.size):
+        y[j] = (np.float64(x[j]) - m) - lse
+
+
+@kernel()
+def _softmax_bwd_row(y, g, dx):
+    dot = vm.fdot(g, y)
+    for j in range(y.size):
+        dx[j] = np.float64(y[j]) * (np.float64(g[j]) - dot)
+
+
+@kernel()
+def _log_softmax_bwd_row(y, g, dx):
+    sg = vm.fsum(g)
+    for j in range(y.size):
+        dx[j] = np.float64(g[j]) - vm.exp(y[j], dx.dtype) * sg
+
+
+@kernel()
+def _rows_chunk(a, b, out, lo, hi, e, mode):
+    for r in range(lo, hi):
+        if mode == 0:
+            _softmax_row(a[r], out[r], e)
+        elif mode == 1:
+            _log_softmax_row(a[r], out[r], e)
+        elif mode == 2:
+            _softmax_bwd_row(a[r], b[r], out[r])
+        else:
+            _log_softmax_bwd_row(a[r], b[r], out[r])
 
 
 @kernel(parallel=True)
-def _softmax_bwd(y, g, dx, log):
-    outer = y.shape[0]
-    if y.size < PARALLEL_MIN:
-        for o in range(outer):
-            _softmax_bwd_block(y, g, dx, o, log)
+def _rows_parallel(a, b, out, mode, k):
+    # a, b, out: (rows, n), the softmax axis last and contiguous; k chunks.
+    rows, n = a.shape
+    e = np.empty((k, n))
+    for c in prange(k):
+        _rows_chunk(a, b, out, c * rows // k, (c + 1) * rows // k, e[c], mode)
+
+
+@kernel()
+def _softmax_cols(x, y, i0, i1, sc, log):
+    # One slab x, y: (n, inner); columns i0:i1. sc: float64 scratch (3, >= i1 - i0).
+    n, w = x.shape[0], i1 - i0
+    m, s, ties = sc[0], sc[1], sc[2]
+    for i in range(w):
+        m[i] = x[0, i0 + i]
+        s[i] = 0.0
+        ties[i] = -1.0
+    for j in range(1, n):
+        for i in range(w):
+            m[i] = vm.maxnum(m[i], np.float64(x[j, i0 + i]))
+    if log:
+        for j in range(n):
+            for i in range(w):
+                d = np.float64(x[j, i0 + i]) - m[i]
+                s[i] += 0.0 if d == 0.0 else vm.exp(d, y.dtype)
+                ties[i] += 1.0 if d == 0.0 else 0.0
+        for i in range(w):
+            s[i] = math.log1p(s[i] + ties[i])
+        for j in range(n):
+            for i in range(w):
+                y[j, i0 + i] = (np.float64(x[j, i0 + i]) - m[i]) - s[i]
     else:
-        for o in prange(outer):
-            _softmax_bwd_block(y, g, dx, o, log)
+        for j in range(n):
+            for i in range(w):
+                s[i] += vm.exp(np.float64(x[j, i0 + i]) - m[i], y.dtype)
+        for i in range(w):
+            s[i] = 1.0 / s[i]
+        for j in range(n):  # e^(x - m) again: no room to keep n x w of them
+            for i in range(w):
+                y[j, i0 + i] = vm.exp(np.float64(x[j, i0 + i]) - m[i], y.dtype) * s[i]
+
+
+@kernel()
+def _softmax_bwd_cols(y, g, dx, i0, i1, sc, log):
+    n, w = y.shape[0], i1 - i0
+    s = sc[0]
+    for i in range(w):
+        s[i] = 0.0
+    if log:
+        for j in range(n):
+            for i in range(w):
+                s[i] += np.float64(g[j, i0 + i])
+        for j in range(n):
+            for i in range(w):
+                ey = vm.exp(y[j, i0 + i], dx.dtype)
+                dx[j, i0 + i] = np.float64(g[j, i0 + i]) - ey * s[i]
+    else:
+        for j in range(n):
+            for i in range(w):
+                s[i] += np.float64(g[j, i0 + i]) * np.float64(y[j, i0 + i])
+        for j in range(n):
+            for i in range(w):
+                yv = np.float64(y[j, i0 + i])
+                dx[j, i0 + i] = yv * (np.float64(g[j, i0 + i]) - s[i])
+
+
+@kernel()
+def _cols_chunk(a, b, out, lo, hi, sc, mode):
+    inner = a.shape[2]
+    nb = (inner + _COLS - 1) // _COLS
+    for item in range(lo, hi):
+        o = item // nb
+        i0 = (item % nb) * _COLS
+        i1 = min(i0 + _COLS, inner)
+        if mode < 2:
+            _softmax_cols(a[o], out[o], i0, i1, sc, mode == 1)
+        else:
+            _softmax_bwd_cols(a[o], b[o], out[o], i0, i1, sc, mode == 3)
+
+
+@kernel(parallel=True)
+def _cols_parallel(a, b, out, mode, k):
+    # a, b, out: (outer, n, inner) with inner > 1; k chunks of (slab, column block) items.
+    items = a.shape[0] * ((a.shape[2] + _COLS - 1) // _COLS)
+    sc = np.empty((k, 3, min(a.shape[2], _COLS)))
+    for c in prange(k):
+        _cols_chunk(a, b, out, c * items // k, (c + 1) * items // k, sc[c], mode)
+
+
+def _run_softmax(a, b, out, axis, mode):
+    outer, n, inner = _three_d(a, axis)
+    if inner == 1:
+        a, b, out = (t.reshape(outer, n) for t in (a, b, out))
+        items, chunk, par = outer, _rows_chunk, _rows_parallel
+        scratch = np.empty(n)
+    else:
+        a, b, out = (t.reshape(outer, n, inner) for t in (a, b, out))
+        items, chunk, par = outer * -(-inner // _COLS), _cols_chunk, _cols_parallel
+        scratch = np.empty((3, min(inner, _COLS)))
+    # numba.get_num_threads() is read here: inside a kernel it would defeat the on-disk cache.
+    k = min(numba.get_num_threads(), items)
+    if a.size < PARALLEL_MIN or k == 1:
+        chunk(a, b, out, 0, items, scratch, mode)
+    else:
+        par(a, b, out, mode, k)
 
 
 def _softmax(x, axis, log: bool):
     x = v.float_array(x, "x", min_ndim=1)
     ax = v.axis(axis, "axis", x.ndim)
-    shape3 = _three_d(x, ax)
     y = np.empty_like(x)
     if x.size:
-        _softmax_fwd(x.reshape(shape3), y.reshape(shape3), log)
+        _run_softmax(x, x, y, ax, 1 if log else 0)
     return y, SoftmaxCtx(y, ax)
 
 
@@ -346,8 +455,7 @@ def _softmax_backward(ctx: SoftmaxCtx, grad_out, log: bool):
     g = v.grad_like(grad_out, "grad_out", ctx.y)
     dx = np.empty_like(ctx.y)
     if dx.size:
-        shape3 = _three_d(ctx.y, ctx.axis)
-        _softmax_bwd(ctx.y.reshape(shape3), g.reshape(shape3), dx.reshape(shape3), log)
+        _run_softmax(ctx.y, g, dx, ctx.axis, 3 if log else 2)
     return (dx,)
 
 
@@ -383,50 +491,75 @@ def log_softmax_backward(ctx: SoftmaxCtx, grad_out: np.ndarray) -> tuple[np.ndar
 # ---------------------------------------------------------------------------------------------
 # GELU, exact (erf) and tanh approximation
 
-_SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _K = math.sqrt(2.0 / math.pi)
 _C = 0.044715
 
 
-@inline()
-def _gelu1(x, approx):
-    if approx:
-        t = math.tanh(_K * (x + _C * x * x * x))
-        return 0.5 * x * (1.0 + t)
-    return 0.5 * x * (1.0 + math.erf(x * _SQRT_HALF))
+@kernel()
+def _gelu_erf1(x, dt):
+    return x * vm.ndtr(x, dt)[0]
 
 
-@inline()
-def _gelu_grad1(x, approx):
-    if approx:
-        u = _K * (x + _C * x * x * x)
-        t = math.tanh(u)
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _K * (1.0 + 3.0 * _C * x * x)
-    cdf = 0.5 * (1.0 + math.erf(x * _SQRT_HALF))
-    return cdf + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x)
+@kernel()
+def _gelu_erf_grad1(x, dt):
+    cdf, gauss = vm.ndtr(x, dt)  # Phi(x), e^{-x^2/2}
+    return cdf + x * (gauss * _INV_SQRT_2PI)
+
+
+@kernel()
+def _gelu_tanh1(x, dt):
+    # (1 + tanh u) / 2 = sigmoid(2u): the same function without the cancellation at x < 0.
+    u = _K * (x + _C * (x * x * x))
+    return x * vm.sigmoid(2.0 * u, dt)
+
+
+@kernel()
+def _gelu_tanh_grad1(x, dt):
+    # With s = sigmoid(2u): (1 + tanh u) / 2 = s and (1 - tanh^2 u) / 2 = 2 s (1 - s).
+    x2 = x * x
+    u = _K * (x + _C * (x2 * x))
+    e = vm.exp(-2.0 * abs(u), dt)
+    inv = 1.0 / (1.0 + e)
+    s = (1.0 if u >= 0.0 else e) * inv
+    sc = (e if u >= 0.0 else 1.0) * inv  # 1 - s
+    return s + 2.0 * x * (s * sc) * (_K * (1.0 + 3.0 * _C * x2))
 
 
 @kernel(parallel=True)
 def _gelu_fwd(x, y, approx):
     n = x.size
-    if n < PARALLEL_MIN:
+    if approx:
+        if n < PARALLEL_MIN:
+            for i in range(n):
+                y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
+        else:
+            for i in prange(n):
+                y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
+    elif n < PARALLEL_MIN:
         for i in range(n):
-            y[i] = _gelu1(np.float64(x[i]), approx)
+            y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
     else:
         for i in prange(n):
-            y[i] = _gelu1(np.float64(x[i]), approx)
+            y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
 
 
 @kernel(parallel=True)
 def _gelu_bwd(x, g, dx, approx):
     n = x.size
-    if n < PARALLEL_MIN:
+    if approx:
+        if n < PARALLEL_MIN:
+            for i in range(n):
+                dx[i] = g[i] * _gelu_tanh_grad1(np.float64(x[i]), dx.dtype)
+        else:
+            for i in prange(n):
+                dx[i] = g[i] * _gelu_tanh_grad1(np.float64(x[i]), dx.dtype)
+    elif n < PARALLEL_MIN:
         for i in range(n):
-            dx[i] = g[i] * _gelu_grad1(np.float64(x[i]), approx)
+            dx[i] = g[i] * _gelu_erf_grad1(np.float64(x[i]), dx.dtype)
     else:
         for i in prange(n):
-            dx[i] = g[i] * _gelu_grad1(np.float64(x[i]), approx)
+            dx[i] = g[i] * _gelu_erf_grad1(np.float64(x[i]), dx.dtype)
 
 
 def gelu(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, Saved]:
