@@ -12,6 +12,10 @@ returning NaN (PyTorch returns NaN, or for ``multi_margin_loss`` uninitialised m
 Label arrays are integer (int64) inputs and class weights are float inputs; neither is
 differentiated. Each backward returns its gradients in the order its docstring lists.
 
+Only the vectorisable reductions (MSE, L1, hinge) use ``reduce=True``: elsewhere a loop of
+libm calls gains nothing from it, and ``reassoc`` could regroup the cancellation-free forms
+(``(m - x_y) + log s``, ``(margin - x_y) + x_j``) this module relies on.
+
 Contents: ``mse_loss``, ``l1_loss``, ``binary_cross_entropy``,
 ``binary_cross_entropy_with_logits``, ``cross_entropy``, ``nll_loss``, ``hinge_loss``,
 ``multi_margin_loss``, each with its ``*_backward``.
@@ -79,10 +83,16 @@ def _upstream(grad_out, reduction: str, out: np.ndarray, count: float):
     return g.reshape(-1), c, False
 
 
+# What a kernel gets for an absent weight (its flag says to ignore it): one shared, read by
+# no one, so a call does not pay for an allocation.
+_PLACEHOLDER = {np.dtype(np.float32): np.ones(1, np.float32),
+                np.dtype(np.float64): np.ones(1, np.float64)}
+
+
 def _elementwise_weight(weight, name: str, like: np.ndarray) -> tuple[np.ndarray, bool]:
     """An optional per-element weight broadcastable to ``like``'s shape, flat; or a placeholder."""
     if weight is None:
-        return np.ones(1, like.dtype), False
+        return _PLACEHOLDER[like.dtype], False
     w = v.float_array(weight, name, dtype=like.dtype)
     if w.shape != like.shape:
         try:
@@ -98,7 +108,7 @@ def _elementwise_weight(weight, name: str, like: np.ndarray) -> tuple[np.ndarray
 
 def _class_weight(weight, n_classes: int, dtype) -> tuple[np.ndarray, bool]:
     if weight is None:
-        return np.ones(1, dtype), False
+        return _PLACEHOLDER[dtype], False
     w = v.float_array(weight, "weight", ndim=1, dtype=dtype)
     if w.shape[0] != n_classes:
         raise ValueError(f"weight must have one entry per class, shape ({n_classes},), "
@@ -255,7 +265,7 @@ def _unit(x):
     return 0.0 <= x <= 1.0  # NaN fails
 
 
-@kernel(parallel=True, reduce=True)
+@kernel(parallel=True)
 def _bce_fwd(x, t, w, has_w, e, write):
     # Returns (sum of losses, number of x outside [0, 1], number of t outside [0, 1]).
     n = x.size
@@ -291,9 +301,10 @@ def _bce_fwd(x, t, w, has_w, e, write):
 
 @inline()
 def _bce_grad1(x, t, gi, dx, dt, i):
-    # d/dx = (x - t) / max(x (1 - x), 1e-12);  d/dt = log(1 - x) - log(x)  (unclamped, as torch)
+    # d/dx = (x - t) / max(x (1 - x), 1e-12);  d/dt = -log(x / (1 - x)), unclamped, one log
+    # (torch's -logit(x)): +inf at x = 0, -inf at x = 1.
     dx[i] = gi * ((x - t) / max((1.0 - x) * x, _BCE_EPS))
-    dt[i] = gi * (math.log1p(-x) - math.log(x))
+    dt[i] = -gi * math.log(x / (1.0 - x))
 
 
 @kernel(parallel=True)
@@ -321,7 +332,7 @@ def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarr
         \ell_i = -w_i \left(t_i \max(\log x_i, -100) + (1 - t_i) \max(\log(1 - x_i), -100)\right)
 
         \partial x_i = g_i w_i \frac{x_i - t_i}{\max(x_i (1 - x_i), 10^{-12})}, \qquad
-        \partial t_i = g_i w_i \left(\log(1 - x_i) - \log x_i\right)
+        \partial t_i = -g_i w_i \log\frac{x_i}{1 - x_i}
 
     PyTorch's conventions: each log is clamped at -100, so probabilities of exactly 0 or 1
     give finite losses (100 per element at worst); the input gradient's denominator is floored
@@ -359,27 +370,16 @@ def binary_cross_entropy_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
 
 
 @inline()
-def _log_sigmoid(x):
-    # log sigma(x) = min(x, 0) - log1p(e^{-|x|}): no overflow for any finite x.
-    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
-
-
-@inline()
-def _sigmoid(x):
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    ex = math.exp(x)
-    return ex / (1.0 + ex)
-
-
-@inline()
 def _bcel1(x, t, pw):
-    # -(pw t log sigma(x) + (1 - t) log sigma(-x)): for t in [0, 1] and pw >= 0 both terms are
-    # >= 0, so unlike torch's (1 - t) x - (1 + (pw - 1) t) log sigma(x) nothing cancels.
-    return -(pw * t * _log_sigmoid(x) + (1.0 - t) * _log_sigmoid(-x))
+    # -(pw t log sigma(x) + (1 - t) log sigma(-x)), with log sigma(+-x) = min(+-x, 0) - u and
+    # u = log(1 + e^{-|x|}): one exp and one log1p, no overflow for any finite x. For t in
+    # [0, 1] and pw >= 0 both terms are >= 0, so unlike torch's equal
+    # (1 - t) x - (1 + (pw - 1) t) log sigma(x) nothing cancels.
+    u = math.log1p(math.exp(-abs(x)))
+    return pw * t * (u - min(x, 0.0)) + (1.0 - t) * (u - min(-x, 0.0))
 
 
-@kernel(parallel=True, reduce=True)
+@kernel(parallel=True)
 def _bcel_fwd(x, t, w, has_w, pw, has_pw, e, write):
     n = x.size
     s = 0.0
@@ -402,15 +402,24 @@ def _bcel_fwd(x, t, w, has_w, pw, has_pw, e, write):
 
 @inline()
 def _bcel_grad1(x, t, pw, gi, dx, dt, i):
-    # d/dx = (1 + (pw - 1) t) sigma(x) - pw t = (1 - t) sigma(x) - pw t sigma(-x), the second
-    # form without the cancellation of sigma(x) - 1 at large x.
-    # d/dt = log sigma(-x) - pw log sigma(x), which is exactly -x when pw = 1 (the general form
-    # would round a tiny x away in log(1/2 -+ x/4)).
-    dx[i] = gi * ((1.0 - t) * _sigmoid(x) - pw * t * _sigmoid(-x))
+    # d/dx = (1 + (pw - 1) t) sigma(x) - pw t = (1 - t) sigma(x) - pw t sigma(-x): the second
+    # form has no cancellation of sigma(x) - 1 at large x. With e = e^{-|x|}, sigma(|x|) =
+    # 1 / (1 + e) and sigma(-|x|) = e / (1 + e): one exp.
+    # d/dt = log sigma(-x) - pw log sigma(x); exactly -x when pw = 1 (the general form would
+    # round a tiny x away in log(1/2 -+ x/4)).
+    e = math.exp(-abs(x))
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    if x >= 0.0:
+        sig_pos, sig_neg = big, small
+    else:
+        sig_pos, sig_neg = small, big
+    dx[i] = gi * ((1.0 - t) * sig_pos - pw * t * sig_neg)
     if pw == 1.0:
         dt[i] = gi * -x
     else:
-        dt[i] = gi * (_log_sigmoid(-x) - pw * _log_sigmoid(x))
+        u = math.log1p(e)
+        dt[i] = gi * ((min(-x, 0.0) - u) - pw * (min(x, 0.0) - u))
 
 
 @kernel(parallel=True)
@@ -563,14 +572,40 @@ def _class_input(input, name: str, max_ndim: int | None):
 
 def _class_target(target, x: np.ndarray) -> np.ndarray:
     """Check the labels' shape against the input's; return them flat, int64."""
-    want = _out_shape(x)
     if isinstance(target, np.integer):  # what indexing a label array returns: a 0-d label
         target = np.asarray(target)
     y = v.int_array(target, "target")
-    if np.shape(target) != want:
+    want = _out_shape(x)
+    if target.shape != want:
         raise ValueError(f"target must have shape {want} (the input's {x.shape} without its "
-                         f"class axis), got {np.shape(target)}")
-    return y.reshape(-1)
+                         f"class axis), got {target.shape}")
+    return y if y.ndim == 1 else y.reshape(-1)
+
+
+_INT64 = np.dtype(np.int64)
+
+
+def _class_args(input, target, weight, name: str, max_ndim: int | None = None):
+    """Validated (x, y, n_classes, w, has_w) for a classification loss.
+
+    The common call, C-contiguous (N, C) floats with (N,) int64 labels, is recognised first:
+    at 64 x 10 the checks are most of the call's time.
+    """
+    if (type(input) is np.ndarray and type(target) is np.ndarray and input.ndim == 2
+            and input.dtype in v.FLOAT_DTYPES and input.flags.c_contiguous
+            and input.shape[1] > 0 and target.dtype == _INT64 and target.ndim == 1
+            and target.shape[0] == input.shape[0] and target.flags.c_contiguous):
+        x, y = input, target
+    else:
+        x = _class_input(input, name, max_ndim)
+        y = _class_target(target, x)
+    n_classes = x.shape[0 if x.ndim == 1 else 1]
+    w, has_w = _class_weight(weight, n_classes, x.dtype)
+    return x, y, n_classes, w, has_w
+
+
+def _int_param(value, name: str) -> int:
+    return value if type(value) is int else v.integer(value, name)
 
 
 def _bad_label(y: np.ndarray, n_classes: int, ignore_index: int | None) -> None:
@@ -578,7 +613,7 @@ def _bad_label(y: np.ndarray, n_classes: int, ignore_index: int | None) -> None:
 
 
 def _out_shape(x: np.ndarray) -> tuple[int, ...]:
-    return () if x.ndim == 1 else (x.shape[0],) + x.shape[2:]
+    return () if x.ndim == 1 else x.shape[:1] + x.shape[2:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +674,7 @@ def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, r):
     return loss, wy, 0
 
 
-@kernel(parallel=True, reduce=True)
+@kernel(parallel=True)
 def _ce_fwd(x, y, w, has_w, ignore, eps, rowloss, lse):
     rows, n_classes = x.shape
     wsum = 0.0
@@ -747,12 +782,10 @@ def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | No
     target (), (N,) or (N, d1, ...), int; weight (C,), not differentiated. Labels outside
     [0, C) other than ``ignore_index`` raise. Backward returns ``(d_input,)``.
     """
-    x = _class_input(input, "cross_entropy", None)
-    y = _class_target(target, x)
-    n_classes = x.shape[0 if x.ndim == 1 else 1]
-    w, has_w = _class_weight(weight, n_classes, x.dtype)
-    ignore = v.integer(ignore_index, "ignore_index")
-    eps = v.real(label_smoothing, "label_smoothing", lo=0.0, hi=1.0)
+    x, y, n_classes, w, has_w = _class_args(input, target, weight, "cross_entropy")
+    ignore = _int_param(ignore_index, "ignore_index")
+    eps = (label_smoothing if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0
+           else v.real(label_smoothing, "label_smoothing", lo=0.0, hi=1.0))
     r = _reduction(reduction, y.size)
     xr = _rows(x)
     rowloss = np.empty(y.size)
@@ -782,7 +815,7 @@ def cross_entropy_backward(ctx: ClassCtx, grad_out: np.ndarray):
 # loss reads one element, so no copy is needed for the spatial case.
 
 
-@kernel(parallel=True, reduce=True)
+@kernel(parallel=True)
 def _nll_fwd(x, y, w, has_w, ignore, e):
     n, n_classes, inner = x.shape
     total = 0.0
@@ -854,11 +887,8 @@ def nll_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = 
     (N, d1, ...). ``cross_entropy(x) = nll_loss(log_softmax(x))`` without label smoothing.
     Backward returns ``(d_input,)``.
     """
-    x = _class_input(input, "nll_loss", None)
-    y = _class_target(target, x)
-    n_classes = x.shape[0 if x.ndim == 1 else 1]
-    w, has_w = _class_weight(weight, n_classes, x.dtype)
-    ignore = v.integer(ignore_index, "ignore_index")
+    x, y, n_classes, w, has_w = _class_args(input, target, weight, "nll_loss")
+    ignore = _int_param(ignore_index, "ignore_index")
     r = _reduction(reduction, y.size)
     x3 = _three(x)
     e = np.empty(y.size)
@@ -884,7 +914,7 @@ def nll_loss_backward(ctx: ClassCtx, grad_out: np.ndarray):
 
 
 @inline()
-def _mm_row(x, y, w, has_w, margin, p, e, r):
+def _mm_row(x, y, w, has_w, mt, p, e, r):
     # z_j = margin - x_y + x_j in the input's dtype, in torch's order, so that the kink test
     # z > 0 agrees bit for bit; the sum accumulates in float64.
     n_classes = x.shape[1]
@@ -895,7 +925,7 @@ def _mm_row(x, y, w, has_w, margin, p, e, r):
     xt = x[r, yr]
     s = 0.0
     for j in range(n_classes):
-        z = margin - xt + x[r, j]
+        z = mt - xt + x[r, j]
         if j != yr and z > 0:
             zf = np.float64(z)
             s += zf if p == 1 else zf * zf
@@ -904,26 +934,27 @@ def _mm_row(x, y, w, has_w, margin, p, e, r):
     return s, 0
 
 
-@kernel(parallel=True, reduce=True)
+@kernel(parallel=True)  # no reduce=True: reassoc could regroup (margin - x_y) + x_j
 def _mm_fwd(x, y, w, has_w, margin, p, e):
     rows = x.shape[0]
+    mt = x.dtype.type(margin)  # rounded to the input's dtype, as torch does
     total = 0.0
     bad = 0
     if x.size < PARALLEL_MIN:
         for r in range(rows):
-            lr, br = _mm_row(x, y, w, has_w, margin, p, e, r)
+            lr, br = _mm_row(x, y, w, has_w, mt, p, e, r)
             total += lr
             bad += br
     else:
         for r in prange(rows):
-            lr, br = _mm_row(x, y, w, has_w, margin, p, e, r)
+            lr, br = _mm_row(x, y, w, has_w, mt, p, e, r)
             total += lr
             bad += br
     return total, bad
 
 
 @inline()
-def _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r):
+def _mm_bwd_row(x, y, w, has_w, mt, p, gr, dx, r):
     # dx_j = gr w_y / C * (1 or 2 z_j) for j != y with z_j > 0; dx_y = -sum_j dx_j.
     n_classes = x.shape[1]
     yr = y[r]
@@ -931,7 +962,7 @@ def _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r):
     scale = gr * (np.float64(w[yr]) if has_w else 1.0) / n_classes
     acc = 0.0
     for j in range(n_classes):
-        z = margin - xt + x[r, j]
+        z = mt - xt + x[r, j]
         if j != yr and z > 0:
             d = scale if p == 1 else scale * 2.0 * np.float64(z)
             dx[r, j] = d
@@ -944,14 +975,15 @@ def _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r):
 @kernel(parallel=True)
 def _mm_bwd(x, y, w, has_w, margin, p, g, c, each, dx):
     rows = x.shape[0]
+    mt = x.dtype.type(margin)
     if x.size < PARALLEL_MIN:
         for r in range(rows):
             gr = np.float64(g[r]) * c if each else c
-            _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r)
+            _mm_bwd_row(x, y, w, has_w, mt, p, gr, dx, r)
     else:
         for r in prange(rows):
             gr = np.float64(g[r]) * c if each else c
-            _mm_bwd_row(x, y, w, has_w, margin, p, gr, dx, r)
+            _mm_bwd_row(x, y, w, has_w, mt, p, gr, dx, r)
 
 
 def multi_margin_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None,
@@ -970,19 +1002,15 @@ def multi_margin_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray 
     divides by N (not by the weights). Shapes: input (C,) or (N, C), target () or (N,), int;
     weight (C,), not differentiated. Backward returns ``(d_input,)``.
     """
-    x = _class_input(input, "multi_margin_loss", 2)
-    y = _class_target(target, x)
-    n_classes = x.shape[-1]
-    w, has_w = _class_weight(weight, n_classes, x.dtype)
-    pp = v.integer(p, "p")
+    x, y, n_classes, w, has_w = _class_args(input, target, weight, "multi_margin_loss", 2)
+    pp = _int_param(p, "p")
     if pp not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {pp}")
-    mg = v.real(margin, "margin")
+    mg = margin if type(margin) is float and math.isfinite(margin) else v.real(margin, "margin")
     r = _reduction(reduction, y.size)
-    xr = x.reshape(y.size, n_classes)
-    m_t = x.dtype.type(mg)
+    xr = x if x.ndim == 2 else x.reshape(1, n_classes)
     e = np.empty(y.size)
-    total, bad = _mm_fwd(xr, y, w, has_w, m_t, pp, e)
+    total, bad = _mm_fwd(xr, y, w, has_w, mg, pp, e)
     if bad:
         _bad_label(y, n_classes, None)
     if r == "none":
@@ -995,5 +1023,5 @@ def multi_margin_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray 
 def multi_margin_loss_backward(ctx: ClassCtx, grad_out: np.ndarray):
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
     dx = np.empty_like(ctx.x)
-    _mm_bwd(ctx.x, ctx.y, ctx.w, ctx.has_w, ctx.x.dtype.type(ctx.margin), ctx.p, g, c, each, dx)
+    _mm_bwd(ctx.x, ctx.y, ctx.w, ctx.has_w, ctx.margin, ctx.p, g, c, each, dx)
     return (dx.reshape(ctx.shape),)
