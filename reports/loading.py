@@ -366,9 +366,9 @@ def _timing(stats: dict, where: str) -> Timing:
             raise _FieldError(f"{where}: stats.data holds non-numbers") from None
         if arr.ndim != 1 or not np.all(np.isfinite(arr)):
             raise _FieldError(f"{where}: stats.data holds non-finite or nested values")
-        q = np.quantile(arr, PROBS)
-        med, q1, q3 = (float(x) for x in np.quantile(arr, (0.5, 0.25, 0.75)))
-        return Timing(med, q1, q3, int(arr.size), q, raw=True)
+        q = np.quantile(arr, np.concatenate([PROBS, (0.25, 0.75)]))
+        med = float(q[PROBS.size // 2])  # PROBS is symmetric about its middle, 0.5
+        return Timing(med, float(q[-2]), float(q[-1]), int(arr.size), q[:-2], raw=True)
     med = _get(stats, "median", float, where)
     q1 = _get(stats, "q1", float, where, med)
     q3 = _get(stats, "q3", float, where, med)

@@ -66,7 +66,10 @@ def median_draws(t: Timing, rng: np.random.Generator, n: int = RESAMPLES) -> np.
     """``n`` bootstrap replicates of the log of the median of ``t``'s rounds."""
     m = min(t.rounds, N_EFF_MAX)
     a = (m + 1) / 2.0
-    u = rng.beta(a, a, size=n)
+    if a < 50:
+        u = rng.beta(a, a, size=n)
+    else:  # Beta(a, a): symmetric, excess kurtosis -6/(2a+3) > -0.06, so normal; and cheaper
+        u = np.clip(0.5 + rng.standard_normal(n) / (2.0 * np.sqrt(2 * a + 1)), 0.0, 1.0)
     return np.log(np.interp(u, PROBS, t.quantiles))
 
 
