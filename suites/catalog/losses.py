@@ -10,8 +10,6 @@ for the float64 finite-difference gradcheck only.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,7 +39,7 @@ def _eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
 
-def _exact(dtype, values) -> list[float]:
+def _exact(values) -> list[float]:
     """Values rounded to float32 (so exactly representable in both dtypes), as Python floats."""
     return [float(np.float32(x)) for x in values]
 
@@ -89,7 +87,7 @@ def _nonnegative(case: Case, outs) -> None:
     assert not bad.any(), f"negative loss {y[bad][:4]}"
 
 
-def reduction_invariant(forward, denominator) -> Invariant:
+def _reduction_invariant(forward, denominator) -> Invariant:
     """'none', 'sum' and 'mean' of the same case agree (see the bounds below)."""
 
     def check(case: Case, outs) -> None:
@@ -191,7 +189,7 @@ register(Spec(
     cases=_regression_cases, sizes=_pair_sizes(_normal_pair),
     cost=elementwise_cost(3, arrays_touched=2),
     invariants=(Invariant("loss >= 0", _nonnegative),
-                reduction_invariant(L.mse_loss, _count)),
+                _reduction_invariant(L.mse_loss, _count)),
     invalid=_pair_invalid(),
 ))
 
@@ -203,7 +201,7 @@ register(Spec(
     cost=elementwise_cost(3, arrays_touched=2),
     smooth=_l1_off_kink,
     invariants=(Invariant("loss >= 0", _nonnegative),
-                reduction_invariant(L.l1_loss, _count)),
+                _reduction_invariant(L.l1_loss, _count)),
     invalid=_pair_invalid(),
 ))
 
@@ -214,7 +212,7 @@ register(Spec(
 def _probabilities(dtype):
     # Exact 0 and 1, a float32 subnormal whose log (-92.1) is above torch's -100 clamp, the
     # smallest float32 subnormal (log -103.3, clamped), and values next to 1.
-    edges = _exact(dtype, [0.0, 1.0, 1e-40, 2.0**-149, 1e-7, 1 - 2.0**-24, 0.5])
+    edges = _exact([0.0, 1.0, 1e-40, 2.0**-149, 1e-7, 1 - 2.0**-24, 0.5])
     return st.one_of(S.floats(dtype, 0.0, 1.0), st.sampled_from(edges))
 
 
@@ -261,7 +259,7 @@ register(Spec(
     cost=elementwise_cost(8, arrays_touched=2),
     smooth=_bce_inside,
     invariants=(Invariant("loss >= 0", _nonnegative),
-                reduction_invariant(L.binary_cross_entropy, _count)),
+                _reduction_invariant(L.binary_cross_entropy, _count)),
     invalid=_pair_invalid() + (
         _bad("a probability above 1", ValueError, r"\binput\b",
              input=np.array([0.5, 1.5]), target=np.array([0.5, 0.5])),
@@ -356,7 +354,7 @@ register(Spec(
     cost=elementwise_cost(10, arrays_touched=2),
     case_tol=_bcel_tol,
     invariants=(Invariant("loss >= 0", _nonnegative),
-                reduction_invariant(L.binary_cross_entropy_with_logits, _count),
+                _reduction_invariant(L.binary_cross_entropy_with_logits, _count),
                 Invariant("weight scales the loss", _weight_scales)),
     invalid=_pair_invalid() + (
         _bad("a pos_weight that does not broadcast", ValueError, r"\bpos_weight\b",
@@ -415,7 +413,7 @@ register(Spec(
     smooth=_hinge_off_kink,
     invariants=(Invariant("loss >= 0", _nonnegative),
                 Invariant("0 where y f >= 1", _hinge_zero_beyond_margin),
-                reduction_invariant(L.hinge_loss, _count)),
+                _reduction_invariant(L.hinge_loss, _count)),
     invalid=_pair_invalid(np.ones(3), np.ones(3)) + (
         _bad("a label that is not +-1", ValueError, r"\btarget\b",
              input=np.ones(3), target=np.array([1.0, 0.0, -1.0])),
@@ -620,7 +618,7 @@ register(Spec(
                        {"reduction": "mean"}),
     cost=_class_cost(6),
     invariants=(Invariant("loss >= 0", _nonnegative),
-                reduction_invariant(L.cross_entropy, _weight_of_labels),
+                _reduction_invariant(L.cross_entropy, _weight_of_labels),
                 Invariant("= nll_loss(log_softmax(x))", _equals_nll_of_log_softmax),
                 _all_ignored(L.cross_entropy, L.cross_entropy_backward)),
     invalid=_class_invalid("cross_entropy") + (
@@ -639,7 +637,7 @@ register(Spec(
     cases=lambda dtype: _ce_like_cases(dtype, smoothing=False),
     sizes=_label_sizes(_log_probs, {"reduction": "mean"}),
     cost=_class_cost(1),
-    invariants=(reduction_invariant(L.nll_loss, _weight_of_labels),
+    invariants=(_reduction_invariant(L.nll_loss, _weight_of_labels),
                 _all_ignored(L.nll_loss, L.nll_loss_backward)),
     invalid=_class_invalid("nll_loss"),
 ))
@@ -708,7 +706,7 @@ register(Spec(
     cost=_class_cost(4),
     smooth=_mm_off_kink,
     invariants=(Invariant("loss >= 0", _nonnegative),
-                reduction_invariant(L.multi_margin_loss,
+                _reduction_invariant(L.multi_margin_loss,
                                     lambda case: float(case.inputs["target"].size)),
                 Invariant("'sum' of an empty batch is 0", _mm_empty_is_zero)),
     invalid=_class_invalid("multi_margin_loss", with_ignore=False) + (
