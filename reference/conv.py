@@ -27,6 +27,10 @@ from reference._jit import kernel
 __all__ = ["conv2d", "conv2d_backward", "conv_output_size", "conv_padding"]
 
 COL_BYTES = 16 << 20  # the largest im2col buffer a chunk may use
+# Samples per chunk: enough for MIN_COLS output pixels per product. At and above it each
+# sample is its own product, written straight into y (no scatter), its im2col matrix small
+# enough to stay in cache (medium: 144 x 1024 floats, 0.6 MB).
+MIN_COLS = 1024
 
 # Scratch buffers, reused across calls, one per thread and dtype. A fresh large buffer is
 # page-faulted in on first touch, and faults inside a BLAS call are dear: measured here,
@@ -131,15 +135,15 @@ def _im2col(x, col, geo, n0, n1, c0):
                         ih = oh * geo.sh - geo.pt + i * geo.dh
                         k = base + oh * geo.ow
                         if ih < 0 or ih >= geo.h:
-                            for ow in range(geo.ow):
-                                col[r, k + ow] = 0
+                            col[r, k:k + geo.ow] = 0
                         else:
-                            for ow in range(lo):
-                                col[r, k + ow] = 0
-                            for ow in range(lo, hi):
-                                col[r, k + ow] = x[n, c0 + c, ih, ow * geo.sw + off_w]
-                            for ow in range(hi, geo.ow):
-                                col[r, k + ow] = 0
+                            col[r, k:k + lo] = 0
+                            if geo.sw == 1:  # a contiguous run: a vectorised copy
+                                col[r, k + lo:k + hi] = x[n, c0 + c, ih, lo + off_w:hi + off_w]
+                            else:
+                                for ow in range(lo, hi):
+                                    col[r, k + ow] = x[n, c0 + c, ih, ow * geo.sw + off_w]
+                            col[r, k + hi:k + geo.ow] = 0
 
 
 @kernel()
@@ -164,8 +168,11 @@ def _col2im(dcol, dx, geo, n0, n1, c0):
                         ih = oh * geo.sh - geo.pt + i * geo.dh
                         if 0 <= ih < geo.h:
                             k = base + oh * geo.ow
-                            for ow in range(lo, hi):
-                                dx[n, c0 + c, ih, ow * geo.sw + off_w] += dcol[r, k + ow]
+                            if geo.sw == 1:
+                                dx[n, c0 + c, ih, lo + off_w:hi + off_w] += dcol[r, k + lo:k + hi]
+                            else:
+                                for ow in range(lo, hi):
+                                    dx[n, c0 + c, ih, ow * geo.sw + off_w] += dcol[r, k + ow]
 
 
 @kernel()
@@ -179,17 +186,23 @@ def _conv_fwd(x, w3, b, has_bias, y, geo, ws_col, ws_out):
         n1 = min(geo.n, n0 + geo.chunk)
         cols = (n1 - n0) * p
         col = ws_col[:kc * cols].reshape(kc, cols)
-        out = ws_out[:g_out * cols].reshape(g_out, cols)
         for g in range(geo.groups):
             _im2col(x, col, geo, n0, n1, g * g_in)
-            np.dot(w3[g], col, out)                          # (g_out, cols)
-            for o in range(g_out):
-                co = g * g_out + o
-                bias = b[co] if has_bias else 0.0
-                for n in range(n0, n1):
-                    k = (n - n0) * p
-                    for q in range(p):
-                        y[n, co, q] = out[o, k + q] + bias
+            if n1 - n0 == 1:  # one sample: the product lands in y directly
+                np.dot(w3[g], col, y[n0, g * g_out:(g + 1) * g_out])
+            else:             # several: through a buffer, then to each sample
+                out = ws_out[:g_out * cols].reshape(g_out, cols)
+                np.dot(w3[g], col, out)                      # (g_out, cols)
+                for o in range(g_out):
+                    for n in range(n0, n1):
+                        k = (n - n0) * p
+                        for q in range(p):
+                            y[n, g * g_out + o, q] = out[o, k + q]
+    if has_bias:
+        for n in range(geo.n):
+            for co in range(geo.c_out):
+                for q in range(p):
+                    y[n, co, q] += b[co]
 
 
 @kernel()
@@ -204,14 +217,17 @@ def _conv_bwd(x, w3, g3, dx, dw3, db, has_bias, geo, ws_col, ws_dy, ws_dcol):
         n1 = min(geo.n, n0 + geo.chunk)
         cols = (n1 - n0) * p
         col = ws_col[:kc * cols].reshape(kc, cols)
-        dy = ws_dy[:g_out * cols].reshape(g_out, cols)
         dcol = ws_dcol[:kc * cols].reshape(kc, cols)
         for g in range(geo.groups):
-            for o in range(g_out):
-                for n in range(n0, n1):
-                    k = (n - n0) * p
-                    for q in range(p):
-                        dy[o, k + q] = g3[n, g * g_out + o, q]
+            if n1 - n0 == 1:
+                dy = np.ascontiguousarray(g3[n0, g * g_out:(g + 1) * g_out])
+            else:
+                dy = ws_dy[:g_out * cols].reshape(g_out, cols)
+                for o in range(g_out):
+                    for n in range(n0, n1):
+                        k = (n - n0) * p
+                        for q in range(p):
+                            dy[o, k + q] = g3[n, g * g_out + o, q]
             _im2col(x, col, geo, n0, n1, g * g_in)
             part = np.dot(dy, col.T)                         # (g_out, kc)
             for o in range(g_out):
@@ -294,7 +310,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     oh = conv_output_size(h, kh, s[0], pt, pb, d[0])
     ow = conv_output_size(w, kw, s[1], pl, pr, d[1])
     per_sample = (c // groups) * kh * kw * oh * ow * x.itemsize
-    chunk = max(1, min(n, COL_BYTES // max(per_sample, 1)))
+    chunk = max(1, min(n, -(-MIN_COLS // max(oh * ow, 1)), COL_BYTES // max(per_sample, 1)))
     geo = Geometry(n, c, h, w, c_out, kh, kw, oh, ow, s[0], s[1], pt, pb, pl, pr, d[0], d[1],
                    groups, chunk)
     y = np.empty((n, c_out, oh * ow), x.dtype)

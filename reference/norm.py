@@ -20,11 +20,12 @@ __all__ = ["batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backwa
 
 
 def _affine(weight, bias, shape: tuple[int, ...], dtype, what: str):
-    """Optional weight and bias of ``shape``; absent ones become empty arrays for the kernels."""
+    """Optional weight and bias of ``shape``; an absent weight becomes ones and an absent bias
+    zeros, so the kernels run one branch-free loop (x * 1 + 0 is exact)."""
     out = []
-    for a, name in ((weight, "weight"), (bias, "bias")):
+    for a, name, fill in ((weight, "weight", 1.0), (bias, "bias", 0.0)):
         if a is None:
-            out.append(np.empty((0,) * len(shape), dtype))
+            out.append(np.full(shape, fill, dtype))  # 1 and 0 are exact in either dtype
             continue
         a = v.float_array(a, name, dtype=dtype)
         if a.shape != shape:
@@ -48,9 +49,8 @@ class BatchNormCtx(NamedTuple):
     x_shape: tuple[int, ...]
 
 
-@kernel()
-def _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd,
-                    c):
+@kernel(reduce=True)
+def _bn_channel_fwd(x, y, w, b, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd, c):
     n, _, l = x.shape
     m = n * l
     if training:
@@ -75,28 +75,28 @@ def _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nr
     inv = 1.0 / math.sqrt(var + eps)
     mean[c] = mu
     invstd[c] = inv
-    scale = inv * (w[c] if hw else 1.0)
-    shift = b[c] if hb else 0.0
+    scale = inv * w[c]
+    shift = b[c]
     for i in range(n):
         for j in range(l):
             y[i, c, j] = (x[i, c, j] - mu) * scale + shift
 
 
 @kernel(parallel=True)
-def _bn_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd):
+def _bn_fwd(x, y, w, b, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd):
     channels = x.shape[1]
     if x.size < PARALLEL_MIN:
         for c in range(channels):
-            _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv,
-                            mean, invstd, c)
+            _bn_channel_fwd(x, y, w, b, training, momentum, eps, rm, rv, nrm, nrv, mean,
+                            invstd, c)
     else:
         for c in prange(channels):
-            _bn_channel_fwd(x, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv,
-                            mean, invstd, c)
+            _bn_channel_fwd(x, y, w, b, training, momentum, eps, rm, rv, nrm, nrv, mean,
+                            invstd, c)
 
 
-@kernel()
-def _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c):
+@kernel(reduce=True)
+def _bn_channel_bwd(x, g, mean, invstd, w, training, dx, dw, db, c):
     n, _, l = x.shape
     mu, inv = mean[c], invstd[c]
     sg = 0.0   # sum of g
@@ -108,7 +108,7 @@ def _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c):
             sgx += gij * (x[i, c, j] - mu) * inv
     dw[c] = sgx
     db[c] = sg
-    k = inv * (w[c] if hw else 1.0)
+    k = inv * w[c]
     if training:
         m = n * l
         a, bb = sg / m, sgx / m
@@ -123,14 +123,14 @@ def _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c):
 
 
 @kernel(parallel=True)
-def _bn_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db):
+def _bn_bwd(x, g, mean, invstd, w, training, dx, dw, db):
     channels = x.shape[1]
     if x.size < PARALLEL_MIN:
         for c in range(channels):
-            _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c)
+            _bn_channel_bwd(x, g, mean, invstd, w, training, dx, dw, db, c)
     else:
         for c in prange(channels):
-            _bn_channel_bwd(x, g, mean, invstd, w, hw, training, dx, dw, db, c)
+            _bn_channel_bwd(x, g, mean, invstd, w, training, dx, dw, db, c)
 
 
 def batch_norm(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
@@ -185,7 +185,7 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
     y = np.empty_like(x3)
     nrm, nrv = np.empty_like(rm), np.empty_like(rv)
     mean, invstd = np.empty(c), np.empty(c)
-    _bn_fwd(x3, y, w, b, hw, hb, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd)
+    _bn_fwd(x3, y, w, b, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd)
     ctx = BatchNormCtx(x3, mean, invstd, w, hw, hb, training, x.shape)
     return (y.reshape(x.shape), nrm, nrv), ctx
 
@@ -199,8 +199,7 @@ def batch_norm_backward(ctx: BatchNormCtx, grad_out: np.ndarray):
     dx = np.empty_like(x3)
     c = x3.shape[1]
     dw, db = np.empty(c, x3.dtype), np.empty(c, x3.dtype)
-    _bn_bwd(x3, g.reshape(x3.shape), ctx.mean, ctx.invstd, ctx.weight, ctx.has_weight,
-            ctx.training, dx, dw, db)
+    _bn_bwd(x3, g.reshape(x3.shape), ctx.mean, ctx.invstd, ctx.weight, ctx.training, dx, dw, db)
     return (dx.reshape(ctx.x_shape), dw if ctx.has_weight else None,
             db if ctx.has_bias else None)
 
@@ -220,8 +219,8 @@ class LayerNormCtx(NamedTuple):
     norm_shape: tuple[int, ...]
 
 
-@kernel()
-def _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r):
+@kernel(reduce=True)
+def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r):
     d = x.shape[1]
     s = 0.0
     for j in range(d):
@@ -235,44 +234,39 @@ def _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r):
     mean[r] = mu
     invstd[r] = inv
     for j in range(d):
-        xh = (x[r, j] - mu) * inv
-        if hw:
-            xh *= w[j]
-        if hb:
-            xh += b[j]
-        y[r, j] = xh
+        y[r, j] = (x[r, j] - mu) * inv * w[j] + b[j]
 
 
 @kernel(parallel=True)
-def _ln_fwd(x, y, w, b, hw, hb, eps, mean, invstd):
+def _ln_fwd(x, y, w, b, eps, mean, invstd):
     rows = x.shape[0]
     if x.size < PARALLEL_MIN:
         for r in range(rows):
-            _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r)
+            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r)
     else:
         for r in prange(rows):
-            _ln_row_fwd(x, y, w, b, hw, hb, eps, mean, invstd, r)
+            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r)
 
 
-@kernel()
-def _ln_row_bwd(x, g, mean, invstd, w, hw, dx, r):
+@kernel(reduce=True)
+def _ln_row_bwd(x, g, mean, invstd, w, dx, r):
     # g' = g * w;  dx = invstd * (g' - mean(g') - x_hat * mean(g' * x_hat))
     d = x.shape[1]
     mu, inv = mean[r], invstd[r]
     a = 0.0
     bb = 0.0
     for j in range(d):
-        gj = np.float64(g[r, j]) * (w[j] if hw else 1.0)
+        gj = np.float64(g[r, j]) * w[j]
         a += gj
         bb += gj * (x[r, j] - mu) * inv
     a /= d
     bb /= d
     for j in range(d):
-        gj = np.float64(g[r, j]) * (w[j] if hw else 1.0)
+        gj = np.float64(g[r, j]) * w[j]
         dx[r, j] = inv * (gj - a - (x[r, j] - mu) * inv * bb)
 
 
-@kernel()
+@kernel(reduce=True)
 def _ln_col_bwd(x, g, mean, invstd, dw, db, j0, j1):
     # dw_j = sum_r g_rj x_hat_rj, db_j = sum_r g_rj, for columns [j0, j1)
     sw = np.zeros(j1 - j0)
@@ -289,17 +283,17 @@ def _ln_col_bwd(x, g, mean, invstd, dw, db, j0, j1):
 
 
 @kernel(parallel=True)
-def _ln_bwd(x, g, mean, invstd, w, hw, dx, dw, db, affine):
+def _ln_bwd(x, g, mean, invstd, w, dx, dw, db, affine):
     rows, d = x.shape
     blocks = (d + 63) // 64
     if x.size < PARALLEL_MIN:
         for r in range(rows):
-            _ln_row_bwd(x, g, mean, invstd, w, hw, dx, r)
+            _ln_row_bwd(x, g, mean, invstd, w, dx, r)
         if affine:
             _ln_col_bwd(x, g, mean, invstd, dw, db, 0, d)
     else:
         for r in prange(rows):
-            _ln_row_bwd(x, g, mean, invstd, w, hw, dx, r)
+            _ln_row_bwd(x, g, mean, invstd, w, dx, r)
         if affine:
             for k in prange(blocks):
                 _ln_col_bwd(x, g, mean, invstd, dw, db, k * 64, min(d, (k + 1) * 64))
@@ -333,7 +327,7 @@ def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None
     x2 = x.reshape(-1, d)
     y = np.empty_like(x2)
     mean, invstd = np.empty(x2.shape[0]), np.empty(x2.shape[0])
-    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), hw, hb, eps, mean, invstd)
+    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), eps, mean, invstd)
     ctx = LayerNormCtx(x2, mean, invstd, w.reshape(-1), hw, hb, x.shape, shape)
     return y.reshape(x.shape), ctx
 
@@ -347,8 +341,8 @@ def layer_norm_backward(ctx: LayerNormCtx, grad_out: np.ndarray):
     dx = np.empty_like(x2)
     d = x2.shape[1]
     dw, db = np.empty(d, x2.dtype), np.empty(d, x2.dtype)
-    _ln_bwd(x2, g.reshape(x2.shape), ctx.mean, ctx.invstd, ctx.weight, ctx.has_weight, dx, dw,
-            db, ctx.has_weight or ctx.has_bias)
+    _ln_bwd(x2, g.reshape(x2.shape), ctx.mean, ctx.invstd, ctx.weight, dx, dw, db,
+            ctx.has_weight or ctx.has_bias)
     return (dx.reshape(ctx.x_shape),
             dw.reshape(ctx.norm_shape) if ctx.has_weight else None,
             db.reshape(ctx.norm_shape) if ctx.has_bias else None)
