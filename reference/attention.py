@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from reference import _validate as v
-from reference import _vecmath as V
+from reference import _vmath as Vm
 from reference._jit import inline, kernel
 
 __all__ = [
@@ -77,7 +77,7 @@ def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_sc
             total = 0.0
             if m != -np.inf:
                 for j in range(n_k):
-                    e = V.exp(row[j] - m)
+                    e = Vm.exp(row[j] - m, probs.dtype)
                     row[j] = e
                     total += e
             for j in range(n_k):
@@ -495,8 +495,8 @@ def multi_head_attention(x: np.ndarray, in_proj_weight: np.ndarray, in_proj_bias
 
 
 def multi_head_attention_backward(ctx: MHAPublicCtx, grad_out):
-    """Gradients ``(dx, d in_proj_weight, d in_proj_bias, d out_proj_weight, d out_proj_bias,
-    None, None)`` (the masks have none) for ``grad_out = (d_attn_output, d_attn_weights)``;
+    """Gradients ``(dx, d in_proj_weight, d in_proj_bias, d out_proj_weight, d out_proj_bias)``
+    (the masks are not differentiable) for ``grad_out = (d_attn_output, d_attn_weights)``;
     ``d_attn_weights`` may be None (and must be, without ``need_weights``)."""
     inner = ctx.inner
     if not isinstance(grad_out, tuple | list) or len(grad_out) not in (1, 2):
@@ -521,7 +521,7 @@ def multi_head_attention_backward(ctx: MHAPublicCtx, grad_out):
     dx2, dw_in, db_in, dw_out, db_out = _mha_backward(
         inner, np.ascontiguousarray(d3).reshape(batch * length, embed), d_w)
     dx = _to_layout(dx2.reshape(batch, length, embed), ctx.batch_first)
-    return dx, dw_in, db_in, dw_out, db_out, None, None
+    return dx, dw_in, db_in, dw_out, db_out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,21 +572,22 @@ def _ln_bwd(g, w, xhat, rstd, dx, dw, db):
         db[j] = acc_b[j]
 
 
-_SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @inline()
-def _act(a, gelu):
+def _act(a, gelu, dt):
     if gelu:
-        return 0.5 * a * (1.0 + math.erf(a * _SQRT_HALF))
+        cdf, _ = Vm.ndtr(a, dt)        # exact GELU: a * Phi(a)
+        return a * cdf
     return a if a > 0 else 0.0 * a + 0.0
 
 
 @inline()
-def _act_grad(a, gelu):
+def _act_grad(a, gelu, dt):
     if gelu:
-        return 0.5 * (1.0 + math.erf(a * _SQRT_HALF)) + a * _INV_SQRT_2PI * math.exp(-0.5 * a * a)
+        cdf, gauss = Vm.ndtr(a, dt)    # Phi(a) and e^{-a^2/2}
+        return cdf + a * _INV_SQRT_2PI * gauss
     return 1.0 if a > 0 else 0.0
 
 
@@ -598,7 +599,7 @@ def _bias_act_drop(z, b, gelu, keep, has_keep, keep_scale, pre, out):
         for j in range(n):
             a = np.float64(z[r, j]) + b[j]
             pre[r, j] = a
-            y = _act(a, gelu)
+            y = _act(a, gelu, out.dtype)
             if has_keep:
                 y = y * keep_scale if keep[r, j] else 0.0
             out[r, j] = y
@@ -612,7 +613,7 @@ def _bias_act_drop_bwd(g, pre, gelu, keep, has_keep, keep_scale, dz):
             d = np.float64(g[r, j])
             if has_keep:
                 d = d * keep_scale if keep[r, j] else 0.0
-            dz[r, j] = d * _act_grad(np.float64(pre[r, j]), gelu)
+            dz[r, j] = d * _act_grad(np.float64(pre[r, j]), gelu, dz.dtype)
 
 
 @kernel()
@@ -705,7 +706,7 @@ def transformer_encoder_layer(
     relu'(0) = 0 as in PyTorch, gelu' = :math:`\Phi(a) + a \varphi(a)`.
 
     Returns ``(y, ctx)``; backward gives the gradients of x and the twelve parameters, in
-    ``ENCODER_PARAMETERS`` order, then None for each mask.
+    ``ENCODER_PARAMETERS`` order (the masks are not differentiable).
     """
     bf = v.boolean(batch_first, "batch_first")
     nf = v.boolean(norm_first, "norm_first")
@@ -758,6 +759,7 @@ def transformer_encoder_layer(
         rstd = np.empty(z.shape[0])
         _ln_fwd(z, w, b, eps, y, xhat, rstd)
         s[tag] = (xhat, rstd)
+        s[tag + "_in"] = z
         return y
 
     def attention_block(z):
@@ -799,7 +801,7 @@ def transformer_encoder_layer(
 
 
 def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) -> tuple:
-    """Gradients ``(dx, *d parameters in ENCODER_PARAMETERS order, None x 6)``."""
+    """Gradients ``(dx, *d parameters in ENCODER_PARAMETERS order)``."""
     batch, length, embed = ctx.shape
     shape = (batch, length, embed) if ctx.batch_first else (length, batch, embed)
     dt = ctx.params[0].dtype
@@ -853,7 +855,7 @@ def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) ->
         dx = dr1 + attn_bwd(drop_bwd(dr1, ctx.keeps[0]))
     dx = _to_layout(dx.astype(dt).reshape(batch, length, embed), ctx.batch_first)
     dw1, db1, dw2, db2 = grads["ff"]
-    return (dx, *grads["attn"], dw1, db1, dw2, db2, *grads["ln1"], *grads["ln2"]) + (None,) * 6
+    return (dx, *grads["attn"], dw1, db1, dw2, db2, *grads["ln1"], *grads["ln2"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ Implementation. Every array is held feature-major, ``(features, T*B)`` with colu
 so that per layer and direction the input projection is one matrix product ``W_ih @ X`` for all
 steps, the recurrence per step is ``W_hh @ h`` (h of shape ``(H, B)``), and backward's weight
 gradients are each one product over all steps. Matrix products go through ``np.dot`` (SciPy's
-BLAS) in the input's dtype, as torch's do; gate arithmetic is float64, rounded once per stored
-value. The time loop of a layer runs inside one kernel, so there is no per-step dispatch.
+BLAS) in the input's dtype, as torch's do; gate arithmetic is float64 with the vectorised
+functions of ``reference/_vmath.py`` (for float32 results accurate to well under a float32
+ulp), rounded once per stored value. The time loop of a layer runs inside one kernel, so there
+is no per-step dispatch.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from reference import _validate as v
-from reference import _vecmath as V
+from reference import _vmath as Vm
 from reference._jit import inline, kernel
 
 __all__ = [
@@ -68,6 +70,7 @@ def _step_columns(s, n_steps, reverse):
 
 @kernel()
 def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
+    dt = h.dtype  # the precision of the gate functions follows the stored values
     hidden, batch = h.shape
     n_steps = inp.shape[1] // batch
     xw = np.dot(w_ih, inp)                       # (H, T*B)
@@ -82,7 +85,7 @@ def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
                 if relu:
                     out = pre if pre > 0 else 0.0 * pre + 0.0  # relu; NaN stays NaN
                 else:
-                    out = V.tanh(pre)
+                    out = Vm.tanh(pre, dt)
                 h[u, b] = out
                 ys[row0 + u, t * batch + b] = out
     return h
@@ -125,6 +128,7 @@ def _rnn_bwd(inp, w_ih, w_hh, h0, relu, reverse, ys, row0, dys, dh, dinp, dw_ih,
 @kernel()
 def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, ys, row0, gates):
     # gates (4H, T*B): r, z, n and hn = W_hn h + b_hn, per step.
+    dt = h.dtype  # the precision of the gate functions follows the stored values
     hidden, batch = h.shape
     n_steps = inp.shape[1] // batch
     xw = np.dot(w_ih, inp)                       # (3H, T*B)
@@ -135,11 +139,12 @@ def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, ys, row0, gates):
         for u in range(hidden):
             for b in range(batch):
                 c = t * batch + b
-                r = V.sigmoid(np.float64(xw[u, c]) + b_ih[u] + np.float64(hw[u, b]) + b_hh[u])
-                z = V.sigmoid(np.float64(xw[hidden + u, c]) + b_ih[hidden + u]
-                              + np.float64(hw[hidden + u, b]) + b_hh[hidden + u])
-                hn = np.float64(hw[2 * hidden + u, b]) + b_hh[2 * hidden + u]
-                n = V.tanh(np.float64(xw[2 * hidden + u, c]) + b_ih[2 * hidden + u] + r * hn)
+                k = hidden + u
+                r = Vm.sigmoid(np.float64(xw[u, c]) + b_ih[u] + np.float64(hw[u, b]) + b_hh[u], dt)
+                z = Vm.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
+                k = 2 * hidden + u
+                hn = np.float64(hw[k, b]) + b_hh[k]
+                n = Vm.tanh(np.float64(xw[k, c]) + b_ih[k] + r * hn, dt)
                 out = (1.0 - z) * n + z * np.float64(h[u, b])
                 gates[u, c] = r
                 gates[hidden + u, c] = z
@@ -205,6 +210,7 @@ def _gru_bwd(inp, w_ih, w_hh, h0, reverse, ys, row0, gates, dys, dh, dinp, dw_ih
 @kernel()
 def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs):
     # gates (5H, T*B): i, f, g, o and tanh(c_t); cs (H, T*B): c_t.
+    dt = h.dtype  # the precision of the gate functions follows the stored values
     hidden, batch = h.shape
     n_steps = inp.shape[1] // batch
     xw = np.dot(w_ih, inp)                       # (4H, T*B)
@@ -215,16 +221,16 @@ def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs
         for u in range(hidden):
             for b in range(batch):
                 c = t * batch + b
-                i = V.sigmoid(np.float64(xw[u, c]) + b_ih[u] + np.float64(hw[u, b]) + b_hh[u])
+                i = Vm.sigmoid(np.float64(xw[u, c]) + b_ih[u] + np.float64(hw[u, b]) + b_hh[u], dt)
                 k = hidden + u
-                f = V.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k])
+                f = Vm.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
                 k = 2 * hidden + u
-                g = V.tanh(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k])
+                g = Vm.tanh(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
                 k = 3 * hidden + u
-                o = V.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k])
+                o = Vm.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
                 cn = f * np.float64(cell[u, b]) + i * g
                 cell[u, b] = cn
-                tc = V.tanh(np.float64(cell[u, b]))    # of the stored (rounded) c_t
+                tc = Vm.tanh(np.float64(cell[u, b]), dt)    # of the stored (rounded) c_t
                 out = o * tc
                 gates[u, c] = i
                 gates[hidden + u, c] = f

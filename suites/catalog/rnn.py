@@ -270,15 +270,16 @@ def _kink_gaps(case: Case) -> float:
 def _off_kinks(case: Case) -> Case:
     """Move every relu pre-activation out of the finite-difference stencil's reach.
 
-    Biases are redrawn (seeded perturbations, up to 400 tries) until every pre-activation
-    clears its margin (``_kink_gaps``); the other inputs stay. Measure-zero in theory, but with
-    thousands of pre-activations in a long sequence some land within 1e-3 of the kink.
+    Biases are redrawn (seeded perturbations of growing size, up to 400 tries) until every
+    pre-activation clears its margin (``_kink_gaps``); the other inputs stay. Measure-zero in
+    theory, but with thousands of pre-activations in a long sequence some land within 1e-3 of
+    the kink; larger bias offsets spread the pre-activations and make a clear draw likelier.
     """
     if case.params.get("nonlinearity") != "relu":
         return case
     rng = np.random.default_rng(0)
     best, best_gap, current = case, -np.inf, case
-    for _ in range(400):
+    for attempt in range(400):
         gap = _kink_gaps(current)
         if gap > 0:
             return current
@@ -288,7 +289,8 @@ def _off_kinks(case: Case) -> Case:
         for n in inputs:
             if n.startswith("bias_ih"):
                 b = inputs[n]
-                inputs[n] = (b + rng.normal(0.0, 0.3, b.shape)).astype(b.dtype)
+                spread = 0.3 * (1.0 + attempt / 40.0)
+                inputs[n] = (b + rng.normal(0.0, spread, b.shape)).astype(b.dtype)
         current = Case(inputs, case.params)
     return best
 
