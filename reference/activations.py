@@ -279,14 +279,136 @@ def _row_max(x):
     m = x[0]
     for j in range(x.size):
         m = vm.maxnum(m, x[j])
-    return np.float64(m)
+    return m
+
+
+# float32 rows run their exp in float32 lanes, twice the width of float64 (softmax is where
+# speed is compared first): e^(x - m) 2^64 from vm.exp_f32_scaled, summed in float64; the 2^64
+# cancels in the ratio and keeps every term down to e^-130 a normal float32. The exp runs as ONE
+# flat loop over the chunk's rows (x - m is stored first), so short rows (64 x 10) do not pay a
+# scalar loop tail per row. float64 rows compute e^(x - m) with vm.exp (~1 ulp) into the float64
+# scratch e, row by row.
+_TWO_M64 = 2.0 ** -64
+_NEAR_ONE = 1.0 + 2.0 ** -10
+
+
+# Loops that start anywhere but 0 index with np.uint64: a signed index may be negative as far as
+# Numba knows, and its wraparound select (i < 0: i + n) stops LLVM from vectorising.
+
+
+@kernel()
+def _exp_scaled_to(a, out, lo, hi):
+    # out[lo:hi] = e^a 2^64 for flat arrays (a <= 0 or NaN).
+    for i in range(lo, hi):
+        k = np.uint64(i)
+        out[k] = vm.exp_f32_scaled(a[k])
+
+
+@kernel()
+def _exp_scaled_inplace(a, lo, hi):
+    # The same in place (one array, so no runtime overlap check sends LLVM to the scalar loop).
+    for i in range(lo, hi):
+        k = np.uint64(i)
+        a[k] = vm.exp_f32_scaled(a[k])
+
+
+@kernel()
+def _flat_exp_scaled(a, out, lo, hi):
+    # Rows lo:hi of out = e^a 2^64, as one loop over their flat span (a may be out).
+    n = a.shape[1]
+    if a.ctypes.data == out.ctypes.data:
+        _exp_scaled_inplace(out.reshape(out.size), lo * n, hi * n)
+    else:
+        _exp_scaled_to(a.reshape(a.size), out.reshape(out.size), lo * n, hi * n)
+
+
+@kernel()
+def _shift_rows(x, y, m, lo, hi):
+    # m[r - lo] = max of row r; y = x - m (float32).
+    for r in range(lo, hi):
+        xr, yr = x[r], y[r]
+        mr = _row_max(xr)
+        m[r - lo] = mr
+        for j in range(xr.size):
+            yr[j] = xr[j] - mr
+
+
+@kernel(reduce=True)
+def _sum_below(a, top):
+    # (sum of the a_j < top, number of a_j >= top) in float64; NaN goes into the sum.
+    s = 0.0
+    c = 0.0
+    for j in range(a.size):
+        v = np.float64(a[j])
+        s += 0.0 if v >= top else v
+        c += 1.0 if v >= top else 0.0
+    return s, c
+
+
+@kernel()
+def _log1p_delta(e, top, scale):
+    # log sum_j e^(x_j - m) from e_j = e^(x_j - m) * top (top = 2^64 or 1), for sums below
+    # 1 + 2^-10. When one logit dominates, the sum is 1 + delta with delta below float64's eps,
+    # log(sum) = 0, while y_max = -log1p(delta) = -delta is representable. So delta is summed
+    # again without the maxima (the terms equal to top; a term that rounds to it is 1 - O(eps)
+    # anyway): delta = (sum of the others) + (number of maxima - 1), exact to float64.
+    rest, ties = _sum_below(e, top)
+    return math.log1p(rest * scale + (ties - 1.0))
+
+
+@kernel()
+def _lse(e, top, scale):
+    total = vm.fsum(e) * scale
+    return _log1p_delta(e, top, scale) if total < _NEAR_ONE else math.log(total)
+
+
+@kernel()
+def _rows_single(a, b, out, lo, hi, mode):
+    # float32 rows lo:hi, modes as for _rows_chunk.
+    if mode == 0:
+        m = np.empty(hi - lo, a.dtype)
+        _shift_rows(a, out, m, lo, hi)
+        _flat_exp_scaled(out, out, lo, hi)
+        for r in range(lo, hi):
+            yr = out[r]
+            inv = np.float32(1.0 / vm.fsum(yr))
+            for j in range(yr.size):
+                yr[j] *= inv
+    elif mode == 1:
+        m = np.empty(hi - lo, a.dtype)
+        _shift_rows(a, out, m, lo, hi)
+        _flat_exp_scaled(out, out, lo, hi)
+        lse = np.empty(hi - lo)
+        for r in range(lo, hi):
+            lse[r - lo] = vm.fsum(out[r]) * _TWO_M64
+        for r in range(lo, hi):
+            if lse[r - lo] < _NEAR_ONE:
+                lse[r - lo] = _log1p_delta(out[r], 2.0 ** 64, _TWO_M64)
+            else:
+                lse[r - lo] = math.log(lse[r - lo])
+        for r in range(lo, hi):
+            xr, yr = a[r], out[r]
+            m64, lr = np.float64(m[r - lo]), lse[r - lo]
+            for j in range(yr.size):
+                yr[j] = (np.float64(xr[j]) - m64) - lr
+    elif mode == 2:
+        for r in range(lo, hi):
+            _softmax_bwd_row(a[r], b[r], out[r])
+    else:
+        # dx = g - e^y sum(g), y <= 0: e^y 2^64 first, into dx.
+        _flat_exp_scaled(a, out, lo, hi)
+        for r in range(lo, hi):
+            gr, dr = b[r], out[r]
+            c = vm.fsum(gr) * _TWO_M64
+            for j in range(dr.size):
+                dr[j] = np.float64(gr[j]) - np.float64(dr[j]) * c
 
 
 @kernel()
 def _softmax_row(x, y, e):
-    m = _row_max(x)
+    m = np.float64(_row_max(x))
     for j in range(x.size):
-        e[j] = vm.exp(np.float64(x[j]) - m, y.dtype)
+        e[j] = vm.exp(x[j] - m, y.dtype)
     inv = 1.0 / vm.fsum(e)
     for j in range(x.size):
         y[j] = e[j] * inv
@@ -294,15 +416,10 @@ def _softmax_row(x, y, e):
 
 @kernel()
 def _log_softmax_row(x, y, e):
-    # log sum_j e^(x_j - m) = log1p(delta), delta = (sum over the non-maximal terms) + (number of
-    # maxima - 1): exact even when delta is far below float64's eps (then y_max = -delta, not 0).
-    m = _row_max(x)
-    ties = -1.0
+    m = np.float64(_row_max(x))
     for j in range(x.size):
-        d = np.float64(x[j]) - m
-        e[j] = 0.0 if d == 0.0 else vm.exp(d, y.dtype)
-        ties += 1.0 if d == 0.0 else 0.0
-    lse = math.log1p(vm.fsum(e) + ties)
+        e[j] = vm.exp(x[j] - m, y.dtype)
+    lse = _lse(e, 1.0, 1.0)
     for j in range(x.size):
         y[j] = (np.float64(x[j]) - m) - lse
 
@@ -318,11 +435,14 @@ def _softmax_bwd_row(y, g, dx):
 def _log_softmax_bwd_row(y, g, dx):
     sg = vm.fsum(g)
     for j in range(y.size):
-        dx[j] = np.float64(g[j]) - vm.exp(y[j], dx.dtype) * sg
+        dx[j] = g[j] - vm.exp(y[j], dx.dtype) * sg
 
 
 @kernel()
 def _rows_chunk(a, b, out, lo, hi, e, mode):
+    if vm.is_single(out.dtype):
+        _rows_single(a, b, out, lo, hi, mode)
+        return
     for r in range(lo, hi):
         if mode == 0:
             _softmax_row(a[r], out[r], e)
@@ -345,36 +465,40 @@ def _rows_parallel(a, b, out, mode, k):
 
 @kernel()
 def _softmax_cols(x, y, i0, i1, sc, log):
-    # One slab x, y: (n, inner); columns i0:i1. sc: float64 scratch (3, >= i1 - i0).
+    # One slab x, y: (n, inner); columns i0:i1 (column c = i0 + i, unsigned, see above).
+    # sc: float64 scratch (3, >= i1 - i0). The exp runs in float64 (vm.exp) here.
     n, w = x.shape[0], i1 - i0
     m, s, ties = sc[0], sc[1], sc[2]
     for i in range(w):
-        m[i] = x[0, i0 + i]
+        m[i] = np.float64(x[0, np.uint64(i0 + i)])
         s[i] = 0.0
         ties[i] = -1.0
     for j in range(1, n):
         for i in range(w):
-            m[i] = vm.maxnum(m[i], np.float64(x[j, i0 + i]))
+            m[i] = vm.maxnum(m[i], np.float64(x[j, np.uint64(i0 + i)]))
     if log:
+        # As in _lse, without the shortcut: delta = (sum of the non-maximal terms) + ties - 1.
         for j in range(n):
             for i in range(w):
-                d = np.float64(x[j, i0 + i]) - m[i]
+                d = np.float64(x[j, np.uint64(i0 + i)]) - m[i]
                 s[i] += 0.0 if d == 0.0 else vm.exp(d, y.dtype)
                 ties[i] += 1.0 if d == 0.0 else 0.0
         for i in range(w):
             s[i] = math.log1p(s[i] + ties[i])
         for j in range(n):
             for i in range(w):
-                y[j, i0 + i] = (np.float64(x[j, i0 + i]) - m[i]) - s[i]
+                c = np.uint64(i0 + i)
+                y[j, c] = (np.float64(x[j, c]) - m[i]) - s[i]
     else:
         for j in range(n):
             for i in range(w):
-                s[i] += vm.exp(np.float64(x[j, i0 + i]) - m[i], y.dtype)
+                s[i] += vm.exp(np.float64(x[j, np.uint64(i0 + i)]) - m[i], y.dtype)
         for i in range(w):
             s[i] = 1.0 / s[i]
         for j in range(n):  # e^(x - m) again: no room to keep n x w of them
             for i in range(w):
-                y[j, i0 + i] = vm.exp(np.float64(x[j, i0 + i]) - m[i], y.dtype) * s[i]
+                c = np.uint64(i0 + i)
+                y[j, c] = vm.exp(np.float64(x[j, c]) - m[i], y.dtype) * s[i]
 
 
 @kernel()
@@ -386,19 +510,20 @@ def _softmax_bwd_cols(y, g, dx, i0, i1, sc, log):
     if log:
         for j in range(n):
             for i in range(w):
-                s[i] += np.float64(g[j, i0 + i])
+                s[i] += np.float64(g[j, np.uint64(i0 + i)])
         for j in range(n):
             for i in range(w):
-                ey = vm.exp(y[j, i0 + i], dx.dtype)
-                dx[j, i0 + i] = np.float64(g[j, i0 + i]) - ey * s[i]
+                c = np.uint64(i0 + i)
+                dx[j, c] = np.float64(g[j, c]) - vm.exp(y[j, c], dx.dtype) * s[i]
     else:
         for j in range(n):
             for i in range(w):
-                s[i] += np.float64(g[j, i0 + i]) * np.float64(y[j, i0 + i])
+                c = np.uint64(i0 + i)
+                s[i] += np.float64(g[j, c]) * np.float64(y[j, c])
         for j in range(n):
             for i in range(w):
-                yv = np.float64(y[j, i0 + i])
-                dx[j, i0 + i] = yv * (np.float64(g[j, i0 + i]) - s[i])
+                c = np.uint64(i0 + i)
+                dx[j, c] = np.float64(y[j, c]) * (np.float64(g[j, c]) - s[i])
 
 
 @kernel()
@@ -424,19 +549,30 @@ def _cols_parallel(a, b, out, mode, k):
         _cols_chunk(a, b, out, c * items // k, (c + 1) * items // k, sc[c], mode)
 
 
+_NO_SCRATCH = np.empty(0)  # float32 rows need no scratch (read by no kernel)
+
+
 def _run_softmax(a, b, out, axis, mode):
-    outer, n, inner = _three_d(a, axis)
-    if inner == 1:
-        a, b, out = (t.reshape(outer, n) for t in (a, b, out))
-        items, chunk, par = outer, _rows_chunk, _rows_parallel
-        scratch = np.empty(n)
+    # Python overhead matters at 64 x 10 (torch takes ~8 us there): no reshape when the input is
+    # already 2-d, and the thread count is read only for inputs that go parallel.
+    if axis == a.ndim - 1:
+        n = a.shape[-1]
+        items = a.size // n
+        if a.ndim != 2:
+            a, b, out = a.reshape(items, n), b.reshape(items, n), out.reshape(items, n)
+        chunk, par = _rows_chunk, _rows_parallel
+        scratch = np.empty(n) if a.dtype == np.float64 else _NO_SCRATCH
     else:
+        outer, n, inner = _three_d(a, axis)
         a, b, out = (t.reshape(outer, n, inner) for t in (a, b, out))
         items, chunk, par = outer * -(-inner // _COLS), _cols_chunk, _cols_parallel
         scratch = np.empty((3, min(inner, _COLS)))
+    if a.size < PARALLEL_MIN:
+        chunk(a, b, out, 0, items, scratch, mode)
+        return
     # numba.get_num_threads() is read here: inside a kernel it would defeat the on-disk cache.
     k = min(numba.get_num_threads(), items)
-    if a.size < PARALLEL_MIN or k == 1:
+    if k == 1:
         chunk(a, b, out, 0, items, scratch, mode)
     else:
         par(a, b, out, mode, k)
