@@ -248,6 +248,75 @@ def l1_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
 
 
 # ---------------------------------------------------------------------------------------------
+# logarithms that vectorise
+#
+# _vmath has exp but no log. These use only arithmetic, comparisons and integer bit operations
+# (no libm call), so a loop around them vectorises. Float64 throughout.
+
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 with 32 trailing zero bits: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10  # ln 2 - _LN2_HI
+_LOG_1_5 = math.log(1.5)
+_SQRT2 = math.sqrt(2.0)
+_MIN_NORMAL = 2.2250738585072014e-308
+_TWO54 = 18014398509481984.0
+_CHUNK = 2048  # elements per block of a vectorised reduction (its float64 scratch stays in L1)
+
+
+@inline()
+def _atanh2(s):
+    # 2 atanh(s) = log((1 + s) / (1 - s)) for |s| <= 1/5: the series 2 (s + s^3/3 + ... +
+    # s^21/21) leaves a relative error below (1/25)^11 / 23 * 25/24 < 2e-17.
+    z = s * s
+    p = 1.0 / 21.0
+    p = p * z + 1.0 / 19.0
+    p = p * z + 1.0 / 17.0
+    p = p * z + 1.0 / 15.0
+    p = p * z + 1.0 / 13.0
+    p = p * z + 1.0 / 11.0
+    p = p * z + 1.0 / 9.0
+    p = p * z + 1.0 / 7.0
+    p = p * z + 1.0 / 5.0
+    p = p * z + 1.0 / 3.0
+    return 2.0 * s + 2.0 * s * (z * p)
+
+
+@inline()
+def _log1p_unit(u):
+    # log(1 + u) for u in [-0.3, 1]: 2 atanh(s) with s = u / (2 + u), or for u >= 1/2
+    # log(1.5) + 2 atanh(s) with s = (u - 1/2) / (u + 5/2); |s| <= 0.18 either way.
+    hi = u >= 0.5
+    s = (u - 0.5 if hi else u) / (u + 2.5 if hi else u + 2.0)  # one division, not two
+    r = _atanh2(s)
+    return _LOG_1_5 + r if hi else r
+
+
+@inline()
+def _log01(y):
+    # log y for y in [0, 1]: y = 2^k m with m in [sqrt(1/2), sqrt 2), log y = k ln 2 +
+    # 2 atanh((m - 1) / (m + 1)) (m - 1 exact; |s| <= 0.172); k ln 2 in two parts keeps the
+    # sum exact to an ulp. Subnormals are scaled by 2^54 first; log 0 = -inf; NaN propagates.
+    sub = y < _MIN_NORMAL
+    bits = np.float64(y * _TWO54 if sub else y).view(np.int64)
+    k = (bits >> 52) - (1023 + 54 if sub else 1023)
+    m = np.int64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).view(np.float64)
+    big = m > _SQRT2
+    m = 0.5 * m if big else m
+    kf = np.float64(k + 1 if big else k)
+    r = kf * _LN2_HI + (_atanh2((m - 1.0) / (m + 1.0)) + kf * _LN2_LO)
+    r = -np.inf if y == 0.0 else r
+    return r if y == y else y
+
+
+@inline()
+def _log1m(x):
+    # log(1 - x) for x in [0, 1], accurate for small x: 2 atanh(-x / (2 - x)) for x <= 0.3
+    # (|s| <= 0.18), else log(1 - x), where 1 - x loses at most half an ulp.
+    a = _atanh2(-x / (2.0 - x))
+    b = _log01(1.0 - x)
+    return a if x <= 0.3 else b
+
+
+# ---------------------------------------------------------------------------------------------
 # binary cross-entropy on probabilities
 
 _LOG_FLOOR = -100.0  # torch clamps each log at -100 so that p = 0 or 1 gives a finite loss
@@ -256,8 +325,8 @@ _BCE_EPS = 1e-12  # torch's floor on x (1 - x) in the input gradient
 
 @inline()
 def _bce1(x, t):
-    lx = max(math.log(x), _LOG_FLOOR)
-    l1x = max(math.log1p(-x), _LOG_FLOOR)
+    lx = max(_log01(x), _LOG_FLOOR)
+    l1x = max(_log1m(x), _LOG_FLOOR)
     return (t - 1.0) * l1x - t * lx
 
 
@@ -266,59 +335,72 @@ def _unit(x):
     return 0.0 <= x <= 1.0  # NaN fails
 
 
+@kernel()
+def _bce_block(x, t, w, e, write, i0, i1, buf):
+    # Losses of [i0, i1) into buf (a loop that vectorises), then (their sum, number of x outside
+    # [0, 1], number of t outside [0, 1]). w: an array or None.
+    bad_x = 0
+    bad_t = 0
+    for k in range(i1 - i0):
+        i = i0 + k
+        xi = np.float64(x[i])
+        ti = np.float64(t[i])
+        bad_x += 0 if _unit(xi) else 1
+        bad_t += 0 if _unit(ti) else 1
+        li = _bce1(xi, ti)
+        if w is not None:
+            li *= np.float64(w[i])
+        buf[k] = li
+        if write:
+            e[i] = li
+    return vm.fsum(buf[: i1 - i0]), bad_x, bad_t
+
+
 @kernel(parallel=True)
-def _bce_fwd(x, t, w, has_w, e, write):
-    # Returns (sum of losses, number of x outside [0, 1], number of t outside [0, 1]).
+def _bce_fwd(x, t, w, e, write):
     n = x.size
+    blocks = (n + _CHUNK - 1) // _CHUNK
     s = 0.0
     bad_x = 0
     bad_t = 0
     if n < PARALLEL_MIN:
-        for i in range(n):
-            xi = np.float64(x[i])
-            ti = np.float64(t[i])
-            if not _unit(xi):
-                bad_x += 1
-            if not _unit(ti):
-                bad_t += 1
-            li = _bce1(xi, ti) * (np.float64(w[i]) if has_w else 1.0)
-            s += li
-            if write:
-                e[i] = li
+        buf = np.empty(min(n, _CHUNK))
+        for b in range(blocks):
+            sb, bx, bt = _bce_block(x, t, w, e, write, b * _CHUNK, min(n, (b + 1) * _CHUNK), buf)
+            s += sb
+            bad_x += bx
+            bad_t += bt
     else:
-        for i in prange(n):
-            xi = np.float64(x[i])
-            ti = np.float64(t[i])
-            if not _unit(xi):
-                bad_x += 1
-            if not _unit(ti):
-                bad_t += 1
-            li = _bce1(xi, ti) * (np.float64(w[i]) if has_w else 1.0)
-            s += li
-            if write:
-                e[i] = li
+        for b in prange(blocks):
+            buf = np.empty(_CHUNK)
+            sb, bx, bt = _bce_block(x, t, w, e, write, b * _CHUNK, min(n, (b + 1) * _CHUNK), buf)
+            s += sb
+            bad_x += bx
+            bad_t += bt
     return s, bad_x, bad_t
 
 
 @inline()
-def _bce_grad1(x, t, gi, dx, dt, i):
-    # d/dx = (x - t) / max(x (1 - x), 1e-12);  d/dt = -log(x / (1 - x)), unclamped, one log
-    # (torch's -logit(x)): +inf at x = 0, -inf at x = 1.
-    dx[i] = gi * ((x - t) / max((1.0 - x) * x, _BCE_EPS))
-    dt[i] = -gi * math.log(x / (1.0 - x))
+def _bce_grad1(x, t, w, g, c, each, dx, dt, i):
+    # d/dx = (x - t) / max(x (1 - x), 1e-12);  d/dt = log(1 - x) - log x, unclamped (torch's
+    # -logit(x)): +inf at x = 0, -inf at x = 1.
+    gi = np.float64(g[i]) * c if each else c
+    if w is not None:
+        gi *= np.float64(w[i])
+    xi = np.float64(x[i])
+    dx[i] = gi * ((xi - np.float64(t[i])) / max((1.0 - xi) * xi, _BCE_EPS))
+    dt[i] = gi * (_log1m(xi) - _log01(xi))
 
 
 @kernel(parallel=True)
-def _bce_bwd(x, t, w, has_w, g, c, each, dx, dt):
+def _bce_bwd(x, t, w, g, c, each, dx, dt):
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
-            gi = (np.float64(g[i]) * c if each else c) * (np.float64(w[i]) if has_w else 1.0)
-            _bce_grad1(np.float64(x[i]), np.float64(t[i]), gi, dx, dt, i)
+            _bce_grad1(x, t, w, g, c, each, dx, dt, i)
     else:
         for i in prange(n):
-            gi = (np.float64(g[i]) * c if each else c) * (np.float64(w[i]) if has_w else 1.0)
-            _bce_grad1(np.float64(x[i]), np.float64(t[i]), gi, dx, dt, i)
+            _bce_grad1(x, t, w, g, c, each, dx, dt, i)
 
 
 def _first_outside_unit(a: np.ndarray) -> float:
@@ -333,7 +415,7 @@ def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarr
         \ell_i = -w_i \left(t_i \max(\log x_i, -100) + (1 - t_i) \max(\log(1 - x_i), -100)\right)
 
         \partial x_i = g_i w_i \frac{x_i - t_i}{\max(x_i (1 - x_i), 10^{-12})}, \qquad
-        \partial t_i = -g_i w_i \log\frac{x_i}{1 - x_i}
+        \partial t_i = g_i w_i \left(\log(1 - x_i) - \log x_i\right)
 
     PyTorch's conventions: each log is clamped at -100, so probabilities of exactly 0 or 1
     give finite losses (100 per element at worst); the input gradient's denominator is floored
@@ -347,7 +429,7 @@ def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarr
     r = _reduction(reduction, x.size)
     xf, tf = x.reshape(-1), t.reshape(-1)
     e = np.empty(x.shape if r == "none" else (0,), x.dtype)
-    total, bad_x, bad_t = _bce_fwd(xf, tf, w, has_w, e.reshape(-1), r == "none")
+    total, bad_x, bad_t = _bce_fwd(xf, tf, w if has_w else None, e.reshape(-1), r == "none")
     if bad_x:
         raise ValueError(f"input must hold probabilities in [0, 1], got {_first_outside_unit(x)}"
                          f" ({bad_x} element(s) outside)")
@@ -362,40 +444,12 @@ def binary_cross_entropy_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
     dx = np.empty_like(ctx.x)
     dt = np.empty_like(ctx.x)
-    _bce_bwd(ctx.x, ctx.t, ctx.w, ctx.has_w, g, c, each, dx, dt)
+    _bce_bwd(ctx.x, ctx.t, ctx.w if ctx.has_w else None, g, c, each, dx, dt)
     return dx.reshape(ctx.shape), dt.reshape(ctx.shape)
 
 
 # ---------------------------------------------------------------------------------------------
 # binary cross-entropy with logits
-
-
-_LOG_1_5 = math.log(1.5)
-_CHUNK = 2048  # elements per block of a vectorised reduction (its float64 scratch stays in L1)
-
-
-@inline()
-def _log1p_unit(u):
-    # log(1 + u) for u in [0, 1] in plain arithmetic, so the loop around it vectorises (there
-    # is no vectorisable log1p in _vmath). log(1 + u) = 2 atanh(s), s = u / (2 + u); for
-    # u >= 1/2, log(1.5) + 2 atanh(s) with s = (u - 1/2) / (u + 5/2). Either way |s| <= 1/5,
-    # and the series 2 (s + s^3/3 + ... + s^21/21) leaves a relative error below
-    # (1/25)^11 / 23 * 25/24 < 2e-17. Measured against libm on [0, 1]: 2 ulp at most.
-    hi = u >= 0.5
-    s = (u - 0.5) / (u + 2.5) if hi else u / (2.0 + u)
-    z = s * s
-    p = 1.0 / 21.0
-    p = p * z + 1.0 / 19.0
-    p = p * z + 1.0 / 17.0
-    p = p * z + 1.0 / 15.0
-    p = p * z + 1.0 / 13.0
-    p = p * z + 1.0 / 11.0
-    p = p * z + 1.0 / 9.0
-    p = p * z + 1.0 / 7.0
-    p = p * z + 1.0 / 5.0
-    p = p * z + 1.0 / 3.0
-    r = 2.0 * s + 2.0 * s * (z * p)
-    return _LOG_1_5 + r if hi else r
 
 
 @inline()
