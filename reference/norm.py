@@ -248,9 +248,11 @@ def _ln_fwd(x, y, w, b, eps, mean, invstd):
             _ln_row_fwd(x, y, w, b, eps, mean, invstd, r)
 
 
-@kernel(reduce=True)
+@kernel()
 def _ln_row_bwd(x, g, mean, invstd, w, dx, r):
     # g' = g * w;  dx = invstd * (g' - mean(g') - x_hat * mean(g' * x_hat))
+    # Not reassociated: g' must round the same in both loops, so that D = 1 (where the
+    # exact dx is 0) gives exactly 0 rather than a contracted product's rounding error.
     d = x.shape[1]
     mu, inv = mean[r], invstd[r]
     a = 0.0

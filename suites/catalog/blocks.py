@@ -54,8 +54,14 @@ _BN_NAMES = ("weight", "bias", "running_mean", "running_var")
 
 
 def _bn_inputs(prefix: str, c: int, dtype, rng, draw) -> dict[str, np.ndarray]:
+    # beta is never exactly 0: a constant channel (a zero weight, a zero input) normalizes to
+    # exactly beta, and with beta = 0 the next ReLU sits exactly on its kink, where torch's
+    # rounding (y = x a + (beta - mean a): +-1e-16) rather than any convention picks the
+    # branch. That point, and only it, is avoided.
+    beta = draw(small_floats(dtype, (c,), -1, 1))
+    beta[beta == 0] = 0.5
     return {f"{prefix}_weight": (1 + draw(small_floats(dtype, (c,), -0.5, 0.5))).astype(dtype),
-            f"{prefix}_bias": draw(small_floats(dtype, (c,), -1, 1)),
+            f"{prefix}_bias": beta,
             f"{prefix}_running_mean": S.normal(rng, (c,), dtype, 0.5),
             f"{prefix}_running_var": (rng.random(c) + 0.5).astype(dtype)}
 

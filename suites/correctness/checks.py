@@ -27,8 +27,10 @@ def upstream(spec: Spec, outs: tuple[np.ndarray, ...], rng: np.random.Generator)
 # In that one situation the twin is re-run with every float input in float64; if it stays
 # below ZERO_CONFIRM of the tolerance there, the exact answer is taken to be zero and the
 # reference is compared with zeros. A true gradient that is merely small keeps its size in
-# float64 and still trips the guard.
-ZERO_CONFIRM = 1e-6
+# float64 and still trips the guard; a backward that wrongly returns zeros meets O(1) twin
+# gradients on the other examples. (float64 twins' own noise reaches ~1e-13 = 1e-6 atol:
+# torch's float64 layer norm of one value, measured.)
+ZERO_CONFIRM = 1e-3
 
 
 def _all_zero_against_noise(mine, theirs: np.ndarray) -> bool:
