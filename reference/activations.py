@@ -284,12 +284,13 @@ def _row_max(x):
 
 # float32 rows run their exp in float32 lanes, twice the width of float64 (softmax is where
 # speed is compared first): e^(x - m) 2^64 from vm.exp_f32_scaled, summed in float64; the 2^64
-# cancels in the ratio and keeps every term down to e^-130 a normal float32. The exp runs as ONE
-# flat loop over the chunk's rows (x - m is stored first), so short rows (64 x 10) do not pay a
-# scalar loop tail per row. float64 rows compute e^(x - m) with vm.exp (~1 ulp) into the float64
+# cancels in the ratio and keeps every term down to e^-130 a normal float32. For short rows the
+# exp runs as ONE flat loop over the chunk (x - m is stored first), so that 64 x 10 does not pay
+# a scalar loop tail per row. float64 rows compute e^(x - m) with vm.exp (~1 ulp) into the float64
 # scratch e, row by row.
 _TWO_M64 = 2.0 ** -64
 _NEAR_ONE = 1.0 + 2.0 ** -10
+_SHORT_ROW = 64
 
 
 # Loops that start anywhere but 0 index with np.uint64: a signed index may be negative as far as
@@ -323,14 +324,27 @@ def _flat_exp_scaled(a, out, lo, hi):
 
 
 @kernel()
-def _shift_rows(x, y, m, lo, hi):
-    # m[r - lo] = max of row r; y = x - m (float32).
+def _exp_rows(x, y, m, s, lo, hi):
+    # m[r - lo] = max of row r; y = e^(x - m) 2^64 (float32); s[r - lo] = sum of row r of y.
+    # Long rows: one loop per row. Short rows: y = x - m first, then one flat exp loop (no scalar
+    # loop tail per row). The sum is a separate reduce=True loop: Numba would apply reassoc to the
+    # inlined exp too, and the float64 accumulator would make LLVM run the exp 4 lanes wide.
+    n = x.shape[1]
     for r in range(lo, hi):
         xr, yr = x[r], y[r]
         mr = _row_max(xr)
         m[r - lo] = mr
-        for j in range(xr.size):
-            yr[j] = xr[j] - mr
+        if n >= _SHORT_ROW:
+            for j in range(n):
+                yr[j] = vm.exp_f32_scaled(xr[j] - mr)
+            s[r - lo] = vm.fsum(yr)
+        else:
+            for j in range(n):
+                yr[j] = xr[j] - mr
+    if n < _SHORT_ROW:
+        _flat_exp_scaled(y, y, lo, hi)
+        for r in range(lo, hi):
+            s[r - lo] = vm.fsum(y[r])
 
 
 @kernel(reduce=True)
@@ -365,32 +379,28 @@ def _lse(e, top, scale):
 @kernel()
 def _rows_single(a, b, out, lo, hi, mode):
     # float32 rows lo:hi, modes as for _rows_chunk.
-    if mode == 0:
+    if mode < 2:
         m = np.empty(hi - lo, a.dtype)
-        _shift_rows(a, out, m, lo, hi)
-        _flat_exp_scaled(out, out, lo, hi)
+        s = np.empty(hi - lo)
+        _exp_rows(a, out, m, s, lo, hi)
+    if mode == 0:
         for r in range(lo, hi):
             yr = out[r]
-            inv = np.float32(1.0 / vm.fsum(yr))
+            inv = np.float32(1.0 / s[r - lo])
             for j in range(yr.size):
                 yr[j] *= inv
     elif mode == 1:
-        m = np.empty(hi - lo, a.dtype)
-        _shift_rows(a, out, m, lo, hi)
-        _flat_exp_scaled(out, out, lo, hi)
-        lse = np.empty(hi - lo)
         for r in range(lo, hi):
-            lse[r - lo] = vm.fsum(out[r]) * _TWO_M64
-        for r in range(lo, hi):
-            if lse[r - lo] < _NEAR_ONE:
-                lse[r - lo] = _log1p_delta(out[r], 2.0 ** 64, _TWO_M64)
+            total = s[r - lo] * _TWO_M64
+            if total < _NEAR_ONE:
+                s[r - lo] = _log1p_delta(out[r], 2.0 ** 64, _TWO_M64)
             else:
-                lse[r - lo] = math.log(lse[r - lo])
+                s[r - lo] = math.log(total)
         for r in range(lo, hi):
             xr, yr = a[r], out[r]
-            m64, lr = np.float64(m[r - lo]), lse[r - lo]
+            m64, lse = np.float64(m[r - lo]), s[r - lo]
             for j in range(yr.size):
-                yr[j] = (np.float64(xr[j]) - m64) - lr
+                yr[j] = (np.float64(xr[j]) - m64) - lse
     elif mode == 2:
         for r in range(lo, hi):
             _softmax_bwd_row(a[r], b[r], out[r])
