@@ -74,223 +74,221 @@ def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
     hidden, batch = h.shape
     n_steps = inp.shape[1] // batch
     xw = np.dot(w_ih, inp)                       # (H, T*B)
-    hw = np.empty((hidden, batch), h.dtype)
+    hw = np.empty((hidden, batch), dt)
     for s in range(n_steps):
-        t = _step_columns(s, n_steps, reverse)
+        c0 = _step_columns(s, n_steps, reverse) * batch
         np.dot(w_hh, h, hw)                       # (H, B)
+        # One row (unit) at a time over the batch: short contiguous loops that vectorise.
         for u in range(hidden):
             bias = np.float64(b_ih[u]) + np.float64(b_hh[u])
+            xr, hr, yr = xw[u, c0:c0 + batch], hw[u], ys[row0 + u, c0:c0 + batch]
             for b in range(batch):
-                pre = np.float64(xw[u, t * batch + b]) + np.float64(hw[u, b]) + bias
+                pre = np.float64(xr[b]) + np.float64(hr[b]) + bias
                 if relu:
-                    out = pre if pre > 0 else 0.0 * pre + 0.0  # relu; NaN stays NaN
+                    yr[b] = pre if pre > 0 else 0.0 * pre + 0.0  # NaN stays NaN
                 else:
-                    out = Vm.tanh(pre, dt)
-                h[u, b] = out
-                ys[row0 + u, t * batch + b] = out
+                    yr[b] = Vm.tanh(pre, dt)
+            h[u] = yr
     return h
 
 
 @kernel()
-def _rnn_bwd(inp, w_ih, w_hh, h0, relu, reverse, ys, row0, dys, dh, dinp, dw_ih, dw_hh, db):
-    # dh (H, B): on entry d h_n, on exit d h0. dinp (I, T*B) accumulates; dw_*, db are written.
-    hidden, batch = dh.shape
-    n_steps = inp.shape[1] // batch
-    dg = np.empty((hidden, n_steps * batch), dh.dtype)    # d pre-activation, all steps
-    dgt = np.empty((hidden, batch), dh.dtype)
-    hprev = np.empty((hidden, n_steps * batch), dh.dtype)  # h_{t-1} at column t (as seen by t)
-    for s in range(n_steps):
-        t = _step_columns(s, n_steps, not reverse)  # backward visits steps in reverse order
-        tp = t + 1 if reverse else t - 1
-        for u in range(hidden):
-            for b in range(batch):
-                c = t * batch + b
-                y = np.float64(ys[row0 + u, c])
-                g = np.float64(dh[u, b]) + np.float64(dys[row0 + u, c])
-                if relu:
-                    d = g if y > 0 else 0.0
-                else:
-                    d = g * (1.0 - y * y)
-                dgt[u, b] = d
-                dg[u, c] = d
-                hprev[u, c] = h0[u, b] if tp < 0 or tp >= n_steps else ys[row0 + u, tp * batch + b]
-        np.dot(w_hh.T, dgt, dh)                   # d h_{t-1} = W_hh^T dg_t
-    dinp += np.dot(w_ih.T, dg)
-    dw_ih[:] = np.dot(dg, inp.T)
-    dw_hh[:] = np.dot(dg, hprev.T)
+def _shifted(states, row0, h0, reverse, batch):
+    """The state each step starts from, (H, T*B): h_{t-1} at column block t (h_{t+1} for the
+    reverse direction), h0 at the first step; ``states`` holds this direction at row0."""
+    hidden = h0.shape[0]
+    cols = states.shape[1]
+    prev = np.empty((hidden, cols), h0.dtype)
     for u in range(hidden):
+        src, dst = states[row0 + u], prev[u]
+        if reverse:
+            dst[:cols - batch] = src[batch:]
+            dst[cols - batch:] = h0[u]
+        else:
+            dst[batch:] = src[:cols - batch]
+            dst[:batch] = h0[u]
+    return prev
+
+
+@kernel()
+def _row_sums(a, out):
+    for j in range(a.shape[0]):
+        row = a[j]
         acc = 0.0
-        for c in range(n_steps * batch):
-            acc += np.float64(dg[u, c])
-        db[u] = acc
+        for c in range(row.size):
+            acc += np.float64(row[c])
+        out[j] = acc
+
+
+@kernel()
+def _weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh):
+    # One product over all steps each: d inp += W_ih^T dG_x, dW_ih = dG_x inp^T,
+    # dW_hh = dG_h hprev^T.
+    dinp += np.dot(w_ih.T, dg_x)
+    np.dot(dg_x, inp.T, dw_ih)
+    np.dot(dg_h, hprev.T, dw_hh)
+
+
+@kernel()
+def _rnn_bwd(w_hh, h0, relu, reverse, ys, row0, dys, dh, dg):
+    # dh (H, B): on entry d h_n, on exit d h0. dg (H, T*B): d pre-activation, all steps.
+    hidden, batch = dh.shape
+    n_steps = dg.shape[1] // batch
+    dgt = np.empty((hidden, batch), dh.dtype)
+    for s in range(n_steps):
+        c0 = _step_columns(s, n_steps, not reverse) * batch  # backward runs time backwards
+        for u in range(hidden):
+            yr, gr = ys[row0 + u, c0:c0 + batch], dys[row0 + u, c0:c0 + batch]
+            hr, out = dh[u], dgt[u]
+            for b in range(batch):
+                g = np.float64(hr[b]) + np.float64(gr[b])
+                y = np.float64(yr[b])
+                if relu:
+                    out[b] = g if y > 0 else 0.0
+                else:
+                    out[b] = g * (1.0 - y * y)
+            dg[u, c0:c0 + batch] = out
+        np.dot(w_hh.T, dgt, dh)                   # d h_{t-1} = W_hh^T dg_t
 
 
 @kernel()
 def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, ys, row0, gates):
-    # gates (4H, T*B): r, z, n and hn = W_hn h + b_hn, per step.
-    dt = h.dtype  # the precision of the gate functions follows the stored values
+    # gates (4H, T*B): r, z, n and q = W_hn h + b_hn, per step.
+    dt = h.dtype
     hidden, batch = h.shape
     n_steps = inp.shape[1] // batch
     xw = np.dot(w_ih, inp)                       # (3H, T*B)
-    hw = np.empty((3 * hidden, batch), h.dtype)
+    hw = np.empty((3 * hidden, batch), dt)
     for s in range(n_steps):
-        t = _step_columns(s, n_steps, reverse)
+        c0 = _step_columns(s, n_steps, reverse) * batch
         np.dot(w_hh, h, hw)
-        for u in range(hidden):
+        # Three passes, one transcendental each, so that every inner loop vectorises.
+        for j in range(2 * hidden):              # r and z
+            bias = np.float64(b_ih[j]) + np.float64(b_hh[j])
+            xr, hr, gr = xw[j, c0:c0 + batch], hw[j], gates[j, c0:c0 + batch]
             for b in range(batch):
-                c = t * batch + b
-                k = hidden + u
-                r = Vm.sigmoid(np.float64(xw[u, c]) + b_ih[u] + np.float64(hw[u, b]) + b_hh[u], dt)
-                z = Vm.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
-                k = 2 * hidden + u
-                hn = np.float64(hw[k, b]) + b_hh[k]
-                n = Vm.tanh(np.float64(xw[k, c]) + b_ih[k] + r * hn, dt)
-                out = (1.0 - z) * n + z * np.float64(h[u, b])
-                gates[u, c] = r
-                gates[hidden + u, c] = z
-                gates[2 * hidden + u, c] = n
-                gates[3 * hidden + u, c] = hn
-                h[u, b] = out
-                ys[row0 + u, c] = out
+                gr[b] = Vm.sigmoid(np.float64(xr[b]) + np.float64(hr[b]) + bias, dt)
+        for u in range(hidden):                  # n = tanh(W_in x + b_in + r (W_hn h + b_hn))
+            k = 2 * hidden + u
+            xr, hr = xw[k, c0:c0 + batch], hw[k]
+            rr, nr = gates[u, c0:c0 + batch], gates[k, c0:c0 + batch]
+            qr = gates[3 * hidden + u, c0:c0 + batch]
+            bx, bh = np.float64(b_ih[k]), np.float64(b_hh[k])
+            for b in range(batch):
+                q = np.float64(hr[b]) + bh
+                qr[b] = q
+                nr[b] = Vm.tanh(np.float64(xr[b]) + bx + np.float64(rr[b]) * q, dt)
+        for u in range(hidden):                  # h' = (1 - z) n + z h
+            zr = gates[hidden + u, c0:c0 + batch]
+            nr = gates[2 * hidden + u, c0:c0 + batch]
+            yr, hh = ys[row0 + u, c0:c0 + batch], h[u]
+            for b in range(batch):
+                z = np.float64(zr[b])
+                yr[b] = (1.0 - z) * np.float64(nr[b]) + z * np.float64(hh[b])
+            hh[:] = yr
     return h
 
 
 @kernel()
-def _gru_bwd(inp, w_ih, w_hh, h0, reverse, ys, row0, gates, dys, dh, dinp, dw_ih, dw_hh,
-             db_ih, db_hh):
+def _gru_bwd(w_hh, reverse, ys, row0, gates, hprev, dys, dh, dgx, dgh):
+    # dgx: d of the input pre-activations (3H, T*B); dgh: d of W_hh h + b_hh.
     hidden, batch = dh.shape
-    n_steps = inp.shape[1] // batch
-    cols = n_steps * batch
-    dgx = np.empty((3 * hidden, cols), dh.dtype)   # d of the input pre-activations
-    dgh = np.empty((3 * hidden, cols), dh.dtype)   # d of W_hh h + b_hh
+    n_steps = dgx.shape[1] // batch
     dght = np.empty((3 * hidden, batch), dh.dtype)
     back = np.empty((hidden, batch), dh.dtype)
-    hprev = np.empty((hidden, cols), dh.dtype)
     for s in range(n_steps):
-        t = _step_columns(s, n_steps, not reverse)
-        tp = t + 1 if reverse else t - 1
+        c0 = _step_columns(s, n_steps, not reverse) * batch
         for u in range(hidden):
+            r, z = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
+            n, q = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
+            hp, gy, hr = hprev[u, c0:c0 + batch], dys[row0 + u, c0:c0 + batch], dh[u]
+            dr, dz, dn = dght[u], dght[hidden + u], dght[2 * hidden + u]
             for b in range(batch):
-                c = t * batch + b
-                hp = h0[u, b] if tp < 0 or tp >= n_steps else ys[row0 + u, tp * batch + b]
-                hprev[u, c] = hp
-                r = np.float64(gates[u, c])
-                z = np.float64(gates[hidden + u, c])
-                n = np.float64(gates[2 * hidden + u, c])
-                hn = np.float64(gates[3 * hidden + u, c])
-                g = np.float64(dh[u, b]) + np.float64(dys[row0 + u, c])
-                dn = g * (1.0 - z) * (1.0 - n * n)       # d pre_n
-                dz = g * (np.float64(hp) - n) * z * (1.0 - z)
-                dr = dn * hn * r * (1.0 - r)
-                dgx[u, c] = dr
-                dgx[hidden + u, c] = dz
-                dgx[2 * hidden + u, c] = dn
-                dgh[u, c] = dr
-                dgh[hidden + u, c] = dz
-                dgh[2 * hidden + u, c] = dn * r
-                dght[u, b] = dr
-                dght[hidden + u, b] = dz
-                dght[2 * hidden + u, b] = dn * r
-                dh[u, b] = g * z                          # the direct path z * h_{t-1}
+                g = np.float64(hr[b]) + np.float64(gy[b])
+                rb, zb, nb = np.float64(r[b]), np.float64(z[b]), np.float64(n[b])
+                an = g * (1.0 - zb) * (1.0 - nb * nb)           # d pre_n
+                dz[b] = g * (np.float64(hp[b]) - nb) * zb * (1.0 - zb)
+                dr[b] = an * np.float64(q[b]) * rb * (1.0 - rb)
+                dn[b] = an
+                hr[b] = g * zb                                    # the direct path z h_{t-1}
+            dgx[u, c0:c0 + batch] = dr
+            dgx[hidden + u, c0:c0 + batch] = dz
+            dgx[2 * hidden + u, c0:c0 + batch] = dn
+            for b in range(batch):
+                dn[b] = np.float64(dn[b]) * np.float64(r[b])  # r * d pre_n feeds W_hn, b_hn
+        dgh[:, c0:c0 + batch] = dght
         np.dot(w_hh.T, dght, back)
         dh += back
-    dinp += np.dot(w_ih.T, dgx)
-    dw_ih[:] = np.dot(dgx, inp.T)
-    dw_hh[:] = np.dot(dgh, hprev.T)
-    for j in range(3 * hidden):
-        ax = 0.0
-        ah = 0.0
-        for c in range(cols):
-            ax += np.float64(dgx[j, c])
-            ah += np.float64(dgh[j, c])
-        db_ih[j] = ax
-        db_hh[j] = ah
 
 
 @kernel()
 def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs):
     # gates (5H, T*B): i, f, g, o and tanh(c_t); cs (H, T*B): c_t.
-    dt = h.dtype  # the precision of the gate functions follows the stored values
+    dt = h.dtype
     hidden, batch = h.shape
     n_steps = inp.shape[1] // batch
     xw = np.dot(w_ih, inp)                       # (4H, T*B)
-    hw = np.empty((4 * hidden, batch), h.dtype)
+    hw = np.empty((4 * hidden, batch), dt)
     for s in range(n_steps):
-        t = _step_columns(s, n_steps, reverse)
+        c0 = _step_columns(s, n_steps, reverse) * batch
         np.dot(w_hh, h, hw)
-        for u in range(hidden):
+        # Passes with one transcendental each, so that every inner loop vectorises.
+        for j in range(4 * hidden):              # i, f, g, o
+            bias = np.float64(b_ih[j]) + np.float64(b_hh[j])
+            xr, hr, gr = xw[j, c0:c0 + batch], hw[j], gates[j, c0:c0 + batch]
+            if 2 * hidden <= j < 3 * hidden:
+                for b in range(batch):
+                    gr[b] = Vm.tanh(np.float64(xr[b]) + np.float64(hr[b]) + bias, dt)
+            else:
+                for b in range(batch):
+                    gr[b] = Vm.sigmoid(np.float64(xr[b]) + np.float64(hr[b]) + bias, dt)
+        for u in range(hidden):                  # c' = f c + i g, h' = o tanh(c')
+            ir, fr = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
+            gr, orow = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
+            tr, cr = gates[4 * hidden + u, c0:c0 + batch], cs[u, c0:c0 + batch]
+            cc, yr = cell[u], ys[row0 + u, c0:c0 + batch]
             for b in range(batch):
-                c = t * batch + b
-                i = Vm.sigmoid(np.float64(xw[u, c]) + b_ih[u] + np.float64(hw[u, b]) + b_hh[u], dt)
-                k = hidden + u
-                f = Vm.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
-                k = 2 * hidden + u
-                g = Vm.tanh(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
-                k = 3 * hidden + u
-                o = Vm.sigmoid(np.float64(xw[k, c]) + b_ih[k] + np.float64(hw[k, b]) + b_hh[k], dt)
-                cn = f * np.float64(cell[u, b]) + i * g
-                cell[u, b] = cn
-                tc = Vm.tanh(np.float64(cell[u, b]), dt)    # of the stored (rounded) c_t
-                out = o * tc
-                gates[u, c] = i
-                gates[hidden + u, c] = f
-                gates[2 * hidden + u, c] = g
-                gates[3 * hidden + u, c] = o
-                gates[4 * hidden + u, c] = tc
-                cs[u, c] = cn
-                h[u, b] = out
-                ys[row0 + u, c] = out
+                cr[b] = np.float64(fr[b]) * np.float64(cc[b]) + np.float64(ir[b]) * np.float64(gr[b])
+            for b in range(batch):
+                tr[b] = Vm.tanh(np.float64(cr[b]), dt)       # of the stored (rounded) c_t
+            for b in range(batch):
+                yr[b] = np.float64(orow[b]) * np.float64(tr[b])
+            cc[:] = cr
+            h[u] = yr
     return h, cell
 
 
 @kernel()
-def _lstm_bwd(inp, w_ih, w_hh, h0, c0, reverse, ys, row0, gates, cs, dys, dh, dc, dinp,
-              dw_ih, dw_hh, db):
-    # dh, dc (H, B): on entry d h_n, d c_n; on exit d h0, d c0.
+def _lstm_bwd(w_hh, c0, reverse, ys, row0, gates, cs, dys, dh, dc, dg):
+    # dh, dc (H, B): on entry d h_n, d c_n; on exit d h0, d c0. dg (4H, T*B).
     hidden, batch = dh.shape
-    n_steps = inp.shape[1] // batch
-    cols = n_steps * batch
-    dg = np.empty((4 * hidden, cols), dh.dtype)
+    n_steps = dg.shape[1] // batch
     dgt = np.empty((4 * hidden, batch), dh.dtype)
-    hprev = np.empty((hidden, cols), dh.dtype)
     for s in range(n_steps):
         t = _step_columns(s, n_steps, not reverse)
+        c0_ = t * batch
         tp = t + 1 if reverse else t - 1
         first = tp < 0 or tp >= n_steps
         for u in range(hidden):
+            i, f = gates[u, c0_:c0_ + batch], gates[hidden + u, c0_:c0_ + batch]
+            g, o = gates[2 * hidden + u, c0_:c0_ + batch], gates[3 * hidden + u, c0_:c0_ + batch]
+            tc, gy = gates[4 * hidden + u, c0_:c0_ + batch], dys[row0 + u, c0_:c0_ + batch]
+            cp = c0[u] if first else cs[u, tp * batch:tp * batch + batch]
+            hr, cr = dh[u], dc[u]
+            di, df = dgt[u], dgt[hidden + u]
+            dgg, do = dgt[2 * hidden + u], dgt[3 * hidden + u]
             for b in range(batch):
-                c = t * batch + b
-                hprev[u, c] = h0[u, b] if first else ys[row0 + u, tp * batch + b]
-                cp = np.float64(c0[u, b] if first else cs[u, tp * batch + b])
-                i = np.float64(gates[u, c])
-                f = np.float64(gates[hidden + u, c])
-                g = np.float64(gates[2 * hidden + u, c])
-                o = np.float64(gates[3 * hidden + u, c])
-                tc = np.float64(gates[4 * hidden + u, c])
-                gh = np.float64(dh[u, b]) + np.float64(dys[row0 + u, c])
-                gc = np.float64(dc[u, b]) + gh * o * (1.0 - tc * tc)
-                di = gc * g * i * (1.0 - i)
-                df = gc * cp * f * (1.0 - f)
-                dgg = gc * i * (1.0 - g * g)
-                do = gh * tc * o * (1.0 - o)
-                dg[u, c] = di
-                dg[hidden + u, c] = df
-                dg[2 * hidden + u, c] = dgg
-                dg[3 * hidden + u, c] = do
-                dgt[u, b] = di
-                dgt[hidden + u, b] = df
-                dgt[2 * hidden + u, b] = dgg
-                dgt[3 * hidden + u, b] = do
-                dc[u, b] = gc * f
+                gh = np.float64(hr[b]) + np.float64(gy[b])
+                ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
+                ob, tb = np.float64(o[b]), np.float64(tc[b])
+                gc = np.float64(cr[b]) + gh * ob * (1.0 - tb * tb)
+                di[b] = gc * gb * ib * (1.0 - ib)
+                df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb)
+                dgg[b] = gc * ib * (1.0 - gb * gb)
+                do[b] = gh * tb * ob * (1.0 - ob)
+                cr[b] = gc * fb
+        dg[:, c0_:c0_ + batch] = dgt
         np.dot(w_hh.T, dgt, dh)
-    dinp += np.dot(w_ih.T, dg)
-    dw_ih[:] = np.dot(dg, inp.T)
-    dw_hh[:] = np.dot(dg, hprev.T)
-    for j in range(4 * hidden):
-        acc = 0.0
-        for c in range(cols):
-            acc += np.float64(dg[j, c])
-        db[j] = acc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,30 +456,37 @@ def _backward(ctx: RNNCtx, grad_out):
     dweights = [None] * len(ctx.weights)
     dh0 = np.empty(state_shape, sh.dtype)
     dc0 = np.empty(state_shape, sh.dtype)
+    cols = sh.steps * sh.batch
     for layer in reversed(range(sh.layers)):
         inp = ctx.layer_inputs[layer]
         dinp = np.zeros_like(inp)
         for d in range(sh.directions):
             k = layer * sh.directions + d
             w_ih, w_hh = ctx.weights[4 * k], ctx.weights[4 * k + 1]
-            dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
-            db_ih = np.empty(w_ih.shape[0], sh.dtype)
+            gh = w_ih.shape[0]
             dh = grads[1][k].T.copy()
             rev, row0, ys = d == 1, d * sh.hidden, ctx.layer_outputs[layer]
+            hprev = _shifted(ys, row0, ctx.h0[k], rev, sh.batch)
+            dg_x = np.empty((gh, cols), sh.dtype)
+            dg_h = dg_x
             if ctx.mode == "lstm":
                 dc = grads[2][k].T.copy()
-                _lstm_bwd(inp, w_ih, w_hh, ctx.h0[k], ctx.c0[k], rev, ys, row0, ctx.gates[k],
-                          ctx.cells[k], dys, dh, dc, dinp, dw_ih, dw_hh, db_ih)
-                db_hh = db_ih.copy()
+                _lstm_bwd(w_hh, ctx.c0[k], rev, ys, row0, ctx.gates[k], ctx.cells[k], dys, dh,
+                          dc, dg_x)
                 dc0[k] = dc.T
             elif ctx.mode == "gru":
-                db_hh = np.empty_like(db_ih)
-                _gru_bwd(inp, w_ih, w_hh, ctx.h0[k], rev, ys, row0, ctx.gates[k], dys, dh, dinp,
-                         dw_ih, dw_hh, db_ih, db_hh)
+                dg_h = np.empty((gh, cols), sh.dtype)
+                _gru_bwd(w_hh, rev, ys, row0, ctx.gates[k], hprev, dys, dh, dg_x, dg_h)
             else:
-                _rnn_bwd(inp, w_ih, w_hh, ctx.h0[k], ctx.mode == "rnn_relu", rev, ys, row0, dys,
-                         dh, dinp, dw_ih, dw_hh, db_ih)
-                db_hh = db_ih.copy()
+                _rnn_bwd(w_hh, ctx.h0[k], ctx.mode == "rnn_relu", rev, ys, row0, dys, dh, dg_x)
+            dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
+            _weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh)
+            db_ih, db_hh = np.empty(gh, sh.dtype), np.empty(gh, sh.dtype)
+            _row_sums(dg_x, db_ih)
+            if dg_h is dg_x:
+                db_hh[:] = db_ih
+            else:
+                _row_sums(dg_h, db_hh)
             dh0[k] = dh.T
             dweights[4 * k: 4 * k + 4] = [dw_ih, dw_hh, db_ih, db_hh]
         dys = dinp
