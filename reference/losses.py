@@ -12,9 +12,12 @@ returning NaN (PyTorch returns NaN, or for ``multi_margin_loss`` uninitialised m
 Label arrays are integer (int64) inputs and class weights are float inputs; neither is
 differentiated. Each backward returns its gradients in the order its docstring lists.
 
-Only the vectorisable reductions (MSE, L1, hinge) use ``reduce=True``: elsewhere a loop of
-libm calls gains nothing from it, and ``reassoc`` could regroup the cancellation-free forms
-(``(m - x_y) + log s``, ``(margin - x_y) + x_j``) this module relies on.
+Speed: the elementwise loops vectorise. exp comes from ``reference._vmath``; log and log1p,
+which it lacks, are branch-free here (``_log01``, ``_log1m``, ``_log1p_unit``). Kernels that
+inline those must not carry ``reduce=True`` (``reassoc`` would also be free to regroup the
+cancellation-free forms ``(m - x_y) + log s`` and ``(margin - x_y) + x_j`` used below), so
+their sums go through a float64 scratch block and ``_vmath.fsum``; only MSE, L1 and the hinge
+sum under ``reduce=True`` directly.
 
 Contents: ``mse_loss``, ``l1_loss``, ``binary_cross_entropy``,
 ``binary_cross_entropy_with_logits``, ``cross_entropy``, ``nll_loss``, ``hinge_loss``,
@@ -70,11 +73,9 @@ def _reduced(total: float, count: float, reduction: str, dtype) -> np.ndarray:
 
 
 def _upstream(grad_out, reduction: str, out: np.ndarray, count: float):
-    """The upstream gradient as ``(per_element_array, scalar)``.
-
-    For 'none' the array is ``grad_out`` itself and the scalar is 1; for 'mean'/'sum' the array
-    is a 1-element placeholder and the scalar is ``grad_out / count`` or ``grad_out``.
-    """
+    """The upstream gradient as ``(g, c, each)``: a kernel's element i gets ``g[i] * c`` when
+    ``each`` (reduction 'none': ``g`` is ``grad_out`` flat, ``c = 1``), else ``c`` alone
+    (``grad_out / count`` for 'mean', ``grad_out`` for 'sum')."""
     g = v.grad_like(grad_out, "grad_out", out)
     if reduction == "none":
         return g.reshape(-1), 1.0, True
@@ -84,16 +85,16 @@ def _upstream(grad_out, reduction: str, out: np.ndarray, count: float):
     return g.reshape(-1), c, False
 
 
-# What a kernel gets for an absent weight (its flag says to ignore it): one shared, read by
-# no one, so a call does not pay for an allocation.
+# What a class-loss kernel gets for an absent weight (its flag says to ignore it): one shared,
+# read by no one, so a call does not pay for an allocation.
 _PLACEHOLDER = {np.dtype(np.float32): np.ones(1, np.float32),
                 np.dtype(np.float64): np.ones(1, np.float64)}
 
 
-def _elementwise_weight(weight, name: str, like: np.ndarray) -> tuple[np.ndarray, bool]:
-    """An optional per-element weight broadcastable to ``like``'s shape, flat; or a placeholder."""
+def _elementwise_weight(weight, name: str, like: np.ndarray) -> np.ndarray | None:
+    """An optional per-element weight broadcastable to ``like``'s shape, flat (or None)."""
     if weight is None:
-        return _PLACEHOLDER[like.dtype], False
+        return None
     w = v.float_array(weight, name, dtype=like.dtype)
     if w.shape != like.shape:
         try:
@@ -104,7 +105,7 @@ def _elementwise_weight(weight, name: str, like: np.ndarray) -> tuple[np.ndarray
             raise ValueError(f"{name} must broadcast to the input's shape {like.shape}, "
                              f"got shape {w.shape}")
         w = np.ascontiguousarray(np.broadcast_to(w, like.shape))
-    return w.reshape(-1), True
+    return w.reshape(-1)
 
 
 def _class_weight(weight, n_classes: int, dtype) -> tuple[np.ndarray, bool]:
@@ -117,9 +118,9 @@ def _class_weight(weight, n_classes: int, dtype) -> tuple[np.ndarray, bool]:
     return w, True
 
 
-def _pair(input, target, *, target_dtype_from_input: bool = True):
+def _pair(input, target):
     x = v.float_array(input, "input")
-    t = v.float_array(target, "target", dtype=x.dtype if target_dtype_from_input else None)
+    t = v.float_array(target, "target", dtype=x.dtype)
     v.same_shape(x, "input", t, "target")
     return x, t
 
@@ -132,10 +133,8 @@ class PointwiseCtx(NamedTuple):
     shape: tuple[int, ...]
     reduction: str
     out: np.ndarray
-    w: np.ndarray | None = None  # per-element weight, flat (or a placeholder)
-    pw: np.ndarray | None = None  # pos_weight broadcast to the input, flat (or a placeholder)
-    has_w: bool = False
-    has_pw: bool = False
+    w: np.ndarray | None = None  # per-element weight broadcast to the input, flat
+    pw: np.ndarray | None = None  # pos_weight broadcast to the input, flat
 
 
 def _pointwise_out(e: np.ndarray, total: float, x: np.ndarray, shape, reduction: str):
@@ -425,11 +424,11 @@ def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarr
     Backward returns ``(d_input, d_target)``.
     """
     x, t = _pair(input, target)
-    w, has_w = _elementwise_weight(weight, "weight", x)
+    w = _elementwise_weight(weight, "weight", x)
     r = _reduction(reduction, x.size)
     xf, tf = x.reshape(-1), t.reshape(-1)
     e = np.empty(x.shape if r == "none" else (0,), x.dtype)
-    total, bad_x, bad_t = _bce_fwd(xf, tf, w if has_w else None, e.reshape(-1), r == "none")
+    total, bad_x, bad_t = _bce_fwd(xf, tf, w, e.reshape(-1), r == "none")
     if bad_x:
         raise ValueError(f"input must hold probabilities in [0, 1], got {_first_outside_unit(x)}"
                          f" ({bad_x} element(s) outside)")
@@ -437,14 +436,14 @@ def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarr
         raise ValueError(f"target must lie in [0, 1], got {_first_outside_unit(t)}"
                          f" ({bad_t} element(s) outside)")
     out = _pointwise_out(e, total, x, x.shape, r)
-    return out, PointwiseCtx(xf, tf, x.shape, r, out, w, None, has_w)
+    return out, PointwiseCtx(xf, tf, x.shape, r, out, w)
 
 
 def binary_cross_entropy_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
     dx = np.empty_like(ctx.x)
     dt = np.empty_like(ctx.x)
-    _bce_bwd(ctx.x, ctx.t, ctx.w if ctx.has_w else None, g, c, each, dx, dt)
+    _bce_bwd(ctx.x, ctx.t, ctx.w, g, c, each, dx, dt)
     return dx.reshape(ctx.shape), dt.reshape(ctx.shape)
 
 
@@ -560,23 +559,21 @@ def binary_cross_entropy_with_logits(input: np.ndarray, target: np.ndarray,
     may be any real (soft labels), as in PyTorch. Backward returns ``(d_input, d_target)``.
     """
     x, t = _pair(input, target)
-    w, has_w = _elementwise_weight(weight, "weight", x)
-    pw, has_pw = _elementwise_weight(pos_weight, "pos_weight", x)
+    w = _elementwise_weight(weight, "weight", x)
+    pw = _elementwise_weight(pos_weight, "pos_weight", x)
     r = _reduction(reduction, x.size)
     xf, tf = x.reshape(-1), t.reshape(-1)
     e = np.empty(x.shape if r == "none" else (0,), x.dtype)
-    total = _bcel_fwd(xf, tf, w if has_w else None, pw if has_pw else None, e.reshape(-1),
-                      r == "none")
+    total = _bcel_fwd(xf, tf, w, pw, e.reshape(-1), r == "none")
     out = _pointwise_out(e, total, x, x.shape, r)
-    return out, PointwiseCtx(xf, tf, x.shape, r, out, w, pw, has_w, has_pw)
+    return out, PointwiseCtx(xf, tf, x.shape, r, out, w, pw)
 
 
 def binary_cross_entropy_with_logits_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
     dx = np.empty_like(ctx.x)
     dt = np.empty_like(ctx.x)
-    _bcel_bwd(ctx.x, ctx.t, ctx.w if ctx.has_w else None, ctx.pw if ctx.has_pw else None,
-              g, c, each, dx, dt)
+    _bcel_bwd(ctx.x, ctx.t, ctx.w, ctx.pw, g, c, each, dx, dt)
     return dx.reshape(ctx.shape), dt.reshape(ctx.shape)
 
 
@@ -713,7 +710,9 @@ def _int_param(value, name: str) -> int:
 
 
 def _bad_label(y: np.ndarray, n_classes: int, ignore_index: int | None) -> None:
+    """Raise for the labels a kernel counted as out of range (it skipped them)."""
     v.labels(y, "target", n_classes, ignore_index=ignore_index)
+    raise ValueError(f"target has labels outside [0, {n_classes})")  # not reached
 
 
 def _out_shape(x: np.ndarray) -> tuple[int, ...]:
