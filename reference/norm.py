@@ -1,7 +1,8 @@
 """Batch norm and layer norm, forward and hand-written backward.
 
-Statistics accumulate in float64 with two passes (mean, then the sum of squared deviations),
-so a channel of values ~1e3 with spread ~1e-3 keeps its digits. ``x_hat = (x - mean) *
+Statistics accumulate in float64: batch norm in two passes (mean, then the sum of squared
+deviations), layer norm in one pass shifted by a data point (see _ln_row_fwd); either way a
+slice of values ~1e3 with spread ~1e-3 keeps its digits. ``x_hat = (x - mean) *
 invstd`` with ``invstd = 1 / sqrt(var + eps)`` and the biased variance, as PyTorch normalizes.
 """
 
@@ -208,6 +209,9 @@ def batch_norm_backward(ctx: BatchNormCtx, grad_out: np.ndarray):
 # layer norm
 
 
+LN_BLOCKS = 16  # row blocks of the layer-norm backward: parallel work and dw, db partials
+
+
 class LayerNormCtx(NamedTuple):
     x2: np.ndarray      # (M, D): leading dims x normalized dims
     mean: np.ndarray    # (M,) float64
@@ -221,16 +225,20 @@ class LayerNormCtx(NamedTuple):
 
 @kernel(reduce=True)
 def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r):
+    # One pass for the moments, shifted by the row's first value x0: a data point lies within
+    # sqrt(D - 1) standard deviations of the mean, so E[t^2] - E[t]^2 with t = x - x0 loses at
+    # most a factor D of float64's precision (no catastrophic cancellation).
     d = x.shape[1]
+    x0 = np.float64(x[r, 0])
     s = 0.0
-    for j in range(d):
-        s += x[r, j]
-    mu = s / d
     ss = 0.0
     for j in range(d):
-        t = x[r, j] - mu
+        t = x[r, j] - x0
+        s += t
         ss += t * t
-    inv = 1.0 / math.sqrt(ss / d + eps)
+    m = s / d
+    mu = x0 + m
+    inv = 1.0 / math.sqrt(max(ss / d - m * m, 0.0) + eps)
     mean[r] = mu
     invstd[r] = inv
     for j in range(d):
@@ -248,57 +256,47 @@ def _ln_fwd(x, y, w, b, eps, mean, invstd):
             _ln_row_fwd(x, y, w, b, eps, mean, invstd, r)
 
 
-@kernel()
-def _ln_row_bwd(x, g, mean, invstd, w, dx, r):
-    # g' = g * w;  dx = invstd * (g' - mean(g') - x_hat * mean(g' * x_hat))
-    # Not reassociated: g' must round the same in both loops, so that D = 1 (where the
-    # exact dx is 0) gives exactly 0 rather than a contracted product's rounding error.
-    d = x.shape[1]
-    mu, inv = mean[r], invstd[r]
-    a = 0.0
-    bb = 0.0
-    for j in range(d):
-        gj = np.float64(g[r, j]) * w[j]
-        a += gj
-        bb += gj * (x[r, j] - mu) * inv
-    a /= d
-    bb /= d
-    for j in range(d):
-        gj = np.float64(g[r, j]) * w[j]
-        dx[r, j] = inv * (gj - a - (x[r, j] - mu) * inv * bb)
-
-
 @kernel(reduce=True)
-def _ln_col_bwd(x, g, mean, invstd, dw, db, j0, j1):
-    # dw_j = sum_r g_rj x_hat_rj, db_j = sum_r g_rj, for columns [j0, j1)
-    sw = np.zeros(j1 - j0)
-    sb = np.zeros(j1 - j0)
-    for r in range(x.shape[0]):
+def _ln_block_bwd(x, g, mean, invstd, w, dx, pw, pb, k, r0, r1):
+    # Rows [r0, r1): dx, and this block's partial sums of dw, db (row k of pw, pb).
+    # g' = g * w;  dx = invstd * (g' - mean(g') - x_hat * mean(g' * x_hat))
+    # g' and x_hat are stored once, so both loops use the same rounded values: for D = 1,
+    # where the exact dx is 0, it is exactly 0.
+    d = x.shape[1]
+    gw = np.empty(d)
+    xh = np.empty(d)
+    for r in range(r0, r1):
         mu, inv = mean[r], invstd[r]
-        for j in range(j0, j1):
-            gj = np.float64(g[r, j])
-            sb[j - j0] += gj
-            sw[j - j0] += gj * (x[r, j] - mu) * inv
-    for j in range(j0, j1):
-        dw[j] = sw[j - j0]
-        db[j] = sb[j - j0]
+        for j in range(d):
+            gw[j] = np.float64(g[r, j]) * w[j]
+            xh[j] = (x[r, j] - mu) * inv
+        a = 0.0
+        bb = 0.0
+        for j in range(d):
+            a += gw[j]
+            bb += gw[j] * xh[j]
+        a /= d
+        bb /= d
+        for j in range(d):
+            dx[r, j] = inv * (gw[j] - a - xh[j] * bb)
+            pw[k, j] += g[r, j] * xh[j]
+            pb[k, j] += g[r, j]
 
 
 @kernel(parallel=True)
-def _ln_bwd(x, g, mean, invstd, w, dx, dw, db, affine):
-    rows, d = x.shape
-    blocks = (d + 63) // 64
+def _ln_bwd(x, g, mean, invstd, w, dx, pw, pb):
+    # Rows in pw.shape[0] fixed blocks (the same split whatever the thread count, so the
+    # result is deterministic); the caller adds the blocks' partial dw, db in order.
+    rows = x.shape[0]
+    blocks = pw.shape[0]
     if x.size < PARALLEL_MIN:
-        for r in range(rows):
-            _ln_row_bwd(x, g, mean, invstd, w, dx, r)
-        if affine:
-            _ln_col_bwd(x, g, mean, invstd, dw, db, 0, d)
+        for k in range(blocks):
+            _ln_block_bwd(x, g, mean, invstd, w, dx, pw, pb, k, k * rows // blocks,
+                          (k + 1) * rows // blocks)
     else:
-        for r in prange(rows):
-            _ln_row_bwd(x, g, mean, invstd, w, dx, r)
-        if affine:
-            for k in prange(blocks):
-                _ln_col_bwd(x, g, mean, invstd, dw, db, k * 64, min(d, (k + 1) * 64))
+        for k in prange(blocks):
+            _ln_block_bwd(x, g, mean, invstd, w, dx, pw, pb, k, k * rows // blocks,
+                          (k + 1) * rows // blocks)
 
 
 def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None,
@@ -341,10 +339,11 @@ def layer_norm_backward(ctx: LayerNormCtx, grad_out: np.ndarray):
         raise ValueError(f"grad_out must have the forward output's shape {ctx.x_shape}, "
                          f"got {g.shape}")
     dx = np.empty_like(x2)
-    d = x2.shape[1]
-    dw, db = np.empty(d, x2.dtype), np.empty(d, x2.dtype)
-    _ln_bwd(x2, g.reshape(x2.shape), ctx.mean, ctx.invstd, ctx.weight, dx, dw, db,
-            ctx.has_weight or ctx.has_bias)
+    rows, d = x2.shape
+    blocks = max(1, min(rows, LN_BLOCKS))
+    pw, pb = np.zeros((blocks, d)), np.zeros((blocks, d))  # float64 partial sums
+    _ln_bwd(x2, g.reshape(x2.shape), ctx.mean, ctx.invstd, ctx.weight, dx, pw, pb)
+    dw, db = pw.sum(axis=0).astype(x2.dtype), pb.sum(axis=0).astype(x2.dtype)
     return (dx.reshape(ctx.x_shape),
             dw.reshape(ctx.norm_shape) if ctx.has_weight else None,
             db.reshape(ctx.norm_shape) if ctx.has_bias else None)

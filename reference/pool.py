@@ -10,6 +10,7 @@ Each (n, c) plane is independent: the kernels run planes in parallel on large in
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -46,7 +47,7 @@ class MaxPoolCtx(NamedTuple):
 
 class AvgPoolCtx(NamedTuple):
     geo: PoolGeometry
-    count_include_pad: bool
+    tables: tuple  # per output row and column: clipped window [lo, hi) and count
     divisor: int  # divisor_override, or 0
     x_shape: tuple[int, ...]
     dtype: np.dtype
@@ -178,65 +179,77 @@ def max_pool2d_backward(ctx: MaxPoolCtx, grad_out: np.ndarray) -> tuple[np.ndarr
 # average pooling
 
 
-@kernel()
-def _avg_window(oh, ow, geo, include_pad, divisor):
-    # (h0, h1, w0, w1, divisor) of window (oh, ow), clipped to the image, as PyTorch does
-    h0 = oh * geo.sh - geo.ph
-    w0 = ow * geo.sw - geo.pw
-    h1 = min(h0 + geo.kh, geo.h + geo.ph)
-    w1 = min(w0 + geo.kw, geo.w + geo.pw)
-    pool = (h1 - h0) * (w1 - w0)  # counts padding, not the ceil_mode overhang beyond it
-    h0, w0 = max(h0, 0), max(w0, 0)
-    h1, w1 = min(h1, geo.h), min(w1, geo.w)
-    if divisor == 0:
-        divisor = pool if include_pad else (h1 - h0) * (w1 - w0)
-    return h0, h1, w0, w1, divisor
+def _avg_bounds(size: int, out: int, k: int, s: int, p: int, include_pad: bool):
+    """Per output index along one dim: the window clipped to the image [lo, hi), and its
+    count (padding included or not, never the ceil_mode overhang past the padding)."""
+    start = np.arange(out) * s - p
+    end = np.minimum(start + k, size + p)
+    lo, hi = np.maximum(start, 0), np.minimum(end, size)
+    count = (end - start) if include_pad else (hi - lo)
+    return lo.astype(np.int64), hi.astype(np.int64), count.astype(np.float64)
 
 
 @kernel()
-def _avg_plane(x, y, pl, geo, include_pad, divisor):
-    for oh in range(geo.oh):
-        for ow in range(geo.ow):
-            h0, h1, w0, w1, div = _avg_window(oh, ow, geo, include_pad, divisor)
+def _avg_plane(x, y, pl, h0, h1, w0, w1, inv):
+    for oh in range(y.shape[1]):
+        for ow in range(y.shape[2]):
             s = 0.0
-            for ih in range(h0, h1):
-                for iw in range(w0, w1):
+            for ih in range(h0[oh], h1[oh]):
+                for iw in range(w0[ow], w1[ow]):
                     s += x[pl, ih, iw]
-            y[pl, oh, ow] = s / div if h0 < h1 and w0 < w1 else 0.0
+            y[pl, oh, ow] = s * inv[oh, ow]
 
 
 @kernel()
-def _avg_plane_bwd(g, dx, pl, geo, include_pad, divisor):
-    for oh in range(geo.oh):
-        for ow in range(geo.ow):
-            h0, h1, w0, w1, div = _avg_window(oh, ow, geo, include_pad, divisor)
-            if h0 < h1 and w0 < w1:
-                share = np.float64(g[pl, oh, ow]) / div
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        dx[pl, ih, iw] += share
+def _avg_plane_bwd(g, dx, pl, h0, h1, w0, w1, inv, acc):
+    # Scatter dy / D over each window into a float64 plane, then round once into dx.
+    acc[:, :] = 0.0
+    for oh in range(g.shape[1]):
+        for ow in range(g.shape[2]):
+            share = g[pl, oh, ow] * inv[oh, ow]
+            for ih in range(h0[oh], h1[oh]):
+                for iw in range(w0[ow], w1[ow]):
+                    acc[ih, iw] += share
+    for ih in range(dx.shape[1]):
+        for iw in range(dx.shape[2]):
+            dx[pl, ih, iw] = acc[ih, iw]
 
 
 @kernel(parallel=True)
-def _avg_fwd(x, y, geo, include_pad, divisor):
+def _avg_fwd(x, y, h0, h1, w0, w1, inv):
     planes = x.shape[0]
     if x.size < PARALLEL_MIN:
         for pl in range(planes):
-            _avg_plane(x, y, pl, geo, include_pad, divisor)
+            _avg_plane(x, y, pl, h0, h1, w0, w1, inv)
     else:
         for pl in prange(planes):
-            _avg_plane(x, y, pl, geo, include_pad, divisor)
+            _avg_plane(x, y, pl, h0, h1, w0, w1, inv)
 
 
 @kernel(parallel=True)
-def _avg_bwd(g, dx, geo, include_pad, divisor):
-    planes = dx.shape[0]
+def _avg_bwd(g, dx, h0, h1, w0, w1, inv):
+    planes, h, w = dx.shape
     if dx.size < PARALLEL_MIN:
+        acc = np.empty((h, w))
         for pl in range(planes):
-            _avg_plane_bwd(g, dx, pl, geo, include_pad, divisor)
+            _avg_plane_bwd(g, dx, pl, h0, h1, w0, w1, inv, acc)
     else:
         for pl in prange(planes):
-            _avg_plane_bwd(g, dx, pl, geo, include_pad, divisor)
+            _avg_plane_bwd(g, dx, pl, h0, h1, w0, w1, inv, np.empty((h, w)))
+
+
+@functools.lru_cache(maxsize=64)
+def _avg_tables(geo: PoolGeometry, include_pad: bool, divisor: int):
+    """Clipped window bounds per output row and column, and 1 / D per output pixel (an empty
+    window, which ceil_mode never makes here, would give 0 as in PyTorch). Cached per
+    geometry (a dozen numpy calls cost as much as a small pooling); the kernels only read
+    them."""
+    h0, h1, ch = _avg_bounds(geo.h, geo.oh, geo.kh, geo.sh, geo.ph, include_pad)
+    w0, w1, cw = _avg_bounds(geo.w, geo.ow, geo.kw, geo.sw, geo.pw, include_pad)
+    d = np.full((geo.oh, geo.ow), float(divisor)) if divisor else np.outer(ch, cw)
+    nonempty = np.outer(h1 > h0, w1 > w0)
+    inv = np.where(nonempty, 1.0 / np.where(nonempty, d, 1.0), 0.0)
+    return h0, h1, w0, w1, inv
 
 
 def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
@@ -250,7 +263,8 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
     ``R_ab`` is the window clipped to the image. The divisor ``D_ab`` is ``divisor_override``
     when given; else with ``count_include_pad`` the window's size counting zero padding (but
     not the ceil_mode overhang past the padding, as in PyTorch), without it the number of
-    image pixels in the window. Sums accumulate in float64. Backward returns ``(dx,)``.
+    image pixels in the window. Sums accumulate in float64 and are multiplied by 1/D
+    (one more rounding than dividing, in float64). Backward returns ``(dx,)``.
     """
     x, planes, geo = _geometry(x, kernel_size, stride, padding, 1, ceil_mode)
     include = v.boolean(count_include_pad, "count_include_pad")
@@ -258,8 +272,9 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
                                                           "divisor_override", lo=1)
     x3 = x.reshape(planes, geo.h, geo.w)
     y = np.empty((planes, geo.oh, geo.ow), x.dtype)
-    _avg_fwd(x3, y, geo, include, divisor)
-    ctx = AvgPoolCtx(geo, include, divisor, x.shape, x.dtype)
+    tables = _avg_tables(geo, include, divisor)
+    _avg_fwd(x3, y, *tables)
+    ctx = AvgPoolCtx(geo, tables, divisor, x.shape, x.dtype)
     return y.reshape(x.shape[:-2] + (geo.oh, geo.ow)), ctx
 
 
@@ -267,6 +282,6 @@ def avg_pool2d_backward(ctx: AvgPoolCtx, grad_out: np.ndarray) -> tuple[np.ndarr
     geo = ctx.geo
     g = _grad(grad_out, ctx.x_shape, ctx.dtype, (geo.oh, geo.ow))
     planes = math.prod(ctx.x_shape[:-2])
-    dx = np.zeros((planes, geo.h, geo.w))  # float64: overlapping windows add up
-    _avg_bwd(g.reshape(planes, geo.oh, geo.ow), dx, geo, ctx.count_include_pad, ctx.divisor)
-    return (dx.astype(ctx.dtype).reshape(ctx.x_shape),)
+    dx = np.empty((planes, geo.h, geo.w), ctx.dtype)
+    _avg_bwd(g.reshape(planes, geo.oh, geo.ow), dx, *ctx.tables)
+    return (dx.reshape(ctx.x_shape),)
