@@ -224,7 +224,7 @@ class LayerNormCtx(NamedTuple):
 
 
 @kernel(reduce=True)
-def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r):
+def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single):
     # One pass for the moments, shifted by the row's first value x0: a data point lies within
     # sqrt(D - 1) standard deviations of the mean, so E[t^2] - E[t]^2 with t = x - x0 loses at
     # most a factor D of float64's precision (no catastrophic cancellation).
@@ -241,19 +241,29 @@ def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r):
     inv = 1.0 / math.sqrt(max(ss / d - m * m, 0.0) + eps)
     mean[r] = mu
     invstd[r] = inv
-    for j in range(d):
-        y[r, j] = (x[r, j] - mu) * inv * w[j] + b[j]
+    if single:
+        # float32: the output pass in float32 (8 lanes, not 4), the mean split in two floats
+        # so that x - mean loses nothing to it: each step rounds relative to its own terms,
+        # within 5 u of |x_hat w| + |b| (torch's x a + c form errs by u |mean| a instead).
+        mh = np.float32(mu)
+        ml = np.float32(mu - mh)
+        a = np.float32(inv)
+        for j in range(d):
+            y[r, j] = ((x[r, j] - mh) - ml) * a * w[j] + b[j]
+    else:
+        for j in range(d):
+            y[r, j] = (x[r, j] - mu) * inv * w[j] + b[j]
 
 
 @kernel(parallel=True)
-def _ln_fwd(x, y, w, b, eps, mean, invstd):
+def _ln_fwd(x, y, w, b, eps, mean, invstd, single):
     rows = x.shape[0]
     if x.size < PARALLEL_MIN:
         for r in range(rows):
-            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r)
+            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single)
     else:
         for r in prange(rows):
-            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r)
+            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single)
 
 
 @kernel(reduce=True)
@@ -327,7 +337,7 @@ def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None
     x2 = x.reshape(-1, d)
     y = np.empty_like(x2)
     mean, invstd = np.empty(x2.shape[0]), np.empty(x2.shape[0])
-    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), eps, mean, invstd)
+    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), eps, mean, invstd, x.dtype == np.float32)
     ctx = LayerNormCtx(x2, mean, invstd, w.reshape(-1), hw, hb, x.shape, shape)
     return y.reshape(x.shape), ctx
 

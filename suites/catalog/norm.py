@@ -254,7 +254,8 @@ def _ln_tol(case: Case, upstream) -> Tol | None:
     inherits e through x_hat (e |mean(g' x_hat)| + |x_hat| mean(|g'| e)), adds gamma_D of its
     two row sums (mean|g'| + |x_hat| mean|g' x_hat|) and rel of its terms (invstd's error and
     the final roundings); dw = sum over the M rows of g x_hat errs by sum |g| e + gamma_M
-    sum |g x_hat|, db by gamma_M sum |g|. The bound is the largest of these.
+    sum |g x_hat|, db by gamma_M sum |g|. The bound is the largest of these. The reference's
+    own float32 output pass (see reference.norm) adds 5 u (|x_hat w| + |b|) to y.
     """
     if case_dtype(case) != FLOAT32:
         return None
@@ -266,7 +267,7 @@ def _ln_tol(case: Case, upstream) -> Tol | None:
          else np.zeros(d))
     rel = gamma(d) + 4 * U32
     e = rel * ((np.abs(x2) + np.abs(mu)[:, None]) * invstd[:, None] + np.abs(xh))
-    bound = float(np.max(w * e + 4 * U32 * b, initial=0))
+    bound = float(np.max(w * e + 4 * U32 * b + 5 * U32 * (np.abs(xh) * w + b), initial=0))
     if upstream is not None:
         g = upstream[0].astype(np.float64).reshape(x2.shape)
         gp = g * w
