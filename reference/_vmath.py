@@ -2,35 +2,38 @@ r"""Elementary functions that vectorise inside Numba loops: exp, expm1, tanh, si
 
 The llvmlite wheel has no SVML, so ``math.exp`` in a loop is a scalar libm call (~10 ns) and
 the loop does not vectorise. The functions here are plain arithmetic (fused multiply-adds,
-integer bit operations, selects), inlined into the kernel, so LLVM vectorises the loop.
+integer bit operations, selects) that LLVM inlines into the calling loop and vectorises.
 
-All arithmetic is float64. Each function comes in two precisions, chosen by the kernel's
-output dtype (``exp(x, y.dtype)``): ``single`` evaluates a short polynomial whose error is far
-below a float32 ulp, so the float32 result is the exact value rounded once (max error 0.5 ulp
-plus a few thousandths); ``double`` evaluates a longer one for float64 results (~1 ulp).
-(float32 lanes would be ~1.6x faster but lose ~1 ulp to the float32 rounding of each
-intermediate; torch's own float32 exp and tanh are 0.57 ulp, and a reference must be at least
-as accurate as what it judges.) The measured bounds are asserted by
-``suites/selftest/test_vmath.py``.
+Two families:
+
+- float64 arithmetic, with the precision picked by the kernel's output dtype
+  (``exp(x, y.dtype)``): ``*_single`` evaluates a short polynomial whose error is far below a
+  float32 ulp, so a float32 result is the exact value rounded once (measured <= 0.51 ulp, where
+  torch's float32 exp and tanh are 0.57 ulp and its sigmoid and GELU much worse); ``*_double``
+  a longer one for float64 results (1-2.5 ulp; tanh stays libm's). Sigmoid, tanh, GELU and all
+  float64 kernels use these.
+- float32 arithmetic, ``exp_f32`` and ``exp_f32_scaled``: 8 lanes per AVX2 register instead of
+  4, about 0.9 ulp. The float32 softmax rows use them, where speed against torch is the target.
 
 exp: Cody-Waite range reduction ``x = n ln2 + r``, ``|r| <= ln2/2``, ``n`` rounded by the
 ``1.5 * 2**52`` shifter (its low bits are ``n``, no float-to-int conversion), a Taylor
 polynomial for ``e^r`` and ``2^n`` built in the exponent bits. The Lagrange remainder bounds the
 polynomial's relative error by ``|r|^{d+1} / (d+1)! * e^{|r|}``: degree 8 gives 2.8e-10
-(single), degree 13 gives 5.9e-18 (double).
+(single), degree 13 gives 5.9e-18 (double). Taylor coefficients cost one or two more terms than
+a minimax fit and need no derivation to check.
 
-.. math:: e^x = 2^n e^r, \qquad e^r - 1 = r + r^2 P(r), \qquad
-          \Phi(-z\sqrt2) = \tfrac12 \operatorname{erfc}(z) = \tfrac12 e^{-z^2}
-          \operatorname{erfcx}(z)
+.. math:: e^x = 2^n e^r, \qquad e^x - 1 = 2^n (e^r - 1) + (2^n - 1), \qquad
+          \Phi(-\sqrt2 z) = \tfrac12 e^{-z^2} \operatorname{erfcx}(z)
 
 Special values follow IEEE and libm: NaN propagates, ``exp(+inf) = inf``, ``exp(-inf) = 0``,
-overflow gives inf, underflow gives subnormals then 0 (``single`` flushes below 2^-1022, far
-under float32's range).
+overflow gives inf, underflow gives subnormals then 0 (``exp_single`` flushes below 2^-1022,
+far under float32's range). The measured ulp bounds and the special values are asserted by
+``suites/selftest/test_vmath.py``.
 
 Never call these from a kernel compiled with ``reduce=True``: Numba applies a function's
-fast-math flags to the code inlined into it, and ``reassoc`` would let LLVM regroup the
-two-factor scaling ``(p * 2^h) * 2^(n-h)`` that keeps overflow and underflow exact. Put the
-reduction in its own ``reduce=True`` helper (see ``fsum``).
+fast-math flags to the code inlined into it, and ``reassoc`` may fold the shifter's
+``(t + S) - S`` or regroup the two-factor scaling ``(p * 2^h) * 2^(n-h)`` that keeps overflow
+and underflow exact. Keep sums in their own ``reduce=True`` helper (``fsum``, ``fdot``).
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ from reference._jit import kernel
 _scalar = kernel()
 
 __all__ = [
-    "fma", "maxnum", "fsum", "fdot", "is_single", "exp_f32", "exp_f32_scaled", "exp", "expm1", "tanh", "sigmoid", "ndtr",
+    "fma", "maxnum", "fsum", "fdot", "is_single",
+    "exp", "expm1", "tanh", "sigmoid", "ndtr",
     "exp_single", "exp_double", "expm1_single", "expm1_double", "tanh_single", "tanh_double",
-    "sigmoid_single", "sigmoid_double", "ndtr_single", "ndtr_double",
+    "sigmoid_single", "sigmoid_double", "ndtr_single", "ndtr_double", "exp_f32", "exp_f32_scaled",
 ]
 
 
@@ -248,8 +252,8 @@ def exp_double(x):
 #
 # The same reduction with a 9-bit ln2 head (n * head exact for |n| < 2^15) and a degree-7 Taylor
 # polynomial (truncation 0.3466^8 / 8! * e^0.3466 = 7.4e-9, 0.06 float32 ulp); the float32
-# roundings in the reduction and in Horner's scheme bring the total to about 1 ulp (measured
-# bound in the tests). Used only where speed decides and a float32 result is wanted.
+# roundings in the reduction and in Horner's scheme bring the total to 0.92 ulp (measured).
+# Float32 x in, float32 out; a float64 x is rounded to float32 first.
 
 _F = np.float32
 _LOG2E_F = _F(_LOG2E)
@@ -322,8 +326,6 @@ def exp_f32_scaled(x):
 # what the result does. Valid for n <= 1023, i.e. x <= 709 (the public versions handle more).
 
 
-
-
 @_scalar
 def _expm1_core_double(x):
     xc = _clamp(x, -40.0, 709.0)
@@ -335,8 +337,7 @@ def _expm1_core_double(x):
 
 
 @_scalar
-def expm1_single(x):
-    """``e^x - 1`` accurate to ~4e-11 relative, for results rounded to float32 (x: float64)."""
+def _expm1_core_single(x):
     xc = _clamp(x, -40.0, 89.0)  # e^-40 - 1 rounds to -1 even in float64; e^89 > float32 max
     n, k = _round_log2(xc)
     r = fma(n, -_LN2, xc)
@@ -345,10 +346,21 @@ def expm1_single(x):
 
 
 @_scalar
+def expm1_single(x):
+    """``e^x - 1`` accurate to ~4e-11 relative, for results rounded to float32 (x: float64).
+
+    ``expm1(-0.0) = -0.0`` (the polynomial's ``r + r^2 P`` would give +0.0).
+    """
+    y = _expm1_core_single(x)
+    return y if x != 0.0 else x
+
+
+@_scalar
 def expm1_double(x):
-    """``e^x - 1`` to about 1 float64 ulp; above 709, ``e^x`` (the -1 is below an ulp)."""
+    """``e^x - 1`` to about 2 float64 ulps; above 709, ``e^x`` (the -1 is below an ulp)."""
     y = _expm1_core_double(x)
-    return exp_double(x) if x > 709.0 else y
+    y = exp_double(x) if x > 709.0 else y
+    return y if x != 0.0 else x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +374,7 @@ def tanh_single(x):
     No cancellation anywhere (``e`` is in (-1, 0], ``2 + e`` in (1, 2]): relative error ~1e-10
     for every x, including ``tanh(x) = x`` near 0 and ``-0.0 -> -0.0``.
     """
-    e = expm1_single(-2.0 * abs(x))
+    e = _expm1_core_single(-2.0 * abs(x))
     return math.copysign(-e / (2.0 + e), x)
 
 
