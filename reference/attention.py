@@ -17,8 +17,8 @@ returns NaN there instead, with ``need_weights=False`` zeros: torch disagrees wi
 zeros are what its fused path and its training path give). Dropout takes explicit keep-masks
 (bool, True = keep; kept values scaled by ``1/(1-p)``), drawn by the caller.
 
-Implementation: per (batch, head) the two products ``Q K^T`` and ``P V`` go through ``np.dot``
-(SciPy's BLAS) in the input's dtype, as torch's do; softmax, layer norm and activations are
+Implementation: per (batch, head) the two products ``Q K^T`` and ``P V`` go through BLAS on one
+thread (``reference/_blas.py``) in the input's dtype, as torch's do; softmax, layer norm and activations are
 float64 per element (row sums accumulate in float64) and rounded once. The projections are one
 matrix product over all batch rows and positions.
 """
@@ -33,6 +33,7 @@ import numpy as np
 
 from reference import _validate as v
 from reference import _vmath as Vm
+from reference._blas import dot_serial
 from reference._jit import inline, kernel
 
 __all__ = [
@@ -59,33 +60,43 @@ def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_sc
     # q (N, L, D), k (N, S, D), v (N, S, Dv); bias (N / bias_div, L, S) added to the scores;
     # keep (N, L, S) dropout keep-mask. probs: softmax (N, L, S); kept: probs after dropout
     # (the same array when there is no dropout); out (N, L, Dv) = kept @ v.
+    # Each softmax row is a few simple passes (map, max, map, sum, map) so that each vectorises:
+    # the max through maxnum, the sum through a reassociating float64 sum (reference/_vmath).
     n_prob, n_q, n_k = probs.shape
+    dt = probs.dtype
     scores = np.empty((n_q, n_k), q.dtype)
     row = np.empty(n_k)
     for n in range(n_prob):
-        np.dot(q[n], k[n].T, scores)
+        dot_serial(q[n], k[n].T, scores)
         for i in range(n_q):
+            sr, pr = scores[i], probs[n, i]
+            for j in range(n_k):
+                row[j] = np.float64(sr[j]) * scale
+            if has_bias:
+                br = bias[n // bias_div, i]
+                for j in range(n_k):
+                    row[j] += br[j]
+            if causal:
+                row[i + 1:] = -np.inf
             m = -np.inf
             for j in range(n_k):
-                s = np.float64(scores[i, j]) * scale
-                if has_bias:
-                    s += bias[n // bias_div, i, j]
-                if causal and j > i:
-                    s = -np.inf
-                row[j] = s
-                m = s if s > m else m
-            total = 0.0
-            if m != -np.inf:
+                m = Vm.maxnum(m, row[j])
+            if m == -np.inf:  # nothing to attend (torch's convention: zeros), or all NaN
+                nan = False
                 for j in range(n_k):
-                    e = Vm.exp(row[j] - m, probs.dtype)
-                    row[j] = e
-                    total += e
-            for j in range(n_k):
-                p = row[j] / total if m != -np.inf else 0.0  # nothing to attend: zeros
-                probs[n, i, j] = p
-                if has_keep:
-                    kept[n, i, j] = p * keep_scale if keep[n, i, j] else 0.0
-        np.dot(kept[n], v[n], out[n])
+                    nan |= row[j] != row[j]
+                pr[:] = np.nan if nan else 0.0
+            else:
+                for j in range(n_k):
+                    row[j] = Vm.exp(row[j] - m, dt)
+                total = Vm.fsum(row)
+                for j in range(n_k):
+                    pr[j] = row[j] / total
+            if has_keep:
+                kr, keep_r = kept[n, i], keep[n, i]
+                for j in range(n_k):
+                    kr[j] = np.float64(pr[j]) * keep_scale if keep_r[j] else 0.0
+        dot_serial(kept[n], v[n], out[n])
 
 
 @kernel()
@@ -97,23 +108,31 @@ def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_
     dp = np.empty((n_q, n_k), q.dtype)
     ds = np.empty((n_q, n_k), q.dtype)
     row = np.empty(n_k)
+    prow = np.empty(n_k)
+    tr = np.empty((n_k, n_q), q.dtype)          # transposes, for one-thread products
     for n in range(n_prob):
-        np.dot(kept[n].T, d_out[n], dv[n])      # dV = P_kept^T dO
-        np.dot(d_out[n], v[n].T, dp)            # d P_kept = dO V^T
+        tr[:, :] = kept[n].T
+        dot_serial(tr, d_out[n], dv[n])         # dV = P_kept^T dO
+        dot_serial(d_out[n], v[n].T, dp)        # d P_kept = dO V^T
         for i in range(n_q):
-            acc = 0.0
+            dpr, pr, dsr = dp[i], probs[n, i], ds[i]
             for j in range(n_k):
-                g = np.float64(dp[i, j])
-                if has_keep:
-                    g = g * keep_scale if keep[n, i, j] else 0.0
-                if has_dprobs:
-                    g += np.float64(d_probs[n // dp_div, i, j]) * dp_scale
-                row[j] = g
-                acc += g * np.float64(probs[n, i, j])
+                row[j] = dpr[j]
+                prow[j] = pr[j]
+            if has_keep:
+                keep_r = keep[n, i]
+                for j in range(n_k):
+                    row[j] = row[j] * keep_scale if keep_r[j] else 0.0
+            if has_dprobs:
+                gr = d_probs[n // dp_div, i]
+                for j in range(n_k):
+                    row[j] += np.float64(gr[j]) * dp_scale
+            acc = Vm.fdot(row, prow)
             for j in range(n_k):
-                ds[i, j] = np.float64(probs[n, i, j]) * (row[j] - acc) * scale
-        np.dot(ds, k[n], dq[n])                 # dQ = dS K (scale folded into dS)
-        np.dot(ds.T, q[n], dk[n])               # dK = dS^T Q
+                dsr[j] = prow[j] * (row[j] - acc) * scale
+        dot_serial(ds, k[n], dq[n])             # dQ = dS K (scale folded into dS)
+        tr[:, :] = ds.T
+        dot_serial(tr, q[n], dk[n])             # dK = dS^T Q
 
 
 # ---------------------------------------------------------------------------------------------

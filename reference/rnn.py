@@ -22,7 +22,8 @@ Not supported (torch options that change nothing here when left at their default
 
 Implementation. Every array is held feature-major, ``(features, T*B)`` with column ``t*B + b``,
 so that per layer and direction the input projection is one matrix product ``W_ih @ X`` for all
-steps, the recurrence per step is ``W_hh @ h`` (h of shape ``(H, B)``), and backward's weight
+steps, the recurrence per step is ``W_hh @ h`` (h of shape ``(H, B)``, on one BLAS thread: see
+``reference/_blas.py``), and backward's weight
 gradients are each one product over all steps. Matrix products go through ``np.dot`` (SciPy's
 BLAS) in the input's dtype, as torch's do; gate arithmetic is float64 with the vectorised
 functions of ``reference/_vmath.py`` (for float32 results accurate to well under a float32
@@ -39,6 +40,7 @@ import numpy as np
 
 from reference import _validate as v
 from reference import _vmath as Vm
+from reference._blas import dot_serial
 from reference._jit import inline, kernel
 
 __all__ = [
@@ -77,7 +79,7 @@ def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
     hw = np.empty((hidden, batch), dt)
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, reverse) * batch
-        np.dot(w_hh, h, hw)                       # (H, B)
+        dot_serial(w_hh, h, hw)                   # (H, B), one BLAS thread
         # One row (unit) at a time over the batch: short contiguous loops that vectorise.
         for u in range(hidden):
             bias = np.float64(b_ih[u]) + np.float64(b_hh[u])
@@ -135,6 +137,7 @@ def _rnn_bwd(w_hh, h0, relu, reverse, ys, row0, dys, dh, dg):
     hidden, batch = dh.shape
     n_steps = dg.shape[1] // batch
     dgt = np.empty((hidden, batch), dh.dtype)
+    w_t = w_hh.T.copy()
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, not reverse) * batch  # backward runs time backwards
         for u in range(hidden):
@@ -148,7 +151,7 @@ def _rnn_bwd(w_hh, h0, relu, reverse, ys, row0, dys, dh, dg):
                 else:
                     out[b] = g * (1.0 - y * y)
             dg[u, c0:c0 + batch] = out
-        np.dot(w_hh.T, dgt, dh)                   # d h_{t-1} = W_hh^T dg_t
+        dot_serial(w_t, dgt, dh)                  # d h_{t-1} = W_hh^T dg_t
 
 
 @kernel()
@@ -161,7 +164,7 @@ def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, ys, row0, gates):
     hw = np.empty((3 * hidden, batch), dt)
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, reverse) * batch
-        np.dot(w_hh, h, hw)
+        dot_serial(w_hh, h, hw)
         # Three passes, one transcendental each, so that every inner loop vectorises.
         for j in range(2 * hidden):              # r and z
             bias = np.float64(b_ih[j]) + np.float64(b_hh[j])
@@ -196,6 +199,7 @@ def _gru_bwd(w_hh, reverse, ys, row0, gates, hprev, dys, dh, dgx, dgh):
     n_steps = dgx.shape[1] // batch
     dght = np.empty((3 * hidden, batch), dh.dtype)
     back = np.empty((hidden, batch), dh.dtype)
+    w_t = w_hh.T.copy()
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, not reverse) * batch
         for u in range(hidden):
@@ -217,7 +221,7 @@ def _gru_bwd(w_hh, reverse, ys, row0, gates, hprev, dys, dh, dgx, dgh):
             for b in range(batch):
                 dn[b] = np.float64(dn[b]) * np.float64(r[b])  # r * d pre_n feeds W_hn, b_hn
         dgh[:, c0:c0 + batch] = dght
-        np.dot(w_hh.T, dght, back)
+        dot_serial(w_t, dght, back)
         dh += back
 
 
@@ -231,7 +235,7 @@ def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs
     hw = np.empty((4 * hidden, batch), dt)
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, reverse) * batch
-        np.dot(w_hh, h, hw)
+        dot_serial(w_hh, h, hw)
         # Passes with one transcendental each, so that every inner loop vectorises.
         for j in range(4 * hidden):              # i, f, g, o
             bias = np.float64(b_ih[j]) + np.float64(b_hh[j])
@@ -264,6 +268,7 @@ def _lstm_bwd(w_hh, c0, reverse, ys, row0, gates, cs, dys, dh, dc, dg):
     hidden, batch = dh.shape
     n_steps = dg.shape[1] // batch
     dgt = np.empty((4 * hidden, batch), dh.dtype)
+    w_t = w_hh.T.copy()
     for s in range(n_steps):
         t = _step_columns(s, n_steps, not reverse)
         c0_ = t * batch
@@ -288,7 +293,7 @@ def _lstm_bwd(w_hh, c0, reverse, ys, row0, gates, cs, dys, dh, dc, dg):
                 do[b] = gh * tb * ob * (1.0 - ob)
                 cr[b] = gc * fb
         dg[:, c0_:c0_ + batch] = dgt
-        np.dot(w_hh.T, dgt, dh)
+        dot_serial(w_t, dgt, dh)
 
 
 # ---------------------------------------------------------------------------------------------

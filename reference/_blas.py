@@ -1,0 +1,36 @@
+"""Small matrix products on one BLAS thread, for kernels that make many of them in a loop.
+
+OpenBLAS (SciPy's, which ``np.dot`` calls inside Numba) splits a product over its threads once
+``m * n * k`` exceeds 2^18 (``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``). For the
+products of a recurrence step or of one attention head (e.g. (128 x 32) @ (32 x 128)) waking
+and joining the threads costs more than they save, and when the other core is busy they stall
+(measured here, 64 heads of (128 x 32) @ (32 x 128): 1.7 ms on one thread, 2.5 ms on two on
+an idle machine, 13.8 ms on a loaded one). ``dot_serial`` cuts the product into row blocks
+under the threshold, so each call runs on the calling thread. Large products (all time steps
+at once, weight gradients) keep using ``np.dot`` and its threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reference._jit import kernel
+
+SERIAL_MNK = 1 << 18  # OpenBLAS runs a product on one thread when m * n * k <= this
+
+
+@kernel()
+def dot_serial(a, b, out):
+    """``out = a @ b`` in row blocks of at most ``SERIAL_MNK`` multiply-adds each.
+
+    ``a`` and ``out`` C-contiguous 2-d; ``b`` C- or F-contiguous (a transposed view is fine).
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    rows = max(1, SERIAL_MNK // max(1, k * n))
+    if rows >= m:
+        np.dot(a, b, out)
+        return
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        np.dot(a[r0:r1], b, out[r0:r1])
