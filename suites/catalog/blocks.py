@@ -30,10 +30,18 @@ from reference.pool import max_pool2d
 from suites.catalog import _block_bounds as E
 from suites.catalog import register
 from suites.catalog import strategies as S
-from suites.catalog._layer_tools import FAMILY, U32, cut_in_largest_gap, small_floats, \
-    spread_ranks
-from suites.catalog.spec import DEFAULT_TOL, FLOAT32, Case, Cost, Invalid, Invariant, Spec, \
-    Tol, case_dtype
+from suites.catalog._layer_tools import FAMILY, U32, cut_in_largest_gap, small_floats, spread_ranks
+from suites.catalog.spec import (
+    DEFAULT_TOL,
+    FLOAT32,
+    Case,
+    Cost,
+    Invalid,
+    Invariant,
+    Spec,
+    Tol,
+    case_dtype,
+)
 
 # The gradcheck moves every differentiable input by t v, |t| <= h = 1e-4, v ~ N(0, 1). How far
 # that moves a ReLU's input depends on the block (a batch norm of a nearly constant channel

@@ -18,8 +18,14 @@ from reference import conv as Cv
 from reference import pool as P
 from suites.catalog import register
 from suites.catalog import strategies as S
-from suites.catalog._layer_tools import FAMILY, abs64, bilinear_tol, gamma, small_floats, \
-    spread_ranks
+from suites.catalog._layer_tools import (
+    FAMILY,
+    abs64,
+    bilinear_tol,
+    gamma,
+    small_floats,
+    spread_ranks,
+)
 from suites.catalog.spec import Case, Cost, Invalid, Invariant, Spec
 
 
@@ -68,7 +74,8 @@ def _conv_cases(draw, dtype):
         totals, padding = (eff[0] - 1, eff[1] - 1), "same"
     else:
         totals, padding = (0, 0), "valid"
-    h, w = (draw(st.integers(max(1, e - t), max(1, e - t) + 5)) for e, t in zip(eff, totals))
+    lows = [max(1, e - t) for e, t in zip(eff, totals, strict=True)]  # kernel fits the padded
+    h, w = (draw(st.integers(lo, lo + 5)) for lo in lows)
     n = draw(st.integers(1, 3))
     shape = (groups * c_g, h, w) if draw(st.integers(0, 5)) == 0 else (n, groups * c_g, h, w)
     inputs = {"x": draw(small_floats(dtype, shape)),
@@ -194,14 +201,15 @@ def _pool_cases(draw, dtype, kind):
     d = _pair(draw, 1, 3, sampled=[1, 1, 2, 3]) if kind == "max" else (1, 1)
     ceil_mode = draw(st.booleans())
     eff = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
-    h, w = (draw(st.integers(max(1, e - 2 * q), max(1, e - 2 * q) + 6)) for e, q in zip(eff, p))
+    lows = [max(1, e - 2 * q) for e, q in zip(eff, p, strict=True)]
+    h, w = (draw(st.integers(lo, lo + 6)) for lo in lows)
     outs = [P._out_size(n, k[i], s[i], p[i], d[i], ceil_mode) for i, n in enumerate((h, w))]
     if kind == "max":
         # A window of padding only (dilation can skip every pixel) gives -inf in both, but
         # torch 2.13's backward then writes out of bounds (heap corruption, seen here), so such
         # cases are drawn only by the reference's own test (-inf and no gradient, documented).
         assume(all(_pool_windows_nonempty(n, o, k[i], s[i], p[i], d[i])
-                   for i, (n, o) in enumerate(zip((h, w), outs))))
+                   for i, (n, o) in enumerate(zip((h, w), outs, strict=True))))
     lead = draw(st.sampled_from([(), (1,), (2,), (3,)])) + (draw(st.integers(1, 3)),)
     shape = lead + (h, w)
     if kind == "max" and draw(st.booleans()):

@@ -157,8 +157,12 @@ def _kept_scaled(case: Case, outs) -> None:
 
 
 def _dropout_invalid(fn_inputs_4d: bool):
-    x = (lambda: np.ones((2, 3, 2, 2))) if fn_inputs_4d else (lambda: np.ones((2, 3)))
-    good = (lambda: np.ones((2, 3), bool))
+    def x():
+        return np.ones((2, 3, 2, 2)) if fn_inputs_4d else np.ones((2, 3))
+
+    def good():
+        return np.ones((2, 3), bool)
+
     return (
         _bad("a float mask", lambda: {"x": x(), "mask": good().astype(np.float64)}, TypeError,
              "mask", p=0.5),

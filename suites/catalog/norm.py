@@ -18,8 +18,17 @@ from reference import norm as Nm
 from suites.catalog import register
 from suites.catalog import strategies as S
 from suites.catalog._layer_tools import FAMILY, U32, gamma, small_floats
-from suites.catalog.spec import DEFAULT_TOL, FLOAT32, Case, Cost, Invalid, Invariant, Spec, \
-    Tol, case_dtype
+from suites.catalog.spec import (
+    DEFAULT_TOL,
+    FLOAT32,
+    Case,
+    Cost,
+    Invalid,
+    Invariant,
+    Spec,
+    Tol,
+    case_dtype,
+)
 
 
 def _affine(draw, dtype, shape, inputs):

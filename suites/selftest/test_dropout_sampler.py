@@ -5,8 +5,8 @@ tied to torch's own dropout.
 probability 1 - p. The keep count of n entries is then Binomial(n, 1 - p): an exact binomial
 test (``scipy.stats.binomtest``) rejects at level ALPHA, not a fixed band that is too loose
 for large n and too tight for small. A power check shows the test, at this n, does catch a
-sampler whose rate is off by half a percentage point. Seeds are fixed, so the tests are deterministic; with
-a fresh seed each would fail with probability ALPHA.
+sampler whose rate is off by half a percentage point. Seeds are fixed, so the tests are
+deterministic; with a fresh seed each would fail with probability ALPHA.
 """
 
 from __future__ import annotations
