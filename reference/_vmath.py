@@ -53,7 +53,7 @@ from reference._jit import kernel
 _scalar = kernel()
 
 __all__ = [
-    "fma", "maxnum", "fsum", "fdot", "is_single",
+    "fma", "maxnum", "fsum", "fdot",
     "exp", "expm1", "tanh", "sigmoid", "ndtr",
     "exp_single", "exp_double", "expm1_single", "expm1_double", "tanh_single", "tanh_double",
     "sigmoid_single", "sigmoid_double", "ndtr_single", "ndtr_double", "exp_f32", "exp_f32_scaled",
@@ -486,17 +486,6 @@ def _generic(name, single, double):
         return lambda x, dtype: double(np.float64(x))
 
     return stub
-
-
-def is_single(dtype):
-    """True for float32, False for float64, as a compile-time constant inside a kernel."""
-    raise NotImplementedError("_vmath.is_single is only callable inside a Numba kernel")
-
-
-@overload(is_single, jit_options={"cache": True})
-def _is_single(dtype):
-    single = _bits(dtype) == 32
-    return lambda dtype: single
 
 
 exp = _generic("exp", exp_single, exp_double)

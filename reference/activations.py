@@ -289,6 +289,7 @@ def _row_max(x):
 # a scalar loop tail per row. float64 rows compute e^(x - m) with vm.exp (~1 ulp) into the float64
 # scratch e, row by row.
 _TWO_M64 = 2.0 ** -64
+_NO_SCRATCH = np.empty(0)  # float32 rows need no scratch (read by no kernel)
 _NEAR_ONE = 1.0 + 2.0 ** -10
 _SHORT_ROW = 64
 
@@ -377,8 +378,8 @@ def _lse(e, top, scale):
 
 
 @kernel()
-def _rows_single(a, b, out, lo, hi, mode):
-    # float32 rows lo:hi, modes as for _rows_chunk.
+def _rows_single(a, b, out, lo, hi, e, mode):
+    # float32 rows lo:hi (e unused: the float64 variant's scratch).
     if mode < 2:
         m = np.empty(hi - lo, a.dtype)
         s = np.empty(hi - lo)
@@ -449,10 +450,8 @@ def _log_softmax_bwd_row(y, g, dx):
 
 
 @kernel()
-def _rows_chunk(a, b, out, lo, hi, e, mode):
-    if vm.is_single(out.dtype):
-        _rows_single(a, b, out, lo, hi, mode)
-        return
+def _rows_double(a, b, out, lo, hi, e, mode):
+    # float64 rows lo:hi, one at a time; e: float64 scratch of a row's length.
     for r in range(lo, hi):
         if mode == 0:
             _softmax_row(a[r], out[r], e)
@@ -464,13 +463,24 @@ def _rows_chunk(a, b, out, lo, hi, e, mode):
             _log_softmax_bwd_row(a[r], b[r], out[r])
 
 
+# One parallel driver per dtype (a dtype test inside one kernel would compile both paths for
+# each dtype): k chunks of rows, each with its own scratch row.
+
+
 @kernel(parallel=True)
-def _rows_parallel(a, b, out, mode, k):
-    # a, b, out: (rows, n), the softmax axis last and contiguous; k chunks.
+def _rows_parallel_single(a, b, out, mode, k):
+    rows = a.shape[0]
+    none = np.empty(0)
+    for c in prange(k):
+        _rows_single(a, b, out, c * rows // k, (c + 1) * rows // k, none, mode)
+
+
+@kernel(parallel=True)
+def _rows_parallel_double(a, b, out, mode, k):
     rows, n = a.shape
     e = np.empty((k, n))
     for c in prange(k):
-        _rows_chunk(a, b, out, c * rows // k, (c + 1) * rows // k, e[c], mode)
+        _rows_double(a, b, out, c * rows // k, (c + 1) * rows // k, e[c], mode)
 
 
 @kernel()
@@ -559,9 +569,6 @@ def _cols_parallel(a, b, out, mode, k):
         _cols_chunk(a, b, out, c * items // k, (c + 1) * items // k, sc[c], mode)
 
 
-_NO_SCRATCH = np.empty(0)  # float32 rows need no scratch (read by no kernel)
-
-
 def _run_softmax(a, b, out, axis, mode):
     # Python overhead matters at 64 x 10 (torch takes ~8 us there): no reshape when the input is
     # already 2-d, and the thread count is read only for inputs that go parallel.
@@ -570,8 +577,10 @@ def _run_softmax(a, b, out, axis, mode):
         items = a.size // n
         if a.ndim != 2:
             a, b, out = a.reshape(items, n), b.reshape(items, n), out.reshape(items, n)
-        chunk, par = _rows_chunk, _rows_parallel
-        scratch = np.empty(n) if a.dtype == np.float64 else _NO_SCRATCH
+        if a.dtype == np.float32:
+            chunk, par, scratch = _rows_single, _rows_parallel_single, _NO_SCRATCH
+        else:
+            chunk, par, scratch = _rows_double, _rows_parallel_double, np.empty(n)
     else:
         outer, n, inner = _three_d(a, axis)
         a, b, out = (t.reshape(outer, n, inner) for t in (a, b, out))
