@@ -124,21 +124,31 @@ def _dropout_p(p) -> tuple[float, bool]:
     return (0.0, True) if p == 1.0 else (1.0 / (1.0 - p), False)
 
 
+@kernel()
+def _scale_block(x, mask, scale, all_dropped, inner, y, i0, i1):
+    # mask entries [i0, i1), each covering ``inner`` consecutive elements of x and y.
+    # p = 1 gives x * 0 (NaN and inf stay NaN), as torch.nn.functional.dropout does.
+    if inner == 1:
+        for i in range(i0, i1):
+            y[i] = np.float64(x[i]) * (scale if mask[i] and not all_dropped else 0.0)
+    else:
+        for i in range(i0, i1):
+            s = 0.0 if all_dropped or not mask[i] else scale
+            for j in range(i * inner, (i + 1) * inner):
+                y[j] = np.float64(x[j]) * s
+
+
 @kernel(parallel=True)
 def _scale_by_mask(x, mask, scale, all_dropped, inner, y):
-    # x, y: flat (n * inner,); mask: flat (n,), one entry per block of ``inner`` elements.
-    # p = 1 gives x * 0 (NaN and inf stay NaN), as torch.nn.functional.dropout does.
+    # x, y: flat (n * inner,); mask: flat (n,). Large inputs: 64 blocks over the threads.
     n = mask.size
     if n * inner < PARALLEL_MIN:
-        for i in range(n):
-            s = 0.0 if all_dropped or not mask[i] else scale
-            for j in range(i * inner, (i + 1) * inner):
-                y[j] = np.float64(x[j]) * s
+        _scale_block(x, mask, scale, all_dropped, inner, y, 0, n)
     else:
-        for i in prange(n):
-            s = 0.0 if all_dropped or not mask[i] else scale
-            for j in range(i * inner, (i + 1) * inner):
-                y[j] = np.float64(x[j]) * s
+        blocks = min(n, 64)
+        for k in prange(blocks):
+            _scale_block(x, mask, scale, all_dropped, inner, y, k * n // blocks,
+                         (k + 1) * n // blocks)
 
 
 def dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray, DropoutCtx]:
@@ -231,20 +241,30 @@ class EmbeddingCtx(NamedTuple):
 @kernel()
 def _embedding_fwd(idx, w, y):
     for i in range(idx.size):
-        y[i, :] = w[idx[i], :]
+        r = idx[i]
+        for j in range(w.shape[1]):
+            y[i, j] = w[r, j]
 
 
 @kernel()
 def _embedding_bwd(idx, g, pad, dw):
-    acc = np.zeros(dw.shape)  # float64: a row may collect many repeated indices
-    for i in range(idx.size):
-        r = idx[i]
+    # dw zeroed. Indices sorted (stably), so each row's repeated lookups are summed together
+    # in float64 and written once: no float64 copy of the whole table.
+    order = np.argsort(idx, kind="mergesort")
+    acc = np.zeros(g.shape[1])
+    k = 0
+    n = idx.size
+    while k < n:
+        r = idx[order[k]]
+        acc[:] = 0.0
+        while k < n and idx[order[k]] == r:
+            i = order[k]
+            for j in range(g.shape[1]):
+                acc[j] += g[i, j]
+            k += 1
         if r != pad:
             for j in range(g.shape[1]):
-                acc[r, j] += g[i, j]
-    for r in range(dw.shape[0]):
-        for j in range(dw.shape[1]):
-            dw[r, j] = acc[r, j]
+                dw[r, j] = acc[j]
 
 
 def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None = None,
@@ -281,6 +301,6 @@ def embedding_backward(ctx: EmbeddingCtx, grad_out: np.ndarray) -> tuple[np.ndar
     if g.shape != ctx.out_shape:
         raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "
                          f"got {g.shape}")
-    dw = np.empty((ctx.num_embeddings, ctx.dim), ctx.dtype)
+    dw = np.zeros((ctx.num_embeddings, ctx.dim), ctx.dtype)
     _embedding_bwd(ctx.indices, g.reshape(-1, ctx.dim), ctx.padding_idx, dw)
     return (dw,)

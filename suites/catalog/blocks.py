@@ -373,8 +373,8 @@ def _basic_size(n, c_in, c_out, hw, stride):
         inputs = {"x": S.normal(rng, (n, c_in, hw, hw), dtype),
                   "conv1_weight": w((c_out, c_in, 3, 3)), **bn("bn1", c_out),
                   "conv2_weight": w((c_out, c_out, 3, 3)), **bn("bn2", c_out)}
-        if stride != 1 or c_in != c_out:
-            inputs |= {"shortcut_weight": w((c_out, c_in, 1, 1)), **bn("shortcut_bn", c_out)}
+        # every size has the projection: the generic benchmark differentiates every input
+        inputs |= {"shortcut_weight": w((c_out, c_in, 1, 1)), **bn("shortcut_bn", c_out)}
         return Case(inputs, {"stride": stride, "training": True, "momentum": 0.1, "eps": 1e-5})
     return build
 
