@@ -7,7 +7,7 @@ and joining the threads costs more than they save, and when the other core is bu
 (measured here, 64 heads of (128 x 32) @ (32 x 128): 1.7 ms on one thread, 2.5 ms on two on
 an idle machine, 13.8 ms on a loaded one). ``dot_serial`` cuts the product into row blocks
 under the threshold, so each call runs on the calling thread. Large products (all time steps
-at once, weight gradients) keep using ``np.dot`` and its threads.
+at once, weight gradients, a step of a large network) keep using ``np.dot`` and its threads.
 """
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ import numpy as np
 from reference._jit import kernel
 
 SERIAL_MNK = 1 << 18  # OpenBLAS runs a product on one thread when m * n * k <= this
+# Above this many multiply-adds (~50 us on one core) threads pay for themselves: the product
+# goes to np.dot whole. (LSTM hidden 512, batch 64: one step is 2^26 and runs 2.5x faster
+# threaded on an idle machine.)
+THREADED_MNK = 1 << 22
 
 
 @kernel()
 def dot_serial(a, b, out):
-    """``out = a @ b`` in row blocks of at most ``SERIAL_MNK`` multiply-adds each.
+    """``out = a @ b``: in row blocks of at most ``SERIAL_MNK`` multiply-adds each when the
+    whole product is small (at most ``THREADED_MNK``), else in one threaded call.
 
     ``a`` and ``out`` C-contiguous 2-d; ``b`` C- or F-contiguous (a transposed view is fine).
     """
     m, k = a.shape
     n = b.shape[1]
     rows = max(1, SERIAL_MNK // max(1, k * n))
-    if rows >= m:
+    if rows >= m or m * k * n > THREADED_MNK:
         np.dot(a, b, out)
         return
     for r0 in range(0, m, rows):

@@ -18,15 +18,14 @@ zeros are what its fused path and its training path give). Dropout takes explici
 (bool, True = keep; kept values scaled by ``1/(1-p)``), drawn by the caller.
 
 Implementation: per (batch, head) the two products ``Q K^T`` and ``P V`` go through BLAS on one
-thread (``reference/_blas.py``) in the input's dtype, as torch's do; softmax, layer norm and activations are
-float64 per element (row sums accumulate in float64) and rounded once. The projections are one
-matrix product over all batch rows and positions.
+thread (``reference/_blas.py``) in the input's dtype, as torch's do; softmax, layer norm and
+activations are float64 per element (row sums accumulate in float64) and rounded once. The
+projections are one matrix product over all batch rows and positions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np

@@ -252,7 +252,8 @@ def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs
             tr, cr = gates[4 * hidden + u, c0:c0 + batch], cs[u, c0:c0 + batch]
             cc, yr = cell[u], ys[row0 + u, c0:c0 + batch]
             for b in range(batch):
-                cr[b] = np.float64(fr[b]) * np.float64(cc[b]) + np.float64(ir[b]) * np.float64(gr[b])
+                cr[b] = (np.float64(fr[b]) * np.float64(cc[b])
+                         + np.float64(ir[b]) * np.float64(gr[b]))
             for b in range(batch):
                 tr[b] = Vm.tanh(np.float64(cr[b]), dt)       # of the stored (rounded) c_t
             for b in range(batch):

@@ -26,7 +26,15 @@ from suites import twin
 from suites.catalog import get, register
 from suites.catalog import strategies as S
 from suites.catalog.spec import (
-    DEFAULT_TOL, FLOAT32, Case, Cost, Invalid, Invariant, Spec, Tol, case_dtype,
+    DEFAULT_TOL,
+    FLOAT32,
+    Case,
+    Cost,
+    Invalid,
+    Invariant,
+    Spec,
+    Tol,
+    case_dtype,
 )
 
 FAMILY = "sequence"
