@@ -30,7 +30,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from reference import _validate as v
 from reference import _vmath as vm
@@ -261,6 +262,22 @@ _TWO54 = 18014398509481984.0
 _CHUNK = 2048  # elements per block of a vectorised reduction (its float64 scratch stays in L1)
 
 
+def _part(a, i0, i1):
+    """``a[i0:i1]``, or None for an absent optional array.
+
+    Blocks get slices and index them from 0: an index Numba knows is >= 0 needs no wraparound
+    test, which keeps the loop vectorised. Resolved by type at compile time (an ``if a is
+    None`` in a jitted helper would type the result as Optional and slow every access)."""
+    return None if a is None else a[i0:i1]
+
+
+@overload(_part, inline="always", jit_options={"cache": True})
+def _part_jit(a, i0, i1):
+    if isinstance(a, types.NoneType):
+        return lambda a, i0, i1: None
+    return lambda a, i0, i1: a[i0:i1]
+
+
 @inline()
 def _atanh2(s):
     # 2 atanh(s) = log((1 + s) / (1 - s)) for |s| <= 1/5: the series 2 (s + s^3/3 + ... +
@@ -335,13 +352,12 @@ def _unit(x):
 
 
 @kernel()
-def _bce_block(x, t, w, e, write, i0, i1, buf):
-    # Losses of [i0, i1) into buf (a loop that vectorises), then (their sum, number of x outside
+def _bce_block(x, t, w, e, write, buf):
+    # Losses of a block into buf (a loop that vectorises), then (their sum, number of x outside
     # [0, 1], number of t outside [0, 1]). w: an array or None.
     bad_x = 0
     bad_t = 0
-    for k in range(i1 - i0):
-        i = i0 + k
+    for i in range(x.size):
         xi = np.float64(x[i])
         ti = np.float64(t[i])
         bad_x += 0 if _unit(xi) else 1
@@ -349,10 +365,10 @@ def _bce_block(x, t, w, e, write, i0, i1, buf):
         li = _bce1(xi, ti)
         if w is not None:
             li *= np.float64(w[i])
-        buf[k] = li
+        buf[i] = li
         if write:
             e[i] = li
-    return vm.fsum(buf[: i1 - i0]), bad_x, bad_t
+    return vm.fsum(buf[: x.size]), bad_x, bad_t
 
 
 @kernel(parallel=True)
@@ -365,14 +381,18 @@ def _bce_fwd(x, t, w, e, write):
     if n < PARALLEL_MIN:
         buf = np.empty(min(n, _CHUNK))
         for b in range(blocks):
-            sb, bx, bt = _bce_block(x, t, w, e, write, b * _CHUNK, min(n, (b + 1) * _CHUNK), buf)
+            i0, i1 = b * _CHUNK, min(n, (b + 1) * _CHUNK)
+            sb, bx, bt = _bce_block(x[i0:i1], t[i0:i1], _part(w, i0, i1), e[i0:i1],
+                                    write, buf)
             s += sb
             bad_x += bx
             bad_t += bt
     else:
         for b in prange(blocks):
             buf = np.empty(_CHUNK)
-            sb, bx, bt = _bce_block(x, t, w, e, write, b * _CHUNK, min(n, (b + 1) * _CHUNK), buf)
+            i0, i1 = b * _CHUNK, min(n, (b + 1) * _CHUNK)
+            sb, bx, bt = _bce_block(x[i0:i1], t[i0:i1], _part(w, i0, i1), e[i0:i1],
+                                    write, buf)
             s += sb
             bad_x += bx
             bad_t += bt
@@ -462,19 +482,18 @@ def _bcel1(x, t, pw, dtype):
 
 
 @kernel()
-def _bcel_block(x, t, w, pw, e, write, i0, i1, buf):
-    # Losses of elements [i0, i1) into buf (a loop that vectorises), then their float64 sum.
+def _bcel_block(x, t, w, pw, e, write, buf):
+    # Losses of a block into buf (a loop that vectorises), then their float64 sum.
     # w, pw: arrays or None (Numba compiles the None case without the branch).
-    for k in range(i1 - i0):
-        i = i0 + k
+    for i in range(x.size):
         li = _bcel1(np.float64(x[i]), np.float64(t[i]),
                     1.0 if pw is None else np.float64(pw[i]), x.dtype)
         if w is not None:
             li *= np.float64(w[i])
-        buf[k] = li
+        buf[i] = li
         if write:
             e[i] = li
-    return vm.fsum(buf[: i1 - i0])
+    return vm.fsum(buf[: x.size])
 
 
 @kernel(parallel=True)
@@ -485,11 +504,15 @@ def _bcel_fwd(x, t, w, pw, e, write):
     if n < PARALLEL_MIN:
         buf = np.empty(min(n, _CHUNK))
         for b in range(blocks):
-            s += _bcel_block(x, t, w, pw, e, write, b * _CHUNK, min(n, (b + 1) * _CHUNK), buf)
+            i0, i1 = b * _CHUNK, min(n, (b + 1) * _CHUNK)
+            s += _bcel_block(x[i0:i1], t[i0:i1], _part(w, i0, i1), _part(pw, i0, i1),
+                             e[i0:i1], write, buf)
     else:
         for b in prange(blocks):
             buf = np.empty(_CHUNK)
-            s += _bcel_block(x, t, w, pw, e, write, b * _CHUNK, min(n, (b + 1) * _CHUNK), buf)
+            i0, i1 = b * _CHUNK, min(n, (b + 1) * _CHUNK)
+            s += _bcel_block(x[i0:i1], t[i0:i1], _part(w, i0, i1), _part(pw, i0, i1),
+                             e[i0:i1], write, buf)
     return s
 
 
