@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -397,11 +396,13 @@ def _rows_single(a, b, out, lo, hi, e, mode):
                 s[r - lo] = _log1p_delta(out[r], 2.0 ** 64, _TWO_M64)
             else:
                 s[r - lo] = math.log(total)
+        # y = (x - m) - lse in float32: |y| = |x - m| + lse, so each of the three roundings
+        # (x - m, lse, the difference) is at most half an ulp of y: <= 1.5 ulp in all.
         for r in range(lo, hi):
             xr, yr = a[r], out[r]
-            m64, lse = np.float64(m[r - lo]), s[r - lo]
+            mr, lse = m[r - lo], np.float32(s[r - lo])
             for j in range(yr.size):
-                yr[j] = (np.float64(xr[j]) - m64) - lse
+                yr[j] = (xr[j] - mr) - lse
     elif mode == 2:
         for r in range(lo, hi):
             _softmax_bwd_row(a[r], b[r], out[r])
@@ -464,23 +465,21 @@ def _rows_double(a, b, out, lo, hi, e, mode):
 
 
 # One parallel driver per dtype (a dtype test inside one kernel would compile both paths for
-# each dtype): k chunks of rows, each with its own scratch row.
+# each dtype): k chunks of rows, each with its own scratch, spread by Numba over its threads.
 
 
 @kernel(parallel=True)
 def _rows_parallel_single(a, b, out, mode, k):
     rows = a.shape[0]
-    none = np.empty(0)
     for c in prange(k):
-        _rows_single(a, b, out, c * rows // k, (c + 1) * rows // k, none, mode)
+        _rows_single(a, b, out, c * rows // k, (c + 1) * rows // k, np.empty(0), mode)
 
 
 @kernel(parallel=True)
 def _rows_parallel_double(a, b, out, mode, k):
     rows, n = a.shape
-    e = np.empty((k, n))
     for c in prange(k):
-        _rows_double(a, b, out, c * rows // k, (c + 1) * rows // k, e[c], mode)
+        _rows_double(a, b, out, c * rows // k, (c + 1) * rows // k, np.empty(n), mode)
 
 
 @kernel()
@@ -564,14 +563,20 @@ def _cols_chunk(a, b, out, lo, hi, sc, mode):
 def _cols_parallel(a, b, out, mode, k):
     # a, b, out: (outer, n, inner) with inner > 1; k chunks of (slab, column block) items.
     items = a.shape[0] * ((a.shape[2] + _COLS - 1) // _COLS)
-    sc = np.empty((k, 3, min(a.shape[2], _COLS)))
+    w = min(a.shape[2], _COLS)
     for c in prange(k):
-        _cols_chunk(a, b, out, c * items // k, (c + 1) * items // k, sc[c], mode)
+        _cols_chunk(a, b, out, c * items // k, (c + 1) * items // k, np.empty((3, w)), mode)
+
+
+# Chunks per parallel call: enough to spread over any thread count Numba is likely to have
+# (static schedule: 64 chunks on 2 threads are 32 each), without asking for the thread count,
+# which costs 1.2 us a call (and inside a kernel would defeat the on-disk cache).
+_CHUNKS = 64
 
 
 def _run_softmax(a, b, out, axis, mode):
     # Python overhead matters at 64 x 10 (torch takes ~8 us there): no reshape when the input is
-    # already 2-d, and the thread count is read only for inputs that go parallel.
+    # already 2-d, scratch only where a kernel reads it.
     if axis == a.ndim - 1:
         n = a.shape[-1]
         items = a.size // n
@@ -586,15 +591,10 @@ def _run_softmax(a, b, out, axis, mode):
         a, b, out = (t.reshape(outer, n, inner) for t in (a, b, out))
         items, chunk, par = outer * -(-inner // _COLS), _cols_chunk, _cols_parallel
         scratch = np.empty((3, min(inner, _COLS)))
-    if a.size < PARALLEL_MIN:
-        chunk(a, b, out, 0, items, scratch, mode)
-        return
-    # numba.get_num_threads() is read here: inside a kernel it would defeat the on-disk cache.
-    k = min(numba.get_num_threads(), items)
-    if k == 1:
+    if a.size < PARALLEL_MIN or items == 1:
         chunk(a, b, out, 0, items, scratch, mode)
     else:
-        par(a, b, out, mode, k)
+        par(a, b, out, mode, min(items, _CHUNKS))
 
 
 def _softmax(x, axis, log: bool):
