@@ -784,19 +784,20 @@ def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r):
     if yr < 0 or yr >= n_classes:
         rowloss[r] = 0.0
         return 0.0, 0.0, 1
+    xr = x[r]  # the row as a 1-d view: indices from range(C) need no wraparound test
     m = -np.inf
     for c in range(n_classes):
-        m = vm.maxnum(m, np.float64(x[r, c]))  # ignores NaN; a NaN logit still gives NaN below
+        m = vm.maxnum(m, np.float64(xr[c]))  # ignores NaN; a NaN logit still gives NaN below
     for c in range(n_classes):
-        buf[c] = vm.exp(np.float64(x[r, c]) - m, x.dtype)
+        buf[c] = vm.exp(np.float64(xr[c]) - m, x.dtype)
     ls = math.log(vm.fsum(buf))
     lse[r] = m + ls
     wy = np.float64(w[yr]) if has_w else 1.0
-    loss = (1.0 - eps) * wy * ((m - np.float64(x[r, yr])) + ls)
+    loss = (1.0 - eps) * wy * ((m - np.float64(xr[yr])) + ls)
     if eps != 0.0:
         # sum_c w_c (m - x_c): every term >= 0, no cancellation
         for c in range(n_classes):
-            buf[c] = (np.float64(w[c]) if has_w else 1.0) * (m - np.float64(x[r, c]))
+            buf[c] = (np.float64(w[c]) if has_w else 1.0) * (m - np.float64(xr[c]))
         loss += eps / n_classes * (wsum * ls + vm.fsum(buf))
     rowloss[r] = loss
     return loss, wy, 0
@@ -858,16 +859,17 @@ def _ce_bwd_row(x, y, w, has_w, wsum, ignore, eps, lse, gr, dx, r):
     a = (1.0 - eps) * wy + eps * wsum / n_classes
     b = eps / n_classes
     l_r = lse[r]
+    xr, dr = x[r], dx[r]  # 1-d views: indices from range(C) need no wraparound test
     if has_w:
         for c in range(n_classes):
-            p = vm.exp(np.float64(x[r, c]) - l_r, x.dtype)
-            dx[r, c] = gr * (a * p - b * np.float64(w[c]))
+            p = vm.exp(np.float64(xr[c]) - l_r, x.dtype)
+            dr[c] = gr * (a * p - b * np.float64(w[c]))
     else:
         for c in range(n_classes):
-            p = vm.exp(np.float64(x[r, c]) - l_r, x.dtype)
-            dx[r, c] = gr * (a * p - b)
-    p = vm.exp(np.float64(x[r, yr]) - l_r, x.dtype)
-    dx[r, yr] = gr * (a * p - b * wy - (1.0 - eps) * wy)
+            p = vm.exp(np.float64(xr[c]) - l_r, x.dtype)
+            dr[c] = gr * (a * p - b)
+    p = vm.exp(np.float64(xr[yr]) - l_r, x.dtype)
+    dr[yr] = gr * (a * p - b * wy - (1.0 - eps) * wy)
 
 
 @kernel(parallel=True)
