@@ -250,9 +250,9 @@ def exp_double(x):
 # ---------------------------------------------------------------------------------------------
 # exp in float32 arithmetic (8 lanes per AVX2 register instead of 4), for softmax's inner loop
 #
-# The same reduction with a 9-bit ln2 head (n * head exact for |n| < 2^15) and a degree-7 Taylor
-# polynomial (truncation 0.3466^8 / 8! * e^0.3466 = 7.4e-9, 0.06 float32 ulp); the float32
-# roundings in the reduction and in Horner's scheme bring the total to 0.92 ulp (measured).
+# The same reduction with a 9-bit ln2 head (n * head exact for |n| < 2^15) and a degree-6
+# polynomial (below); the float32 roundings in the reduction and in Horner's scheme bring the
+# total to about 0.9 ulp (measured).
 # Float32 x in, float32 out; a float64 x is rounded to float32 first.
 
 _F = np.float32
@@ -263,14 +263,20 @@ _SHIFT_F = _F(12582912.0)  # 1.5 * 2**23
 _SHIFT_F_BITS = 0x4B400000
 
 
+# e^r = 1 + r + r^2 Q(r), Q of degree 4 fitted (weighted least squares with Lawson's iteration,
+# against mpmath, on 4000 Chebyshev nodes of [-ln2/2, ln2/2]) for minimax relative error of e^r:
+# 3.6e-9 with the float32 coefficients (0.06 ulp), one term fewer than Taylor for the same error.
+_Q0, _Q1, _Q2, _Q3, _Q4 = (_F(0.4999999403953552), _F(0.1666652113199234),
+                           _F(0.04166838899254799), _F(0.00836874544620514),
+                           _F(0.0013814539415761828))
+
+
 @_scalar
-def _exp_poly7_f32(r):
-    p = _F(1.0 / 5040.0)
-    p = fma(p, r, _F(1.0 / 720.0))
-    p = fma(p, r, _F(1.0 / 120.0))
-    p = fma(p, r, _F(1.0 / 24.0))
-    p = fma(p, r, _F(1.0 / 6.0))
-    p = fma(p, r, _F(0.5))
+def _exp_poly_f32(r):
+    p = fma(_Q4, r, _Q3)
+    p = fma(p, r, _Q2)
+    p = fma(p, r, _Q1)
+    p = fma(p, r, _Q0)
     p = fma(p, r, _F(1.0))
     return fma(p, r, _F(1.0))
 
@@ -300,7 +306,7 @@ def exp_f32(x):
     xc = _clamp(np.float32(x), _F(-110.0), _F(89.0))
     r, k = _reduce_f32(xc)
     h = k >> 1
-    return (_exp_poly7_f32(r) * _pow2_f32(h)) * _pow2_f32(k - h)
+    return (_exp_poly_f32(r) * _pow2_f32(h)) * _pow2_f32(k - h)
 
 
 @_scalar
@@ -314,7 +320,7 @@ def exp_f32_scaled(x):
     x = np.float32(x)
     xc = _F(-130.0) if x < _F(-130.0) else x
     r, k = _reduce_f32(xc)
-    return _exp_poly7_f32(r) * _pow2_f32(k + 64)
+    return _exp_poly_f32(r) * _pow2_f32(k + 64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -323,30 +323,6 @@ def _flat_exp_scaled(a, out, lo, hi):
         _exp_scaled_to(a.reshape(a.size), out.reshape(out.size), lo * n, hi * n)
 
 
-@kernel()
-def _exp_rows(x, y, m, s, lo, hi):
-    # m[r - lo] = max of row r; y = e^(x - m) 2^64 (float32); s[r - lo] = sum of row r of y.
-    # Long rows: one loop per row. Short rows: y = x - m first, then one flat exp loop (no scalar
-    # loop tail per row). The sum is a separate reduce=True loop: Numba would apply reassoc to the
-    # inlined exp too, and the float64 accumulator would make LLVM run the exp 4 lanes wide.
-    n = x.shape[1]
-    for r in range(lo, hi):
-        xr, yr = x[r], y[r]
-        mr = _row_max(xr)
-        m[r - lo] = mr
-        if n >= _SHORT_ROW:
-            for j in range(n):
-                yr[j] = vm.exp_f32_scaled(xr[j] - mr)
-            s[r - lo] = vm.fsum(yr)
-        else:
-            for j in range(n):
-                yr[j] = xr[j] - mr
-    if n < _SHORT_ROW:
-        _flat_exp_scaled(y, y, lo, hi)
-        for r in range(lo, hi):
-            s[r - lo] = vm.fsum(y[r])
-
-
 @kernel(reduce=True)
 def _sum_below(a, top):
     # (sum of the a_j < top, number of a_j >= top) in float64; NaN goes into the sum.
@@ -376,44 +352,91 @@ def _lse(e, top, scale):
     return _log1p_delta(e, top, scale) if total < _NEAR_ONE else math.log(total)
 
 
+# The float32 row kernels index the 2-d arrays as a[r, j] and pass (array, row) to helpers:
+# a row view a[r] costs a reference-count increment and decrement (atomic) per row and per
+# call, which at 1024 x 64 was a third of the time.
+
+
+@kernel()
+def _max_of_row(a, r):
+    # NaN is skipped here and propagates through e^(x - m) instead.
+    m = a[r, 0]
+    for j in range(a.shape[1]):
+        m = vm.maxnum(m, a[r, j])
+    return m
+
+
+@kernel(reduce=True)
+def _sum_of_row(a, r):
+    s = 0.0
+    for j in range(a.shape[1]):
+        s += np.float64(a[r, j])
+    return s
+
+
+@kernel(reduce=True)
+def _dot_of_rows(a, b, r):
+    s = 0.0
+    for j in range(a.shape[1]):
+        s += np.float64(a[r, j]) * np.float64(b[r, j])
+    return s
+
+
+@kernel()
+def _finish_row_single(x, y, r, m, total, log):
+    # y[r] holds e^(x - m) 2^64 and total its sum: softmax y / total, or log-softmax
+    # y = (x - m) - lse in float32: |y| = |x - m| + lse, so each of the three roundings (x - m,
+    # lse, the difference) is at most half an ulp of y, <= 1.5 ulp in all.
+    n = x.shape[1]
+    if not log:
+        inv = np.float32(1.0 / total)
+        for j in range(n):
+            y[r, j] *= inv
+        return
+    t = total * _TWO_M64
+    lse = np.float32(_log1p_delta(y[r], 2.0 ** 64, _TWO_M64) if t < _NEAR_ONE else math.log(t))
+    for j in range(n):
+        y[r, j] = (x[r, j] - m) - lse
+
+
 @kernel()
 def _rows_single(a, b, out, lo, hi, e, mode):
-    # float32 rows lo:hi (e unused: the float64 variant's scratch).
-    if mode < 2:
+    # float32 rows lo:hi (e unused: the float64 variant's scratch). The sums are separate
+    # reduce=True loops: Numba would apply reassoc to the inlined exp too, and a float64
+    # accumulator in the exp loop would make LLVM run it 4 lanes wide instead of 8.
+    n = a.shape[1]
+    if mode < 2 and n >= _SHORT_ROW:
+        # Long rows, each start to end: max, e^(x - m) 2^64, sum, finish.
+        for r in range(lo, hi):
+            m = _max_of_row(a, r)
+            for j in range(n):
+                out[r, j] = vm.exp_f32_scaled(a[r, j] - m)
+            _finish_row_single(a, out, r, m, _sum_of_row(out, r), mode == 1)
+    elif mode < 2:
+        # Short rows: x - m for all of them, then ONE flat exp loop (no scalar loop tail per
+        # row: 64 x 10 would spend most of its time there), then each row's sum and finish.
         m = np.empty(hi - lo, a.dtype)
-        s = np.empty(hi - lo)
-        _exp_rows(a, out, m, s, lo, hi)
-    if mode == 0:
         for r in range(lo, hi):
-            yr = out[r]
-            inv = np.float32(1.0 / s[r - lo])
-            for j in range(yr.size):
-                yr[j] *= inv
-    elif mode == 1:
+            mr = _max_of_row(a, r)
+            m[r - lo] = mr
+            for j in range(n):
+                out[r, j] = a[r, j] - mr
+        _flat_exp_scaled(out, out, lo, hi)
         for r in range(lo, hi):
-            total = s[r - lo] * _TWO_M64
-            if total < _NEAR_ONE:
-                s[r - lo] = _log1p_delta(out[r], 2.0 ** 64, _TWO_M64)
-            else:
-                s[r - lo] = math.log(total)
-        # y = (x - m) - lse in float32: |y| = |x - m| + lse, so each of the three roundings
-        # (x - m, lse, the difference) is at most half an ulp of y: <= 1.5 ulp in all.
-        for r in range(lo, hi):
-            xr, yr = a[r], out[r]
-            mr, lse = m[r - lo], np.float32(s[r - lo])
-            for j in range(yr.size):
-                yr[j] = (xr[j] - mr) - lse
+            _finish_row_single(a, out, r, m[r - lo], _sum_of_row(out, r), mode == 1)
     elif mode == 2:
+        # dx = y (g - sum_j g_j y_j)
         for r in range(lo, hi):
-            _softmax_bwd_row(a[r], b[r], out[r])
+            dot = _dot_of_rows(a, b, r)
+            for j in range(n):
+                out[r, j] = np.float64(a[r, j]) * (np.float64(b[r, j]) - dot)
     else:
         # dx = g - e^y sum(g), y <= 0: e^y 2^64 first, into dx.
         _flat_exp_scaled(a, out, lo, hi)
         for r in range(lo, hi):
-            gr, dr = b[r], out[r]
-            c = vm.fsum(gr) * _TWO_M64
-            for j in range(dr.size):
-                dr[j] = np.float64(gr[j]) - np.float64(dr[j]) * c
+            c = _sum_of_row(b, r) * _TWO_M64
+            for j in range(n):
+                out[r, j] = np.float64(b[r, j]) - np.float64(out[r, j]) * c
 
 
 @kernel()
@@ -471,15 +494,17 @@ def _rows_double(a, b, out, lo, hi, e, mode):
 @kernel(parallel=True)
 def _rows_parallel_single(a, b, out, mode, k):
     rows = a.shape[0]
+    unused = np.empty(0)
     for c in prange(k):
-        _rows_single(a, b, out, c * rows // k, (c + 1) * rows // k, np.empty(0), mode)
+        _rows_single(a, b, out, c * rows // k, (c + 1) * rows // k, unused, mode)
 
 
 @kernel(parallel=True)
 def _rows_parallel_double(a, b, out, mode, k):
     rows, n = a.shape
+    e = np.empty((k, n))
     for c in prange(k):
-        _rows_double(a, b, out, c * rows // k, (c + 1) * rows // k, np.empty(n), mode)
+        _rows_double(a, b, out, c * rows // k, (c + 1) * rows // k, e[c], mode)
 
 
 @kernel()
@@ -568,10 +593,10 @@ def _cols_parallel(a, b, out, mode, k):
         _cols_chunk(a, b, out, c * items // k, (c + 1) * items // k, np.empty((3, w)), mode)
 
 
-# Chunks per parallel call: enough to spread over any thread count Numba is likely to have
-# (static schedule: 64 chunks on 2 threads are 32 each), without asking for the thread count,
-# which costs 1.2 us a call (and inside a kernel would defeat the on-disk cache).
-_CHUNKS = 64
+# Chunks per parallel call: enough to spread over the thread counts this runs with (static
+# schedule: 16 chunks on 2 threads are 8 each), without asking for the thread count, which
+# costs 1.2 us a call (and inside a kernel would defeat the on-disk cache).
+_CHUNKS = 16
 
 
 def _run_softmax(a, b, out, axis, mode):

@@ -117,9 +117,9 @@ ORACLE32 = {
     "exp": np.exp, "expm1": np.expm1, "tanh": np.tanh, "sigmoid": sp.expit, "ndtr": sp.ndtr,
     "gelu": lambda x: x * sp.ndtr(x), "exp_f32": np.exp,
 }
-BOUND32 = {  # measured 0.5030 0.5002 0.5001 0.5025 0.5074 0.5075 0.9149 on a stride-97 sweep
+BOUND32 = {  # measured 0.5030 0.5002 0.5001 0.5025 0.5074 0.5075 0.8663 on a stride-97 sweep
     "exp": 0.51, "expm1": 0.51, "tanh": 0.51, "sigmoid": 0.51, "ndtr": 0.52, "gelu": 0.52,
-    "exp_f32": 0.95,
+    "exp_f32": 0.9,
 }
 
 
@@ -146,7 +146,7 @@ def test_float32_scaled_exp_bound(sweep):
     x = sweep[(sweep <= 0) & (sweep >= -130)]
     got = _apply("exp_f32_scaled", x, F32)
     exact = np.exp(x.astype(np.float64)) * 2.0**64
-    assert ulp_error(got, exact, F32).max() <= 0.95  # measured 0.9001
+    assert ulp_error(got, exact, F32).max() <= 0.9  # measured 0.8663
 
 
 BOUND64 = {"exp": 1.0, "expm1": 2.0, "sigmoid": 3.0}  # measured 0.89 1.83 2.44 on 24 million
@@ -274,7 +274,7 @@ def _softmax_exact(x):
 @pytest.mark.parametrize("shape", [(256, 1024), (2048, 10)])
 @pytest.mark.parametrize("scale", [1.0, 10.0, 100.0])
 def test_float32_softmax_error_bound(shape, scale):
-    # Derived: x - m rounds in float32 (relative |d| 2^-24 in e^d), exp_f32_scaled <= 0.92 ulp,
+    # Derived: x - m rounds in float32 (relative |d| 2^-24 in e^d), exp_f32_scaled <= 0.9 ulp,
     # 1/s and the product round once each: |y - exact| <= (|d|/2 + 2) 2^-23 exact (+ the
     # subnormal spacing). torch's float32 softmax shows the same |d| term (up to 66 ulp at
     # scale 10); that term is the price of float32 lanes, which make the kernel faster than it.
