@@ -285,6 +285,26 @@ def test_float32_softmax_error_bound(shape, scale):
     assert np.all(np.abs(got - exact) <= bound)
 
 
+@pytest.mark.parametrize("shape", [(256, 1024), (2048, 10)])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1e4])
+def test_float32_log_softmax_error_bound(shape, scale):
+    # Derived: y = (x - m) - lse in float32 rounds three times, each <= half an ulp of y (|y| =
+    # |x - m| + lse): 1.5 ulp. Plus lse's own error |ds / s|: each term but the maximum's (e^0,
+    # exact) is off by 0.9 ulp (exp_f32_scaled) and by |d| 2^-24 (x - m rounded in float32).
+    # Peaked rows (lse ~ 0) take the log1p path, where the same sum bounds the error of delta.
+    x = np.random.default_rng(1).normal(0, scale, shape).astype(np.float32)
+    d, _ = _softmax_exact(x)
+    e = np.exp(d)
+    rest = e.copy()
+    np.put_along_axis(rest, np.argmax(x, -1)[:, None], 0, -1)
+    exact = d - np.log1p(rest.sum(-1, keepdims=True))
+    term_err = (0.9 * 2.0**-23 + np.abs(d) * 2.0**-24) * rest
+    lse_err = term_err.sum(-1, keepdims=True) / e.sum(-1, keepdims=True)
+    got = A.log_softmax(x)[0].astype(np.longdouble)
+    bound = 1.5 * _ulp(exact, F32) + lse_err
+    assert np.all(np.abs(got - exact) <= bound)
+
+
 def test_log_softmax_keeps_a_dominant_logit_below_eps():
     # y_max = -log1p(delta) = -delta even when delta < eps (torch gives 0 there).
     x = np.array([[0.0, -40.0, -45.0], [5.0, -30.0, 5.0 - 1e-30]], np.float64)
