@@ -61,13 +61,16 @@ def _binary(saved, grad_out, kern, *args) -> np.ndarray:
 
 # The transcendental kernels call reference/_vmath.py, whose functions vectorise: here float32
 # inputs are computed in float64 with polynomials accurate far below a float32 ulp and rounded
-# once (<= 0.51 ulp measured; softmax below trades that for float32 lanes).
+# once (<= 0.51 ulp measured; softmax below trades that for float32 lanes). At ~0.8 ns an
+# element they gain from the thread pool well below PARALLEL_MIN (set for copy-like kernels):
+# measured here, sigmoid of 8192 floats takes 6.6 us serial and 4.9 us on two threads.
+_PARALLEL_MIN_HEAVY = PARALLEL_MIN // 8
 
 
 @kernel(parallel=True)
 def _sigmoid_fwd(x, y):
     n = x.size
-    if n < PARALLEL_MIN:
+    if n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
             y[i] = vm.sigmoid(x[i], y.dtype)
     else:
@@ -112,7 +115,7 @@ def sigmoid_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 @kernel(parallel=True)
 def _tanh_fwd(x, y):
     n = x.size
-    if n < PARALLEL_MIN:
+    if n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
             y[i] = vm.tanh(x[i], y.dtype)
     else:
@@ -264,8 +267,8 @@ def _three_d(x: np.ndarray, axis: int) -> tuple[int, int, int]:
 # A slice along the last axis is a contiguous row; otherwise the kernels take up to _COLS
 # neighbouring columns of one slab at a time, so the inner loops still run over contiguous memory
 # and vectorise. Work is split into equal chunks of slices (_CHUNKS, spread over the threads),
-# each with its scratch allocated once, not per slice. Below PARALLEL_MIN the Python wrapper
-# calls the serial chunk kernel itself: no thread pool, and the parallel kernel is compiled only
+# each with its scratch allocated once, not per slice. Below _PARALLEL_MIN_HEAVY the Python
+# wrapper calls the serial chunk kernel itself: no thread pool, and the parallel kernel is compiled only
 # when an input that large first arrives (it costs seconds of compile time).
 #
 # Modes: 0 softmax, 1 log-softmax (a = x, out = y); 2, 3 their backward (a = y, b = g, out = dx).
@@ -617,7 +620,7 @@ def _run_softmax(a, b, out, axis, mode):
         a, b, out = (t.reshape(outer, n, inner) for t in (a, b, out))
         items, chunk, par = outer * -(-inner // _COLS), _cols_chunk, _cols_parallel
         scratch = np.empty((3, min(inner, _COLS)))
-    if a.size < PARALLEL_MIN or items == 1:
+    if a.size < _PARALLEL_MIN_HEAVY or items == 1:
         chunk(a, b, out, 0, items, scratch, mode)
     else:
         par(a, b, out, mode, min(items, _CHUNKS))
@@ -711,13 +714,13 @@ def _gelu_tanh_grad1(x, dt):
 def _gelu_fwd(x, y, approx):
     n = x.size
     if approx:
-        if n < PARALLEL_MIN:
+        if n < _PARALLEL_MIN_HEAVY:
             for i in range(n):
                 y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
         else:
             for i in prange(n):
                 y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
-    elif n < PARALLEL_MIN:
+    elif n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
             y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
     else:
@@ -729,13 +732,13 @@ def _gelu_fwd(x, y, approx):
 def _gelu_bwd(x, g, dx, approx):
     n = x.size
     if approx:
-        if n < PARALLEL_MIN:
+        if n < _PARALLEL_MIN_HEAVY:
             for i in range(n):
                 dx[i] = g[i] * _gelu_tanh_grad1(np.float64(x[i]), dx.dtype)
         else:
             for i in prange(n):
                 dx[i] = g[i] * _gelu_tanh_grad1(np.float64(x[i]), dx.dtype)
-    elif n < PARALLEL_MIN:
+    elif n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
             dx[i] = g[i] * _gelu_erf_grad1(np.float64(x[i]), dx.dtype)
     else:
