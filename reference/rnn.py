@@ -20,15 +20,16 @@ Shapes (``D = 2`` if bidirectional else 1; ``L = num_layers``; ``G`` gates: 1 RN
 Not supported (torch options that change nothing here when left at their defaults): unbatched
 2-d input, packed sequences, ``bias=False``, dropout between layers, LSTM ``proj_size``.
 
-Implementation. Every array is held feature-major, ``(features, T*B)`` with column ``t*B + b``,
-so that per layer and direction the input projection is one matrix product ``W_ih @ X`` for all
-steps, the recurrence per step is ``W_hh @ h`` (h of shape ``(H, B)``, on one BLAS thread: see
-``reference/_blas.py``), and backward's weight
-gradients are each one product over all steps. Matrix products go through ``np.dot`` (SciPy's
-BLAS) in the input's dtype, as torch's do; gate arithmetic is float64 with the vectorised
+Implementation. A layer's input and output sequences are matrices with one row per step and
+batch element (row ``t*B + b``: a time-major tensor as it is, no copy); inside a layer the
+states and gates are feature-major, ``(features, T*B)``, so that per layer and direction the
+input projection is one matrix product ``W_ih @ X^T`` for all steps, the recurrence per step
+is ``W_hh @ h`` (h of shape ``(H, B)``, on one BLAS thread: see ``reference/_blas.py``), and
+backward's weight gradients are each one product over all steps. Matrix products run in the
+input's dtype (SciPy's BLAS), as torch's do; gate arithmetic is float64 with the vectorised
 functions of ``reference/_vmath.py`` (for float32 results accurate to well under a float32
-ulp), rounded once per stored value. The time loop of a layer runs inside one kernel, so there
-is no per-step dispatch.
+ulp), rounded once per stored value. The time loop of a layer runs inside one kernel, so
+there is no per-step dispatch.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def weight_names(num_layers: int = 1, bidirectional: bool = False) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# kernels: one layer, one direction, all time steps. Arrays are feature-major (see above):
-# inp (I, T*B), ys (D*H, T*B) with this direction's rows at row0, state (H, B).
+# kernels: one layer, one direction, all time steps. inp (T*B, I) and ys (T*B, D*H) are the
+# layer's input and output, row t*B + b, this direction's columns of ys at row0; the state h
+# (H, B), the states of all steps hs (H, T*B) and the gates are feature-major (see above).
 
 
 @inline()
@@ -71,11 +73,11 @@ def _step_columns(s, n_steps, reverse):
 
 
 @kernel()
-def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
+def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, hs, ys, row0):
     dt = h.dtype  # the precision of the gate functions follows the stored values
     hidden, batch = h.shape
-    n_steps = inp.shape[1] // batch
-    xw = np.dot(w_ih, inp)                       # (H, T*B)
+    n_steps = inp.shape[0] // batch
+    xw = np.dot(w_ih, inp.T)                     # (H, T*B)
     hw = np.empty((hidden, batch), dt)
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, reverse) * batch
@@ -83,7 +85,7 @@ def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
         # One row (unit) at a time over the batch: short contiguous loops that vectorise.
         for u in range(hidden):
             bias = np.float64(b_ih[u]) + np.float64(b_hh[u])
-            xr, hr, yr = xw[u, c0:c0 + batch], hw[u], ys[row0 + u, c0:c0 + batch]
+            xr, hr, yr = xw[u, c0:c0 + batch], hw[u], hs[u, c0:c0 + batch]
             for b in range(batch):
                 pre = np.float64(xr[b]) + np.float64(hr[b]) + bias
                 if relu:
@@ -91,18 +93,18 @@ def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, ys, row0):
                 else:
                     yr[b] = Vm.tanh(pre, dt)
             h[u] = yr
+        ys[c0:c0 + batch, row0:row0 + hidden] = h.T
     return h
 
 
 @kernel()
-def _shifted(states, row0, h0, reverse, batch):
+def _shifted(hs, h0, reverse, batch):
     """The state each step starts from, (H, T*B): h_{t-1} at column block t (h_{t+1} for the
-    reverse direction), h0 at the first step; ``states`` holds this direction at row0."""
-    hidden = h0.shape[0]
-    cols = states.shape[1]
+    reverse direction), h0 at the first step."""
+    hidden, cols = hs.shape
     prev = np.empty((hidden, cols), h0.dtype)
     for u in range(hidden):
-        src, dst = states[row0 + u], prev[u]
+        src, dst = hs[u], prev[u]
         if reverse:
             dst[:cols - batch] = src[batch:]
             dst[cols - batch:] = h0[u]
@@ -124,25 +126,33 @@ def _row_sums(a, out):
 
 @kernel()
 def _weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh):
-    # One product over all steps each: d inp += W_ih^T dG_x, dW_ih = dG_x inp^T,
+    # One product over all steps each: d inp += dG_x^T W_ih, dW_ih = dG_x inp,
     # dW_hh = dG_h hprev^T.
-    dinp += np.dot(w_ih.T, dg_x)
-    np.dot(dg_x, inp.T, dw_ih)
+    dinp += np.dot(dg_x.T, w_ih)
+    np.dot(dg_x, inp, dw_ih)
     np.dot(dg_h, hprev.T, dw_hh)
 
 
 @kernel()
-def _rnn_bwd(w_hh, h0, relu, reverse, ys, row0, dys, dh, dg):
+def _upstream_block(dys, c0, row0, out):
+    # this step's upstream gradient, feature-major: out (H, B) = dys[c0:c0+B, row0:row0+H]^T
+    hidden, batch = out.shape
+    out[:, :] = dys[c0:c0 + batch, row0:row0 + hidden].T
+
+
+@kernel()
+def _rnn_bwd(w_hh, relu, reverse, hs, dys, row0, dh, dg):
     # dh (H, B): on entry d h_n, on exit d h0. dg (H, T*B): d pre-activation, all steps.
     hidden, batch = dh.shape
     n_steps = dg.shape[1] // batch
     dgt = np.empty((hidden, batch), dh.dtype)
+    dyt = np.empty((hidden, batch), dh.dtype)
     w_t = w_hh.T.copy()
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, not reverse) * batch  # backward runs time backwards
+        _upstream_block(dys, c0, row0, dyt)
         for u in range(hidden):
-            yr, gr = ys[row0 + u, c0:c0 + batch], dys[row0 + u, c0:c0 + batch]
-            hr, out = dh[u], dgt[u]
+            yr, gr, hr, out = hs[u, c0:c0 + batch], dyt[u], dh[u], dgt[u]
             for b in range(batch):
                 g = np.float64(hr[b]) + np.float64(gr[b])
                 y = np.float64(yr[b])
@@ -155,12 +165,12 @@ def _rnn_bwd(w_hh, h0, relu, reverse, ys, row0, dys, dh, dg):
 
 
 @kernel()
-def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, ys, row0, gates):
+def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, hs, ys, row0, gates):
     # gates (4H, T*B): r, z, n and q = W_hn h + b_hn, per step.
     dt = h.dtype
     hidden, batch = h.shape
-    n_steps = inp.shape[1] // batch
-    xw = np.dot(w_ih, inp)                       # (3H, T*B)
+    n_steps = inp.shape[0] // batch
+    xw = np.dot(w_ih, inp.T)                     # (3H, T*B)
     hw = np.empty((3 * hidden, batch), dt)
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, reverse) * batch
@@ -184,28 +194,31 @@ def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, ys, row0, gates):
         for u in range(hidden):                  # h' = (1 - z) n + z h
             zr = gates[hidden + u, c0:c0 + batch]
             nr = gates[2 * hidden + u, c0:c0 + batch]
-            yr, hh = ys[row0 + u, c0:c0 + batch], h[u]
+            yr, hh = hs[u, c0:c0 + batch], h[u]
             for b in range(batch):
                 z = np.float64(zr[b])
                 yr[b] = (1.0 - z) * np.float64(nr[b]) + z * np.float64(hh[b])
             hh[:] = yr
+        ys[c0:c0 + batch, row0:row0 + hidden] = h.T
     return h
 
 
 @kernel()
-def _gru_bwd(w_hh, reverse, ys, row0, gates, hprev, dys, dh, dgx, dgh):
+def _gru_bwd(w_hh, reverse, gates, hprev, dys, row0, dh, dgx, dgh):
     # dgx: d of the input pre-activations (3H, T*B); dgh: d of W_hh h + b_hh.
     hidden, batch = dh.shape
     n_steps = dgx.shape[1] // batch
     dght = np.empty((3 * hidden, batch), dh.dtype)
     back = np.empty((hidden, batch), dh.dtype)
+    dyt = np.empty((hidden, batch), dh.dtype)
     w_t = w_hh.T.copy()
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, not reverse) * batch
+        _upstream_block(dys, c0, row0, dyt)
         for u in range(hidden):
             r, z = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
             n, q = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
-            hp, gy, hr = hprev[u, c0:c0 + batch], dys[row0 + u, c0:c0 + batch], dh[u]
+            hp, gy, hr = hprev[u, c0:c0 + batch], dyt[u], dh[u]
             dr, dz, dn = dght[u], dght[hidden + u], dght[2 * hidden + u]
             for b in range(batch):
                 g = np.float64(hr[b]) + np.float64(gy[b])
@@ -226,12 +239,12 @@ def _gru_bwd(w_hh, reverse, ys, row0, gates, hprev, dys, dh, dgx, dgh):
 
 
 @kernel()
-def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs):
+def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, hs, ys, row0, gates, cs):
     # gates (5H, T*B): i, f, g, o and tanh(c_t); cs (H, T*B): c_t.
     dt = h.dtype
     hidden, batch = h.shape
-    n_steps = inp.shape[1] // batch
-    xw = np.dot(w_ih, inp)                       # (4H, T*B)
+    n_steps = inp.shape[0] // batch
+    xw = np.dot(w_ih, inp.T)                     # (4H, T*B)
     hw = np.empty((4 * hidden, batch), dt)
     for s in range(n_steps):
         c0 = _step_columns(s, n_steps, reverse) * batch
@@ -250,7 +263,7 @@ def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs
             ir, fr = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
             gr, orow = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
             tr, cr = gates[4 * hidden + u, c0:c0 + batch], cs[u, c0:c0 + batch]
-            cc, yr = cell[u], ys[row0 + u, c0:c0 + batch]
+            cc, yr = cell[u], hs[u, c0:c0 + batch]
             for b in range(batch):
                 cr[b] = (np.float64(fr[b]) * np.float64(cc[b])
                          + np.float64(ir[b]) * np.float64(gr[b]))
@@ -260,25 +273,28 @@ def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, ys, row0, gates, cs
                 yr[b] = np.float64(orow[b]) * np.float64(tr[b])
             cc[:] = cr
             h[u] = yr
+        ys[c0:c0 + batch, row0:row0 + hidden] = h.T
     return h, cell
 
 
 @kernel()
-def _lstm_bwd(w_hh, c0, reverse, ys, row0, gates, cs, dys, dh, dc, dg):
+def _lstm_bwd(w_hh, c0, reverse, gates, cs, dys, row0, dh, dc, dg):
     # dh, dc (H, B): on entry d h_n, d c_n; on exit d h0, d c0. dg (4H, T*B).
     hidden, batch = dh.shape
     n_steps = dg.shape[1] // batch
     dgt = np.empty((4 * hidden, batch), dh.dtype)
+    dyt = np.empty((hidden, batch), dh.dtype)
     w_t = w_hh.T.copy()
     for s in range(n_steps):
         t = _step_columns(s, n_steps, not reverse)
         c0_ = t * batch
+        _upstream_block(dys, c0_, row0, dyt)
         tp = t + 1 if reverse else t - 1
         first = tp < 0 or tp >= n_steps
         for u in range(hidden):
             i, f = gates[u, c0_:c0_ + batch], gates[hidden + u, c0_:c0_ + batch]
             g, o = gates[2 * hidden + u, c0_:c0_ + batch], gates[3 * hidden + u, c0_:c0_ + batch]
-            tc, gy = gates[4 * hidden + u, c0_:c0_ + batch], dys[row0 + u, c0_:c0_ + batch]
+            tc, gy = gates[4 * hidden + u, c0_:c0_ + batch], dyt[u]
             cp = c0[u] if first else cs[u, tp * batch:tp * batch + batch]
             hr, cr = dh[u], dc[u]
             di, df = dgt[u], dgt[hidden + u]
@@ -363,16 +379,17 @@ def _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
     return x, w, states[0], states[1], shape
 
 
-def _feature_major(x, batch_first):
-    """(T, B, I) or (B, T, I) -> (I, T*B), column t*B + b."""
-    xt = x.transpose(2, 1, 0) if batch_first else x.transpose(2, 0, 1)
-    return xt.copy().reshape(x.shape[2], -1)  # a copy even where the transpose is a no-op
+def _rows(x, batch_first):
+    """(T, B, F) or (B, T, F) -> (T*B, F), row t*B + b (a view when time-major)."""
+    if batch_first:
+        x = x.transpose(1, 0, 2).copy()  # whole rows of F move: a cheap copy
+    return x.reshape(-1, x.shape[2])
 
 
-def _from_feature_major(a, steps, batch, batch_first):
-    """(F, T*B) -> (T, B, F) or (B, T, F)."""
-    a3 = a.reshape(a.shape[0], steps, batch)
-    return np.ascontiguousarray(a3.transpose(2, 1, 0) if batch_first else a3.transpose(1, 2, 0))
+def _unrows(a, steps, batch, batch_first):
+    """(T*B, F) -> (T, B, F) (a view), or a (B, T, F) copy."""
+    a3 = a.reshape(steps, batch, a.shape[1])
+    return a3.transpose(1, 0, 2).copy() if batch_first else a3
 
 
 def _state(s, k, shape):
@@ -386,8 +403,8 @@ class RNNCtx(NamedTuple):
     shape: _Shape
     batch_first: bool
     weights: list[np.ndarray]
-    layer_inputs: list[np.ndarray]   # per layer, (I_l, T*B)
-    layer_outputs: list[np.ndarray]  # per layer, (D*H, T*B)
+    layer_inputs: list[np.ndarray]   # per layer, (T*B, I_l)
+    states: list[np.ndarray]         # per layer and direction, h_t at columns t*B.., (H, T*B)
     h0: list[np.ndarray]             # per layer and direction, (H, B)
     c0: list[np.ndarray] | None
     gates: list[np.ndarray | None]   # per layer and direction
@@ -400,41 +417,44 @@ def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
     x, w, h0, c0, sh = _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first)
     batch_first = bool(batch_first)
     cols = sh.steps * sh.batch
-    inp = _feature_major(x, batch_first)
-    ins, outs, h0s, c0s, gates, cells, hn, cn = [], [], [], [], [], [], [], []
+    inp = _rows(x, batch_first)
+    ins, states, h0s, c0s, gates, cells, hn, cn = [], [], [], [], [], [], [], []
     for layer in range(sh.layers):
-        ys = np.empty((sh.directions * sh.hidden, cols), sh.dtype)
+        ys = np.empty((cols, sh.directions * sh.hidden), sh.dtype)
         for d in range(sh.directions):
             k = layer * sh.directions + d
             w_ih, w_hh, b_ih, b_hh = w[4 * k: 4 * k + 4]
             h = _state(h0, k, sh)
             h0s.append(h.copy())
             rev, row0 = d == 1, d * sh.hidden
+            hs = np.empty((sh.hidden, cols), sh.dtype)
             g = cs = None
             if mode == "lstm":
                 cell = _state(c0, k, sh)
                 c0s.append(cell.copy())
                 g = np.empty((5 * sh.hidden, cols), sh.dtype)
                 cs = np.empty((sh.hidden, cols), sh.dtype)
-                h, cell = _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, rev, ys, row0, g, cs)
+                h, cell = _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, rev, hs, ys, row0, g,
+                                    cs)
                 cn.append(cell.T)
             elif mode == "gru":
                 g = np.empty((4 * sh.hidden, cols), sh.dtype)
-                h = _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, rev, ys, row0, g)
+                h = _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, rev, hs, ys, row0, g)
             else:
-                h = _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, mode == "rnn_relu", rev, ys, row0)
+                h = _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, mode == "rnn_relu", rev, hs, ys,
+                             row0)
             hn.append(h.T)
+            states.append(hs)
             gates.append(g)
             cells.append(cs)
         ins.append(inp)
-        outs.append(ys)
         inp = ys
-    out = _from_feature_major(inp, sh.steps, sh.batch, batch_first)
+    out = _unrows(inp, sh.steps, sh.batch, batch_first)
     results = [out, np.ascontiguousarray(np.stack(hn))]
     if mode == "lstm":
         results.append(np.ascontiguousarray(np.stack(cn)))
-    ctx = RNNCtx(mode, sh, bool(batch_first), w, ins, outs, h0s, c0s if mode == "lstm" else None,
-                 gates, cells, h0 is not None, c0 is not None)
+    ctx = RNNCtx(mode, sh, bool(batch_first), w, ins, states, h0s,
+                 c0s if mode == "lstm" else None, gates, cells, h0 is not None, c0 is not None)
     return tuple(results), ctx
 
 
@@ -458,7 +478,7 @@ def _backward(ctx: RNNCtx, grad_out):
             raise ValueError(f"grad_out {name} must have the forward output's shape {shape}, "
                              f"got {g.shape}")
         grads.append(g)
-    dys = _feature_major(grads[0], ctx.batch_first)
+    dys = _rows(grads[0], ctx.batch_first)
     dweights = [None] * len(ctx.weights)
     dh0 = np.empty(state_shape, sh.dtype)
     dc0 = np.empty(state_shape, sh.dtype)
@@ -471,20 +491,20 @@ def _backward(ctx: RNNCtx, grad_out):
             w_ih, w_hh = ctx.weights[4 * k], ctx.weights[4 * k + 1]
             gh = w_ih.shape[0]
             dh = grads[1][k].T.copy()
-            rev, row0, ys = d == 1, d * sh.hidden, ctx.layer_outputs[layer]
-            hprev = _shifted(ys, row0, ctx.h0[k], rev, sh.batch)
+            rev, row0, hs = d == 1, d * sh.hidden, ctx.states[k]
+            hprev = _shifted(hs, ctx.h0[k], rev, sh.batch)
             dg_x = np.empty((gh, cols), sh.dtype)
             dg_h = dg_x
             if ctx.mode == "lstm":
                 dc = grads[2][k].T.copy()
-                _lstm_bwd(w_hh, ctx.c0[k], rev, ys, row0, ctx.gates[k], ctx.cells[k], dys, dh,
-                          dc, dg_x)
+                _lstm_bwd(w_hh, ctx.c0[k], rev, ctx.gates[k], ctx.cells[k], dys, row0, dh, dc,
+                          dg_x)
                 dc0[k] = dc.T
             elif ctx.mode == "gru":
                 dg_h = np.empty((gh, cols), sh.dtype)
-                _gru_bwd(w_hh, rev, ys, row0, ctx.gates[k], hprev, dys, dh, dg_x, dg_h)
+                _gru_bwd(w_hh, rev, ctx.gates[k], hprev, dys, row0, dh, dg_x, dg_h)
             else:
-                _rnn_bwd(w_hh, ctx.h0[k], ctx.mode == "rnn_relu", rev, ys, row0, dys, dh, dg_x)
+                _rnn_bwd(w_hh, ctx.mode == "rnn_relu", rev, hs, dys, row0, dh, dg_x)
             dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
             _weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh)
             db_ih, db_hh = np.empty(gh, sh.dtype), np.empty(gh, sh.dtype)
@@ -496,7 +516,7 @@ def _backward(ctx: RNNCtx, grad_out):
             dh0[k] = dh.T
             dweights[4 * k: 4 * k + 4] = [dw_ih, dw_hh, db_ih, db_hh]
         dys = dinp
-    dx = _from_feature_major(dys, sh.steps, sh.batch, ctx.batch_first)
+    dx = _unrows(dys, sh.steps, sh.batch, ctx.batch_first)
     result = [dx, dh0 if ctx.h0_given else None]
     if ctx.mode == "lstm":
         result.append(dc0 if ctx.c0_given else None)
