@@ -760,7 +760,7 @@ class ClassCtx(NamedTuple):
     out: np.ndarray
     denom: float  # the 'mean' denominator: the sum of the weights of non-ignored targets
     shape: tuple[int, ...]  # the input's shape
-    lse: np.ndarray | None = None  # (R,) logsumexp per row (cross_entropy)
+    lse: np.ndarray | None = None  # (R, 2): max and log-sum-exp(x - max) per row (cross_entropy)
     smoothing: float = 0.0
     margin: float = 0.0
     p: int = 1
@@ -779,7 +779,8 @@ def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r):
     yr = y[r]
     if yr == ignore:
         rowloss[r] = 0.0
-        lse[r] = 0.0
+        lse[r, 0] = 0.0
+        lse[r, 1] = 0.0
         return 0.0, 0.0, 0
     if yr < 0 or yr >= n_classes:
         rowloss[r] = 0.0
@@ -791,7 +792,8 @@ def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r):
     for c in range(n_classes):
         buf[c] = vm.exp(np.float64(xr[c]) - m, x.dtype)
     ls = math.log(vm.fsum(buf))
-    lse[r] = m + ls
+    lse[r, 0] = m  # kept apart: x - (m + ls) would round m + ls to an ulp of m (1e-12 at 1e4)
+    lse[r, 1] = ls
     wy = np.float64(w[yr]) if has_w else 1.0
     loss = (1.0 - eps) * wy * ((m - np.float64(xr[yr])) + ls)
     if eps != 0.0:
@@ -858,18 +860,20 @@ def _ce_bwd_row(x, y, w, has_w, wsum, ignore, eps, lse, gr, dx, r):
     wy = np.float64(w[yr]) if has_w else 1.0
     a = (1.0 - eps) * wy + eps * wsum / n_classes
     b = eps / n_classes
-    l_r = lse[r]
+    m, ls = lse[r, 0], lse[r, 1]
     xr, dr = x[r], dx[r]  # 1-d views: indices from range(C) need no wraparound test
     if has_w:
         for c in range(n_classes):
-            p = vm.exp(np.float64(xr[c]) - l_r, x.dtype)
+            p = vm.exp((np.float64(xr[c]) - m) - ls, x.dtype)
             dr[c] = gr * (a * p - b * np.float64(w[c]))
     else:
         for c in range(n_classes):
-            p = vm.exp(np.float64(xr[c]) - l_r, x.dtype)
+            p = vm.exp((np.float64(xr[c]) - m) - ls, x.dtype)
             dr[c] = gr * (a * p - b)
-    p = vm.exp(np.float64(xr[yr]) - l_r, x.dtype)
-    dr[yr] = gr * (a * p - b * wy - (1.0 - eps) * wy)
+    # The label's entry as (1 - eps) w_y (p_y - 1) + (eps / C)(W p_y - w_y), with p_y - 1 by
+    # expm1: the form above would cancel 1 against 1 and lose an eps-sized remainder.
+    d = (np.float64(xr[yr]) - m) - ls
+    dr[yr] = gr * ((1.0 - eps) * wy * math.expm1(d) + b * (wsum * math.exp(d) - wy))
 
 
 @kernel(parallel=True)
@@ -934,7 +938,7 @@ def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | No
     r = _reduction(reduction, y.size)
     xr = _rows(x)
     rowloss = np.empty(y.size)
-    lse = np.empty(y.size)
+    lse = np.empty((y.size, 2))
     total, denom, bad = _ce_fwd(xr, y, w, has_w, ignore, eps, rowloss, lse)
     if bad:
         _bad_label(y, n_classes, ignore)

@@ -503,8 +503,10 @@ def _ce_like_cases(draw, dtype, smoothing: bool):
     inputs, ignore_index = draw(_labelled(dtype, values, spatial=True, ignore=True))
     params = {"ignore_index": ignore_index, "reduction": draw(_reduction(inputs["target"].size))}
     if smoothing:
+        # Smoothing 0, 1, or in [2^-20, 1]: below that it is 0 in float32, and its terms
+        # eps / C * w end up subnormal, where the gradcheck's relative rounding model fails.
         params["label_smoothing"] = draw(st.one_of(st.sampled_from([0.0, 0.1, 1.0]),
-                                                   st.floats(0.0, 1.0)))
+                                                   st.floats(2.0**-20, 1.0)))
     case = Case(inputs, params)
     if params["reduction"] == "mean" and _weight_of_labels(case) == 0:
         n_classes = inputs["input"].shape[0 if inputs["input"].ndim == 1 else 1]
