@@ -25,6 +25,7 @@ projections are one matrix product over all batch rows and positions.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -890,6 +891,15 @@ def _pe_table(length, d_model, log_base, out):
                 out[pos, i + 1] = math.cos(angle)
 
 
+@functools.lru_cache(maxsize=32)
+def _pe_cached(length: int, d_model: int, base: float, dtype: np.dtype) -> np.ndarray:
+    out = np.empty((length, d_model))
+    _pe_table(length, d_model, math.log(base), out)
+    out = out.astype(dtype)
+    out.flags.writeable = False  # shared between calls
+    return out
+
+
 def sinusoidal_positional_encoding(length: int, d_model: int, *, base: float = 10000.0,
                                    dtype=np.float64) -> np.ndarray:
     r"""The table of "Attention Is All You Need" (and PyTorch's tutorial), (length, d_model).
@@ -907,9 +917,7 @@ def sinusoidal_positional_encoding(length: int, d_model: int, *, base: float = 1
     dt = np.dtype(dtype)
     if dt not in v.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    out = np.empty((n, d))
-    _pe_table(n, d, math.log(b), out)
-    return out.astype(dt)
+    return _pe_cached(n, d, b, dt).copy()
 
 
 class PECtx(NamedTuple):
@@ -927,7 +935,8 @@ def add_positional_encoding(x: np.ndarray, *, batch_first: bool = False,
     length = x.shape[1] if bf else x.shape[0]
     if length == 0 or x.shape[2] == 0:
         raise ValueError(f"x must hold a sequence of length >= 1 and E >= 1, got {x.shape}")
-    pe = sinusoidal_positional_encoding(length, x.shape[2], base=base, dtype=x.dtype)
+    b = v.real(base, "base", lo=1.0, lo_open=True)
+    pe = _pe_cached(length, x.shape[2], b, x.dtype)  # the table, computed once per shape
     y = x + (pe[None] if bf else pe[:, None])
     return y, PECtx(x.shape, x.dtype)
 
