@@ -13,4 +13,15 @@ have the input's dtype. Bad input raises ``TypeError``/``ValueError`` naming the
 This package needs numpy, numba and scipy only; it never imports torch.
 """
 
-__all__ = ["activations", "losses", "regularizers"]
+__all__ = [
+    "activations",   # sigmoid, tanh, relu, leaky relu, step, softmax, log-softmax, GELU
+    "losses",        # MSE, L1, BCE (+ logits), cross-entropy, NLL, hinge, multi-margin
+    "regularizers",  # L1 and L2 penalties
+    "layers",        # linear, dropout, dropout2d, embedding
+    "conv",          # conv2d
+    "pool",          # max_pool2d, avg_pool2d
+    "norm",          # batch norm, layer norm
+    "blocks",        # residual basic block, MobileNet block, Inception block
+    "rnn",           # Elman RNN, GRU, LSTM (multi-layer, bidirectional)
+    "attention",     # scaled dot-product, multi-head self-attention, encoder layer, positions
+]
