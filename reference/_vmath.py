@@ -121,7 +121,7 @@ def fdot(a, b):
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-_LN2_HI = 6.93147180369123816490e-01  # 32 low bits zero: n * _LN2_HI is exact for |n| < 2^20
+_LN2_HI = 6.93147180369123816490e-01  # 21 low bits zero: n * _LN2_HI is exact for |n| < 2^21
 _LN2_LO = 1.90821492927058770002e-10  # ln2 - _LN2_HI
 _SHIFT = 6755399441055744.0  # 1.5 * 2**52: fl(x + _SHIFT) - _SHIFT rounds x to an integer
 _SHIFT_BITS = 0x4338000000000000
