@@ -635,6 +635,37 @@ register(Spec(
     ),
 ))
 
+def _nll_tol(case: Case, upstream) -> Tol | None:
+    """'sum' and 'mean' add terms -w_y x of either sign (logits of 1e4 and -1e4 cancel);
+    torch adds n of them in the input's dtype, a rounding error of at most
+    n eps sum |w_y x| (the recursive-summation bound, eps/2 per addition and product, doubled
+    for margin), divided by the denominator for 'mean', whose own float sum of n weights
+    errs by n eps relative. Ours is a float64 sum. 'none' and gradients: the default."""
+    reduction = case.params.get("reduction", "mean")
+    if upstream is not None or reduction == "none":
+        return None
+    x = case.inputs["input"]
+    y = case.inputs["target"].reshape(-1)
+    keep = y != case.params.get("ignore_index", -100)
+    if not keep.any():
+        return None
+    x3 = x.reshape(1, x.shape[0], 1) if x.ndim == 1 else x.reshape(x.shape[0], x.shape[1], -1)
+    n_idx, k_idx = np.divmod(np.arange(y.size), x3.shape[2])
+    w = case.inputs.get("weight")
+    wy = np.ones(int(keep.sum())) if w is None else w.astype(np.float64)[y[keep]]
+    terms = np.abs(wy * x3[n_idx[keep], y[keep], k_idx[keep]].astype(np.float64))
+    n = int(keep.sum())
+    eps = _eps(x.dtype)
+    err = n * eps * float(terms.sum())
+    tol = DEFAULT_TOL[x.dtype]
+    if reduction == "mean":
+        d = _weight_of_labels(case)
+        if d == 0:
+            return None
+        return Tol(tol.rtol + n * eps, max(tol.atol, err / d))
+    return Tol(tol.rtol, max(tol.atol, err))
+
+
 register(Spec(
     name="nll_loss", family=FAMILY,
     summary="negative log-likelihood of log-probabilities; weights, ignore_index",
@@ -643,6 +674,7 @@ register(Spec(
     cases=lambda dtype: _ce_like_cases(dtype, smoothing=False),
     sizes=_label_sizes(_log_probs, {"reduction": "mean"}),
     cost=_class_cost(1),
+    case_tol=_nll_tol,
     invariants=(_reduction_invariant(L.nll_loss, _weight_of_labels),
                 _all_ignored(L.nll_loss, L.nll_loss_backward)),
     invalid=_class_invalid("nll_loss"),
