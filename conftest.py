@@ -22,11 +22,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Numba's OpenMP threading layer keeps its threads spinning after a parallel kernel, stealing
-# the cores from whatever torch runs next (measured here: torch.relu on 64 floats took 96 us
-# right after a numba parallel kernel instead of 2.3 us; 16 us with the workqueue layer). The
-# suites interleave numba and torch calls, so they use the workqueue layer unless told otherwise.
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 _COMMON = dict(
     deadline=None,  # the first call of a kernel compiles (or loads from cache)
