@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-
 _COMMON = dict(
     deadline=None,  # the first call of a kernel compiles (or loads from cache)
     print_blob=True,
@@ -141,7 +140,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """Add GPU facts, library versions and the commit to pytest-benchmark's machine_info."""
     from suites.environment import collect
-
     from suites.performance import peaks
 
     env = collect()

@@ -270,8 +270,8 @@ def _three_d(x: np.ndarray, axis: int) -> tuple[int, int, int]:
 # neighbouring columns of one slab at a time, so the inner loops still run over contiguous memory
 # and vectorise. Work is split into equal chunks of slices (_CHUNKS, spread over the threads),
 # each with its scratch allocated once, not per slice. Below _PARALLEL_MIN_HEAVY the Python
-# wrapper calls the serial chunk kernel itself: no thread pool, and the parallel kernel is compiled only
-# when an input that large first arrives (it costs seconds of compile time).
+# wrapper calls the serial chunk kernel itself: no thread pool, and the parallel kernel is
+# compiled only when an input that large first arrives (it costs seconds of compile time).
 #
 # Modes: 0 softmax, 1 log-softmax (a = x, out = y); 2, 3 their backward (a = y, b = g, out = dx).
 

@@ -135,7 +135,8 @@ register(Spec(
     cost=elementwise_cost(2),
     smooth=_off_zero,
     invalid=COMMON_INVALID + (
-        _bad_x("a NaN slope", np.ones(3), ValueError, "negative_slope", negative_slope=float("nan")),
+        _bad_x("a NaN slope", np.ones(3), ValueError, "negative_slope",
+               negative_slope=float("nan")),
         Invalid("a string slope", lambda: Case({"x": np.ones(3)}, {"negative_slope": "0.1"}),
                 TypeError, "negative_slope"),
     ),

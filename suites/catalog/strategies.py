@@ -36,7 +36,9 @@ def shapes(min_dims: int = 1, max_dims: int = 3, min_side: int = 1, max_side: in
 def arrays(dtype: np.dtype, shape, lo: float = -10.0, hi: float = 10.0,
            elements: st.SearchStrategy[float] | None = None) -> st.SearchStrategy[np.ndarray]:
     """Arrays of ``dtype`` with elements from ``elements`` (default: ``floats(dtype, lo, hi)``)."""
-    return hnp.arrays(np.dtype(dtype), shape, elements=floats(dtype, lo, hi) if elements is None else elements)
+    if elements is None:
+        elements = floats(dtype, lo, hi)
+    return hnp.arrays(np.dtype(dtype), shape, elements=elements)
 
 
 def stress(dtype: np.dtype, magnitude: float) -> st.SearchStrategy[float]:
