@@ -113,6 +113,20 @@ def conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
 
 
 @kernel()
+def _valid_columns(geo, j):
+    """For kernel column j: the input offset, and the output columns [lo, hi) whose input
+    column ow*sw + off_w lies in [0, W) (the rest read padding)."""
+    off_w = j * geo.dw - geo.pl
+    lo = 0
+    while lo < geo.ow and lo * geo.sw + off_w < 0:
+        lo += 1
+    hi = geo.ow
+    while hi > lo and (hi - 1) * geo.sw + off_w >= geo.w:
+        hi -= 1
+    return off_w, lo, hi
+
+
+@kernel()
 def _im2col(x, col, geo, n0, n1, c0):
     # col[(c*KH + i)*KW + j, (n - n0)*P + oh*OW + ow] = x[n, c0 + c, oh*sh - pt + i*dh, ...]
     cg = col.shape[0] // (geo.kh * geo.kw)
@@ -121,14 +135,7 @@ def _im2col(x, col, geo, n0, n1, c0):
         for i in range(geo.kh):
             for j in range(geo.kw):
                 r = (c * geo.kh + i) * geo.kw + j
-                off_w = j * geo.dw - geo.pl
-                # columns ow whose input column iw = ow*sw + off_w lies in [0, W)
-                lo = 0
-                while lo < geo.ow and lo * geo.sw + off_w < 0:
-                    lo += 1
-                hi = geo.ow
-                while hi > lo and (hi - 1) * geo.sw + off_w >= geo.w:
-                    hi -= 1
+                off_w, lo, hi = _valid_columns(geo, j)
                 for n in range(n0, n1):
                     base = (n - n0) * p
                     for oh in range(geo.oh):
@@ -155,13 +162,7 @@ def _col2im(dcol, dx, geo, n0, n1, c0):
         for i in range(geo.kh):
             for j in range(geo.kw):
                 r = (c * geo.kh + i) * geo.kw + j
-                off_w = j * geo.dw - geo.pl
-                lo = 0
-                while lo < geo.ow and lo * geo.sw + off_w < 0:
-                    lo += 1
-                hi = geo.ow
-                while hi > lo and (hi - 1) * geo.sw + off_w >= geo.w:
-                    hi -= 1
+                off_w, lo, hi = _valid_columns(geo, j)
                 for n in range(n0, n1):
                     base = (n - n0) * p
                     for oh in range(geo.oh):

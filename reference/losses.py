@@ -964,6 +964,20 @@ def cross_entropy_backward(ctx: ClassCtx, grad_out: np.ndarray):
 # loss reads one element, so no copy is needed for the spatial case.
 
 
+@inline()
+def _nll_term(x, y, w, has_w, ignore, inner, i):
+    """Sample-element i's loss -w_y x[y], its weight, and 1 if its label is out of range.
+    An ignored or out-of-range label contributes nothing."""
+    n_classes = x.shape[1]
+    yi = y[i]
+    if yi == ignore:
+        return 0.0, 0.0, 0
+    if yi < 0 or yi >= n_classes:
+        return 0.0, 0.0, 1
+    wy = np.float64(w[yi]) if has_w else 1.0
+    return -wy * np.float64(x[i // inner, yi, i % inner]), wy, 0
+
+
 @kernel(parallel=True)
 def _nll_fwd(x, y, w, has_w, ignore, e):
     n, n_classes, inner = x.shape
@@ -972,36 +986,18 @@ def _nll_fwd(x, y, w, has_w, ignore, e):
     bad = 0
     if n * inner < PARALLEL_MIN:  # one element read per sample: parallel only for many samples
         for i in range(n * inner):
-            s = i // inner
-            k = i % inner
-            yi = y[i]
-            if yi == ignore:
-                e[i] = 0.0
-            elif yi < 0 or yi >= n_classes:
-                e[i] = 0.0
-                bad += 1
-            else:
-                wy = np.float64(w[yi]) if has_w else 1.0
-                li = -wy * np.float64(x[s, yi, k])
-                e[i] = li
-                total += li
-                denom += wy
+            li, wy, b = _nll_term(x, y, w, has_w, ignore, inner, i)
+            e[i] = li
+            total += li
+            denom += wy
+            bad += b
     else:
         for i in prange(n * inner):
-            s = i // inner
-            k = i % inner
-            yi = y[i]
-            if yi == ignore:
-                e[i] = 0.0
-            elif yi < 0 or yi >= n_classes:
-                e[i] = 0.0
-                bad += 1
-            else:
-                wy = np.float64(w[yi]) if has_w else 1.0
-                li = -wy * np.float64(x[s, yi, k])
-                e[i] = li
-                total += li
-                denom += wy
+            li, wy, b = _nll_term(x, y, w, has_w, ignore, inner, i)
+            e[i] = li
+            total += li
+            denom += wy
+            bad += b
     return total, denom, bad
 
 
