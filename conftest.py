@@ -42,8 +42,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="write the correctness records to PATH (JSON)")
     g.addoption("--bench-sizes", default="small,medium,large",
                 help="comma-separated benchmark sizes (default: small,medium,large)")
-    g.addoption("--bench-impls", default="numba,torch-cpu,torch-cuda",
-                help="comma-separated implementations to benchmark")
+    g.addoption("--bench-impls", default="all",
+                help="comma-separated implementations to benchmark (default: all: numba, "
+                     "torch-cpu, torch-cuda and every spec's peers such as sklearn)")
     g.addoption("--bench-dtypes", default="float32",
                 help="comma-separated dtypes to benchmark (default: float32)")
 

@@ -16,6 +16,14 @@ Calling conventions the generic code relies on:
   that order. ``grad_out`` is one array when ``n_diff_outputs == 1``, else a tuple.
 - ``spec.torch(*tensors, **params)`` returns a tensor or a tuple of tensors, the same
   structure as ``out``. Float inputs named in ``grad_inputs`` arrive with ``requires_grad``.
+  ``torch=None`` says torch has no twin for this algorithm (a decision tree, a linkage): the
+  generic parity checks are then not generated for it, and the family's own tests must
+  compare it with its oracle (scikit-learn, scipy).
+- ``spec.peers`` are further implementations timed beside ``numba`` and ``torch-cpu``
+  (scikit-learn, torch's fused optimizer step, ...): ``name -> factory(case, pass_)`` where
+  the factory returns a zero-argument callable doing the same work as the reference's pass,
+  or None when the peer has nothing comparable for that pass. The name is the benchmark's
+  ``implementation`` (e.g. ``"sklearn"``, ``"torch-fused"``).
 - Optional inputs (a bias, a norm's affine parameters): a case may leave them out of
   ``Case.inputs`` (then also every input after them, since inputs are positional). Backward
   returns ``None`` in the place of a left-out input, and the checks compare the gradients of
@@ -109,7 +117,7 @@ class Spec:
     family: str
     summary: str
     forward: Callable[..., tuple[Any, Any]]
-    torch: Callable[..., Any]
+    torch: Callable[..., Any] | None
     cases: Callable[[np.dtype], Any]  # dtype -> hypothesis SearchStrategy[Case]
     sizes: Mapping[str, Callable[[np.dtype], Case]]  # "small"/"medium"/"large" -> builder
     cost: Callable[[Case], Cost]
@@ -133,6 +141,9 @@ class Spec:
     # gradients for gradients. Returns a Tol (its derivation in a comment), or None for
     # ``tol``/``grad_tol``.
     case_tol: Callable[[Case, tuple[np.ndarray, ...] | None], Tol | None] | None = None
+    # Implementations timed beside numba and torch (see the module docstring).
+    peers: Mapping[str, Callable[[Case, str], Callable[[], Any] | None]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.backward is None) != (not self.grad_inputs):

@@ -26,7 +26,7 @@ def _params(select=lambda spec: True, dtypes=None):
     ]
 
 
-@pytest.mark.parametrize(("spec", "dtype"), _params())
+@pytest.mark.parametrize(("spec", "dtype"), _params(lambda s: s.torch is not None))
 @given(data=st.data())
 def test_forward(spec, dtype, device, record, data):
     record.bind(spec.name, spec.family, "forward", dtype, device)
@@ -35,7 +35,8 @@ def test_forward(spec, dtype, device, record, data):
     checks.check_forward(spec, case, device, record)
 
 
-@pytest.mark.parametrize(("spec", "dtype"), _params(lambda s: s.differentiable))
+@pytest.mark.parametrize(("spec", "dtype"),
+                         _params(lambda s: s.differentiable and s.torch is not None))
 @given(data=st.data())
 def test_gradient(spec, dtype, device, record, data):
     record.bind(spec.name, spec.family, "gradient", dtype, device)

@@ -48,13 +48,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     config = metafunc.config
     sizes = _option_list(config, "--bench-sizes", ("small", "medium", "large"))
-    impls = _option_list(config, "--bench-impls", IMPLS)
+    peers = sorted({p for spec in all_specs() for p in spec.peers})
+    impls = _option_list(config, "--bench-impls", ("all",) + IMPLS + tuple(peers))
+    if "all" in impls:
+        impls = list(IMPLS) + peers
     dtypes = [np.dtype(d) for d in _option_list(config, "--bench-dtypes", ("float32", "float64"))]
     params = []
     for spec in all_specs():
         for dtype in (d for d in dtypes if d in spec.dtypes):
             for size in sizes:
                 for impl in impls:
+                    if impl not in IMPLS and impl not in spec.peers:
+                        continue
+                    if impl.startswith("torch") and impl in IMPLS and spec.torch is None:
+                        continue
                     for pass_ in PASSES if spec.differentiable else PASSES[:1]:
                         pid = f"{spec.name}-{impl}-{size}-{dtype}-{pass_.replace('+', '_')}"
                         params.append(pytest.param((spec.name, impl, size, dtype, pass_), id=pid))
@@ -116,6 +123,10 @@ def test_bench(benchmark, bench):
     case, grads = _case(name, size, dtype)
     if impl == "numba":
         fn = _numba_call(spec, case, grads, pass_)
+    elif impl in spec.peers:
+        fn = spec.peers[impl](case, pass_)
+        if fn is None:
+            pytest.skip(f"{impl}: nothing comparable to the reference's {pass_} pass")
     else:
         fn = _torch_call(spec, case, grads, pass_, "cuda" if impl == "torch-cuda" else "cpu")
 
