@@ -7,7 +7,7 @@ the pytest hook in ``conftest.py`` adds the verdict and writes all records to JS
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,9 @@ class CheckRecord:
     message: str = ""
     case: str = ""
     duration_s: float = 0.0
+    # Named figures a check measured beside its errors (a real-data test's accuracies, a
+    # model's final losses): {label: number or short text}, shown with the check in the report.
+    figures: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"CheckRecord({self.nodeid!r})"
