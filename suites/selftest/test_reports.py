@@ -13,6 +13,7 @@ import html.parser
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports import stats
+from reports import paired, stats
 from reports.__main__ import main
 from reports.build import build, compare, run_gate, write_baseline
 from reports.config import load_config
@@ -358,6 +359,111 @@ def test_power_fit_and_crossovers():
     assert stats.power_fit([64], [1.0]) is None
     x = stats.crossovers(n, [1e-6, 1e-4, 1e-1], [1e-5, 1e-4 * 0.5, 1e-2])
     assert len(x) == 1 and 64 < x[0] <= 65536
+
+
+# -- paired timings (reports/paired.py, imported by the benchmarks) ------------------------------
+
+def _order_stat_rank(n: int, level: float) -> int:
+    """The textbook rank of the median's interval, from exact binomial sums (math.comb)."""
+    best = 0
+    for k in range(1, (n + 1) // 2 + 1):
+        tail = sum(math.comb(n, j) for j in range(k)) / 2**n
+        if 1 - 2 * tail >= level:
+            best = k
+    return best
+
+
+def test_paired_ratio_interval_is_the_order_statistic_interval():
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 6, 7, 20, 21, 60, 301):
+        a = rng.lognormal(0.0, 0.2, n)
+        b = rng.lognormal(0.0, 0.2, n)
+        value, lo, hi = paired.paired_ratio(a, b)
+        r = np.sort(a / b)
+        assert value == pytest.approx(float(np.median(r)))
+        k = _order_stat_rank(n, 0.95)
+        if k == 0:
+            assert lo is None and hi is None, n
+        else:
+            assert (lo, hi) == (r[k - 1], r[n - k]), n
+    assert _order_stat_rank(5, 0.95) == 0 and _order_stat_rank(20, 0.95) == 6  # the tables'
+    _, lo, hi = paired.paired_ratio(np.ones(9), np.ones(9), level=0.99)
+    assert lo == hi == 1.0
+
+
+def test_paired_ratio_cancels_shared_load_and_covers_the_truth():
+    rng = np.random.default_rng(4)
+    covered, widths = 0, []
+    for _ in range(300):
+        # Each round's load (1x .. 50x, heavy-tailed) hits both sides; A is truly 2x B.
+        load = np.exp(rng.exponential(0.8, 40)).clip(1, 50)
+        b = 1e-5 * load * rng.lognormal(0, 0.03, 40)
+        a = 2e-5 * load * rng.lognormal(0, 0.03, 40)
+        value, lo, hi = paired.paired_ratio(a, b)
+        covered += lo <= 2.0 <= hi
+        widths.append(hi / lo)
+    assert 0.91 <= covered / 300 <= 0.995  # a 95% interval, give or take 300 trials
+    assert np.median(widths) < 1.05  # the shared load cancelled
+    # A timed while the machine was quiet, B while it was busy: the ratio of medians says A
+    # is 5x faster; the same two sides timed in shared rounds give the truth.
+    load = np.r_[np.ones(20), np.full(20, 30.0)]
+    assert float(np.median(2e-5 * np.ones(40)) / np.median(1e-5 * load)) < 0.2
+    value, lo, hi = paired.paired_ratio(2e-5 * load, 1e-5 * load)
+    assert value == pytest.approx(2.0) and lo == pytest.approx(2.0) == hi
+
+
+def test_paired_ratio_rejects_bad_input():
+    with pytest.raises(ValueError, match="same number of rounds"):
+        paired.paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="b_times: expected positive finite"):
+        paired.paired_ratio([1.0], [0.0])
+    with pytest.raises(ValueError, match="a_times: expected positive finite"):
+        paired.paired_ratio([float("nan")], [1.0])
+    with pytest.raises(ValueError, match="level"):
+        paired.paired_ratio([1.0], [1.0], level=1.5)
+    with pytest.raises(ValueError, match="at least one"):
+        paired.noise([])
+    with pytest.raises(TypeError, match="times"):
+        paired.noise(object())
+
+
+def test_noise_unimodal_is_stable_bimodal_stalls_are_not():
+    rng = np.random.default_rng(5)
+    quiet = 5e-6 * rng.lognormal(0, 0.05, 200)
+    n = paired.noise(quiet)
+    assert n["stable"] and n["reasons"] == [] and n["rounds"] == 200
+    assert n["iqr_rel"] < 0.1 and n["median_over_min"] < 1.3 and n["stall_fraction"] == 0
+    # A few millisecond stalls (3%) leave the median alone: still stable.
+    few = quiet.copy()
+    few[::33] = 4e-3
+    assert paired.noise(few)["stable"]
+    # 30% of rounds stalled for milliseconds (a descheduled worker): noisy, for the stalls.
+    stalled = quiet.copy()
+    stalled[rng.permutation(200)[:60]] = rng.uniform(2e-3, 8e-3, 60)
+    n = paired.noise(stalled)
+    assert not n["stable"] and n["stall_fraction"] == pytest.approx(0.3)
+    assert any(r.startswith("stalls") for r in n["reasons"]), n["reasons"]
+    # Most rounds stalled (the issue's 17 us min, 8 ms median): the median is in the slow mode.
+    slow = quiet.copy()
+    slow[rng.permutation(200)[:140]] = rng.uniform(7e-3, 9e-3, 140)
+    n = paired.noise(slow)
+    assert not n["stable"] and n["median_over_min"] > 1000
+    assert any(r.startswith("slow mode") for r in n["reasons"]), n["reasons"]
+    # Wide unimodal spread.
+    wide = paired.noise(5e-6 * rng.lognormal(0, 0.4, 200))
+    assert not wide["stable"] and any(r.startswith("spread") for r in wide["reasons"])
+    # Too few rounds to say.
+    few_rounds = paired.noise(quiet[:3])
+    assert not few_rounds["stable"] and "only 3 rounds" in few_rounds["reasons"][0]
+
+
+def test_paired_imports_only_numpy():
+    code = ("import sys; import reports.paired; "
+            "bad = {'torch', 'numba', 'scipy', 'suites'} & {m.split('.')[0] for m in sys.modules}; "
+            "print(sorted(bad))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 # -- comparison and gate ------------------------------------------------------------------------
