@@ -1,0 +1,322 @@
+r"""Kernels and checks shared by the linear models (``linear_models``, ``logistic_svm``).
+
+- ``check_X``, ``check_target``, ``check_labels``: argument checks that name the argument
+  (finiteness included: a NaN or inf in ``X`` or ``y`` is refused, as scikit-learn does).
+- ``gram``: one blocked pass over ``[X, y]`` giving the centred cross-products
+  :math:`G = X_c^\top X_c`, :math:`q = X_c^\top y_c`, :math:`y_c^\top y_c` and the means,
+  in float64. Each block of rows is shifted by the first block's mean (any shift gives the
+  same centred products exactly in real arithmetic; one near the mean avoids cancellation)
+  and multiplied on BLAS; the final centring is the rank-one correction
+  :math:`\sum (z-s)(z-s)^\top - n (\bar z - s)(\bar z - s)^\top`.
+- ``data_term``: one fused pass over the rows of ``X`` for a linear model's data term
+  :math:`\sum_i \ell(f_i, y_i)`, :math:`f_i = W x_i + b` (``K`` scores per row), and, when
+  asked, its gradient :math:`\sum_i \partial_f \ell_i\, x_i^\top` and :math:`\sum_i \partial_f
+  \ell_i`. Rows are split in fixed chunks (a deterministic summation order) run in parallel;
+  everything accumulates in float64. The per-row losses (``code``):
+
+  ====  ===================  ========================================  =====================
+  code  loss                 :math:`\ell(f, y)`                        :math:`\partial_f \ell`
+  ====  ===================  ========================================  =====================
+  0     squared error        :math:`(f - y)^2`                         :math:`2 (f - y)`
+  1     binary logistic      :math:`\log(1 + e^{-s f})`, s = 2y - 1    :math:`\sigma(f) - y`
+  2     multinomial          :math:`\log \sum_k e^{f_k} - f_y`         :math:`p_k - [k = y]`
+  3     squared hinge (OvR)  :math:`\sum_k \max(0, 1 - s_k f_k)^2`     :math:`-2 s_k \max(0, 1 - s_k f_k)`
+  4     hinge (OvR)          :math:`\sum_k \max(0, 1 - s_k f_k)`       :math:`-s_k [1 - s_k f_k > 0]`
+  ====  ===================  ========================================  =====================
+
+  For the hinge losses :math:`s_k = +1` if :math:`y = k` else :math:`-1` (one-vs-rest); with
+  one row of scores (binary) :math:`s = 2y - 1`. The hinge's derivative at the kink
+  :math:`1 - s f = 0` is 0 (PyTorch's ``relu'(0) = 0``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from reference import _validate as v
+from reference._jit import inline, kernel
+
+SQUARED, LOGISTIC, MULTINOMIAL, SQUARED_HINGE, HINGE = 0, 1, 2, 3, 4
+_CHUNK = 1024  # rows per parallel task (the partial sums of a chunk fit in L1/L2)
+_GRAM_BLOCK = 2048  # rows per BLAS product in ``gram``
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+@kernel(parallel=True, reduce=True)
+def _finite_sum(a):
+    # sum of a * 0: NaN exactly when some element is NaN or infinite.
+    s = 0.0
+    for i in prange(a.size):
+        s += a[i] * 0.0
+    return s
+
+
+def all_finite(a: np.ndarray) -> bool:
+    return a.size == 0 or _finite_sum(a.reshape(-1)) == 0.0
+
+
+def _nonfinite_error(a: np.ndarray, name: str) -> ValueError:
+    bad = np.argwhere(~np.isfinite(a))[0]
+    where = ", ".join(str(int(i)) for i in bad)
+    return ValueError(f"{name} must be finite (no NaN or inf), got {a[tuple(bad)]} at "
+                      f"[{where}]")
+
+
+def check_X(X, name: str = "X", *, dtype=None, n_features: int | None = None) -> np.ndarray:
+    """A finite, non-empty 2-d float32/float64 array (samples x features)."""
+    X = v.float_array(X, name, ndim=2, dtype=dtype)
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one sample and one feature, got shape "
+                         f"{X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} must have {n_features} features (columns), the coefficients' "
+                         f"count, got shape {X.shape}")
+    if not all_finite(X):
+        raise _nonfinite_error(X, name)
+    return X
+
+
+def check_target(y, X: np.ndarray, name: str = "y") -> np.ndarray:
+    """A finite 1-d float regression target of X's dtype, one value per sample."""
+    if isinstance(y, np.ndarray) and y.dtype.kind in "iub":
+        raise TypeError(f"{name} must be a float array of X's dtype ({X.dtype}) for "
+                        f"regression, got dtype {y.dtype}; convert it with "
+                        f"y.astype(X.dtype)")
+    y = v.float_array(y, name, ndim=1, dtype=X.dtype)
+    _same_length(y, X, name)
+    if not all_finite(y):
+        raise _nonfinite_error(y, name)
+    return y
+
+
+def _same_length(y: np.ndarray, X: np.ndarray, name: str) -> None:
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"{name} must have one entry per sample of X ({X.shape[0]}), got "
+                         f"{y.shape[0]}")
+
+
+def check_labels(y, X: np.ndarray, name: str = "y", *, n_classes: int | None = None,
+                 ) -> tuple[np.ndarray, int]:
+    """Integer class labels ``0 .. K-1``, one per sample. With ``n_classes`` the labels must
+    lie below it; without, every class ``0 .. max(y)`` must occur and there must be at least
+    two (what a fit needs). Returns (labels as int64, K)."""
+    if isinstance(y, np.ndarray) and y.dtype.kind == "f":
+        raise TypeError(f"{name} must hold integer class labels 0..K-1, got dtype {y.dtype}; "
+                        f"encode the classes first, e.g. np.unique(y, return_inverse=True)[1]")
+    y = v.int_array(y, name, ndim=1)
+    _same_length(y, X, name)
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name} must hold class labels 0..K-1, got {y.min()}")
+    if n_classes is not None:
+        v.labels(y, name, n_classes)
+        return y, n_classes
+    k = int(y.max()) + 1
+    counts = np.bincount(y, minlength=k)
+    if k < 2:
+        raise ValueError(f"{name} must contain at least two classes to fit a classifier, got "
+                         f"only class {k - 1}")
+    if not counts.all():
+        missing = int(np.flatnonzero(counts == 0)[0])
+        raise ValueError(f"{name} must contain every class 0..{k - 1} (labels encoded "
+                         f"densely), class {missing} is missing")
+    return y, k
+
+
+# ---------------------------------------------------------------------------------------------
+# centred cross-products
+
+
+@kernel()
+def _gram(X, y, center, shift, Z, acc):
+    """acc = sum over rows of (z - shift)(z - shift)^T, z = [x, y]; returns sum(z - shift)."""
+    n, d = X.shape
+    bsz = Z.shape[0]
+    sums = np.zeros(d + 1)
+    for r0 in range(0, n, bsz):
+        r1 = min(n, r0 + bsz)
+        m = r1 - r0
+        for i in range(m):
+            for j in range(d):
+                Z[i, j] = np.float64(X[r0 + i, j]) - shift[j]
+            Z[i, d] = np.float64(y[r0 + i]) - shift[d]
+        blk = Z[:m]
+        acc += np.dot(blk.T, blk)
+        if center:
+            for i in range(m):
+                for j in range(d + 1):
+                    sums[j] += blk[i, j]
+    return sums
+
+
+def gram(X: np.ndarray, y: np.ndarray, fit_intercept: bool):
+    """(G, q, yy, x_mean, y_mean), all float64: the centred products when ``fit_intercept``,
+    else the raw ones (zero means). Raises when they overflow (finite input too large)."""
+    n, d = X.shape
+    shift = np.zeros(d + 1)
+    if fit_intercept:
+        head = min(n, _GRAM_BLOCK)
+        shift[:d] = X[:head].mean(axis=0, dtype=np.float64)
+        shift[d] = y[:head].mean(dtype=np.float64)
+    Z = np.empty((min(n, _GRAM_BLOCK), d + 1))
+    acc = np.zeros((d + 1, d + 1))
+    sums = _gram(X, y, fit_intercept, shift, Z, acc)
+    mean = shift.copy()
+    if fit_intercept:
+        delta = sums / n
+        acc -= n * np.outer(delta, delta)
+        mean += delta
+    if not np.isfinite(acc).all():
+        raise ValueError("X and y are finite but too large: their cross-products overflow "
+                         "float64; rescale them")
+    return (np.ascontiguousarray(acc[:d, :d]), acc[:d, d].copy(), float(acc[d, d]), mean[:d],
+            float(mean[d]))
+
+
+# ---------------------------------------------------------------------------------------------
+# fused data term of a linear model
+
+
+@inline()
+def _dot4(X, i, W, k, d):
+    # x_i . W_k in float64, four independent partial sums (latency, without reassociation).
+    a0 = a1 = a2 = a3 = 0.0
+    j = 0
+    while j + 4 <= d:
+        a0 += np.float64(X[i, j]) * W[k, j]
+        a1 += np.float64(X[i, j + 1]) * W[k, j + 1]
+        a2 += np.float64(X[i, j + 2]) * W[k, j + 2]
+        a3 += np.float64(X[i, j + 3]) * W[k, j + 3]
+        j += 4
+    while j < d:
+        a0 += np.float64(X[i, j]) * W[k, j]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+@inline()
+def _softplus(z):
+    # log(1 + e^z) without overflow: z + log1p(e^-z) for z > 0.
+    if z > 0.0:
+        return z + math.log1p(math.exp(-z))
+    return math.log1p(math.exp(z))
+
+
+@inline()
+def _row_loss(code, f, yi, dl):
+    """Loss of one row's scores ``f`` (K,) against target ``yi``; writes d loss / d f to dl."""
+    K = f.shape[0]
+    if code == SQUARED:
+        r = f[0] - yi
+        dl[0] = 2.0 * r
+        return r * r
+    if code == LOGISTIC:
+        s = 2.0 * yi - 1.0
+        z = -s * f[0]
+        # sigma(f) - y = -s sigma(-s f), computed on the side where exp does not overflow
+        if z > 0.0:
+            e = math.exp(-z)
+            dl[0] = -s / (1.0 + e)
+        else:
+            e = math.exp(z)
+            dl[0] = -s * e / (1.0 + e)
+        return _softplus(z)
+    if code == MULTINOMIAL:
+        m = f[0]
+        for k in range(1, K):
+            m = max(m, f[k])
+        t = 0.0
+        for k in range(K):
+            dl[k] = math.exp(f[k] - m)
+            t += dl[k]
+        y = int(yi)
+        for k in range(K):
+            dl[k] /= t
+        dl[y] -= 1.0
+        return (m - f[y]) + math.log(t)
+    total = 0.0
+    y = int(yi)
+    for k in range(K):
+        if K == 1:
+            s = 2.0 * yi - 1.0
+        else:
+            s = 1.0 if k == y else -1.0
+        margin = 1.0 - s * f[k]
+        if margin > 0.0:
+            if code == SQUARED_HINGE:
+                total += margin * margin
+                dl[k] = -2.0 * s * margin
+            else:
+                total += margin
+                dl[k] = -s
+        else:
+            dl[k] = 0.0
+    return total
+
+
+@kernel()
+def _data_chunk(X, y, W, b, code, want_grad, r0, r1, gW, gb):
+    K, d = W.shape
+    f = np.empty(K)
+    dl = np.empty(K)
+    total = 0.0
+    for i in range(r0, r1):
+        for k in range(K):
+            f[k] = b[k] + _dot4(X, i, W, k, d)
+        total += _row_loss(code, f, y[i], dl)
+        if want_grad:
+            for k in range(K):
+                g = dl[k]
+                if g != 0.0:
+                    gb[k] += g
+                    for j in range(d):
+                        gW[k, j] += g * np.float64(X[i, j])
+    return total
+
+
+@kernel(parallel=True)
+def _data_parallel(X, y, W, b, code, want_grad, parts, gW, gb):
+    n = X.shape[0]
+    for c in prange(parts.shape[0]):
+        r0 = c * _CHUNK
+        parts[c] = _data_chunk(X, y, W, b, code, want_grad, r0, min(n, r0 + _CHUNK),
+                               gW[c], gb[c])
+
+
+def data_term(X: np.ndarray, y64: np.ndarray, W: np.ndarray, b: np.ndarray, code: int,
+              want_grad: bool):
+    """sum_i loss(W x_i + b, y_i) and, when ``want_grad``, its gradients (gW (K, d), gb (K,)),
+    all float64. ``W`` (K, d) and ``b`` (K,) are float64; ``y64`` the targets or labels as
+    float64."""
+    n = X.shape[0]
+    K, d = W.shape
+    chunks = -(-n // _CHUNK)
+    gW = np.zeros((chunks, K, d))
+    gb = np.zeros((chunks, K))
+    if chunks == 1:
+        total = _data_chunk(X, y64, W, b, code, want_grad, 0, n, gW[0], gb[0])
+        return total, gW[0], gb[0]
+    parts = np.zeros(chunks)
+    _data_parallel(X, y64, W, b, code, want_grad, parts, gW, gb)
+    return float(parts.sum()), gW.sum(axis=0), gb.sum(axis=0)
+
+
+@kernel(parallel=True)
+def _scores(X, W, b, out):
+    n = X.shape[0]
+    K, d = W.shape
+    for i in prange(n):
+        for k in range(K):
+            out[i, k] = b[k] + _dot4(X, i, W, k, d)
+
+
+def scores(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """F = X W^T + b in float64, (n, K); W (K, d) and b (K,) float64."""
+    out = np.empty((X.shape[0], W.shape[0]))
+    _scores(X, np.ascontiguousarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64), out)
+    return out
