@@ -17,20 +17,25 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from reference.cuda import _launch as L
 from reference.cuda.norm import column_sums
 
 __all__ = ["linear", "linear_backward"]
 
+# Shared buffers: their size and dtype must be compile-time constants (a global of this module
+# is; an attribute of another module is typed as a plain int).
+_TILE = L.TILE
+_SHARED = types.float64
+
 
 @cuda.jit(cache=True)
 def _matmul(a, b, c, m, n, k, trans_a, trans_b, bias, has_bias):
     # op(A): (m, k) from a (m, k) or, transposed, a (k, m); op(B): (k, n) from b (k, n) or
     # b (n, k). Row-major flat storage. Block (T, T): thread (tx, ty) owns C[row, col].
-    sa = cuda.shared.array((L.TILE, L.TILE), np.float64)
-    sb = cuda.shared.array((L.TILE, L.TILE), np.float64)
+    sa = cuda.shared.array((_TILE, _TILE), _SHARED)
+    sb = cuda.shared.array((_TILE, _TILE), _SHARED)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     tsz = cuda.blockDim.x
     tiles_n = (n + tsz - 1) // tsz

@@ -20,12 +20,17 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from reference import _validate as v
 from reference.cuda import _launch as L
 
 __all__ = ["batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward"]
+
+# Shared buffers: their size and dtype must be compile-time constants (a global of this module
+# is; an attribute of another module is typed as a plain int).
+_THREADS = L.MAX_THREADS
+_SHARED = types.float64
 
 _F64 = np.float64
 
@@ -51,7 +56,7 @@ def _affine(weight, bias, shape, dtype, what: str):
 @cuda.jit(cache=True)
 def _bn_fwd(x, y, w, b, has_w, has_b, n, c_count, l, training, momentum, eps, rm, rv, nrm, nrv,
             mean, invstd):
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     m = n * l
     for c in range(cuda.blockIdx.x, c_count, cuda.gridDim.x):
@@ -88,7 +93,7 @@ def _bn_fwd(x, y, w, b, has_w, has_b, n, c_count, l, training, momentum, eps, rm
 
 @cuda.jit(cache=True)
 def _bn_bwd(x, g, mean, invstd, w, has_w, n, c_count, l, training, dx, dw, db):
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     m = n * l
     for c in range(cuda.blockIdx.x, c_count, cuda.gridDim.x):
@@ -198,7 +203,7 @@ def batch_norm_backward(ctx: BatchNormCtx, grad_out):
 
 @cuda.jit(cache=True)
 def _ln_fwd(x, y, w, b, has_w, has_b, rows, d, eps, mean, invstd):
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         base = r * d
@@ -226,7 +231,7 @@ def _ln_fwd(x, y, w, b, has_w, has_b, rows, d, eps, mean, invstd):
 @cuda.jit(cache=True)
 def _ln_bwd(x, g, mean, invstd, w, has_w, rows, d, dx):
     # g' = g w;  dx = invstd (g' - mean(g') - x_hat mean(g' x_hat))
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         base = r * d

@@ -22,13 +22,18 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from reference import _validate as v
 from reference.cuda import _launch as L
 
 __all__ = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
            "cross_entropy", "cross_entropy_backward"]
+
+# Shared buffers: their size and dtype must be compile-time constants (a global of this module
+# is; an attribute of another module is typed as a plain int).
+_THREADS = L.MAX_THREADS
+_SHARED = types.float64
 
 _F64 = np.float64
 
@@ -64,7 +69,7 @@ def _row_stats(x, r, n, inner, sh):
 
 @cuda.jit(cache=True)
 def _softmax_fwd(x, y, rows, n, inner, log):
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         m, ls = _row_stats(x, r, n, inner, sh)
@@ -77,7 +82,7 @@ def _softmax_fwd(x, y, rows, n, inner, log):
 @cuda.jit(cache=True)
 def _softmax_bwd(y, g, dx, rows, n, inner, log):
     # softmax: dx = y (g - sum_j g_j y_j); log-softmax: dx = g - e^y sum_j g_j.
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         s = 0.0
@@ -148,7 +153,7 @@ def log_softmax_backward(ctx: SoftmaxCtx, grad_out):
 def _ce_rows(x, y, w, has_w, ignore, eps, n, inner, rows, rowloss, roww, lse, bad, out, each):
     # Per sample r: its loss (rowloss, and out[r] for reduction 'none'), its weight in the mean
     # (roww), (m, lse - m) for backward and 1 in bad[r] for a label outside [0, C).
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         yr = y[r]
@@ -189,7 +194,7 @@ def _ce_rows(x, y, w, has_w, ignore, eps, n, inner, rows, rowloss, roww, lse, ba
 @cuda.jit(cache=True)
 def _ce_total(rowloss, roww, bad, mean, total, nbad, out):
     # One block: the sums over samples (fixed order), and the 0-d output of 'mean' or 'sum'.
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     s = 0.0
     d = 0.0
@@ -216,7 +221,7 @@ def _ce_bwd(x, y, w, has_w, ignore, eps, n, inner, rows, lse, total, g, mode, dx
     # dx_c = gr (A p_c - B w_c - [c = y] (1 - eps) w_y), A = (1 - eps) w_y + eps W / C,
     # B = eps / C; the label's entry by expm1 (no 1 - 1 cancellation). mode: 0 'none',
     # 1 'mean', 2 'sum'.
-    sh = cuda.shared.array(L.MAX_THREADS, np.float64)
+    sh = cuda.shared.array(_THREADS, _SHARED)
     t, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         yr = y[r]
