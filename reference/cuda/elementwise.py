@@ -135,7 +135,7 @@ def _binary(saved, grad_out, op: int, a: float = 0.0):
 
 
 def sigmoid(x):
-    r"""Logistic sigmoid: :math:`y = 1 / (1 + e^{-x})`, as ``(1 or e) / (1 + e)``, ``e = e^{-|x|}``."""
+    r"""Logistic sigmoid :math:`y = 1 / (1 + e^{-x})`, as ``(1 or e) / (1 + e)``, e = e^-|x|."""
     x = L.float_array(x, "x")
     y = _unary(x, 0)
     return y, Saved(None, y)

@@ -369,4 +369,5 @@ def test_invalid_inputs(name, record):
     for _, description, call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+            pytest.fail(f"{name}: {description} raised nothing")
         record.examples += 1
