@@ -1,5 +1,11 @@
 """From loaded runs to what the report shows: the verdict, per-algorithm correctness and
 performance, scaling fits, and comparisons. No HTML here (render.py), no drawing (charts.py).
+
+What is never headlined: a benchmark whose timings were not stable (``stable`` false in its
+``extra_info``, see ``reports/paired.py``) is shown greyed with its reasons, and left out of the
+verdict's extremes, the fitted exponents, the crossovers and the gate. Within-run ratios come
+from paired rounds when the run has them (the median of per-round ratios, with an interval),
+else from the ratio of medians, and the report says which.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from reports.loading import (
     CHECK_ORDER,
     IMPL_ORDER,
     PASS_ORDER,
-    SIZE_ORDER,
     Bench,
     BenchRun,
     Check,
     CorrectnessRun,
+    Load,
+    PairRatio,
     order_key,
+    size_key,
 )
 from reports.stats import crossovers, power_fit
 
@@ -85,6 +93,32 @@ class Cell:
         """Whether the check compares numbers against a tolerance (vs pass/fail only)."""
         return any(c.rtol is not None or c.atol is not None for c in self.checks)
 
+    @property
+    def zero_over_zero(self) -> bool:
+        return any(c.zero_over_zero for c in self.checks)
+
+    @property
+    def figures(self) -> list[tuple[str, object]]:
+        """The named figures the checks measured (label prefixed by the case when several)."""
+        out = []
+        for c in self.checks:
+            for label, v in c.figures.items():
+                out.append((label, v))
+        return out
+
+
+def within(num: Bench | None, den: Bench | None) -> PairRatio | None:
+    """``num``'s time over ``den``'s within one run: from paired rounds when the run timed them
+    together, else the ratio of the medians (``method`` "medians", no interval)."""
+    if num is None or den is None:
+        return None
+    paired = num.ratio_to(den)
+    if paired is not None:
+        return paired
+    if num.timing.median > 0 and den.timing.median > 0:
+        return PairRatio(num.timing.median / den.timing.median, method="medians")
+    return None
+
 
 @dataclass
 class PerfRow:
@@ -100,9 +134,19 @@ class PerfRow:
         b = self.cells.get(impl)
         return b.timing.median if b else None
 
+    def pair(self, num: str, den: str) -> PairRatio | None:
+        return within(self.cells.get(num), self.cells.get(den))
+
     def speed(self, num: str, den: str) -> float | None:
-        a, b = self.median(num), self.median(den)
-        return a / b if a and b else None
+        p = self.pair(num, den)
+        return p.value if p else None
+
+    def noisy(self, *impls: str) -> list[Bench]:
+        """The benchmarks among ``impls`` whose timings were not stable."""
+        return [b for i in impls if (b := self.cells.get(i)) is not None and b.noisy]
+
+    def noise_text(self, *impls: str) -> str:
+        return "; ".join(f"{b.impl}: {', '.join(b.reasons)}" for b in self.noisy(*impls))
 
     @property
     def any_bench(self) -> Bench | None:
@@ -119,6 +163,36 @@ class PerfRow:
         return b.first_call_s if b else None
 
 
+# A call is dispatch-bound (its time mostly the fixed cost of a call: argument checks,
+# dispatch, a parallel launch) when its median is below this, or below twice the line's
+# fastest stable median: see ``fit_mask``.
+DISPATCH_FLOOR_S = 20e-6
+DISPATCH_FACTOR = 2.0
+
+
+def fit_mask(times: list[float], noisy: list[bool]) -> tuple[list[bool], str]:
+    """Which points of a scaling line the exponent is fitted over, and why a line is not fitted.
+
+    A point is left out when its benchmark was noisy, or when it is **dispatch-bound**: its
+    median is under ``DISPATCH_FLOOR_S`` (20 µs) or under ``DISPATCH_FACTOR`` (2) x the fastest
+    stable median of the line (the smallest size's, normally). Such a call spends up to half
+    its time or more on what every call costs whatever its size, so its time says little about
+    how the work grows; a fit through it flattens the exponent. The smallest size is therefore
+    never fitted. With fewer than two points left the line is not fitted, and the note says
+    why ("not fitted: dispatch-bound" or "not fitted: noisy").
+    """
+    stable = [t for t, n in zip(times, noisy, strict=True) if not n]
+    if not stable:
+        return [False] * len(times), "not fitted: noisy"
+    bound = max(DISPATCH_FLOOR_S, DISPATCH_FACTOR * min(stable))
+    mask = [not n and t >= bound for t, n in zip(times, noisy, strict=True)]
+    if sum(mask) >= 2:
+        return mask, ""
+    fittable_if_quiet = sum(t >= bound for t in times)
+    why = "noisy" if fittable_if_quiet >= 2 else "dispatch-bound"
+    return mask, f"not fitted: {why}"
+
+
 @dataclass
 class Line:
     """One curve of a scaling chart: a run x implementation x dtype x pass over sizes."""
@@ -132,6 +206,9 @@ class Line:
     size_names: list[str]
     exponent: float | None
     label: str = ""
+    noisy: list[bool] = field(default_factory=list)
+    fitted: list[bool] = field(default_factory=list)
+    fit_note: str = ""
 
 
 @dataclass
@@ -148,6 +225,23 @@ class Algo:
     crossings: list[str] = field(default_factory=list)
     chart: str = ""
     legend: list[dict] = field(default_factory=list)
+    size_order: list[str] = field(default_factory=list)
+
+    @property
+    def chart_dtype(self) -> str | None:
+        """The dtype the chart draws: float32 when present (what benchmarks time by default)."""
+        dtypes = sorted({ln.dtype for ln in self.lines if ln.sizes})
+        if not dtypes:
+            return None
+        return "float32" if "float32" in dtypes else dtypes[0]
+
+    @property
+    def fit_notes(self) -> list[str]:
+        """The chart's lines that got no exponent, and why."""
+        runs = {ln.run for ln in self.lines}
+        return [f"{ln.impl} {ln.pass_}{f' (run {ln.run + 1})' if len(runs) > 1 else ''}: "
+                f"{ln.fit_note}" for ln in self.lines
+                if ln.fit_note and ln.sizes and ln.dtype == self.chart_dtype]
 
     @property
     def check_rows(self) -> list[Cell]:
@@ -168,25 +262,26 @@ class Algo:
         ran = [c.worst for c in self.checks if c.verdict != "skipped"]
         return max(ran) if ran else 0.0
 
-    def ratios(self, run: int) -> list[tuple[str, str, float]]:
-        """(size, pass, numba/torch-cpu) of a run, forward+backward first when present."""
+    def ratios(self, run: int) -> list[tuple[str, str, PairRatio, PerfRow]]:
+        """(size, pass, numba/torch-cpu, row) of a run."""
         out = []
         for r in self.perf:
-            s = r.speed(NUMERATOR, DENOMINATOR)
-            if r.run == run and s is not None:
-                out.append((r.size, r.pass_, s))
+            p = r.pair(NUMERATOR, DENOMINATOR)
+            if r.run == run and p is not None:
+                out.append((r.size, r.pass_, p, r))
         return out
 
-    def headline_ratio(self, run: int) -> list[tuple[str, float]]:
-        """numba/torch-cpu per size for the overview: forward+backward, else forward."""
+    def headline_ratio(self, run: int) -> list[tuple[str, PairRatio, PerfRow]]:
+        """numba/torch-cpu per size for the overview: forward+backward, else forward; sizes in
+        the order of their problem size (rows are already in that order)."""
         rows = self.ratios(run)
-        passes = {p for _, p, _ in rows}
+        passes = {p for _, p, _, _ in rows}
         want = "forward+backward" if "forward+backward" in passes else "forward"
         seen = {}
-        for size, p, s in rows:
+        for size, p, ratio, row in rows:
             if p == want and size not in seen:
-                seen[size] = s
-        return [(size, seen[size]) for size in sorted(seen, key=lambda s: order_key(s, SIZE_ORDER))]
+                seen[size] = (ratio, row)
+        return [(size, *seen[size]) for size in seen]
 
 
 @dataclass
@@ -201,6 +296,27 @@ class Report:
     comparisons: list[Comparison]
     config: GateConfig
     notes: list[str] = field(default_factory=list)
+
+    # -- how the machine was ---------------------------------------------------------------
+    @property
+    def busy_runs(self) -> list[tuple[BenchRun, Load]]:
+        """Runs whose benchmark said the machine was busy (load average vs CPUs)."""
+        return [(r, r.env.load) for r in self.runs if r.env.load and r.env.load.busy]
+
+    @property
+    def unstable_peaks(self) -> list[tuple[BenchRun, str]]:
+        return [(r, d) for r in self.runs for d in sorted(r.env.peaks)
+                if r.env.peak_stable(d) is False]
+
+    @property
+    def noisy_benchmarks(self) -> list[Bench]:
+        return [b for r in self.runs for b in r.benchmarks if b.noisy]
+
+    @property
+    def ratio_methods(self) -> set[str]:
+        """How the shown numba / torch-cpu ratios were obtained: "paired", "medians"."""
+        return {p.method for a in self.algos for row in a.perf
+                if (p := row.pair(NUMERATOR, DENOMINATOR)) is not None}
 
     # -- the verdict at the top --------------------------------------------------------------
     @property
@@ -238,16 +354,28 @@ class Report:
     def n_benchmarks(self) -> int:
         return sum(len(r.benchmarks) for r in self.runs)
 
+    @property
+    def sizes(self) -> list[str]:
+        """Every size name of the runs: small, medium, large, then s1, s2, ... by name."""
+        return sorted({b.size for r in self.runs for b in r.benchmarks}, key=size_key)
+
     def extremes(self, k: int = 3) -> tuple[list, list]:
-        """The k fastest and slowest numba / torch-cpu ratios over all runs."""
+        """The k fastest and slowest numba / torch-cpu ratios over all runs, as (ratio, algo,
+        row, PairRatio); rows where either side was noisy are never among them."""
         items = []
         for a in self.algos:
             for row in a.perf:
-                s = row.speed(NUMERATOR, DENOMINATOR)
-                if s is not None:
-                    items.append((s, a, row))
+                p = row.pair(NUMERATOR, DENOMINATOR)
+                if p is not None and not row.noisy(NUMERATOR, DENOMINATOR):
+                    items.append((p.value, a, row, p))
         items.sort(key=lambda t: t[0])
         return items[:k], items[::-1][:k]
+
+    @property
+    def excluded_from_extremes(self) -> int:
+        return sum(1 for a in self.algos for row in a.perf
+                   if row.pair(NUMERATOR, DENOMINATOR) is not None
+                   and row.noisy(NUMERATOR, DENOMINATOR))
 
     @property
     def missing_benchmarks(self) -> int:
@@ -265,6 +393,24 @@ def anchor(name: str, taken: set[str]) -> str:
         out, i = f"{base}-{i}", i + 1
     taken.add(out)
     return out
+
+
+def size_order(benches: list[Bench]) -> list[str]:
+    """An algorithm's size names, smallest problem first: by the input elements of their
+    shapes (else FLOPs, else bytes, from the cost model), and by name where none is known
+    (small < medium < large, s1 < s2 < ... < s10)."""
+    measure: dict[str, dict[str, float]] = defaultdict(dict)
+    for b in benches:
+        for what, v in (("elements", b.elements), ("flops", b.flops), ("bytes", b.bytes)):
+            if v:
+                measure[b.size][what] = max(measure[b.size].get(what, 0.0), v)
+    names = {b.size for b in benches}
+    what = next((w for w in ("elements", "flops", "bytes")
+                 if all(w in measure[n] for n in names)), None)
+
+    def key(name: str):
+        return (measure[name][what] if what else 0.0, size_key(name))
+    return sorted(names, key=key)
 
 
 def _problem_size(b: Bench) -> tuple[float | None, str]:
@@ -291,24 +437,36 @@ def _lines(algo: Algo, runs: list[BenchRun]) -> None:
     if unit is None:
         unit = "size step"
     algo.size_unit = unit
+    rank = {name: i for i, name in enumerate(algo.size_order)}
     for (run, impl, dtype, pass_), bs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], order_key(kv[0][1], IMPL_ORDER),
                                             kv[0][2], order_key(kv[0][3], PASS_ORDER))):
-        bs.sort(key=lambda b: order_key(b.size, SIZE_ORDER))
+        bs.sort(key=lambda b: rank.get(b.size, len(rank)))
         if unit == "size step":
-            xs = [float(4 ** order_key(b.size, SIZE_ORDER)[0]) for b in bs]
+            xs = [float(4 ** rank.get(b.size, len(rank))) for b in bs]
         else:
             xs = [_problem_size(b)[0] for b in bs]
         ts = [b.timing.median for b in bs]
+        noisy = [b.noisy for b in bs]
+        fitted, note = fit_mask(ts, noisy)
+        exponent = None
+        if unit == "size step":
+            note = "not fitted: no problem size known"
+        elif not note:
+            exponent = power_fit([x for x, m in zip(xs, fitted, strict=True) if m],
+                                 [t for t, m in zip(ts, fitted, strict=True) if m])
         algo.lines.append(Line(run, impl, dtype, pass_, xs, ts, [b.size for b in bs],
-                               power_fit(xs, ts) if unit != "size step" else None))
-    # Where numba and torch-cpu cross over, per run x dtype x pass.
+                               exponent, noisy=noisy, fitted=fitted, fit_note=note))
+    # Where numba and torch-cpu cross over, per run x dtype x pass, over the sizes where
+    # neither was noisy.
     by = {(ln.run, ln.impl, ln.dtype, ln.pass_): ln for ln in algo.lines}
     for (run, impl, dtype, pass_), ln in by.items():
         other = by.get((run, DENOMINATOR, dtype, pass_))
         if impl != NUMERATOR or other is None or unit == "size step":
             continue
-        common = sorted(set(ln.sizes) & set(other.sizes))
+        common = sorted(x for x in set(ln.sizes) & set(other.sizes)
+                        if not ln.noisy[ln.sizes.index(x)]
+                        and not other.noisy[other.sizes.index(x)])
         if len(common) < 2:
             continue
         ta = [ln.times[ln.sizes.index(x)] for x in common]
@@ -365,6 +523,8 @@ def build_report(correctness: CorrectnessRun | None, runs: list[BenchRun], confi
         # "not run" cell for each implementation that run lacks there.
         impls = sorted({b.impl for r in runs for b in r.benchmarks if b.algorithm == a.name},
                        key=lambda i: order_key(i, IMPL_ORDER))
+        a.size_order = size_order([b for r in runs for b in r.benchmarks
+                                   if b.algorithm == a.name])
         a.impls = impls
         all_impls.update(impls)
         for ri, r in enumerate(runs):
@@ -373,10 +533,11 @@ def build_report(correctness: CorrectnessRun | None, runs: list[BenchRun], confi
                 continue
             if a.family == "unknown":
                 a.family = next((b.family for b in mine if b.family != "unknown"), a.family)
+            rank = {name: i for i, name in enumerate(a.size_order)}
             slots = sorted({(b.dtype, b.pass_, b.size) for r2 in runs for b in r2.benchmarks
                             if b.algorithm == a.name},
                            key=lambda s: (s[0], order_key(s[1], PASS_ORDER),
-                                          order_key(s[2], SIZE_ORDER)))
+                                          rank.get(s[2], len(rank))))
             for dtype, pass_, size in slots:
                 cells = {i: r.find((a.name, i, size, dtype, pass_)) for i in impls}
                 a.perf.append(PerfRow(ri, r.label, dtype, pass_, size, cells, r.env.peaks))
@@ -398,11 +559,14 @@ def build_report(correctness: CorrectnessRun | None, runs: list[BenchRun], confi
 
 
 def achieved(b: Bench, peaks: dict[str, dict]) -> dict[str, float | None]:
-    """GFLOP/s and GB/s of a benchmark, and their fraction of the machine's measured peaks."""
+    """GFLOP/s and GB/s of a benchmark, and their fraction of the machine's measured peaks;
+    ``peak_stable`` is False when the peaks were flagged as not stable (the fractions are then
+    shown marked), None when the file does not say."""
     t = b.timing.median
     out: dict[str, float | None] = {"flops": None, "bytes": None, "flops_frac": None,
                                     "bytes_frac": None}
     peak = peaks.get(b.device) or {}
+    out["peak_stable"] = peak.get("stable") if isinstance(peak.get("stable"), bool) else None
     for key, pkey in (("flops", "flops_per_s"), ("bytes", "bytes_per_s")):
         amount = getattr(b, key)
         if amount and t > 0:

@@ -14,6 +14,7 @@ import re
 from reports.analysis import Algo, Line
 
 COLORS = {"numba": "#1f77b4", "torch-cpu": "#d62728", "torch-cuda": "#2ca02c"}
+NOISY_COLOR = "#8b95a5"
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 STYLES = {"forward": (0, (4, 2)), "forward+backward": "solid"}
 MARKERS = ("o", "s", "^", "D", "v")
@@ -107,8 +108,7 @@ class Painter:
         if not lines:
             return "", []
         # One dtype per chart: float32 when present (what the benchmarks time by default).
-        dtypes = sorted({ln.dtype for ln in lines})
-        dtype = "float32" if "float32" in dtypes else dtypes[0]
+        dtype = algo.chart_dtype
         lines = [ln for ln in lines if ln.dtype == dtype]
         runs = sorted({ln.run for ln in lines})
         ax = self.ax
@@ -120,6 +120,11 @@ class Painter:
                         linestyle=STYLES.get(ln.pass_, "dotted"),
                         marker=MARKERS[runs.index(ln.run) % len(MARKERS)], markersize=3.5,
                         linewidth=1.4)
+                bad = [(x, t) for x, t, n in zip(ln.sizes, ln.times, ln.noisy, strict=False)
+                       if n]
+                if bad:  # noisy timings: a grey cross over the point, never fitted
+                    ax.plot([x for x, _ in bad], [t for _, t in bad], linestyle="none",
+                            marker="x", markersize=7, markeredgewidth=1.6, color=NOISY_COLOR)
             ax.relim()
             ax.autoscale_view()
             xmin = min(min(ln.sizes) for ln in lines)
@@ -140,6 +145,8 @@ class Painter:
         legend += [{"kind": "pass", "label": p,
                     "dash": "" if STYLES.get(p) == "solid" else "4 2"}
                    for p in dict.fromkeys(ln.pass_ for ln in lines)]
+        if any(any(ln.noisy) for ln in lines):
+            legend.append({"kind": "noisy", "label": "noisy (not fitted)", "marker": "×"})
         if len(runs) > 1:
             legend += [{"kind": "run", "label": run_label,
                         "marker": MARKER_GLYPHS[k % len(MARKER_GLYPHS)]}

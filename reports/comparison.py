@@ -6,7 +6,11 @@
   GPU is not a regression.
 - Within-run ratios (numba / torch-cpu), which cancel the machine: how the ratio of each
   algorithm x size x dtype x pass changed, with a confidence interval; a significant change
-  beyond the threshold is a regression (what the gate fails on).
+  beyond the threshold is a regression (what the gate fails on). When both runs timed the pair
+  in interleaved rounds, the change is the ratio of the medians of the two runs' per-round
+  ratios, with a bootstrap interval over both runs' rounds; otherwise the ratio of ratios of
+  medians (older files). A pair that was noisy in either run is not judged ("not gated:
+  noisy"): noise never fails the gate.
 - Correctness: checks whose verdict changed, appeared or disappeared.
 """
 
@@ -18,12 +22,12 @@ from reports.config import GateConfig
 from reports.loading import (
     IMPL_ORDER,
     PASS_ORDER,
-    SIZE_ORDER,
     Bench,
     BenchRun,
     Check,
     CorrectnessRun,
     order_key,
+    size_key,
 )
 from reports.stats import Ratio, ratio, ratio_of_ratios
 
@@ -49,14 +53,27 @@ class RatioChange:
     cand_ratio: float
     change: Ratio  # candidate ratio / baseline ratio
     max_slowdown: float
+    method: str = "medians"  # "paired": per-round ratios of interleaved rounds in both runs
+    noisy: list[str] = field(default_factory=list)  # why it is not judged, when noisy
+
+    @property
+    def gated(self) -> bool:
+        return not self.noisy
 
     @property
     def regression(self) -> bool:
-        return self.change.significant and self.change.value > self.max_slowdown
+        return self.gated and self.change.significant and self.change.value > self.max_slowdown
 
     @property
     def improvement(self) -> bool:
-        return self.change.significant and self.change.value < 1.0 / self.max_slowdown
+        return (self.gated and self.change.significant
+                and self.change.value < 1.0 / self.max_slowdown)
+
+    @property
+    def verdict(self) -> str:
+        if self.noisy:
+            return "not gated: noisy"
+        return "regression" if self.regression else self.change.verdict
 
     @property
     def label(self) -> str:
@@ -101,7 +118,7 @@ def software_differences(a, b) -> list[str]:
 
 def _bench_sort(key):
     algorithm, impl, size, dtype, pass_ = key
-    return (algorithm, order_key(size, SIZE_ORDER), dtype, order_key(pass_, PASS_ORDER),
+    return (algorithm, size_key(size), dtype, order_key(pass_, PASS_ORDER),
             order_key(impl, IMPL_ORDER))
 
 
@@ -117,17 +134,43 @@ def within_run_ratios(run: BenchRun) -> dict[tuple, tuple[Bench, Bench]]:
     return out
 
 
+def _noise(label: str, *benches: Bench) -> list[str]:
+    return [f"{label} {b.impl}: {', '.join(b.reasons)}" for b in benches if b.noisy]
+
+
+def ratio_change(nb: Bench, db: Bench, nc: Bench, dc: Bench, alpha: float,
+                 key: object = ()) -> tuple[Ratio, str, float, float]:
+    """How the within-run ratio num/den changed from the baseline (b) to the candidate (c):
+    (change, method, baseline ratio, candidate ratio)."""
+    pb, pc = nb.ratio_to(db), nc.ratio_to(dc)
+    if pb is not None and pc is not None and pb.dist is not None and pc.dist is not None:
+        # Both runs' per-round ratios are known: the change is the ratio of their medians.
+        return ratio(pc.dist, pb.dist, alpha, ("paired", key)), "paired", pb.value, pc.value
+    if (pb is not None and pc is not None and None not in (pb.lo, pb.hi, pc.lo, pc.hi)
+            and pb.level and pc.level):
+        # Only the runs' intervals are known: combine them conservatively (both cover their
+        # ratio with probability >= level, so both at once with >= level**2).
+        value = pc.value / pb.value
+        level = pb.level * pc.level
+        return (Ratio(value, pc.lo / pb.hi, pc.hi / pb.lo, 1.0 - level), "paired",
+                pb.value, pc.value)
+    change = ratio_of_ratios(nc.timing, dc.timing, nb.timing, db.timing, alpha, key)
+    return (change, "medians", nb.timing.median / db.timing.median,
+            nc.timing.median / dc.timing.median)
+
+
 def ratio_changes(base: BenchRun, cand: BenchRun, config: GateConfig) -> list[RatioChange]:
     rb, rc = within_run_ratios(base), within_run_ratios(cand)
     out = []
     for key in sorted(set(rb) & set(rc), key=lambda k: _bench_sort((k[0], "", *k[1:]))):
         (nb, db), (nc, dc) = rb[key], rc[key]
         th = config.threshold(nc.family, nc.algorithm)
-        change = ratio_of_ratios(nc.timing, dc.timing, nb.timing, db.timing, th.alpha, key)
+        change, method, base_ratio, cand_ratio = ratio_change(nb, db, nc, dc, th.alpha, key)
         out.append(RatioChange(nc.algorithm, nc.family, nc.size, nc.dtype, nc.pass_,
-                               nb.timing.median / db.timing.median,
-                               nc.timing.median / dc.timing.median, change, th.max_slowdown))
+                               base_ratio, cand_ratio, change, th.max_slowdown, method,
+                               _noise("baseline", nb, db) + _noise("candidate", nc, dc)))
     return out
+
 
 
 @dataclass
@@ -166,6 +209,8 @@ class Comparison:
                 c[a.change.verdict] += 1
         c["regressions"] = sum(r.regression for r in self.ratios)
         c["improvements"] = sum(r.improvement for r in self.ratios)
+        c["noisy"] = sum(not r.gated for r in self.ratios)
+        c["paired"] = sum(r.method == "paired" for r in self.ratios)
         return c
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from reports.loading import PairRatio
 from reports.stats import Ratio
 
 
@@ -76,3 +77,39 @@ def worst_text(w: float | None) -> str:
     if not math.isfinite(w):
         return str(w)
     return "0" if w == 0 else sig(w, 2)
+
+
+def interval_text(p: PairRatio | None) -> str:
+    """A within-run ratio's interval as people read it: '95%: 2.9-3.5x faster', or the
+    interval of the ratio itself when it includes 1 ('95%: 0.97-1.04, includes 1')."""
+    if p is None or p.lo is None or p.hi is None:
+        return ""
+    level = f"{p.level:.0%}: " if p.level else ""
+    if p.hi < 1:
+        a, b = _apart(1 / p.hi, 1 / p.lo)
+        return f"{level}{a}–{b}x faster"
+    if p.lo > 1:
+        a, b = _apart(p.lo, p.hi)
+        return f"{level}{a}–{b}x slower"
+    return f"{level}{ratio_number(p.lo)}–{ratio_number(p.hi)}, includes 1"
+
+
+def _apart(a: float, b: float) -> tuple[str, str]:
+    """Two bounds to 2 significant digits, or more until they read differently (up to 4)."""
+    for digits in (2, 3, 4):
+        ta, tb = sig(a, digits), sig(b, digits)
+        if ta != tb:
+            break
+    return ta, tb
+
+
+def within_text(p: PairRatio | None, subject: str = "", method: bool = True) -> str:
+    """'numba 3.2x faster (95%: 2.9-3.5x faster)', or '... (ratio of medians)' (without the
+    method when ``method`` is false: a heading already said it)."""
+    if p is None:
+        return "–"
+    head = speed_text(p.value, subject)
+    if not p.paired:
+        return f"{head} (ratio of medians)" if method else head
+    iv = interval_text(p)
+    return f"{head} ({iv})" if iv else f"{head} (paired, too few rounds for an interval)"

@@ -1,9 +1,12 @@
 """The CI gate: fail on any correctness failure, or on a real slow-down.
 
 A slow-down is judged on the within-run ratio numba / torch-cpu (both timed in the same
-process, so the machine cancels) against the same ratio in a baseline: it fails the gate when
-the change is significant (its ``1 - alpha`` interval excludes 1) AND larger than
-``max_slowdown``. Thresholds: ``[tool.refbench.gate]`` in pyproject.toml (see config.py).
+process, in interleaved rounds when the run says so, so the machine cancels) against the same
+ratio in a baseline: it fails the gate when the change is significant (its ``1 - alpha``
+interval excludes 1) AND larger than ``max_slowdown``. With paired rounds in both runs the
+change compares the two runs' per-round ratios (see comparison.py). A pair that was noisy in
+either run is listed as "not gated: noisy" and never fails the gate. Thresholds:
+``[tool.refbench.gate]`` in pyproject.toml (see config.py).
 """
 
 from __future__ import annotations
@@ -75,11 +78,17 @@ def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun
             lines.append(f"performance: not gated: no numba / torch-cpu pair in common with "
                          f"the baseline {where} ({have} pair(s) in this run)")
         else:
-            judged = [c for c in changes if c.change.judged]
-            slower = [c for c in changes if c.change.significant and c.change.value > 1]
-            faster = [c for c in changes if c.change.significant and c.change.value < 1]
-            head = (f"performance: {len(result.regressions)} regression(s) in {len(changes)} "
-                    f"within-run ratios (numba / torch-cpu) {where}; threshold "
+            noisy = [c for c in changes if not c.gated]
+            gated = [c for c in changes if c.gated]
+            judged = [c for c in gated if c.change.judged]
+            slower = [c for c in gated if c.change.significant and c.change.value > 1]
+            faster = [c for c in gated if c.change.significant and c.change.value < 1]
+            paired = sum(c.method == "paired" for c in gated)
+            how = ("all from paired rounds" if paired == len(gated) else
+                   "ratios of medians: no paired rounds" if paired == 0 else
+                   f"{paired} from paired rounds, {len(gated) - paired} ratios of medians")
+            head = (f"performance: {len(result.regressions)} regression(s) in {len(gated)} "
+                    f"gated within-run ratios (numba / torch-cpu; {how}) {where}; threshold "
                     f"{config.max_slowdown:g}x at alpha {config.alpha:g}"
                     + (" (with overrides)" if config.overrides else ""))
             lines.append(head)
@@ -87,6 +96,13 @@ def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun
                 lines.append(f"  - REGRESSION {c.label}: numba/torch-cpu {c.base_ratio:.3g} -> "
                              f"{c.cand_ratio:.3g}, {ratio_text(c.change)} "
                              f"(limit {c.max_slowdown:g}x)")
+            if noisy:
+                lines.append(f"  not gated: noisy ({len(noisy)}): never a failure; re-run on a "
+                             f"quieter machine to judge them")
+                for c in noisy[:15]:
+                    lines.append(f"  - not gated: noisy {c.label}: {'; '.join(c.noisy)}")
+                if len(noisy) > 15:
+                    lines.append(f"  ... and {len(noisy) - 15} more (see the report)")
             small = [c for c in slower if not c.regression]
             if small:
                 lines.append(f"  {len(small)} significant slow-down(s) within the threshold, "
@@ -96,8 +112,8 @@ def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun
                 best = min(faster, key=lambda c: c.change.value)
                 lines.append(f"  {len(faster)} significantly faster, best {best.label} "
                              f"{ratio_text(best.change)}")
-            if len(judged) < len(changes):
-                lines.append(f"  {len(changes) - len(judged)} not judged (fewer than 2 rounds)")
+            if len(judged) < len(gated):
+                lines.append(f"  {len(gated) - len(judged)} not judged (fewer than 2 rounds)")
             diffs = [f"{k}: {v} vs {bench.env.machine[k]}"
                      for k, v in baseline.env.machine.items()
                      if v is not None and bench.env.machine[k] is not None

@@ -5,7 +5,16 @@ Three kinds of file, told apart by their content, never by their name:
 - correctness: ``{"schema": "refbench.correctness/1", "environment": {...}, "records": [...]}``,
   written by the plugin in ``conftest.py`` (see ``suites/recording.py``);
 - benchmark: pytest-benchmark's own JSON (``--benchmark-json``), any version: old files without
-  ``ops``, ``fullname`` or raw timings (``stats.data``) still load;
+  ``ops``, ``fullname`` or raw timings (``stats.data``) still load. refbench's benchmarks add,
+  per benchmark in ``extra_info``: ``group``, ``paired`` (``rounds``, ``partners``,
+  ``attempts``, ...: the implementations of a group were timed in interleaved rounds, so
+  ``stats.data[i]`` of each comes from the same round ``i``), ``ratios`` (``{other: {value, lo,
+  hi, level}}``: this implementation's time over the other's, the median of per-round ratios,
+  see ``reports/paired.py``), ``stable`` and ``noise`` (``iqr_rel``, ``median_over_min``,
+  ``stall_fraction``, ``reasons``); and in ``machine_info.refbench``: ``load`` (``start``,
+  ``end``: 1/5/15-minute load averages, ``cpus``, ``busy``), ``threading`` (free-form facts)
+  and per device ``peaks`` (``flops_per_s``, ``bytes_per_s``, ``stable``, ``samples``,
+  ``method``). Files without these load as before (ratios of medians, stability unknown);
 - baseline: ``{"schema": "refbench.baseline/1", ...}``, a compact summary of a benchmark file
   (quantiles instead of raw timings) written by ``python -m reports baseline``.
 
@@ -29,7 +38,7 @@ BASELINE_SCHEMA = "refbench.baseline/1"
 
 CHECK_ORDER = ("forward", "gradient", "gradcheck", "invariants", "invalid input", "no derivative")
 IMPL_ORDER = ("numba", "torch-cpu", "torch-cuda")
-SIZE_ORDER = ("small", "medium", "large")
+SIZE_ORDER = ("small", "medium", "large")  # by name when no problem size is known
 PASS_ORDER = ("forward", "forward+backward")
 VERDICTS = ("failed", "passed", "skipped")
 
@@ -46,6 +55,17 @@ class InputError(Exception):
 def order_key(value: str, order: tuple[str, ...]) -> tuple[int, str]:
     """Sort known names in their natural order, unknown ones after them alphabetically."""
     return (order.index(value), "") if value in order else (len(order), value)
+
+
+def natural_key(value: str) -> tuple:
+    """"s2" before "s10": digit runs compare as numbers."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
+                 for p in re.split(r"(\d+)", value) if p)
+
+
+def size_key(value: str) -> tuple:
+    """Size names without a known problem size: small < medium < large, then s1 < s2 < ..."""
+    return (*order_key(value, SIZE_ORDER)[:1], natural_key(value))
 
 
 # -- reading JSON ------------------------------------------------------------------------------
@@ -167,6 +187,8 @@ class Environment:
     dirty: bool | None = None
     peaks: dict[str, dict[str, Any]] = field(default_factory=dict)
     known: bool = False  # whether refbench's own facts were recorded (then gpu None = no GPU)
+    load: Load | None = None
+    threading: dict[str, str] = field(default_factory=dict)
 
     @property
     def machine(self) -> dict[str, Any]:
@@ -178,6 +200,53 @@ class Environment:
         value = (self.peaks.get(device) or {}).get(what)
         return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
+    def peak_stable(self, device: str) -> bool | None:
+        """Whether the device's measured peaks were stable (None: the file does not say)."""
+        value = (self.peaks.get(device) or {}).get("stable")
+        return value if isinstance(value, bool) else None
+
+    def peak_samples(self, device: str, what: str) -> list[float]:
+        samples = (self.peaks.get(device) or {}).get("samples")
+        values = samples.get(what) if isinstance(samples, dict) else None
+        if not isinstance(values, list):
+            return []
+        return [float(v) for v in values
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+@dataclass
+class Load:
+    """The machine's load averages (1, 5, 15 minutes) when a run started and ended."""
+
+    start: list[float] | None
+    end: list[float] | None
+    cpus: int | None
+    busy: bool | None
+
+    def text(self) -> str:
+        def avg(x):
+            return " / ".join(f"{v:.2f}" for v in x) if x else "unknown"
+        cpus = f" on {self.cpus} CPUs" if self.cpus else ""
+        return (f"load average (1 / 5 / 15 min) {avg(self.start)} at start, {avg(self.end)} "
+                f"at end{cpus}")
+
+
+def _load_averages(d: Any) -> Load | None:
+    if not isinstance(d, dict):
+        return None
+
+    def three(x):
+        if isinstance(x, list) and x and all(isinstance(v, (int, float)) and
+                                             not isinstance(v, bool) and math.isfinite(v)
+                                             for v in x):
+            return [float(v) for v in x[:3]]
+        return None
+    cpus = d.get("cpus")
+    busy = d.get("busy")
+    return Load(three(d.get("start")), three(d.get("end")),
+                cpus if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus > 0
+                else None, busy if isinstance(busy, bool) else None)
+
 
 def _environment(d: Any, where: str) -> Environment:
     if d is None:
@@ -188,6 +257,7 @@ def _environment(d: Any, where: str) -> Environment:
     gpu = d.get("gpu") if isinstance(d.get("gpu"), dict) else None
     peaks = d.get("peaks") if isinstance(d.get("peaks"), dict) else {}
     cores = d.get("cores")
+    threading = d.get("threading") if isinstance(d.get("threading"), dict) else {}
     return Environment(
         python=_opt_str(d.get("python")), platform=_opt_str(d.get("platform")),
         cpu=_opt_str(d.get("cpu")), cores=cores if isinstance(cores, int) else None,
@@ -198,6 +268,8 @@ def _environment(d: Any, where: str) -> Environment:
         dirty=d.get("dirty") if isinstance(d.get("dirty"), bool) else None,
         peaks={str(k): v for k, v in peaks.items() if isinstance(v, dict)},
         known=True,
+        load=_load_averages(d.get("load")),
+        threading={str(k): _text(v, 300) for k, v in threading.items()},
     )
 
 
@@ -229,6 +301,28 @@ class Check:
     case: str = ""
     replay: str = ""
     duration_s: float = 0.0
+    figures: dict[str, float | str | bool] = field(default_factory=dict)
+    # A check that did not fail but whose worst error was recorded as inf or nan: older
+    # recorders wrote 0/0 (no allowed error, no difference) that way. Shown as 0, with a note.
+    zero_over_zero: bool = False
+
+
+def _figures(value: Any, where: str) -> dict[str, float | str | bool]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _FieldError(f"{where}: 'figures' should be an object, got {type(value).__name__}")
+    out: dict[str, float | str | bool] = {}
+    for k, v in value.items():
+        if isinstance(v, bool):
+            out[str(k)[:100]] = v
+        elif isinstance(v, (int, float)):
+            out[str(k)[:100]] = float(v)
+        elif v in ("nan", "inf", "-inf"):  # non-finite numbers are written as text
+            out[str(k)[:100]] = float(v)
+        else:
+            out[str(k)[:100]] = _text(v, 200)
+    return out
 
 
 @dataclass
@@ -257,6 +351,8 @@ def _correctness(doc: dict, path: str) -> CorrectnessRun:
             raise _FieldError(f"{where}: verdict {verdict[:40]!r} is not one of "
                               f"{', '.join(VERDICTS)}")
         nodeid = _get(r, "nodeid", str, where, "")
+        worst = _get(r, "worst", float, where, 0.0)
+        zero_over_zero = verdict != "failed" and not math.isfinite(worst)
         checks.append(Check(
             nodeid=nodeid,
             algorithm=_get(r, "algorithm", str, where, "") or nodeid or f"record {i + 1}",
@@ -268,7 +364,9 @@ def _correctness(doc: dict, path: str) -> CorrectnessRun:
             examples=int(_get(r, "examples", (int, float), where, 0)),
             max_abs=_get(r, "max_abs", float, where, 0.0),
             max_rel=_get(r, "max_rel", float, where, 0.0),
-            worst=_get(r, "worst", float, where, 0.0),
+            worst=0.0 if zero_over_zero else worst,
+            zero_over_zero=zero_over_zero,
+            figures=_figures(r.get("figures"), where),
             rtol=_get(r, "rtol", float, where, None),
             atol=_get(r, "atol", float, where, None),
             reason=_text(r.get("reason")), message=_text(r.get("message")),
@@ -303,6 +401,56 @@ class Timing:
     def iqr(self) -> float:
         return self.q3 - self.q1
 
+    def inverse(self) -> Timing:
+        """The distribution of 1 / x (PROBS is symmetric about 1/2)."""
+        return Timing(1.0 / self.median, 1.0 / self.q3, 1.0 / self.q1, self.rounds,
+                      1.0 / self.quantiles[::-1], self.raw)
+
+
+def timing_of(samples: np.ndarray) -> Timing:
+    """The Timing of raw samples (finite, 1-d, at least one)."""
+    q = np.quantile(samples, np.concatenate([PROBS, (0.25, 0.75)]))
+    med = float(q[PROBS.size // 2])  # PROBS is symmetric about its middle, 0.5
+    return Timing(med, float(q[-2]), float(q[-1]), int(samples.size), q[:-2], raw=True)
+
+
+@dataclass(frozen=True)
+class PairRatio:
+    """One implementation's time over another's, as measured within one run.
+
+    ``method`` "paired": the median of per-round ratios of interleaved rounds, with its
+    order-statistic interval [``lo``, ``hi``] at ``level`` (None when too few rounds);
+    ``dist`` is the distribution of the per-round ratios when the raw timings are known (what
+    the gate compares between runs). "medians": the ratio of the two medians, from a file
+    without paired rounds, with no interval.
+    """
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    level: float | None = None
+    method: str = "paired"
+    rounds: int | None = None
+    dist: Timing | None = None
+
+    @property
+    def paired(self) -> bool:
+        return self.method == "paired"
+
+    def inverse(self) -> PairRatio:
+        return PairRatio(1.0 / self.value, None if self.hi is None else 1.0 / self.hi,
+                         None if self.lo is None else 1.0 / self.lo, self.level, self.method,
+                         self.rounds, self.dist.inverse() if self.dist else None)
+
+    def describe(self) -> str:
+        if not self.paired:
+            return "ratio of medians (this file has no paired rounds for the pair)"
+        n = f" over {self.rounds} interleaved rounds" if self.rounds else ""
+        if self.lo is None:
+            return f"median of per-round ratios{n} (too few rounds for an interval)"
+        return (f"median of per-round ratios{n}, {self.level:.0%} interval "
+                f"[{self.lo:.3g}, {self.hi:.3g}]")
+
 
 @dataclass
 class Bench:
@@ -320,10 +468,36 @@ class Bench:
     bytes: float | None = None
     first_call_s: float | None = None
     compile_s: float | None = None
+    group: str = ""
+    paired: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, PairRatio] = field(default_factory=dict)
+    stable: bool | None = None  # None: the file does not say (older files)
+    noise: dict[str, Any] = field(default_factory=dict)
+    data: np.ndarray | None = field(default=None, repr=False)  # raw per-round times
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
         return (self.algorithm, self.impl, self.size, self.dtype, self.pass_)
+
+    @property
+    def noisy(self) -> bool:
+        return self.stable is False
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the benchmark is noisy (empty when stable or unknown)."""
+        if not self.noisy:
+            return []
+        out = [str(r) for r in self.noise.get("reasons") or [] if str(r)]
+        return out or ["marked unstable"]
+
+    def ratio_to(self, other: Bench) -> PairRatio | None:
+        """This benchmark's time over ``other``'s from paired rounds, when the run has it."""
+        if other.impl in self.ratios:
+            return self.ratios[other.impl]
+        if self.impl in other.ratios:
+            return other.ratios[self.impl].inverse()
+        return None
 
     @property
     def elements(self) -> float | None:
@@ -353,22 +527,27 @@ class BenchRun:
 
 # test_bench[<algorithm>-<impl>-<size>-<dtype>-<pass>] when extra_info is missing (old files).
 _PARAM = re.compile(r"^(?P<algorithm>.+?)-(?P<impl>numba|torch-cpu|torch-cuda|[^-]+)-"
-                    r"(?P<size>small|medium|large)-(?P<dtype>float\d+)-"
+                    r"(?P<size>small|medium|large|s\d+)-(?P<dtype>float\d+)-"
                     r"(?P<pass>forward|forward_backward)$")
 
 
-def _timing(stats: dict, where: str) -> Timing:
+def _raw(stats: dict, where: str) -> np.ndarray | None:
     data = stats.get("data")
-    if isinstance(data, list) and data:
-        try:
-            arr = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise _FieldError(f"{where}: stats.data holds non-numbers") from None
-        if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-            raise _FieldError(f"{where}: stats.data holds non-finite or nested values")
-        q = np.quantile(arr, np.concatenate([PROBS, (0.25, 0.75)]))
-        med = float(q[PROBS.size // 2])  # PROBS is symmetric about its middle, 0.5
-        return Timing(med, float(q[-2]), float(q[-1]), int(arr.size), q[:-2], raw=True)
+    if not (isinstance(data, list) and data):
+        return None
+    try:
+        arr = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _FieldError(f"{where}: stats.data holds non-numbers") from None
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+        raise _FieldError(f"{where}: stats.data holds non-finite or nested values")
+    return arr
+
+
+def _timing(stats: dict, where: str) -> Timing:
+    arr = _raw(stats, where)
+    if arr is not None:
+        return timing_of(arr)
     med = _get(stats, "median", float, where)
     q1 = _get(stats, "q1", float, where, med)
     q3 = _get(stats, "q3", float, where, med)
@@ -403,6 +582,23 @@ def _bench(b: Any, i: int) -> Bench:
         return str(value)
 
     impl = pick("implementation", g.get("impl", "unknown"))
+    ratios = {}
+    raw_ratios = _get(info, "ratios", dict, where, {})
+    for other, r in raw_ratios.items():
+        w = f"{where}: ratios[{str(other)[:40]!r}]"
+        if not isinstance(r, dict):
+            raise _FieldError(f"{w} should be an object like {{value, lo, hi, level}}, got "
+                              f"{type(r).__name__}")
+        value = _get(r, "value", float, w)
+        lo, hi = _get(r, "lo", float, w, None), _get(r, "hi", float, w, None)
+        if not (math.isfinite(value) and value > 0) or (lo is None) != (hi is None) or (
+                lo is not None and not 0 < lo <= value <= hi < math.inf):
+            raise _FieldError(f"{w}: expected 0 < lo <= value <= hi, got {value!r}, {lo!r}, "
+                              f"{hi!r}")
+        ratios[str(other)] = PairRatio(value, lo, hi, _get(r, "level", float, w, None))
+    paired = _get(info, "paired", dict, where, {})
+    noise = _get(info, "noise", dict, where, {})
+    stable = _get(info, "stable", bool, where, None)
     shapes_in = info.get("shapes") if isinstance(info.get("shapes"), dict) else {}
     shapes = {}
     for k, v in shapes_in.items():
@@ -423,7 +619,44 @@ def _bench(b: Any, i: int) -> Bench:
         bytes=_get(info, "bytes", float, where, None),
         first_call_s=_get(info, "first_call_s", float, where, None),
         compile_s=_get(info, "compile_s", float, where, None),
+        group=_text(info.get("group"), 300), paired=paired, ratios=ratios, stable=stable,
+        noise=noise, data=_raw(stats, where),
     )
+
+
+def _pair_up(benchmarks: list[Bench]) -> None:
+    """Attach the per-round ratio distributions of implementations timed in the same rounds.
+
+    Two benchmarks of one group (algorithm x size x dtype x pass) are paired when the file
+    says so (``paired`` or ``ratios`` naming the other) and both hold as many raw timings as
+    rounds. A ratio the benchmark wrote keeps its value and interval; one it did not write is
+    computed here with ``reports.paired``.
+    """
+    from reports.paired import paired_ratio
+
+    index = {b.key: b for b in benchmarks}
+    for b in benchmarks:
+        partners = b.paired.get("partners") if isinstance(b.paired.get("partners"), list) else []
+        names = [str(p) for p in partners if str(p) != b.impl]
+        names += [n for n in b.ratios if n not in names]
+        for other in names:
+            o = index.get((b.algorithm, other, b.size, b.dtype, b.pass_))
+            if o is None:
+                continue
+            given = b.ratios.get(other)
+            same_rounds = (b.data is not None and o.data is not None
+                           and b.data.size == o.data.size and bool(b.paired) and bool(o.paired))
+            if same_rounds:
+                per_round = b.data / o.data
+                if given is None:
+                    value, lo, hi = paired_ratio(b.data, o.data)
+                    given = PairRatio(value, lo, hi, 0.95)
+                b.ratios[other] = PairRatio(given.value, given.lo, given.hi, given.level,
+                                            "paired", int(per_round.size), timing_of(per_round))
+            elif given is not None:
+                rounds = b.paired.get("rounds")
+                b.ratios[other] = PairRatio(given.value, given.lo, given.hi, given.level,
+                                            "paired", rounds if isinstance(rounds, int) else None)
 
 
 def _bench_run(doc: dict, path: str, kind: str) -> BenchRun:
@@ -445,9 +678,10 @@ def _bench_run(doc: dict, path: str, kind: str) -> BenchRun:
     env.commit = env.commit or _opt_str(ci.get("id"))
     if env.dirty is None and isinstance(ci.get("dirty"), bool):
         env.dirty = ci["dirty"]
+    benches = [_bench(b, i) for i, b in enumerate(benchmarks)]
+    _pair_up(benches)
     return BenchRun(path=path, created=_text(doc.get("datetime"), 64), env=env,
-                    benchmarks=[_bench(b, i) for i, b in enumerate(benchmarks)],
-                    version=_text(doc.get("version"), 32))
+                    benchmarks=benches, version=_text(doc.get("version"), 32))
 
 
 # -- the compact baseline -----------------------------------------------------------------------
@@ -472,7 +706,31 @@ def _baseline(doc: dict, path: str) -> BenchRun:
                         float(np.interp(0.75, PROBS, arr)),
                         int(_get(b, "rounds", (int, float), where, 1)), arr,
                         raw=bool(b.get("raw", True)))
+        ratios = {}
+        for other, r in _get(b, "ratios", dict, where, {}).items():
+            w = f"{where}: ratios[{str(other)[:40]!r}]"
+            if not isinstance(r, dict):
+                raise _FieldError(f"{w} should be an object")
+            dist = None
+            if r.get("quantiles") is not None:
+                rq = np.asarray(_get(r, "quantiles", list, w), dtype=np.float64)
+                if rq.shape != PROBS.shape or np.any(np.diff(rq) < 0) or not np.all(
+                        np.isfinite(rq)) or rq[0] <= 0:
+                    raise _FieldError(f"{w}: quantiles should be {PROBS.size} increasing "
+                                      f"positive numbers")
+                n = int(_get(r, "rounds", (int, float), w, 1))
+                dist = Timing(float(np.interp(0.5, PROBS, rq)), float(np.interp(0.25, PROBS, rq)),
+                              float(np.interp(0.75, PROBS, rq)), n, rq, raw=True)
+            rounds = r.get("rounds")
+            ratios[str(other)] = PairRatio(
+                _get(r, "value", float, w), _get(r, "lo", float, w, None),
+                _get(r, "hi", float, w, None), _get(r, "level", float, w, None),
+                "paired" if r.get("paired", True) else "medians",
+                int(rounds) if isinstance(rounds, (int, float)) else None, dist)
         out.append(Bench(
+            ratios=ratios, stable=_get(b, "stable", bool, where, None),
+            noise={"reasons": [str(x) for x in b.get("noise_reasons") or []]},
+            group=_text(b.get("group"), 300),
             name=_get(b, "name", str, where, ""), algorithm=_get(b, "algorithm", str, where),
             family=_get(b, "family", str, where, "unknown"),
             impl=_get(b, "implementation", str, where), device=_get(b, "device", str, where, ""),
@@ -485,9 +743,22 @@ def _baseline(doc: dict, path: str) -> BenchRun:
 
 
 def baseline_doc(run: BenchRun, source: str) -> dict:
-    """The compact baseline of a benchmark run: what the gate needs, a few KB per algorithm."""
+    """The compact baseline of a benchmark run: what the gate needs, a few KB per algorithm.
+
+    Per benchmark: the quantiles of its timings, whether it was stable (and why not), and per
+    paired partner the within-run ratio with its interval and the quantiles of the per-round
+    ratios (what the gate compares a candidate's per-round ratios with).
+    """
     def sig(x: float) -> float:
         return float(f"{x:.5g}")
+
+    def ratio(r: PairRatio) -> dict:
+        d = {"value": sig(r.value), "lo": None if r.lo is None else sig(r.lo),
+             "hi": None if r.hi is None else sig(r.hi), "level": r.level, "rounds": r.rounds,
+             "paired": r.paired}
+        if r.dist is not None:
+            d["quantiles"] = [sig(x) for x in np.maximum.accumulate(r.dist.quantiles)]
+        return d
 
     env = run.env
     return {
@@ -498,13 +769,20 @@ def baseline_doc(run: BenchRun, source: str) -> dict:
             "python": env.python, "platform": env.platform, "cpu": env.cpu, "cores": env.cores,
             "node": env.node, "versions": env.versions, "gpu": env.gpu, "commit": env.commit,
             "dirty": env.dirty, "peaks": env.peaks,
+            "load": None if env.load is None else {
+                "start": env.load.start, "end": env.load.end, "cpus": env.load.cpus,
+                "busy": env.load.busy},
+            "threading": env.threading,
         },
         "benchmarks": [
             {"name": b.name, "algorithm": b.algorithm, "family": b.family,
              "implementation": b.impl, "device": b.device, "dtype": b.dtype, "size": b.size,
              "pass": b.pass_, "rounds": b.timing.rounds, "raw": b.timing.raw,
              "flops": b.flops, "bytes": b.bytes,
-             "quantiles": [sig(x) for x in np.maximum.accumulate(b.timing.quantiles)]}
+             "quantiles": [sig(x) for x in np.maximum.accumulate(b.timing.quantiles)],
+             "group": b.group or None, "stable": b.stable,
+             "noise_reasons": b.reasons or None,
+             "ratios": {k: ratio(r) for k, r in b.ratios.items()} or None}
             for b in run.benchmarks
         ],
     }

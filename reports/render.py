@@ -47,6 +47,13 @@ def bar_width(worst: float) -> float:
     return round(min(max(worst, 0.0), 1.0) * 100, 1)
 
 
+def figure_text(v: object) -> str:
+    """A named figure of a check: numbers to 4 significant digits, text as it came."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return fmt.sig(float(v), 4)
+
+
 def sort_num(x: float | None) -> str:
     """A data-sort value: numbers sort numerically, missing ones last."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -65,7 +72,8 @@ def _environment() -> jinja2.Environment:
     env.filters.update(
         time=fmt.time_text, rate=fmt.rate_text, pct=fmt.percent_text, speed=fmt.speed_text,
         ratio=fmt.ratio_text, worst=fmt.worst_text, sig=fmt.sig, md=md, md_code=md_code,
-        dt=short_dtype, bar=bar_width, sortnum=sort_num,
+        dt=short_dtype, bar=bar_width, sortnum=sort_num, within=fmt.within_text,
+        interval=fmt.interval_text, figure=figure_text,
     )
     env.globals.update(achieved=achieved, order_key=order_key, isfinite=math.isfinite)
     return env
@@ -112,7 +120,18 @@ def write(out_dir: Path, name: str, text: str) -> Path:
 
 def report_context(report: Report) -> dict:
     fastest, slowest = report.extremes()
-    return {"r": report, "fastest": fastest, "slowest": slowest}
+    methods = report.ratio_methods
+    if methods == {"paired"}:
+        method = ("median of per-round ratios from interleaved rounds, with 95% intervals; "
+                  "below 1 means numba is faster")
+    elif methods == {"medians"}:
+        method = ("ratio of median times: these runs have no paired rounds; below 1 means "
+                  "numba is faster")
+    else:
+        method = ("from interleaved rounds where the run has them (with intervals), else the "
+                  "ratio of median times; below 1 means numba is faster")
+    return {"r": report, "fastest": fastest, "slowest": slowest, "ratio_method": method,
+            "ratio_mixed": len(methods) > 1}
 
 
 def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -132,8 +151,32 @@ def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
         p = env.peaks.get(device)
         if not p:
             return "–"
-        return (f"{fmt.rate_text(p.get('flops_per_s'), 'FLOP')}, "
+        text = (f"{fmt.rate_text(p.get('flops_per_s'), 'FLOP')}, "
                 f"{fmt.rate_text(p.get('bytes_per_s'), 'B')}")
+        samples = [(what, env.peak_samples(device, key), unit)
+                   for what, key, unit in (("FLOP/s", "flops_per_s", "FLOP"),
+                                           ("B/s", "bytes_per_s", "B"))]
+        spread = "; ".join(f"{len(xs)} samples {fmt.rate_text(min(xs), unit)}–"
+                           f"{fmt.rate_text(max(xs), unit)}" for _, xs, unit in samples if xs)
+        stable = env.peak_stable(device)
+        if stable is False:
+            text += " — NOT STABLE: % of peak is unreliable"
+        elif stable:
+            text += " (stable)"
+        if spread:
+            text += f" ({spread})"
+        if p.get("method"):
+            text += f"; {str(p['method'])[:200]}"
+        return text
+
+    def load(env, when) -> str:
+        ld = env.load
+        values = getattr(ld, when) if ld else None
+        if not values:
+            return "–"
+        text = " / ".join(f"{v:.2f}" for v in values)
+        return text + (f" on {ld.cpus} CPUs" if ld.cpus else "") + (
+            " (busy)" if ld.busy and when == "start" else "")
 
     heads = [f"{r.title or r.label}: {Path(r.path).name}" for r in runs]
     facts = [
@@ -156,6 +199,10 @@ def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
         ("commit", lambda r: commit(r.env)),
         ("measured peak, CPU", lambda r: peak(r.env, "cpu")),
         ("measured peak, CUDA", lambda r: peak(r.env, "cuda")),
+        ("load average at start (1 / 5 / 15 min)", lambda r: load(r.env, "start")),
+        ("load average at end (1 / 5 / 15 min)", lambda r: load(r.env, "end")),
+        ("threading", lambda r: "; ".join(f"{k}: {v}" for k, v in r.env.threading.items())
+         or "–"),
         ("platform", lambda r: r.env.platform or "–"),
         ("Hypothesis profile · --device",
          lambda r: f"{r.profile or '–'} · {r.device or '–'}" if r.kind == "correctness" else ""),

@@ -60,6 +60,7 @@ class CheckRecord:
         d = asdict(self)
         for k in ("max_abs", "max_rel", "worst"):
             d[k] = _finite_or_str(d[k])
+        d["figures"] = {str(k): _figure(v) for k, v in self.figures.items()}
         return d
 
 
@@ -69,6 +70,18 @@ def _index(idx) -> str:
 
 def _finite_or_str(x: float):
     return x if np.isfinite(x) else str(x)
+
+
+def _figure(v):
+    """A named figure as JSON: a number (numpy scalars too; non-finite as text), a bool, or
+    short text."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return _finite_or_str(float(v))
+    return str(v)[:200]
 
 
 class Mismatch(AssertionError):
@@ -119,7 +132,9 @@ def compare(actual, expected: np.ndarray, rtol: float, atol: float, *, label: st
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         diff = np.where(same, 0.0, np.where(finite, np.abs(a - e), np.inf))
         allowed = atol + rtol * np.where(np.isfinite(e), np.abs(e), 0.0)
-        frac = diff / allowed
+        # 0/0 (no difference where nothing is allowed: equal zeros with atol 0, an exact
+        # integer-valued result) is 0 of the tolerance, never nan or inf.
+        frac = np.where(diff == 0, 0.0, diff / allowed)
         rel = np.where(same, 0.0, diff / np.abs(e))
     max_abs = float(diff.max(initial=0.0))
     max_rel = float(np.nanmax(rel, initial=0.0))

@@ -114,6 +114,8 @@ SCENARIOS = {
     "failing": ("failing_correctness.json", ["cpu_bench.json", "gpu_bench.json"]),
     "old": (None, ["old_bench.json"]),
     "same_machine": ("cpu_correctness.json", ["cpu_bench.json", "slower_bench.json"]),
+    "paired": ("paired_correctness.json", ["paired_bench.json"]),
+    "busy": (None, ["paired_busy_bench.json"]),
 }
 
 
@@ -559,6 +561,222 @@ def test_project_gate_settings_load():
     if config.baseline is not None:
         run = load(config.baseline, ("baseline", "benchmark"))
         assert run.benchmarks and {b.impl for b in run.benchmarks} >= {"numba", "torch-cpu"}
+
+
+# -- paired rounds, noise, load, scaling (issue 8) -----------------------------------------------
+
+def _extra(name: str) -> dict:
+    """extra_info by (algorithm, implementation, size, pass) of a fixture file."""
+    doc = json.loads((DATA / name).read_text())
+    return {(e["algorithm"], e["implementation"], e["size"], e["pass"]): e
+            for e in (b["extra_info"] for b in doc["benchmarks"])}
+
+
+def _article(page: str, anchor_id: str) -> str:
+    start = page.index(f'id="{anchor_id}"')
+    end = page.find('<article class="algo"', start + 1)
+    return page[start:end if end > 0 else len(page)]
+
+
+def test_within_run_ratios_come_from_paired_rounds(tmp_path):
+    from reports.analysis import build_report
+    from reports.config import GateConfig
+
+    info = _extra("paired_bench.json")
+    run = load(f("paired_bench.json"), ("benchmark",))
+    report = build_report(None, [run], GateConfig())
+    softmax = next(a for a in report.algos if a.name == "softmax")
+    for row in softmax.perf:
+        p = row.pair("numba", "torch-cpu")
+        want = info[("softmax", "numba", row.size, row.pass_)]["ratios"]["torch-cpu"]
+        assert p.method == "paired" and p.rounds == 30
+        assert (p.value, p.lo, p.hi, p.level) == (want["value"], want["lo"], want["hi"],
+                                                  want["level"])
+        # The reverse pair reads the other side's ratio (or this one inverted).
+        assert row.pair("torch-cpu", "numba").value == pytest.approx(1 / p.value, rel=0.02)
+    page = build(None, [f("paired_bench.json")], tmp_path / "p").html.read_text()
+    assert "median of per-round ratios from interleaved rounds" in page
+    v = info[("softmax", "numba", "medium", "forward")]["ratios"]["torch-cpu"]
+    assert f"{v['lo']:.3g}, {v['hi']:.3g}" in _article(page, "algo-softmax")  # the interval
+    # An older file: the ratio of medians, and the report says so.
+    old = build_report(None, [load(f("cpu_bench.json"), ("benchmark",))], GateConfig())
+    row = next(a for a in old.algos if a.name == "softmax").perf[0]
+    p = row.pair("numba", "torch-cpu")
+    assert p.method == "medians" and p.lo is None
+    assert p.value == row.cells["numba"].timing.median / row.cells["torch-cpu"].timing.median
+    page = build(None, [f("cpu_bench.json")], tmp_path / "o").html.read_text()
+    assert "ratio of median times: these runs have no paired rounds" in page
+    assert "ratio of medians" in _article(page, "algo-softmax")
+
+
+def test_noisy_benchmarks_are_greyed_and_never_headlined(tmp_path):
+    info = _extra("paired_bench.json")
+    noisy = {k: e for k, e in info.items() if not e["stable"]}
+    assert {k[:3] for k in noisy} == {("gelu", "torch-cpu", "small"),
+                                      ("leaky_relu", "numba", "medium")}
+    built = build(None, [f("paired_bench.json")], tmp_path)
+    page = built.html.read_text()
+    headline = visible(page, "verdict")
+    # The artefacts of the issue (thousands of x faster, tens of x slower) are not headlined.
+    for text in (headline, built.markdown):
+        for x in re.findall(r"numba ([\d.]+)x (?:faster|slower)", text):
+            assert float(x) < 20, text
+        assert "2 numba / torch-cpu pair" in text
+    # Greyed, with the reasons the benchmark wrote, in the algorithm's table.
+    gelu = _article(page, "algo-gelu")
+    reason = noisy[("gelu", "torch-cpu", "small", "forward")]["noise"]["reasons"][0]
+    assert 'class="num noisy"' in gelu and reason in html.unescape(gelu)
+    bench_rows = re.findall(r'<tr [^>]*data-stable="noisy"[^>]*>', page)
+    assert len(bench_rows) == 2 and all('class="noisy"' in r for r in bench_rows)
+
+
+def test_exponents_skip_noisy_and_dispatch_bound_sizes():
+    from reports.analysis import build_report, fit_mask
+    from reports.config import GateConfig
+
+    report = build_report(None, [load(f("paired_bench.json"), ("benchmark",))], GateConfig())
+    algos = {a.name: a for a in report.algos}
+    # torch-cpu gelu forward: the small size is noisy (a 7 ms median for a 64-element call);
+    # the fit runs over the sweep's work-bound sizes and finds the linear growth.
+    line = next(ln for ln in algos["gelu"].lines if ln.impl == "torch-cpu"
+                and ln.pass_ == "forward")
+    assert line.noisy[line.size_names.index("small")]
+    assert not line.fitted[line.size_names.index("small")]
+    assert 0.85 < line.exponent < 1.1, line.exponent
+    # Crossovers come from sizes where neither side was noisy: numba is faster below ~2e3.
+    assert any("forward float32" in x and "numba faster below" in x
+               for x in algos["gelu"].crossings)
+    # An algorithm whose every call is overhead gets no exponent, and says why.
+    for ln in algos["scalar_step"].lines:
+        assert ln.exponent is None and ln.fit_note == "not fitted: dispatch-bound"
+    assert any("not fitted: dispatch-bound" in n for n in algos["scalar_step"].fit_notes)
+    # The rule itself: under 20 us or under twice the fastest stable time is not fitted.
+    assert fit_mask([5e-6, 8e-6, 4e-5, 3e-4], [False] * 4) == ([False, False, True, True], "")
+    assert fit_mask([1e-3, 1.5e-3, 4e-3, 3e-2], [False] * 4)[0] == [False, False, True, True]
+    assert fit_mask([5e-6, 6e-6, 7e-6], [False] * 3)[1] == "not fitted: dispatch-bound"
+    assert fit_mask([5e-6, 4e-5, 3e-4], [False, True, False])[1] == "not fitted: noisy"
+
+
+def test_sizes_are_ordered_by_problem_size(tmp_path):
+    info = _extra("paired_bench.json")
+    elements = {size: math.prod(e["shapes"]["x"]) for (a, i, size, p), e in info.items()
+                if a == "gelu" and i == "numba" and p == "forward"}
+    want = sorted(elements, key=elements.get)
+    assert want != sorted(elements) and len(want) == 9  # s1..s6 interleave small/medium/large
+    page = build(None, [f("paired_bench.json")], tmp_path).html.read_text()
+    rows = re.findall(r"<tr>\s*<td>forward</td>\s*<td>(\w+)<span", _article(page, "algo-gelu"))
+    assert rows == want
+    run = load(f("old_bench.json"), ("benchmark",))
+    assert {b.size for b in run.benchmarks if b.algorithm == "relu"} == {"small", "medium",
+                                                                          "large"}
+
+
+def test_load_average_busy_banner_and_unstable_peaks(tmp_path):
+    quiet_doc = json.loads((DATA / "paired_bench.json").read_text())["machine_info"]["refbench"]
+    busy_doc = json.loads((DATA / "paired_busy_bench.json").read_text())["machine_info"][
+        "refbench"]
+    quiet = build(None, [f("paired_bench.json")], tmp_path / "q")
+    busy = build(None, [f("paired_busy_bench.json")], tmp_path / "b")
+    qpage, bpage = quiet.html.read_text(), busy.html.read_text()
+    for page, doc in ((qpage, quiet_doc), (bpage, busy_doc)):
+        text = visible(page, "verdict", "environment")
+        for when in ("start", "end"):
+            assert " / ".join(f"{v:.2f}" for v in doc["load"][when]) in text
+        assert f"on {doc['load']['cpus']} CPUs" in text
+        assert doc["threading"]["numba_threading_layer"] in text
+    assert "The machine was busy" in visible(bpage, "verdict")
+    assert "busy" not in visible(qpage, "verdict").lower()
+    assert "Machine busy" in busy.markdown
+    assert "busy" not in quiet.markdown.split("Report:")[0].lower()
+    # Unstable peaks: flagged in the environment and beside every % of peak.
+    assert "NOT STABLE" in visible(bpage, "environment")
+    assert "peak-unstable" in bpage and "peak-unstable" not in qpage.split("</style>")[1]
+    assert "not stable" in busy.markdown
+    samples = busy_doc["peaks"]["cpu"]["samples"]["flops_per_s"]
+    assert f"{len(samples)} samples" in visible(bpage, "environment")
+
+
+def test_gate_on_paired_rounds(tmp_path):
+    config = load_config(DATA / "no_baseline.toml")
+    corr = f("cpu_correctness.json")
+    same = run_gate(corr, f("paired_bench.json"), f("paired_bench.json"), config)
+    assert same.ok, same.lines
+    assert any("all from paired rounds" in ln for ln in same.lines)
+    # The compact baseline keeps the per-round ratios the gate compares.
+    base = write_baseline(f("paired_bench.json"), tmp_path / "base.json")
+    for baseline in (f("paired_bench.json"), str(base)):
+        slow = run_gate(corr, f("paired_slower_bench.json"), baseline, config)
+        assert not slow.ok
+        assert {r.algorithm for r in slow.regressions} == {"softmax"}
+        assert all(r.method == "paired" for r in slow.regressions)
+        assert any(ln.startswith("  - REGRESSION softmax") for ln in slow.lines)
+        assert any("all from paired rounds" in ln for ln in slow.lines), slow.lines
+        # The same commit under a CPU hog: no regression. Its planted 1.5x numba relu large
+        # forward is noisy, so it is listed as not gated, never a failure.
+        busy = run_gate(corr, f("paired_busy_bench.json"), baseline, config)
+        assert busy.ok, busy.lines
+        assert any(ln.startswith("  - not gated: noisy relu large float32 forward:")
+                   for ln in busy.lines), busy.lines
+    # Compared with the same run as baseline, the noisy pairs are still not gated.
+    assert any("not gated: noisy" in ln for ln in same.lines)
+
+
+def test_check_record_round_trip_and_zero_over_zero(tmp_path):
+    from suites.recording import CheckRecord, compare
+
+    rec = CheckRecord(nodeid="t::x[empty]", replay="python -m pytest 't::x[empty]'")
+    rec.bind("relu", "activations", "gradient", np.float64, "cpu")
+    compare(np.zeros(0), np.zeros(0), 0.0, 0.0, label="empty", record=rec)
+    compare(np.zeros(3), np.zeros(3), 0.0, 0.0, label="zeros, nothing allowed", record=rec)
+    assert rec.worst == 0.0 and rec.max_abs == 0.0
+    rec.examples = 2
+    rec.verdict = "passed"
+    rec.figures.update({"accuracy": np.float64(0.9733), "epochs": np.int64(3),
+                        "solver": "lbfgs", "converged": np.bool_(True), "gap": float("nan")})
+    doc = {"schema": "refbench.correctness/1", "records": [rec.to_json()]}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))  # plain JSON: numpy scalars were converted
+    check = load(path, ("correctness",)).checks[0]
+    assert check.worst == 0.0 and not check.zero_over_zero
+    assert check.figures == {"accuracy": 0.9733, "epochs": 3.0, "solver": "lbfgs",
+                             "converged": True, "gap": check.figures["gap"]}
+    assert math.isnan(check.figures["gap"])
+
+
+def test_gradcheck_of_an_empty_case_is_zero_of_the_tolerance():
+    from suites.catalog import get
+    from suites.catalog.spec import Case
+    from suites.correctness import checks
+    from suites.recording import CheckRecord
+
+    rec = CheckRecord(nodeid="n", replay="r")
+    checks.check_gradcheck(get("relu"), Case({"x": np.zeros((0,), np.float64)}),
+                           np.random.default_rng(0), rec)
+    assert rec.worst == 0.0
+
+
+def test_passed_check_recorded_as_inf_never_shows_a_full_red_bar(tmp_path):
+    doc = json.loads((DATA / "paired_correctness.json").read_text())
+    old = [r for r in doc["records"] if r["worst"] == "inf"]
+    assert old and all(r["verdict"] == "passed" for r in old)
+    page = build(f("paired_correctness.json"), [], tmp_path).html.read_text()
+    relu = page[page.index('<td><a href="#algo-relu">'):]
+    relu = relu[:relu.index("</tr>")]
+    cells = re.findall(r'<td class="cell v-passed"[^>]*>(.*?)</td>', relu)
+    assert cells and not any(">inf" in c or "bar red" in c or "width:100" in c for c in cells)
+    assert "recorded for 0/0" in relu
+    assert "0/0 (nothing allowed, nothing differed) was recorded as inf" in page
+
+
+def test_check_figures_are_shown_with_the_check(tmp_path):
+    doc = json.loads((DATA / "paired_correctness.json").read_text())
+    figures = next(r["figures"] for r in doc["records"] if r.get("figures"))
+    page = build(f("paired_correctness.json"), [], tmp_path).html.read_text()
+    text = visible(page, "algo-softmax")
+    for label in figures:
+        assert label in text
+    assert "0.9733" in text and "<b>not markup</b>" in text  # text, escaped
+    assert "<b>not markup</b>" not in page
 
 
 # -- the CLI ------------------------------------------------------------------------------------

@@ -13,6 +13,20 @@ Files, in the formats conftest.py and pytest-benchmark write:
 - slower_bench.json      cpu_bench with numba softmax 1.6x slower relative to torch (gate: fail)
 - noisy_bench.json       cpu_bench re-timed with noise only, on another host (gate: pass)
 
+Paired files, in the format of the interleaved benchmarks (``extra_info``: group, paired,
+ratios, stable, noise; ``machine_info.refbench``: load, threading, peaks with samples):
+- paired_bench.json      a quiet run: every group timed in shared rounds, a geometric sweep
+                         s1..s6 for gelu beside small/medium/large, one dispatch-bound
+                         algorithm (scalar_step), and two noisy benchmarks: torch-cpu gelu
+                         small forward (most rounds stalled for ms) and numba leaky_relu
+                         medium forward (min 17 us, median in the ms)
+- paired_busy_bench.json the same commit under a CPU hog: busy load, unstable peaks, heavier
+                         shared load; numba relu large forward planted 1.5x slower AND noisy
+                         (the gate must not fail on it)
+- paired_slower_bench.json  a quiet re-run with numba softmax 1.5x slower (gate: fail)
+- paired_correctness.json   cpu_correctness plus named figures on a check and a passed
+                         gradcheck whose worst is "inf" (an older recorder's 0/0)
+
 ``synthetic_bench``/``synthetic_correctness`` build catalog-sized inputs for the size and
 speed tests. Everything is seeded: the same files every time.
 """
@@ -27,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[3]
+if str(ROOT) not in sys.path:  # run as a script: reports.paired from this checkout
+    sys.path.insert(0, str(ROOT))
 SIZES = {"small": 64, "medium": 65536, "large": 16777216}
 HOSTILE = '<script>alert("pwned")</script>'
 HOSTILE_FAMILY = "évil \"family\" 'x' ∑😀"
@@ -279,6 +296,130 @@ def old_bench() -> dict:
     return doc
 
 
+# -- paired, interleaved benchmarks -------------------------------------------------------------
+
+SWEEP = {f"s{k + 1}": 300 * 8**k for k in range(6)}  # 300 .. 9.8M elements, geometric
+PAIRED_ALGOS = {**ALGOS, "scalar_step": ("optim", True, 1.0)}
+THREADING = {"numba_threading_layer": "omp", "numba_threads": "2", "torch_threads": "2",
+             "torch_interop_threads": "1", "OMP_WAIT_POLICY": "PASSIVE",
+             "KMP_BLOCKTIME": "unset"}
+
+
+def _paired_time(algo, impl, size, pass_, flops_per):
+    n = SWEEP.get(size) or SIZES[size]
+    if algo == "scalar_step":  # an optimizer step on a handful of scalars: all call overhead
+        return {"numba": 2.5e-6, "torch-cpu": 9e-6}[impl] * (1 + 1e-9 * n)
+    saved = dict(SIZES)
+    SIZES[size] = n
+    try:
+        return model_time(algo, impl, size, pass_, flops_per)
+    finally:
+        SIZES.clear()
+        SIZES.update(saved)
+
+
+def paired_bench(seed: int, busy: bool = False, tweak=None, stalls=None, node="vm") -> dict:
+    """Groups timed in shared rounds: round i of every implementation sees the same load.
+
+    ``stalls``: {(algo, impl, size, pass): (fraction of rounds, stall seconds)} planted on one
+    implementation only (a descheduled worker); ``tweak`` multiplies a true median.
+    """
+    from reports.paired import noise, paired_ratio
+
+    rng = np.random.default_rng(seed)
+    impls = ["numba", "torch-cpu"]
+    stalls = stalls or {}
+    out = []
+    for algo, (family, diff, flops_per) in PAIRED_ALGOS.items():
+        sizes = list(SIZES) + (list(SWEEP) if algo == "gelu" else [])
+        for size in sizes:
+            n = SWEEP.get(size) or SIZES[size]
+            for pass_ in ("forward", "forward+backward") if diff else ("forward",):
+                rounds = 30
+                # The load every implementation of the group shares in a round.
+                if busy:
+                    shared = np.exp(rng.normal(0, 0.06, rounds)) * np.where(
+                        rng.random(rounds) < 0.08, rng.uniform(1.3, 2.0, rounds), 1.0)
+                else:
+                    shared = np.exp(rng.normal(0, 0.03, rounds))
+                data = {}
+                for impl in impls:
+                    med = _paired_time(algo, impl, size, pass_, flops_per)
+                    if tweak:
+                        med *= tweak(algo, impl, size, pass_)
+                    t = med * shared * np.exp(rng.normal(0, 0.02, rounds))
+                    if (algo, impl, size, pass_) in stalls:
+                        frac, stall = stalls[(algo, impl, size, pass_)]
+                        hit = rng.permutation(rounds)[: int(round(frac * rounds))]
+                        t[hit] = stall * rng.uniform(0.8, 1.2, hit.size)
+                    data[impl] = np.array([float(f"{x:.6g}") for x in t])
+                group = f"{algo} {size} float32 {pass_}"
+                for impl in impls:
+                    shapes = {"x": [n]}
+                    if algo == "softmax":
+                        shapes = {"x": [n // 64, 64]}
+                    elif algo == "scalar_step":
+                        shapes = {"params": [n // 64], "grads": [n // 64]}
+                    e = bench_entry(algo, family, impl, "small", "float32", pass_, 1.0, rng,
+                                    rounds, flops_per, shapes=shapes)
+                    pid = f"{algo}-{impl}-{size}-float32-{pass_.replace('+', '_')}"
+                    e["name"] = f"test_bench[{pid}]"
+                    e["fullname"] = f"suites/performance/test_bench.py::test_bench[{pid}]"
+                    e["param"] = pid
+                    e["group"] = group
+                    e["stats"] = _stats(data[impl])
+                    e["stats"]["data"] = [float(x) for x in data[impl]]
+                    info = e["extra_info"]
+                    factor = 1.0 if pass_ == "forward" else 3.0
+                    info.update(
+                        size=size, flops=flops_per * n * factor, bytes=8.0 * n * factor,
+                        group=group,
+                        paired={"rounds": rounds, "partners": impls, "attempts": 1,
+                                "order": "random per round",
+                                "warmup": "one untimed call before each timed round"},
+                        ratios={}, compile_s=0.45 if impl == "numba" else 0.0,
+                        first_call_s=0.46 if impl == "numba" else 2e-4)
+                    for other in impls:
+                        if other != impl:
+                            v, lo, hi = paired_ratio(data[impl], data[other])
+                            info["ratios"][other] = {"value": v, "lo": lo, "hi": hi,
+                                                     "level": 0.95}
+                    nz = noise(data[impl])
+                    info["stable"] = nz.pop("stable")
+                    info["noise"] = nz
+                    if not info["stable"]:
+                        info["paired"]["attempts"] = 3  # re-measured twice, still noisy
+                    out.append(e)
+    load = ({"start": [4.12, 3.95, 3.2], "end": [4.31, 4.02, 3.35], "cpus": 2, "busy": True}
+            if busy else
+            {"start": [0.31, 0.42, 0.5], "end": [1.08, 0.93, 0.61], "cpus": 2, "busy": False})
+    if busy:
+        peak = {**PEAK_CPU, "flops_per_s": 4.8e10, "bytes_per_s": 1.5e10, "stable": False,
+                "samples": {"flops_per_s": [4.8e10, 1.1e11, 1.9e11, 7.5e10, 2.0e11],
+                            "bytes_per_s": [1.5e10, 9e9, 1.4e10, 6e9, 1.2e10]},
+                "method": "best of 5: float32 matmul 2048x2048; copy of 256 MiB"}
+    else:
+        peak = {**PEAK_CPU, "flops_per_s": 2.05e11, "bytes_per_s": 1.5e10, "stable": True,
+                "samples": {"flops_per_s": [2.01e11, 2.05e11, 1.98e11, 2.03e11, 2.04e11],
+                            "bytes_per_s": [1.49e10, 1.5e10, 1.47e10, 1.5e10, 1.48e10]},
+                "method": "best of 5: float32 matmul 2048x2048; copy of 256 MiB"}
+    doc = _bench_doc(out, ENV_CPU, {"cpu": peak}, node)
+    doc["machine_info"]["refbench"].update(load=load, threading=THREADING)
+    return doc
+
+
+def paired_correctness() -> dict:
+    doc = correctness()
+    for r in doc["records"]:
+        if r["algorithm"] == "softmax" and r["check"] == "invariants" and r["dtype"] == "float64":
+            r["figures"] = {"rows summing to 1 within 4 ulp": 1.0, "max |sum - 1|": 2.2e-16,
+                            "real-data accuracy (iris)": 0.9733, "note": "<b>not markup</b>"}
+        if r["algorithm"] == "relu" and r["check"] == "gradcheck":
+            # written by an older recorder: an empty case made 0/0 into inf
+            r.update(worst="inf", max_rel="inf", max_abs=0.0)
+    return doc
+
+
 # -- catalog-sized synthetic inputs -------------------------------------------------------------
 
 def synthetic_bench(n_algos: int = 80, rounds: int = 1000, gpu: bool = True,
@@ -322,6 +463,20 @@ def synthetic_correctness(n_algos: int = 80, seed: int = 12) -> dict:
     return doc
 
 
+# The issue's two artefacts: torch's 64-element gelu with most rounds stalled for ~8 ms, and
+# numba's leaky_relu medium forward with a 17 us minimum but most rounds stalled.
+PAIRED_STALLS = {("gelu", "torch-cpu", "small", "forward"): (0.7, 8e-3),
+                 ("leaky_relu", "numba", "medium", "forward"): (0.6, 8e-3)}
+
+
+def planted(factor: float, algo: str, size: str | None = None, pass_: str | None = None):
+    """A tweak: numba's true time of ``algo`` (at one size/pass, or all) times ``factor``."""
+    def tweak(a, impl, s, p):
+        hit = a == algo and impl == "numba" and size in (None, s) and pass_ in (None, p)
+        return factor if hit else 1.0
+    return tweak
+
+
 def main() -> None:
     def slower(algo, impl, size, pass_):
         return 1.6 if algo == "softmax" and impl == "numba" and size == "large" else 1.0
@@ -340,6 +495,15 @@ def main() -> None:
         "old_bench.json": old_bench(),
         "slower_bench.json": bench("cpu", seed=2, tweak=slower),
         "noisy_bench.json": bench("cpu", seed=3, tweak=noise, node="vm2"),
+        "paired_bench.json": paired_bench(20, stalls=PAIRED_STALLS),
+        "paired_busy_bench.json": paired_bench(
+            21, busy=True, tweak=planted(1.5, "relu", size="large", pass_="forward"),
+            stalls={**PAIRED_STALLS,
+                    ("relu", "numba", "large", "forward"): (0.5, 0.2),
+                    ("gelu", "numba", "s5", "forward+backward"): (0.3, 0.3)}),
+        "paired_slower_bench.json": paired_bench(22, tweak=planted(1.5, "softmax"),
+                                                 stalls=PAIRED_STALLS),
+        "paired_correctness.json": paired_correctness(),
     }
     for name, doc in files.items():
         (HERE / name).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
