@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["pytester"]  # the harness tests run pytest-benchmark in a subprocess
+
 _COMMON = dict(
     deadline=None,  # the first call of a kernel compiles (or loads from cache)
     print_blob=True,
@@ -49,9 +51,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="comma-separated dtypes to benchmark (default: float32)")
 
 
+_CONFIG: pytest.Config | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _CONFIG
+    _CONFIG = config
     config._refbench_records = []  # type: ignore[attr-defined]
     config._refbench_start = time.time()  # type: ignore[attr-defined]
+    config._refbench_load_start = _loadavg()  # type: ignore[attr-defined]
+
+
+def _loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _threading() -> dict:
+    """The thread configuration both runtimes were timed in (their defaults unless set)."""
+    import numba
+    import torch
+
+    facts = {"numba_threads": numba.get_num_threads(), "torch_threads": torch.get_num_threads(),
+             "torch_interop_threads": torch.get_num_interop_threads()}
+    try:
+        facts["numba_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        facts["numba_layer"] = f"not initialised (configured: {numba.config.THREADING_LAYER})"
+    for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER"):
+        facts[var] = os.environ.get(var, "unset")
+    return facts
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +121,13 @@ def record(request: pytest.FixtureRequest):
     return rec
 
 
+_USER_PROPERTY = "refbench_record"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Attach the check's record to the test report (as a user property, so that pytest-xdist
+    carries it from a worker to the controller, which alone writes the results file)."""
     report = yield
     rec = item.stash.get(_REC_KEY, None)
     if rec is None or not rec.check:
@@ -105,8 +139,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             rec.reason = _skip_reason(report)
         elif report.failed and not rec.message:
             rec.message = str(report.longreprtext)[-4000:]
-        item.config._refbench_records.append(rec)  # type: ignore[attr-defined]
+        report.user_properties.append((_USER_PROPERTY, rec.to_json()))
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name == _USER_PROPERTY:
+            _CONFIG._refbench_records.append(value)  # type: ignore[union-attr]
 
 
 def _skip_reason(report) -> str:
@@ -118,7 +158,7 @@ def _skip_reason(report) -> str:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--results-json")
-    if not path:
+    if not path or hasattr(session.config, "workerinput"):  # an xdist worker: the controller writes
         return
     from suites.environment import collect
     from suites.recording import SCHEMA
@@ -131,7 +171,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "device": session.config.getoption("--device"),
         "profile": settings.get_current_profile_name(),
         "environment": collect(),
-        "records": [r.to_json() for r in records],
+        # Sorted, so that the file's content does not depend on how many workers ran it.
+        "records": sorted(records, key=lambda r: r["nodeid"]),
     }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +185,13 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     from suites.performance import peaks
 
     env = collect()
+    start, end = config._refbench_load_start, _loadavg()  # type: ignore[attr-defined]
+    cpus = os.cpu_count() or 1
+    # Busy: another runnable task per core on average, over the last minute, at either end
+    # of the run (the run itself keeps about one core busy).
+    busy = any(x is not None and x[0] >= cpus + 1 for x in (start, end))
+    env["load"] = {"start": start, "end": end, "cpus": cpus, "busy": busy}
+    env["threading"] = _threading()
     env["peaks"] = {"cpu": peaks.measure("cpu")}
     if env["gpu"]:
         machine_info["gpu"] = env["gpu"]

@@ -1,21 +1,33 @@
-"""One generic benchmark: catalog x implementation x size x dtype x pass.
+"""One generic benchmark: catalog x size x dtype x pass x implementation.
 
 Implementations: ``numba`` (the reference, CPU), ``torch-cpu`` and ``torch-cuda`` (the twin,
-eager; CUDA is synchronised inside the timed call). Passes: ``forward`` (torch under
-``no_grad``) and ``forward+backward`` (reference forward + backward; torch forward +
-``torch.autograd.grad`` with the same random upstream gradient).
+eager; CUDA is synchronised inside the timed call), and each spec's ``peers`` (scikit-learn,
+torch's fused optimizer, ...). Passes: ``forward`` (torch under ``no_grad``) and
+``forward+backward`` (reference forward + backward; torch forward + ``torch.autograd.grad``
+with the same random upstream gradient).
 
-The first call of each benchmark is timed apart and stored as ``first_call_s`` (for numba it
-includes JIT compilation or the on-disk cache load); ``compile_s`` is that first call minus a
-second, warm one. pytest-benchmark then times only warm calls. Every benchmark stores
-``extra_info``: algorithm, family, implementation, device, dtype, size, pass, shapes, flops,
-bytes, first_call_s, compile_s. Narrow the matrix with --bench-sizes/--bench-impls/--bench-dtypes
-and ``-k``.
+The implementations of one group (algorithm x size x dtype x pass) are timed together, in
+interleaved rounds (``timing.py``), when the group's first test runs; each implementation's
+test then hands its rounds to pytest-benchmark, so the JSON keeps pytest-benchmark's format
+with one entry per implementation and its raw per-round times (``stats.data``, in round order:
+entry ``i`` of every implementation of a group comes from the same round). ``extra_info``
+holds algorithm, family, implementation, device, dtype, size, pass, shapes, flops, bytes,
+first_call_s, compile_s, and the pairing: ``group``, ``paired`` (rounds, partners, attempts),
+``ratios`` (this implementation over each partner: median of per-round ratios and its 95%
+interval), ``stable`` and ``noise``.
+
+``--benchmark-max-time`` is the time budget per implementation of a group,
+``--benchmark-min-time`` the least duration of a round, ``--benchmark-min-rounds`` the least
+number of rounds, ``--benchmark-disable-gc`` and ``--benchmark-timer`` apply as usual.
+``--benchmark-disable`` runs each implementation once (a smoke test). Narrow the matrix with
+``--bench-sizes`` (``sweep`` adds the scaling sweep of ``sweeps.py``), ``--bench-impls``,
+``--bench-dtypes`` and ``-k``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import numpy as np
@@ -24,14 +36,19 @@ import torch
 
 from suites import twin
 from suites.catalog import all_specs, get
-from suites.catalog.spec import Case, Spec
+from suites.catalog.spec import SIZES, Case, Spec
 from suites.correctness.checks import upstream
+from suites.performance import sweeps, timing
 
 PASSES = ("forward", "forward+backward")
 IMPLS = ("numba", "torch-cpu", "torch-cuda")
 # Backward costs about twice the forward's flops and bytes (one product per input of each
 # forward product): the usual rule for forward+backward = 3x forward.
 BACKWARD_FACTOR = 2.0
+# A test-only hook: REFBENCH_PLANT="name=factor,..." makes the numba side of those algorithms
+# `factor` times slower (it busy-waits for (factor - 1) x each call's own duration), so the
+# harness and the gate can be shown to catch a known slow-down.
+PLANT = "REFBENCH_PLANT"
 
 
 def _option_list(config, name: str, allowed=None) -> list[str]:
@@ -43,11 +60,31 @@ def _option_list(config, name: str, allowed=None) -> list[str]:
     return values
 
 
+def _sizes(spec: Spec, wanted: list[str]) -> dict:
+    table = dict(spec.sizes)
+    if "sweep" in wanted:
+        table.update(sweeps.sizes(spec.name))
+    return {k: v for k, v in table.items() if k in wanted or ("sweep" in wanted
+                                                               and k in sweeps.NAMES)}
+
+
+def _impls(spec: Spec, impls: list[str]) -> list[str]:
+    out = []
+    for impl in impls:
+        if impl in IMPLS:
+            if impl != "numba" and spec.torch is None:
+                continue
+            out.append(impl)
+        elif impl in spec.peers:
+            out.append(impl)
+    return out
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    sizes = _option_list(config, "--bench-sizes", ("small", "medium", "large"))
+    sizes = _option_list(config, "--bench-sizes", SIZES + ("sweep",))
     peers = sorted({p for spec in all_specs() for p in spec.peers})
     impls = _option_list(config, "--bench-impls", ("all",) + IMPLS + tuple(peers))
     if "all" in impls:
@@ -56,13 +93,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for spec in all_specs():
         for dtype in (d for d in dtypes if d in spec.dtypes):
-            for size in sizes:
-                for impl in impls:
-                    if impl not in IMPLS and impl not in spec.peers:
-                        continue
-                    if impl.startswith("torch") and impl in IMPLS and spec.torch is None:
-                        continue
-                    for pass_ in PASSES if spec.differentiable else PASSES[:1]:
+            for size in _sizes(spec, sizes):
+                for pass_ in PASSES if spec.differentiable else PASSES[:1]:
+                    for impl in _impls(spec, impls):
                         pid = f"{spec.name}-{impl}-{size}-{dtype}-{pass_.replace('+', '_')}"
                         params.append(pytest.param((spec.name, impl, size, dtype, pass_), id=pid))
     metafunc.parametrize("bench", params)
@@ -71,7 +104,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @functools.lru_cache(maxsize=2)
 def _case(name: str, size: str, dtype: np.dtype) -> tuple[Case, tuple[np.ndarray, ...]]:
     spec = get(name)
-    case = spec.sizes[size](dtype)
+    builder = spec.sizes.get(size) or sweeps.sizes(name)[size]
+    case = builder(dtype)
     grads = ()
     if spec.differentiable:
         outs, _ = spec.run_forward(case)
@@ -115,43 +149,144 @@ def _torch_call(spec: Spec, case: Case, grads, pass_: str, device: str):
     return fwd_bwd
 
 
-def test_bench(benchmark, bench):
-    name, impl, size, dtype, pass_ = bench
-    spec = get(name)
-    if impl == "torch-cuda" and not torch.cuda.is_available():
-        pytest.skip("torch-cuda: torch sees no CUDA device on this machine")
-    case, grads = _case(name, size, dtype)
+def planted(fn, factor: float):
+    """``fn`` made ``factor`` times slower by busy-waiting after each call (test hook)."""
+    def slow():
+        t0 = time.perf_counter()
+        out = fn()
+        until = time.perf_counter() + (factor - 1.0) * (time.perf_counter() - t0)
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    return slow
+
+
+def _plants() -> dict[str, float]:
+    out = {}
+    for item in filter(None, os.environ.get(PLANT, "").split(",")):
+        name, _, factor = item.partition("=")
+        out[name.strip()] = float(factor)
+    return out
+
+
+def _callable(spec: Spec, impl: str, case: Case, grads, pass_: str):
+    """The zero-argument callable timed for ``impl``; None when it has nothing comparable."""
     if impl == "numba":
         fn = _numba_call(spec, case, grads, pass_)
-    elif impl in spec.peers:
-        fn = spec.peers[impl](case, pass_)
+        factor = _plants().get(spec.name)
+        return planted(fn, factor) if factor else fn
+    if impl in spec.peers:
+        return spec.peers[impl](case, pass_)
+    return _torch_call(spec, case, grads, pass_, "cuda" if impl == "torch-cuda" else "cpu")
+
+
+def _group_of(item: pytest.Item) -> tuple | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "bench" not in callspec.params:
+        return None
+    name, impl, size, dtype, pass_ = callspec.params["bench"]
+    return (name, size, str(dtype), pass_)
+
+
+_RESULTS: dict[tuple, timing.Result] = {}
+
+
+def _measure_group(request, key: tuple, benchmark) -> timing.Result:
+    """Time every selected implementation of the group of ``key`` together (once)."""
+    if key in _RESULTS:
+        return _RESULTS[key]
+    name, size, dtype, pass_ = key
+    spec = get(name)
+    members = [it.callspec.params["bench"][1] for it in request.session.items
+               if _group_of(it) == key]
+    case, grads = _case(name, size, np.dtype(dtype))
+    fns, skipped = {}, {}
+    for impl in members:
+        if impl == "torch-cuda" and not torch.cuda.is_available():
+            skipped[impl] = "torch-cuda: torch sees no CUDA device on this machine"
+            continue
+        fn = _callable(spec, impl, case, grads, pass_)
         if fn is None:
-            pytest.skip(f"{impl}: nothing comparable to the reference's {pass_} pass")
-    else:
-        fn = _torch_call(spec, case, grads, pass_, "cuda" if impl == "torch-cuda" else "cpu")
+            skipped[impl] = f"{impl}: nothing comparable to the reference's {pass_} pass"
+            continue
+        fns[impl] = fn
+    result = timing.measure(
+        fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
+        min_rounds=benchmark._min_rounds, timer=benchmark._timer,
+        disable_gc=benchmark._disable_gc)
+    result.skipped = skipped  # type: ignore[attr-defined]
+    _RESULTS.clear()  # groups run one after another: keep only the current one
+    _RESULTS[key] = result
+    _progress(request, key, result)
+    return result
 
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fn()
-    second = time.perf_counter() - t0
 
+def _progress(request, key, result: timing.Result) -> None:
+    """One line per group: what was measured, the paired ratio, and how far along the run is."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None:
+        return
+    keys = list(dict.fromkeys(k for k in map(_group_of, request.session.items) if k))
+    n = keys.index(key) + 1 if key in keys else 0
+    name, size, dtype, pass_ = key
+    parts = []
+    if "numba" in result.timed:
+        for other, r in result.ratios["numba"].items():
+            ci = f" [{r['lo']:.3g}, {r['hi']:.3g}]" if r["lo"] is not None else ""
+            parts.append(f"numba/{other} {r['value']:.3g}{ci}")
+    rounds = len(next(iter(result.times.values()), []))
+    state = "stable" if result.stable else "NOISY"
+    tr.write_line(f"bench [{n}/{len(keys)}] {name} {size} {dtype} {pass_}: "
+                  f"{'; '.join(parts) or ', '.join(result.timed)} ({rounds} rounds, "
+                  f"{result.attempts} attempt(s), {state}, {result.wall_s:.1f} s)")
+
+
+def test_bench(benchmark, bench, request):
+    name, impl, size, dtype, pass_ = bench
+    spec = get(name)
+    key = (name, size, str(dtype), pass_)
+    case, _ = _case(name, size, dtype)
     cost = spec.cost(case)
     factor = 1.0 if pass_ == "forward" else 1.0 + BACKWARD_FACTOR
     benchmark.group = f"{name} {size} {dtype} {pass_}"
     benchmark.extra_info.update(
-        algorithm=name,
-        family=spec.family,
-        implementation=impl,
-        device="cuda" if impl == "torch-cuda" else "cpu",
-        dtype=str(dtype),
-        size=size,
-        shapes={k: list(a.shape) for k, a in case.inputs.items()},
-        flops=cost.flops * factor,
-        bytes=cost.bytes * factor,
-        first_call_s=first,
-        compile_s=max(first - second, 0.0),
+        algorithm=name, family=spec.family, implementation=impl,
+        device="cuda" if impl.endswith("cuda") else "cpu", dtype=str(dtype), size=size,
+        shapes={k: list(np.shape(a)) for k, a in case.inputs.items()},
+        flops=cost.flops * factor, bytes=cost.bytes * factor, group=benchmark.group,
         **{"pass": pass_},
     )
-    benchmark(fn)
+    if not benchmark.enabled:  # --benchmark-disable: a smoke test of every callable
+        fn = _callable(spec, impl, case, _case(name, size, dtype)[1], pass_)
+        if fn is None:
+            pytest.skip(f"{impl}: nothing comparable to the reference's {pass_} pass")
+        benchmark(fn)
+        return
+    result = _measure_group(request, key, benchmark)
+    if impl in result.skipped:  # type: ignore[attr-defined]
+        pytest.skip(result.skipped[impl])  # type: ignore[attr-defined]
+    if impl in result.errors:
+        raise result.errors[impl]
+    benchmark.extra_info.update(
+        first_call_s=result.first_call_s[impl], compile_s=result.compile_s[impl],
+        paired={"rounds": len(result.times[impl]), "partners": result.timed,
+                "attempts": result.attempts, "order": "random per round",
+                "warmup": "one untimed call before each timed round",
+                "iterations": result.iterations[impl]},
+        ratios=result.ratios[impl], stable=result.stable,
+        noise={**result.noise[impl], "reasons": result.reasons(impl)},
+    )
+    _record(benchmark, result.times[impl], result.iterations[impl])
+
+
+def _record(benchmark, times: list[float], iterations: int) -> None:
+    """Hand measured per-call times to pytest-benchmark as if it had timed them itself.
+
+    pytest-benchmark has no public call for externally timed rounds; ``_make_stats`` and
+    ``Metadata.update`` are what its own ``pedantic`` mode uses (checked by the selftest).
+    """
+    benchmark._mode = "interleaved(...)"
+    stats = benchmark._make_stats(iterations)
+    for t in times:
+        stats.update(t * iterations)

@@ -1,0 +1,108 @@
+"""The paired timing harness tells the truth on a quiet machine and on a busy one.
+
+- A/A: one callable timed as both implementations gives a paired ratio whose 95% interval
+  contains 1 and lies within +-10%, quiet and while a CPU hog (a busy process per core) runs.
+- A planted 2x slow-down of one side is reported as 2x within 15%, under the hog.
+- The harness hands pytest-benchmark what its own ``pedantic`` mode would (private API use,
+  checked here so that an upgrade that changes it fails loudly).
+
+These are statistical properties of the harness, not speed targets: nothing here asserts how
+fast anything is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from suites.catalog import get
+from suites.performance import timing
+from suites.performance.test_bench import planted
+
+
+@pytest.fixture
+def hog():
+    """A busy process per core for the duration of the test."""
+    import os
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _kernel():
+    """A numba parallel kernel of medium size: the kind of call that stalls under load."""
+    spec = get("relu")
+    case = spec.sizes["medium"](np.dtype(np.float32))
+    x = case.inputs["x"]
+    return lambda: spec.forward(x)
+
+
+def _measure(a, b):
+    return timing.measure({"a": a, "b": b}, max_time=0.5, min_time=0.0005, min_rounds=20)
+
+
+def _aa() -> None:
+    fn = _kernel()
+    res = _measure(fn, fn)
+    r = res.ratios["a"]["b"]
+    assert r["lo"] is not None, f"A/A: no interval from {len(res.times['a'])} rounds"
+    assert r["lo"] <= 1.0 <= r["hi"], f"A/A: interval [{r['lo']:.3f}, {r['hi']:.3f}] excludes 1"
+    assert r["hi"] / r["lo"] <= 1.21, (
+        f"A/A: interval [{r['lo']:.3f}, {r['hi']:.3f}] wider than +-10% "
+        f"({len(res.times['a'])} rounds, {res.attempts} attempts)")
+
+
+def test_aa_quiet():
+    _aa()
+
+
+def test_aa_under_hog(hog):
+    _aa()
+
+
+def test_planted_2x_under_hog(hog):
+    fn = _kernel()
+    res = _measure(planted(fn, 2.0), fn)
+    r = res.ratios["a"]["b"]
+    assert abs(r["value"] / 2.0 - 1.0) <= 0.15, (
+        f"planted 2x reported as {r['value']:.3f} [{r['lo']}, {r['hi']}]")
+
+
+def test_measure_reports_errors_per_implementation():
+    def broken():
+        raise RuntimeError("boom")
+
+    res = timing.measure({"ok": lambda: None, "bad": broken}, max_time=0.01, min_time=1e-4,
+                         min_rounds=6)
+    assert isinstance(res.errors["bad"], RuntimeError)
+    assert res.timed == ["ok"] and len(res.times["ok"]) >= 6
+
+
+def test_pytest_benchmark_receives_the_rounds(pytester):
+    """Through pytest-benchmark's JSON: the rounds, in order, and the iterations."""
+    import json
+
+    pytester.makepyfile(test_x="""
+        from suites.performance.test_bench import _record
+        def test_it(benchmark):
+            benchmark.extra_info["k"] = 1
+            _record(benchmark, [1e-3, 2e-3, 3e-3], 4)
+    """)
+    out = pytester.path / "b.json"
+    result = pytester.runpytest(f"--benchmark-json={out}", "-p", "no:cacheprovider",
+                                           f"--rootdir={pytester.path}")
+    result.assert_outcomes(passed=1)
+    bench = json.loads(out.read_text())["benchmarks"][0]
+    assert bench["stats"]["data"] == pytest.approx([1e-3, 2e-3, 3e-3])
+    assert bench["stats"]["iterations"] == 4
+    assert bench["stats"]["rounds"] == 3
