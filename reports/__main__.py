@@ -23,7 +23,11 @@ every run, a correctness matrix (check x dtype per algorithm, worst error as a f
 tolerance, failures with their shrunk input and replay command), performance per algorithm
 (median and IQR per implementation and size, speed-ups, compile time, GFLOP/s and GB/s with the
 fraction of the measured peaks), log-log scaling charts with fitted exponents, and, given two or
-more --bench files, a comparison of each with the first. Any input may be left out: what is
+more --bench files, a comparison of each with the first. Speed-ups come from interleaved rounds
+(median of per-round ratios, with an interval) when the file has them, else from the ratio of
+medians, and the report says which. Benchmarks marked noisy are greyed and kept out of the
+headline, the exponents, the crossovers and the gate; the load average at the start and end of
+the run is stated, with a banner when the machine was busy. Any input may be left out: what is
 missing reads "not run". Exits 0 whenever the report was written, even if checks failed."""
 
 COMPARE = """\
@@ -41,11 +45,15 @@ grew over the baseline's both significantly (its 1-alpha bootstrap interval excl
 more than max_slowdown; thresholds from [tool.refbench.gate] in pyproject.toml (per family or
 algorithm overrides under [tool.refbench.gate.overrides]). The baseline is --baseline, else the
 `baseline` path configured there. Within-run ratios cancel the machine, so a slower machine is not
-a regression. Prints a summary; exits 0 when everything passed."""
+a regression; when both runs timed the pair in interleaved rounds, the change compares the two
+runs' per-round ratios. A pair with noisy timings in either run is listed as "not gated: noisy"
+and never fails the gate. Prints a summary; exits 0 when everything passed."""
 
 BASELINE = """\
-Write a compact baseline (quantiles of each benchmark's timings, a few KB per algorithm) from a
-pytest-benchmark JSON file, for `gate --baseline` or [tool.refbench.gate] baseline."""
+Write a compact baseline from a pytest-benchmark JSON file, for `gate --baseline` or
+[tool.refbench.gate] baseline: per benchmark the quantiles of its timings, whether it was stable,
+and per implementation it was timed with in interleaved rounds the within-run ratio, its interval
+and the quantiles of the per-round ratios (what the gate compares). A few KB per algorithm."""
 
 
 def _parser() -> argparse.ArgumentParser:

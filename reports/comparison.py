@@ -41,6 +41,15 @@ class AbsChange:
     cand: Bench
     change: Ratio  # candidate / baseline median
 
+    @property
+    def noisy(self) -> bool:
+        """Noisy timings in either run: the change is shown but not judged."""
+        return self.base.noisy or self.cand.noisy
+
+    @property
+    def verdict(self) -> str:
+        return "not judged: noisy" if self.noisy else self.change.verdict
+
 
 @dataclass
 class RatioChange:
@@ -203,10 +212,11 @@ class Comparison:
                   "Pass --allow-cross-machine to judge absolute times anyway.")
 
     def counts(self) -> dict[str, int]:
-        c = {"slower": 0, "faster": 0, "no significant change": 0, "not judged": 0}
+        c = {"slower": 0, "faster": 0, "no significant change": 0, "not judged": 0,
+             "not judged: noisy": 0}
         if self.judges_absolute:
             for a in self.absolute:
-                c[a.change.verdict] += 1
+                c[a.verdict] += 1
         c["regressions"] = sum(r.regression for r in self.ratios)
         c["improvements"] = sum(r.improvement for r in self.ratios)
         c["noisy"] = sum(not r.gated for r in self.ratios)

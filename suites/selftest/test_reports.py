@@ -721,6 +721,16 @@ def test_gate_on_paired_rounds(tmp_path):
     assert any("not gated: noisy" in ln for ln in same.lines)
 
 
+def test_compare_does_not_judge_noisy_absolute_times(tmp_path):
+    done = compare(f("paired_bench.json"), f("paired_busy_bench.json"), tmp_path)
+    noisy = sum(not e["stable"] for e in _extra("paired_busy_bench.json").values())
+    assert "0 regression(s)" in done.markdown
+    assert f"{noisy} not judged: noisy" in done.markdown  # absolute times
+    assert "relu numba large float32 forward" not in done.markdown  # planted, but noisy
+    page = (tmp_path / "compare.html").read_text()
+    assert page.count('data-verdict="not judged: noisy"') == noisy
+
+
 def test_check_record_round_trip_and_zero_over_zero(tmp_path):
     from suites.recording import CheckRecord, compare
 

@@ -8,6 +8,10 @@ working, and the page still complete with JavaScript off. A screenshot is kept f
 Needs Debian's ``chromium`` (``apt-get install chromium``; .ci/run installs it) and the
 ``websocket-client`` package (the ``test`` dependency group). Skips with the reason when
 Chromium cannot be found; nothing else skips it.
+
+Chromium's profile and temporary files go to a short directory under /tmp, whatever TMPDIR
+says: its Unix sockets live there, and a socket path may not exceed 107 bytes, which a session
+temp directory inside a deep checkout (``.nox/tmp``) easily does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--remote-debugging-port=0"]
 
 
+# A Unix socket path (sun_path) holds at most 107 bytes; Chromium's names under its temp and
+# profile directories add ~50 to the directory's length.
+SOCKET_DIR_MAX = 50
+
+
+def short_temp_dir() -> str:
+    """A fresh private directory with a short path for Chromium's profile and sockets: under
+    /tmp when it is usable, else under the session's temp dir if that is short enough."""
+    for base in ("/tmp", "/var/tmp", tempfile.gettempdir()):
+        if len(base) <= SOCKET_DIR_MAX - 20 and os.path.isdir(base) and os.access(
+                base, os.W_OK | os.X_OK):
+            return tempfile.mkdtemp(prefix="rb-chr-", dir=base)
+    raise RuntimeError("no writable temp directory with a path short enough for Unix sockets "
+                       "(/tmp, /var/tmp, TMPDIR)")
+
+
 def find_chromium() -> str | None:
     for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         if name and (path := shutil.which(name)):
@@ -48,9 +68,12 @@ class Chromium:
         import websocket  # websocket-client
 
         self.timeout = timeout
-        self.profile = tempfile.mkdtemp(prefix="refbench-chromium-")
+        self.profile = short_temp_dir()
+        tmp = os.path.join(self.profile, "t")
+        os.mkdir(tmp)
+        env = {**os.environ, "TMPDIR": tmp, "TMP": tmp, "TEMP": tmp}
         self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}",
-                                      "about:blank"],
+                                      "about:blank"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
@@ -149,6 +172,23 @@ class Chromium:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
             shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def test_chromium_dirs_are_short_under_a_long_tmpdir(tmp_path, monkeypatch):
+    """A checkout ~70 characters deep put TMPDIR at .nox/tmp and Chromium died with "Socket
+    path too long": the profile must not follow TMPDIR there."""
+    deep = tmp_path / ("a-long-checkout-path-" * 6) / ".nox" / "tmp"
+    deep.mkdir(parents=True)
+    assert len(str(deep)) > 108
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert tempfile.gettempdir() == str(deep)
+    d = short_temp_dir()
+    try:
+        assert len(d) <= SOCKET_DIR_MAX and not d.startswith(str(deep))
+        assert os.access(d, os.W_OK) and oct(os.stat(d).st_mode & 0o777) == "0o700"
+    finally:
+        os.rmdir(d)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +296,34 @@ def test_readable_without_javascript(chromium, report):
         chromium.send("Emulation.setScriptExecutionDisabled", value=False)
     assert facts["verdict"] > 0 and facts["rows"] > 3 and facts["charts"] > 0
     assert facts["filters"], "filter controls that need JS must stay hidden without it"
+
+
+def test_busy_run_banner_and_noisy_cells(chromium, tmp_path):
+    built = build(str(DATA / "paired_correctness.json"), [str(DATA / "paired_busy_bench.json")],
+                  tmp_path)
+    chromium.open(built.html.as_uri())
+    facts = chromium.evaluate("""(() => {
+        const banner = document.querySelector('#verdict .banner.busy');
+        const r = banner.getBoundingClientRect();
+        const noisy = document.querySelector('table.perf td.noisy');
+        const plain = document.querySelector('table.perf td.num:not(.noisy):not(.notrun)');
+        const bar = document.querySelector('.filters[data-target=bench-table]');
+        const sel = bar.querySelector('select[data-key=stable]');
+        sel.value = 'noisy';
+        sel.dispatchEvent(new Event('input'));
+        const shown = [...document.querySelectorAll('#bench-table tbody tr')]
+            .filter(row => !row.classList.contains('hidden')).length;
+        return {text: banner.innerText, visible: r.height > 0 && r.bottom <= innerHeight * 2,
+                noisyColor: getComputedStyle(noisy).color,
+                plainColor: getComputedStyle(plain).color,
+                noisyTitle: noisy.title, shown: shown};
+    })()""")
+    assert chromium.problems() == []
+    assert facts["visible"] and "The machine was busy" in facts["text"], facts
+    assert facts["noisyColor"] != facts["plainColor"], facts  # greyed
+    assert "noisy:" in facts["noisyTitle"]
+    doc = json.loads((DATA / "paired_busy_bench.json").read_text())
+    assert facts["shown"] == sum(not b["extra_info"]["stable"] for b in doc["benchmarks"])
 
 
 def test_full_catalog_report_opens_quickly(chromium, tmp_path):
