@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="where torch twins run; auto = CUDA when available (default: auto)")
     g.addoption("--results-json", default=None, metavar="PATH",
                 help="write the correctness records to PATH (JSON)")
+    g.addoption("--shard", default=None, metavar="I/N",
+                help="run only the I-th of N shards of the collected tests (1 <= I <= N): "
+                     "a test's shard comes from a hash of its id, so every machine of a CI "
+                     "matrix agrees without talking; merge the results with `reports build`")
     g.addoption("--bench-sizes", default="small,medium,large",
                 help="comma-separated benchmark sizes (default: small,medium,large)")
     g.addoption("--bench-impls", default="all",
@@ -98,6 +103,37 @@ def device(request: pytest.FixtureRequest) -> str:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return name
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard: expected I/N such as 2/4, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise pytest.UsageError(f"--shard: expected 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def _shard_key(item: pytest.Item) -> str:
+    """The test id; for a benchmark, its group, so implementations timed together stay together."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "bench" in params:
+        name, _impl, size, dtype, pass_ = params["bench"]
+        return f"bench {name} {size} {dtype} {pass_}"
+    return item.nodeid
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    text = config.getoption("--shard")
+    if not text:
+        return
+    i, n = _parse_shard(text)
+    keep, drop = [], []
+    for item in items:
+        (keep if zlib.crc32(_shard_key(item).encode()) % n == i - 1 else drop).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)
 
 
 _REC_KEY = pytest.StashKey["object"]()

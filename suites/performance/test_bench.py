@@ -26,6 +26,7 @@ number of rounds, ``--benchmark-disable-gc`` and ``--benchmark-timer`` apply as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -237,9 +238,12 @@ def _progress(request, key, result: timing.Result) -> None:
             parts.append(f"numba/{other} {r['value']:.3g}{ci}")
     rounds = len(next(iter(result.times.values()), []))
     state = "stable" if result.stable else "NOISY"
-    tr.write_line(f"bench [{n}/{len(keys)}] {name} {size} {dtype} {pass_}: "
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        tr.ensure_newline()
+        tr.write_line(f"bench [{n}/{len(keys)}] {name} {size} {dtype} {pass_}: "
                   f"{'; '.join(parts) or ', '.join(result.timed)} ({rounds} rounds, "
-                  f"{result.attempts} attempt(s), {state}, {result.wall_s:.1f} s)")
+                      f"{result.attempts} attempt(s), {state}, {result.wall_s:.1f} s)")
 
 
 def test_bench(benchmark, bench, request):

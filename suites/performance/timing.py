@@ -105,7 +105,7 @@ def _calibrate(fn: Callable[[], object], min_time: float, timer) -> int:
 
 
 def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: float,
-            min_rounds: int, max_rounds: int = 400, retries: int = 2, timer=time.perf_counter,
+            min_rounds: int, max_rounds: int = 400, retries: int = 1, timer=time.perf_counter,
             disable_gc: bool = True, seed: int = 0) -> Result:
     """Time ``fns`` in interleaved rounds (see the module docstring) and judge the result.
 
