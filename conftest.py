@@ -229,6 +229,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     env["load"] = {"start": start, "end": end, "cpus": cpus, "busy": busy}
     env["threading"] = _threading()
     env["peaks"] = {"cpu": peaks.measure("cpu")}
+    from suites.performance.test_bench import NOT_RUN
+
+    env["not_run"] = list(NOT_RUN)
     if env["gpu"]:
         machine_info["gpu"] = env["gpu"]
         env["peaks"]["cuda"] = peaks.measure("cuda", n=8192, copy_mib=1024)

@@ -27,6 +27,7 @@ OUT = ROOT / PYPROJECT["tool"]["refbench"]["out_dir"]
 CORRECTNESS = OUT / "correctness.json"
 BENCH = OUT / "bench.json"
 CUDASIM = OUT / "cudasim.json"
+COMPILE = OUT / "compile.json"
 PYTHON = "3.11"
 
 # Benchmark timing (suites/performance/timing.py): the implementations of a group run in
@@ -165,6 +166,27 @@ def gpu(session: nox.Session) -> None:
     problems = [p for p in problems if p]
     if problems:
         session.error("; ".join(problems) + f": see {out / 'index.html'}")
+
+
+@nox.session(python=PYTHON)
+def compile(session: nox.Session) -> None:
+    """torch.compile as a third timed peer: every algorithm at medium size, numba vs torch-cpu
+    vs torch-compile (inductor, default mode), compile time apart; then the report again with
+    these figures beside the main job's. Not part of `report` or `ci`: inductor takes seconds
+    to tens of seconds per graph on 2 cores (~25 min for the catalog), beyond their budgets."""
+    _install(session, "test")
+    code = _run(session, "python", "-m", "pytest", "suites/performance",
+                f"--benchmark-json={COMPILE}", "-q", "--bench-sizes=medium",
+                "--bench-impls=numba,torch-cpu,torch-compile", *BENCH_TIMING, *session.posargs)
+    benches = [str(p) for p in (BENCH, COMPILE) if p.exists()]
+    correctness = ["--correctness", str(CORRECTNESS)] if CORRECTNESS.exists() else []
+    built = _run(session, "python", "-m", "reports", "build", *correctness,
+                 *[a for b in benches for a in ("--bench", b)], "--out", str(OUT))
+    problems = [_pytest_status(code, "torch-compile benchmarks"),
+                f"the report build failed (exit status {built})" if built else None]
+    problems = [p for p in problems if p]
+    if problems:
+        session.error("; ".join(problems))
 
 
 @nox.session(python=PYTHON)

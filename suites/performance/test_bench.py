@@ -37,12 +37,16 @@ import torch
 
 from suites import twin
 from suites.catalog import all_specs, get
-from suites.catalog.spec import SIZES, Case, Spec
+from suites.catalog.spec import SIZES, Case, Spec, as_tuple
 from suites.correctness.checks import upstream
 from suites.performance import sweeps, timing
 
 PASSES = ("forward", "forward+backward")
 IMPLS = ("numba", "torch-cpu", "torch-cuda")
+# Timed only when asked for (--bench-impls=...,torch-compile; `nox -s compile`): inductor
+# compiles each graph for seconds to tens of seconds on 2 cores, beyond CI's and the main
+# job's time budgets.
+COMPILED = "torch-compile"
 # Backward costs about twice the forward's flops and bytes (one product per input of each
 # forward product): the usual rule for forward+backward = 3x forward.
 BACKWARD_FACTOR = 2.0
@@ -72,7 +76,7 @@ def _sizes(spec: Spec, wanted: list[str]) -> dict:
 def _impls(spec: Spec, impls: list[str]) -> list[str]:
     out = []
     for impl in impls:
-        if impl in IMPLS:
+        if impl in IMPLS or impl == COMPILED:
             if impl != "numba" and spec.torch is None:
                 continue
             out.append(impl)
@@ -87,9 +91,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     sizes = _option_list(config, "--bench-sizes", SIZES + ("sweep",))
     peers = sorted({p for spec in all_specs() for p in spec.peers})
-    impls = _option_list(config, "--bench-impls", ("all",) + IMPLS + tuple(peers))
+    impls = _option_list(config, "--bench-impls", ("all", COMPILED) + IMPLS + tuple(peers))
     if "all" in impls:
-        impls = list(IMPLS) + peers
+        impls = list(IMPLS) + peers + [i for i in impls if i == COMPILED]
     dtypes = [np.dtype(d) for d in _option_list(config, "--bench-dtypes", ("float32", "float64"))]
     params = []
     for spec in all_specs():
@@ -150,6 +154,51 @@ def _torch_call(spec: Spec, case: Case, grads, pass_: str, device: str):
     return fwd_bwd
 
 
+def _compiled_call(spec: Spec, case: Case, grads, pass_: str):
+    """The twin through ``torch.compile`` (inductor, default mode, static shapes), on the CPU.
+
+    Returns ``(fn, how)``: ``how`` says whether dynamo captured the twin in one graph, in
+    several (graph breaks), or in none (then the "compiled" timing is eager in disguise).
+    """
+    compiled = torch.compile(spec.torch, dynamic=False)
+    how = _graphs(spec, case)
+    inputs = twin.tensors(spec, case, "cpu", grad=pass_ != "forward")
+    if pass_ == "forward":
+        def fwd():
+            with torch.no_grad():
+                return compiled(*inputs.values(), **case.params)
+        return fwd, how
+    leaves = [inputs[n] for n in spec.grad_inputs]
+    up = [twin.to_tensor(g, "cpu") for g in grads]
+
+    def fwd_bwd():
+        outs = as_tuple(compiled(*inputs.values(), **case.params))[: spec.n_diff_outputs]
+        return torch.autograd.grad(outs, leaves, grad_outputs=up, allow_unused=True)
+
+    return fwd_bwd, how
+
+
+def _graphs(spec: Spec, case: Case) -> str:
+    """How dynamo sees the twin: "one graph", "N graphs (breaks: ...)" or "no graph: ..."."""
+    import torch._dynamo
+
+    inputs = twin.tensors(spec, case, "cpu", grad=False)
+    try:
+        with torch.no_grad():
+            ex = torch._dynamo.explain(spec.torch)(*inputs.values(), **case.params)
+    except Exception as exc:  # noqa: BLE001 - the reason is what the report shows
+        return f"not analysed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        torch._dynamo.reset()
+    reasons = "; ".join(sorted({str(getattr(b, "reason", b)).splitlines()[0][:120]
+                                for b in ex.break_reasons}))
+    if ex.graph_count == 0 or ex.op_count == 0:
+        return f"no graph (eager in disguise){': ' + reasons if reasons else ''}"
+    if ex.graph_break_count:
+        return f"{ex.graph_count} graphs, {ex.graph_break_count} breaks: {reasons}"
+    return "one graph"
+
+
 def planted(fn, factor: float):
     """``fn`` made ``factor`` times slower by busy-waiting after each call (test hook)."""
     def slow():
@@ -179,6 +228,8 @@ def _callable(spec: Spec, impl: str, case: Case, grads, pass_: str):
         return planted(fn, factor) if factor else fn
     if impl in spec.peers:
         return spec.peers[impl](case, pass_)
+    if impl == COMPILED:
+        return _compiled_call(spec, case, grads, pass_)
     return _torch_call(spec, case, grads, pass_, "cuda" if impl == "torch-cuda" else "cpu")
 
 
@@ -191,6 +242,26 @@ def _group_of(item: pytest.Item) -> tuple | None:
 
 
 _RESULTS: dict[tuple, timing.Result] = {}
+_COMPILE_TIMES: list[tuple[float, float]] = []
+# Implementations that could not be timed, with the reason: conftest.py puts them in the
+# benchmark JSON's machine_info (pytest-benchmark writes no entry for a skipped test).
+NOT_RUN: list[dict] = []
+
+
+def _compile_first(fn, how: str) -> str | None:
+    """Compile (first call, timed) and warm; the reason as a string when inductor fails."""
+    try:
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn()
+        second = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - the reason is what the report shows
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return f"{COMPILED}: inductor could not compile the twin: {type(exc).__name__}: {msg}"
+    _COMPILE_TIMES.append((first, max(first - second, 0.0)))
+    return None
 
 
 def _measure_group(request, key: tuple, benchmark) -> timing.Result:
@@ -208,15 +279,34 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
             skipped[impl] = "torch-cuda: torch sees no CUDA device on this machine"
             continue
         fn = _callable(spec, impl, case, grads, pass_)
+        if impl == COMPILED:
+            fn, how = fn
+            compiled = _compile_first(fn, how)
+            if isinstance(compiled, str):
+                skipped[impl] = compiled
+                continue
         if fn is None:
             skipped[impl] = f"{impl}: nothing comparable to the reference's {pass_} pass"
             continue
         fns[impl] = fn
-    result = timing.measure(
-        fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
-        min_rounds=benchmark._min_rounds, timer=benchmark._timer,
-        disable_gc=benchmark._disable_gc)
+    # A recompilation while timing would be a compile timed as a slow call: it is an error.
+    stance = torch.compiler.set_stance("fail_on_recompile") if COMPILED in fns else None
+    try:
+        result = timing.measure(
+            fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
+            min_rounds=benchmark._min_rounds, timer=benchmark._timer,
+            disable_gc=benchmark._disable_gc)
+    finally:
+        if stance is not None:
+            torch.compiler.set_stance("default")
+    if COMPILED in fns and COMPILED in result.first_call_s:
+        # the compiling call happened in _compile_first; its time is the compile time
+        result.first_call_s[COMPILED], result.compile_s[COMPILED] = _COMPILE_TIMES.pop()
+    for impl, reason in skipped.items():
+        NOT_RUN.append({"group": " ".join(map(str, key)), "implementation": impl,
+                        "reason": reason})
     result.skipped = skipped  # type: ignore[attr-defined]
+    result.compiled = {COMPILED: how} if COMPILED in fns else {}  # type: ignore[attr-defined]
     _RESULTS.clear()  # groups run one after another: keep only the current one
     _RESULTS[key] = result
     _progress(request, key, result)
@@ -272,6 +362,8 @@ def test_bench(benchmark, bench, request):
         pytest.skip(result.skipped[impl])  # type: ignore[attr-defined]
     if impl in result.errors:
         raise result.errors[impl]
+    if impl in result.compiled:  # type: ignore[attr-defined]
+        benchmark.extra_info["compiled"] = result.compiled[impl]  # type: ignore[attr-defined]
     benchmark.extra_info.update(
         first_call_s=result.first_call_s[impl], compile_s=result.compile_s[impl],
         paired={"rounds": len(result.times[impl]), "partners": result.timed,
