@@ -369,7 +369,9 @@ class Report:
                 if p is not None and not row.noisy(NUMERATOR, DENOMINATOR):
                     items.append((p.value, a, row, p))
         items.sort(key=lambda t: t[0])
-        return items[:k], items[::-1][:k]
+        # With fewer than 2k pairs, each is listed once: the faster half, then the slower.
+        n_fast = min(k, (len(items) + 1) // 2)
+        return items[:n_fast], items[n_fast:][::-1][:k]
 
     @property
     def excluded_from_extremes(self) -> int:

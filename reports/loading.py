@@ -489,7 +489,8 @@ class Bench:
         if not self.noisy:
             return []
         out = [str(r) for r in self.noise.get("reasons") or [] if str(r)]
-        return out or ["marked unstable"]
+        return out or ["marked unstable by the benchmark (no reason given for this "
+                       "implementation: another in its group may have been noisy)"]
 
     def ratio_to(self, other: Bench) -> PairRatio | None:
         """This benchmark's time over ``other``'s from paired rounds, when the run has it."""

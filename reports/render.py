@@ -160,7 +160,10 @@ def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
                            f"{fmt.rate_text(max(xs), unit)}" for _, xs, unit in samples if xs)
         stable = env.peak_stable(device)
         if stable is False:
-            text += " — NOT STABLE: % of peak is unreliable"
+            why = [str(x) for x in p.get("reasons") or []] if isinstance(
+                p.get("reasons"), list) else []
+            text += " — NOT STABLE" + (f" ({'; '.join(why)[:300]})" if why else "") + (
+                ": % of peak is unreliable")
         elif stable:
             text += " (stable)"
         if spread:

@@ -823,11 +823,12 @@ def test_full_catalog_report_is_small_and_fast(tmp_path):
     corr.write_text(json.dumps(mf.synthetic_correctness(80)))
     # 80 algorithms x 3 sizes x 3 implementations x 2 passes, 1000 rounds each, plus a
     # second (CPU) run to compare with.
-    gpu.write_text(json.dumps(mf.synthetic_bench(80, rounds=1000, gpu=True)))
+    gpu.write_text(json.dumps(mf.synthetic_bench(80, rounds=1000, gpu=True, paired=True)))
     cpu.write_text(json.dumps(mf.synthetic_bench(80, rounds=300, gpu=False, seed=5)))
     t0, c0 = time.perf_counter(), time.process_time()
     built = build(str(corr), [str(gpu)], tmp_path / "one")
     wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    assert "median of per-round ratios" in built.markdown  # the paired path was exercised
     size = built.html.stat().st_size
     print(f"full catalog, one run: {size / 1e6:.2f} MB, {wall:.1f} s wall, {cpu_s:.1f} s CPU")
     assert size < 5e6

@@ -423,7 +423,9 @@ def paired_correctness() -> dict:
 # -- catalog-sized synthetic inputs -------------------------------------------------------------
 
 def synthetic_bench(n_algos: int = 80, rounds: int = 1000, gpu: bool = True,
-                    seed: int = 11) -> dict:
+                    seed: int = 11, paired: bool = False) -> dict:
+    """``paired``: the groups say they were timed in shared rounds (the report pairs their raw
+    timings itself: no ``ratios`` written), and one benchmark in 20 is noisy."""
     rng = np.random.default_rng(seed)
     impls = ["numba", "torch-cpu", "torch-cuda"] if gpu else ["numba", "torch-cpu"]
     out = []
@@ -439,6 +441,12 @@ def synthetic_bench(n_algos: int = 80, rounds: int = 1000, gpu: bool = True,
                         rng.normal(0, 0.3))
                     out.append(bench_entry(algo, family, impl, size, "float32", pass_, med, rng,
                                            rounds, flops_per))
+                    if paired:
+                        noisy = len(out) % 20 == 0
+                        out[-1]["extra_info"].update(
+                            paired={"rounds": rounds, "partners": impls, "attempts": 1},
+                            stable=not noisy,
+                            noise={"reasons": ["stalls: 30% of rounds"] if noisy else []})
     env = ENV_GPU if gpu else ENV_CPU
     peaks = {"cpu": PEAK_GPU_CPU, "cuda": PEAK_CUDA} if gpu else {"cpu": PEAK_CPU}
     return _bench_doc(out, env, peaks, node="gpu-box" if gpu else "vm")
