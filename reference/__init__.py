@@ -24,4 +24,5 @@ __all__ = [
     "blocks",        # residual basic block, MobileNet block, Inception block
     "rnn",           # Elman RNN, GRU, LSTM (multi-layer, bidirectional)
     "attention",     # scaled dot-product, multi-head self-attention, encoder layer, positions
+    "optim",         # SGD, Adagrad, RMSprop, Adam, AdamW steps (+ schedules, init, early_stopping)
 ]

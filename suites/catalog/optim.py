@@ -1,0 +1,456 @@
+"""Specs of the optimizer steps (SGD, Adagrad, RMSprop, Adam, AdamW).
+
+A case is one parameter tensor, its gradient and the state buffers its flags need, in torch's
+order (``params, grads, <buffers>``), with ``step`` and the hyper-parameters as keyword
+parameters. The reference is called through a thin adapter (the library takes a dict of
+buffers); the twin is ``torch.optim.<Optimizer>`` stepping clones of those tensors, with
+``differentiable=True`` when autograd is on (gradient parity) and torch's default path
+otherwise (forward parity). Every output is compared: the new parameter and each new buffer,
+all differentiable (``n_diff_outputs`` counts the most buffers a case can have).
+
+Peers for the benchmark: ``torch-fused`` (``fused=True``) and ``torch-foreach`` (torch's
+default for a list of CPU tensors is its per-tensor loop; ``foreach=True`` forces the
+multi-tensor kernels), each one in-place step over the same tensors (forward only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+
+from reference import optim as O
+from suites import twin
+from suites.catalog import register
+from suites.catalog import strategies as S
+from suites.catalog.spec import DEFAULT_TOL, Case, Cost, Invalid, Invariant, Spec, Tol
+
+FAMILY = "optim"
+
+
+# ---------------------------------------------------------------------------------------------
+# adapters: the library's (params, grads, state dict) <-> the spec's positional arrays
+
+
+def _positive(value) -> bool:
+    """``value > 0`` for a number; anything else counts as 0 here (the library then names it)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _sgd_buffers(p):
+    return ("momentum_buffer",) if _positive(p.get("momentum", 0.0)) else ()
+
+
+def _rms_buffers(p):
+    return (("square_avg",) + (("momentum_buffer",) if _positive(p.get("momentum", 0.0)) else ())
+            + (("grad_avg",) if p.get("centered", False) is True else ()))
+
+
+def _adam_buffers(p):
+    return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if p.get("amsgrad") is True else ())
+
+
+_BUFFERS = {"sgd": _sgd_buffers, "adagrad": lambda p: ("sum",), "rmsprop": _rms_buffers,
+            "adam": _adam_buffers, "adamw": _adam_buffers}
+_ALL_BUFFERS = {"sgd": ("momentum_buffer",), "adagrad": ("sum",),
+                "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"),
+                "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+
+
+class _Adapted:
+    """Forward/backward with positional buffers (the library takes a dict of them); the spec's
+    step is the differentiable one."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.step = getattr(O, name)
+        self.vjp = getattr(O, f"{name}_backward")
+
+    def forward(self, params, grads, *buffers, step, **hyper):
+        hyper.pop("initial_accumulator_value", None)  # an argument of adagrad_init_state
+        names = _BUFFERS[self.name](hyper)
+        state = dict(zip(names, buffers, strict=False))
+        if len(buffers) != len(names):  # let the library name what is missing or extra
+            state = dict(zip(_ALL_BUFFERS[self.name], buffers, strict=False))
+        (p1, s1), ctx = self.step(params, grads, state, step, differentiable=True, **hyper)
+        return (p1, *(s1[b] for b in names)), ctx
+
+    def backward(self, ctx, grad_out):
+        if not isinstance(ctx, O.StepCtx) or ctx.kind != self.name:
+            return self.vjp(ctx, grad_out)  # the library refuses it, naming ctx
+        names = tuple(ctx.state)
+        if not isinstance(grad_out, tuple) or len(grad_out) != 1 + len(names):
+            raise ValueError(f"grad_out must be a tuple of {1 + len(names)} arrays (params, "
+                             f"{', '.join(names)}), got {type(grad_out).__name__}"
+                             + (f" of {len(grad_out)}" if isinstance(grad_out, tuple) else ""))
+        d_p, d_g, d_s = self.vjp(ctx, (grad_out[0], dict(zip(names, grad_out[1:], strict=True))))
+        return (d_p, d_g) + tuple(d_s.get(b) for b in _ALL_BUFFERS[self.name])
+
+
+# ---------------------------------------------------------------------------------------------
+# the torch twin
+
+
+_TORCH = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
+          "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def _twin(name: str):
+    def run(params, grads, *buffers, step, **hyper):
+        names = _BUFFERS[name](hyper)
+        diff = torch.is_grad_enabled()
+        p = params.clone()
+        p.grad = grads.clone()
+        opt = _TORCH[name]([p], differentiable=diff, **hyper)
+        state = opt.state[p]
+        state.clear()
+        for b, t in zip(names, buffers, strict=True):
+            state[b] = t.clone()
+        if name == "sgd" and step == 1:
+            state.pop("momentum_buffer", None)  # torch's first step: the buffer is the gradient
+        elif name != "sgd":
+            # float64 step counter: the differentiable Adam computes 1 - beta^step in the
+            # counter's dtype; float64 matches the default path's Python floats.
+            state["step"] = torch.tensor(float(step - 1), dtype=torch.float64)
+        opt.step()
+        outs = [p] + [state[b] for b in names]
+        if name == "sgd" and step == 1 and names and diff:
+            outs = _sgd_first_buffer_derivative(params, grads, outs, hyper)
+        return tuple(outs)
+
+    return run
+
+
+def _sgd_first_buffer_derivative(params, grads, outs, hyper):
+    """Torch's step 1 clones the buffer with ``grad.detach()``, cutting its derivative. Add it
+    back with a zero-valued term whose gradient is the true one (values stay torch's exactly):
+    ``b_1 = g_hat`` and ``p_1 = p - lr (1 + [nesterov] mu) g_hat`` (the nesterov ``g_hat`` term
+    itself is not detached)."""
+    sign = -1.0 if hyper.get("maximize") else 1.0
+    g_hat = sign * grads + hyper.get("weight_decay", 0.0) * params
+    zero = g_hat - g_hat.detach()
+    mu = hyper["momentum"] if hyper.get("nesterov") else 1.0
+    return [outs[0] - hyper["lr"] * mu * zero, outs[1] + zero]
+
+
+# ---------------------------------------------------------------------------------------------
+# cases
+
+
+def _values(dtype, lo=-10.0, hi=10.0):
+    """Ordinary values with exact zeros mixed in (a zero gradient, an empty accumulator)."""
+    return st.one_of(S.floats(dtype, lo, hi), st.just(0.0))
+
+
+def _nonneg(dtype, hi=10.0):
+    return st.one_of(S.floats(dtype, 0.0, hi), st.just(0.0))
+
+
+_LR = st.one_of(st.sampled_from([1e-3, 0.01, 0.1, 1.0]), st.floats(1e-4, 1.0))
+_STEP = st.one_of(st.just(1), st.integers(2, 5), st.integers(6, 1000))
+_DECAY = st.sampled_from([0.0, 0.0, 1e-4, 0.01, 0.1])
+_EPS = st.sampled_from([1e-8, 1e-10, 1e-6, 1e-3, 0.1])
+
+
+@st.composite
+def _tensors(draw, dtype, buffers: dict):
+    """params, grads and the named buffers (each ``name -> element strategy``), one shape.
+    A whole-tensor zero gradient comes up too (a frozen layer, an unused embedding)."""
+    shape = draw(S.shapes(min_dims=0, max_dims=3, min_side=1, max_side=5))
+    out = {"params": draw(S.arrays(dtype, shape, elements=_values(dtype)))}
+    zero_grad = draw(st.booleans()) and draw(st.booleans())
+    out["grads"] = (np.zeros(shape, dtype) if zero_grad
+                    else draw(S.arrays(dtype, shape, elements=_values(dtype))))
+    for name, elements in buffers.items():
+        out[name] = draw(S.arrays(dtype, shape, elements=elements))
+    return out
+
+
+@st.composite
+def _sgd_cases(draw, dtype):
+    momentum = draw(st.sampled_from([0.0, 0.5, 0.9, 0.99]))
+    dampening = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5])) if momentum else 0.0
+    nesterov = momentum > 0 and dampening == 0 and draw(st.booleans())
+    hyper = dict(lr=draw(st.one_of(st.just(0.0), _LR)), momentum=momentum, dampening=dampening,
+                 weight_decay=draw(_DECAY), nesterov=nesterov, maximize=draw(st.booleans()))
+    buffers = {"momentum_buffer": _values(dtype)} if momentum else {}
+    return Case(draw(_tensors(dtype, buffers)), dict(step=draw(_STEP), **hyper))
+
+
+@st.composite
+def _adagrad_cases(draw, dtype):
+    step = draw(_STEP)
+    a0 = draw(st.sampled_from([0.0, 0.1, 1.0]))
+    hyper = dict(lr=draw(_LR), lr_decay=draw(st.sampled_from([0.0, 1e-3, 0.1, 1.0])),
+                 weight_decay=draw(_DECAY), eps=draw(_EPS), maximize=draw(st.booleans()),
+                 initial_accumulator_value=a0)
+    # Step 1 starts from the initial accumulator; later steps from any sum >= it.
+    inputs = draw(_tensors(dtype, {"sum": st.just(0.0) if step == 1 else _nonneg(dtype, 100.0)}))
+    inputs["sum"] = (inputs["sum"] + dtype.type(a0)).astype(dtype)
+    return Case(inputs, dict(step=step, **hyper))
+
+
+@st.composite
+def _rmsprop_cases(draw, dtype):
+    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    centered = draw(st.booleans())
+    # alpha = 0 with centered makes the variance g^2 - g^2, zero in exact arithmetic: its
+    # rounded sign (torch's fused multiply-add) decides between a finite step and NaN.
+    alphas = [0.5, 0.9, 0.99] if centered else [0.0, 0.5, 0.9, 0.99]
+    hyper = dict(lr=draw(_LR), alpha=draw(st.sampled_from(alphas)),
+                 eps=draw(_EPS), weight_decay=draw(_DECAY), momentum=momentum,
+                 centered=centered, maximize=draw(st.booleans()))
+    step = draw(_STEP)
+    buffers = {"square_avg": _nonneg(dtype, 100.0)}
+    if momentum:
+        buffers["momentum_buffer"] = _values(dtype)
+    if centered:
+        buffers["grad_avg"] = _values(dtype)
+    inputs = draw(_tensors(dtype, buffers))
+    if centered:
+        # A reachable state has square_avg >= grad_avg^2 (a mean of squares is at least the
+        # square of the mean): raise square_avg where it is not.
+        ga = inputs["grad_avg"].astype(np.float64)
+        sq = np.maximum(inputs["square_avg"], ga * ga * 1.5 + 1e-3)
+        inputs["square_avg"] = np.asarray(sq, dtype=dtype)
+    return Case(inputs, dict(step=step, **hyper))
+
+
+@st.composite
+def _adam_cases(draw, dtype, decoupled: bool):
+    amsgrad = draw(st.booleans())
+    betas = (draw(st.sampled_from([0.0, 0.5, 0.9, 0.95])),
+             draw(st.sampled_from([0.0, 0.9, 0.99, 0.999])))
+    wd = draw(st.sampled_from([0.0, 1e-2, 0.1])) if decoupled else draw(_DECAY)
+    hyper = dict(lr=draw(_LR), betas=betas, eps=draw(_EPS), weight_decay=wd, amsgrad=amsgrad,
+                 maximize=draw(st.booleans()))
+    buffers = {"exp_avg": _values(dtype), "exp_avg_sq": _nonneg(dtype, 100.0)}
+    if amsgrad:
+        buffers["max_exp_avg_sq"] = _nonneg(dtype, 100.0)
+    return Case(draw(_tensors(dtype, buffers)), dict(step=draw(_STEP), **hyper))
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark sizes: one tensor, and a model's worth of mixed tensors (in a list)
+
+
+_SIZES = {"small": 1 << 10, "medium": 1 << 20, "large": 1 << 24}  # 1K, 1M, 16.7M parameters
+
+
+def _size_case(name: str, n: int, dtype) -> Case:
+    rng = np.random.default_rng(0)
+    hyper = {"sgd": dict(lr=0.01, momentum=0.9), "adagrad": dict(lr=0.01),
+             "rmsprop": dict(lr=0.01), "adam": dict(lr=1e-3), "adamw": dict(lr=1e-3)}[name]
+    names = _BUFFERS[name](hyper)
+    inputs = {"params": S.normal(rng, (n,), dtype), "grads": S.normal(rng, (n,), dtype)}
+    for b in names:
+        a = S.normal(rng, (n,), dtype)
+        inputs[b] = np.abs(a) if b in ("sum", "square_avg", "exp_avg_sq") else a
+    return Case(inputs, dict(step=10, **hyper))
+
+
+def _sizes(name: str):
+    return {k: (lambda dtype, n=n: _size_case(name, n, dtype)) for k, n in _SIZES.items()}
+
+
+def _peer(name: str, **flags):
+    """One in-place torch step over the case's tensors (forward only)."""
+
+    def factory(case: Case, pass_: str):
+        if pass_ != "forward":
+            return None
+        hyper = {k: val for k, val in case.params.items() if k != "step"}
+        p = torch.from_numpy(case.inputs["params"].copy())
+        p.grad = torch.from_numpy(case.inputs["grads"].copy())
+        opt = _TORCH[name]([p], **flags, **hyper)
+        for b in _BUFFERS[name](hyper):
+            opt.state[p][b] = torch.from_numpy(case.inputs[b].copy())
+        if name != "sgd":
+            opt.state[p]["step"] = torch.tensor(float(case.params["step"] - 1))
+        return opt.step
+
+    return factory
+
+
+def _cost(flops_per_element: float):
+    def cost(case: Case) -> Cost:
+        p = case.inputs["params"]
+        arrays = len(case.inputs) * 2 - 1  # each input read, the param and buffers written
+        return Cost(flops_per_element * p.size, arrays * p.size * p.itemsize)
+
+    return cost
+
+
+# ---------------------------------------------------------------------------------------------
+# invariants and invalid inputs
+
+
+def _inv_lr_zero(name: str) -> Invariant:
+    def check(case: Case, outs) -> None:
+        got = _ADAPTED[name].forward(*case.inputs.values(), **dict(case.params, lr=0.0))[0][0]
+        p = case.inputs["params"]
+        same = (got == p) | (np.isnan(got) & np.isnan(p))
+        assert same.all(), f"lr = 0 moved the parameter: {got} != {p}"
+
+    return Invariant("lr = 0 is the identity on the parameter", check)
+
+
+_SECOND_MOMENTS = ("sum", "square_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _off_kinks(name: str):
+    """Gradcheck only: keep the central differences (steps of 1e-4 on every input) inside the
+    region where the step is smooth. A zero gradient on a zero second moment is where
+    sqrt(v + g^2) = |g| has its kink (and torch's gradient is NaN), and a second moment near 0
+    sits at the edge of its domain (v >= 0), where sqrt's derivatives blow up. So the
+    effective gradient g_hat = +-g + weight_decay * p moves to +-0.5 where it is within 0.25
+    of 0, and every second-moment buffer rises by 1 (keeping square_avg >= grad_avg^2)."""
+
+    def smooth(case: Case) -> Case:
+        x, hp = dict(case.inputs), case.params
+        sign = -1.0 if hp.get("maximize") else 1.0
+        wd = 0.0 if name == "adamw" else hp.get("weight_decay", 0.0)  # AdamW's is decoupled
+        p, g = x["params"], x["grads"]
+        g_hat = sign * g + wd * p
+        near = np.abs(g_hat) < 0.25
+        target = np.where(np.signbit(g_hat), -0.5, 0.5)
+        x["grads"] = np.asarray(np.where(near, sign * (target - wd * p), g), dtype=g.dtype)
+        for b in _SECOND_MOMENTS:
+            if b in x:
+                x[b] = np.asarray(x[b] + 1.0, dtype=x[b].dtype)
+        return Case(x, hp)
+
+    return smooth
+
+
+def _twin_error_tol(name: str):
+    """float32: the twin rounds after every operation, and some outputs are small differences
+    of large terms (RMSprop's d/dg of g / sqrt(g^2) nearly cancels), so its own error can
+    exceed torch.testing's float32 atol. It is measured rather than modelled: the twin is run
+    again with the inputs (exactly) in float64, and the tolerance is the default plus twice
+    the float32 twin's largest deviation from that run. A reference within it is as close to
+    the float64 truth as the float32 twin is, give or take the default. float64 keeps the
+    default tolerance."""
+
+    def case_tol(case: Case, upstream):
+        p = case.inputs["params"]
+        if p.dtype != np.float32:
+            return None
+        spec = _SPECS[name]
+        wide = Case({k: a.astype(np.float64) for k, a in case.inputs.items()}, case.params)
+        if upstream is None:
+            lo, hi = twin.forward(spec, case, "cpu"), twin.forward(spec, wide, "cpu")
+        else:
+            present = dataclasses.replace(spec, grad_inputs=spec.grad_names(case))
+            lo = twin.gradients(present, case, "cpu", upstream)
+            hi = twin.gradients(present, wide, "cpu", tuple(u.astype(np.float64) for u in upstream))
+        with np.errstate(invalid="ignore", over="ignore"):
+            dev = [np.abs(a.astype(np.float64) - b)[np.isfinite(a) & np.isfinite(b)]
+                   for a, b in zip(lo, hi, strict=True)]
+        err = max((float(d.max()) for d in dev if d.size), default=0.0)
+        base = DEFAULT_TOL[np.dtype(np.float32)]
+        return Tol(rtol=base.rtol, atol=base.atol + 2.0 * err)
+
+    return case_tol
+
+
+def _invalid(name: str, base: dict) -> tuple[Invalid, ...]:
+    def case(**over):
+        def build():
+            p = {"params": np.ones(3), "grads": np.ones(3)}
+            bufs = {b: np.ones(3) for b in _BUFFERS[name](base)}
+            inputs = dict(p, **bufs)
+            params = dict(base, step=1)
+            for k, val in over.items():
+                (inputs if k in inputs else params)[k] = val
+            return Case(inputs, params)
+
+        return build
+
+    out = [
+        Invalid("a negative lr", case(lr=-0.1), ValueError, r"\blr\b"),
+        Invalid("a NaN lr", case(lr=float("nan")), ValueError, r"\blr\b"),
+        Invalid("step 0", case(step=0), ValueError, r"\bstep\b"),
+        Invalid("a float step", case(step=1.5), TypeError, r"\bstep\b"),
+        Invalid("grads of another shape", case(grads=np.ones(4)), ValueError, r"\bgrads\b"),
+        Invalid("grads of another dtype", case(grads=np.ones(3, np.float32)), TypeError,
+                r"\bgrads\b"),
+        Invalid("a list as params", case(params=[[1.0, 2.0, 3.0]]), TypeError, r"params"),
+        Invalid("a negative weight_decay", case(weight_decay=-1.0), ValueError, "weight_decay"),
+    ]
+    for b in _BUFFERS[name](base):
+        out.append(Invalid(f"{b} of another shape", case(**{b: np.ones((3, 1))}), ValueError,
+                           rf"\b{b}\b"))
+    if "eps" in _TORCH_DEFAULT_ARGS[name]:
+        out.append(Invalid("a negative eps", case(eps=-1e-8), ValueError, r"\beps\b"))
+    return tuple(out)
+
+
+_TORCH_DEFAULT_ARGS = {"sgd": (), "adagrad": ("eps",), "rmsprop": ("eps",), "adam": ("eps",),
+                       "adamw": ("eps",)}
+_ADAPTED = {name: _Adapted(name) for name in _TORCH}
+_SPECS: dict[str, Spec] = {}
+
+_SGD_INVALID = _invalid("sgd", dict(lr=0.1, momentum=0.9)) + (
+    Invalid("nesterov with dampening", lambda: Case(
+        {"params": np.ones(3), "grads": np.ones(3), "momentum_buffer": np.ones(3)},
+        dict(step=2, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)), ValueError,
+        "nesterov"),
+    Invalid("nesterov without momentum", lambda: Case(
+        {"params": np.ones(3), "grads": np.ones(3)},
+        dict(step=2, lr=0.1, nesterov=True)), ValueError, "nesterov"),
+    Invalid("a negative momentum", lambda: Case(
+        {"params": np.ones(3), "grads": np.ones(3)},
+        dict(step=2, lr=0.1, momentum=-0.5)), ValueError, "momentum"),
+)
+
+
+def _betas_invalid(name: str) -> tuple[Invalid, ...]:
+    def case(betas):
+        return lambda: Case({"params": np.ones(3), "grads": np.ones(3), "exp_avg": np.ones(3),
+                             "exp_avg_sq": np.ones(3)}, dict(step=1, lr=0.1, betas=betas))
+
+    return (Invalid("beta1 = 1", case((1.0, 0.999)), ValueError, r"betas\[0\]"),
+            Invalid("beta2 < 0", case((0.9, -0.1)), ValueError, r"betas\[1\]"),
+            Invalid("beta2 = 1.5", case((0.9, 1.5)), ValueError, r"betas\[1\]"),
+            Invalid("a missing buffer", lambda: Case(
+                {"params": np.ones(3), "grads": np.ones(3), "exp_avg": np.ones(3)},
+                dict(step=1, lr=0.1)), ValueError, "exp_avg_sq"))
+
+
+# ---------------------------------------------------------------------------------------------
+# registration
+
+
+def _register(name: str, summary: str, cases, flops: float, invalid, invariants=()):
+    adapted = _ADAPTED[name]
+    peers = {"torch-foreach": _peer(name, foreach=True)}
+    if name in ("sgd", "adagrad", "adam", "adamw"):
+        peers["torch-fused"] = _peer(name, fused=True)
+    _SPECS[name] = register(Spec(
+        name=name, family=FAMILY, summary=summary,
+        forward=adapted.forward, backward=adapted.backward,
+        grad_inputs=("params", "grads") + _ALL_BUFFERS[name],
+        n_diff_outputs=1 + len(_ALL_BUFFERS[name]),
+        torch=_twin(name), cases=cases, sizes=_sizes(name),
+        cost=_cost(flops), invariants=(_inv_lr_zero(name),) + tuple(invariants),
+        invalid=invalid, peers=peers, smooth=None if name == "sgd" else _off_kinks(name),
+        case_tol=_twin_error_tol(name),
+    ))
+
+
+_register("sgd", "SGD step: momentum, dampening, nesterov, weight decay, maximize",
+          _sgd_cases, 6, _SGD_INVALID)
+_register("adagrad", "Adagrad step: lr_decay, initial accumulator, eps after the root",
+          _adagrad_cases, 8, _invalid("adagrad", dict(lr=0.1)))
+_register("rmsprop", "RMSprop step: alpha, eps outside the root, centred, momentum",
+          _rmsprop_cases, 12, _invalid("rmsprop", dict(lr=0.1)))
+_register("adam", "Adam step: bias corrections, amsgrad (max of the raw second moment)",
+          lambda dtype: _adam_cases(dtype, False), 14,
+          _invalid("adam", dict(lr=0.1)) + _betas_invalid("adam"))
+_register("adamw", "AdamW step: decay by lr * weight_decay before the Adam update",
+          lambda dtype: _adam_cases(dtype, True), 15,
+          _invalid("adamw", dict(lr=0.1)) + _betas_invalid("adamw"))
