@@ -14,15 +14,14 @@ r"""Kernels and checks shared by the linear models (``linear_models``, ``logisti
   \ell_i`. Rows are split in fixed chunks (a deterministic summation order) run in parallel;
   everything accumulates in float64. The per-row losses (``code``):
 
-  ====  ===================  ========================================  =====================
-  code  loss                 :math:`\ell(f, y)`                        :math:`\partial_f \ell`
-  ====  ===================  ========================================  =====================
-  0     squared error        :math:`(f - y)^2`                         :math:`2 (f - y)`
-  1     binary logistic      :math:`\log(1 + e^{-s f})`, s = 2y - 1    :math:`\sigma(f) - y`
-  2     multinomial          :math:`\log \sum_k e^{f_k} - f_y`         :math:`p_k - [k = y]`
-  3     squared hinge (OvR)  :math:`\sum_k \max(0, 1 - s_k f_k)^2`     :math:`-2 s_k \max(0, 1 - s_k f_k)`
-  4     hinge (OvR)          :math:`\sum_k \max(0, 1 - s_k f_k)`       :math:`-s_k [1 - s_k f_k > 0]`
-  ====  ===================  ========================================  =====================
+  - code 0, squared error: :math:`(f - y)^2`, derivative :math:`2 (f - y)`;
+  - code 1, binary logistic: :math:`\log(1 + e^{-s f})`, :math:`s = 2y - 1`, derivative
+    :math:`\sigma(f) - y`;
+  - code 2, multinomial: :math:`\log \sum_k e^{f_k} - f_y`, derivative :math:`p_k - [k = y]`;
+  - code 3, squared hinge (OvR): :math:`\sum_k \max(0, 1 - s_k f_k)^2`, derivative
+    :math:`-2 s_k \max(0, 1 - s_k f_k)`;
+  - code 4, hinge (OvR): :math:`\sum_k \max(0, 1 - s_k f_k)`, derivative
+    :math:`-s_k [1 - s_k f_k > 0]`.
 
   For the hinge losses :math:`s_k = +1` if :math:`y = k` else :math:`-1` (one-vs-rest); with
   one row of scores (binary) :math:`s = 2y - 1`. The hinge's derivative at the kink
@@ -42,6 +41,11 @@ from reference._jit import inline, kernel
 SQUARED, LOGISTIC, MULTINOMIAL, SQUARED_HINGE, HINGE = 0, 1, 2, 3, 4
 _CHUNK = 1024  # rows per parallel task (the partial sums of a chunk fit in L1/L2)
 _GRAM_BLOCK = 2048  # rows per BLAS product in ``gram``
+# Below this many multiply-adds a pass runs serially (~0.3 ms): an OpenMP launch costs a few
+# microseconds on an idle machine but measured 22 ms per call on this loaded 2-core one
+# (1257 x 64 rows: 0.22 ms serial), so small passes, which L-BFGS makes by the hundred, stay
+# on the calling thread.
+_PARALLEL_WORK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,10 +299,10 @@ def data_term(X: np.ndarray, y64: np.ndarray, W: np.ndarray, b: np.ndarray, code
     float64."""
     n = X.shape[0]
     K, d = W.shape
-    chunks = -(-n // _CHUNK)
+    chunks = -(-n // _CHUNK) if n * d * K >= _PARALLEL_WORK else 1
     gW = np.zeros((chunks, K, d))
     gb = np.zeros((chunks, K))
-    if chunks == 1:
+    if chunks == 1 or n * d * K < _PARALLEL_WORK:
         total = _data_chunk(X, y64, W, b, code, want_grad, 0, n, gW[0], gb[0])
         return total, gW[0], gb[0]
     parts = np.zeros(chunks)
@@ -306,17 +310,28 @@ def data_term(X: np.ndarray, y64: np.ndarray, W: np.ndarray, b: np.ndarray, code
     return float(parts.sum()), gW.sum(axis=0), gb.sum(axis=0)
 
 
-@kernel(parallel=True)
-def _scores(X, W, b, out):
-    n = X.shape[0]
+@kernel()
+def _scores_rows(X, W, b, out, r0, r1):
     K, d = W.shape
-    for i in prange(n):
+    for i in range(r0, r1):
         for k in range(K):
             out[i, k] = b[k] + _dot4(X, i, W, k, d)
+
+
+@kernel(parallel=True)
+def _scores_parallel(X, W, b, out):
+    n = X.shape[0]
+    for c in prange(-(-n // _CHUNK)):
+        _scores_rows(X, W, b, out, c * _CHUNK, min(n, (c + 1) * _CHUNK))
 
 
 def scores(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """F = X W^T + b in float64, (n, K); W (K, d) and b (K,) float64."""
     out = np.empty((X.shape[0], W.shape[0]))
-    _scores(X, np.ascontiguousarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64), out)
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    if X.size * W.shape[0] < _PARALLEL_WORK:
+        _scores_rows(X, W, b, out, 0, X.shape[0])
+    else:
+        _scores_parallel(X, W, b, out)
     return out

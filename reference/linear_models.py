@@ -151,7 +151,7 @@ def linear_regression_gd_fit(X: np.ndarray, y: np.ndarray, *, lr: float = 0.1,
     n, d = X.shape
     w = np.zeros((1, d))
     b = np.zeros(1)
-    chunks = -(-n // K._CHUNK)
+    chunks = -(-n // K._CHUNK) if n * d >= K._PARALLEL_WORK else 1
     _gd(X, y.astype(np.float64), w, b, lr, n_iter, fit_intercept, np.zeros(chunks),
         np.zeros((chunks, 1, d)), np.zeros((chunks, 1)))
     return _result(w[0], b[0], X.dtype)
