@@ -1,0 +1,3 @@
+"""Generative and sequence models (the transformer LM, the GAN): see reference.models."""
+
+MODELS: dict = {}
