@@ -24,5 +24,8 @@ __all__ = [
     "blocks",        # residual basic block, MobileNet block, Inception block
     "rnn",           # Elman RNN, GRU, LSTM (multi-layer, bidirectional)
     "attention",     # scaled dot-product, multi-head self-attention, encoder layer, positions
-    "optim",         # SGD, Adagrad, RMSprop, Adam, AdamW steps (+ schedules, init, early_stopping)
+    "optim",         # SGD, Adagrad, RMSprop, Adam, AdamW steps (pure, differentiable)
+    "schedules",     # step, exponential, cosine, linear warmup learning rates
+    "init",          # fans, gains, zeros/normal/uniform/Xavier/Kaiming initialisation
+    "early_stopping",  # min/max, min_delta, patience, baseline, restore-best
 ]

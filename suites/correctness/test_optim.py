@@ -1,0 +1,427 @@
+"""The optim family's own checks, beyond the generic ones on single steps:
+
+- trajectory parity: K = 50 steps of each optimizer over several tensors of mixed shapes (a 0-d
+  one included) against one ``torch.optim`` optimizer, with a fixed gradient sequence that has
+  an all-zero step; parameters and every state buffer compared at several milestones;
+- schedules against ``torch.optim.lr_scheduler`` over 1200 steps, chained (torch's recursive
+  ``step()``) and closed form;
+- initialisation: fans and gains equal to torch's exactly; samples pass a Kolmogorov-Smirnov
+  test against the intended distribution, and the test rejects a std off by 10% (power);
+- early stopping: properties on Hypothesis-generated value sequences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+from reference import early_stopping as E
+from reference import init as I
+from reference import optim as O
+from reference import schedules as L
+from suites.catalog.spec import DEFAULT_TOL
+from suites.recording import compare
+
+FAMILY = "optim"
+
+# ---------------------------------------------------------------------------------------------
+# trajectories
+
+SHAPES = [(3, 4), (), (5,), (2, 3, 2), (1,)]
+K = 50
+MILESTONES = (1, 2, 7, 8, 20, K)
+ZERO_STEP = 7  # every gradient is zero at this step
+
+CONFIGS = [
+    ("sgd", dict(lr=0.05)),
+    ("sgd", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
+    ("adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+    ("adagrad", dict(lr=0.1, eps=1e-6, maximize=True)),
+    ("rmsprop", dict(lr=0.01, alpha=0.9, weight_decay=0.01)),
+    ("rmsprop", dict(lr=0.01, momentum=0.9, centered=True)),
+    ("adam", dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.01)),
+    ("adam", dict(lr=0.01, amsgrad=True, maximize=True)),
+    ("adamw", dict(lr=0.01, weight_decay=0.1)),
+    ("adamw", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+]
+_TORCH = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+          "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def _init_state(name, params, hyper):
+    if name == "sgd":
+        return O.sgd_init_state(params, momentum=hyper.get("momentum", 0.0))
+    if name == "adagrad":
+        return O.adagrad_init_state(
+            params, initial_accumulator_value=hyper.get("initial_accumulator_value", 0.0))
+    if name == "rmsprop":
+        return O.rmsprop_init_state(params, momentum=hyper.get("momentum", 0.0),
+                                    centered=hyper.get("centered", False))
+    return O.adam_init_state(params, amsgrad=hyper.get("amsgrad", False))
+
+
+def _tolerance(dtype, k: int, scale: float):
+    """Per step each side rounds every element a handful of times (torch: the decay, the
+    moment updates, the root, the division, the update: <= 8 roundings of at most half an ulp
+    of the largest magnitude in play, ``scale``); ours rounds once. A difference in a state
+    buffer is carried to the next step undamped at worst (decay factors <= 1), and adds up
+    with the new ones, so after k steps the two trajectories differ by at most
+    ``k * 8 * eps * scale``, on top of torch.testing's default tolerance."""
+    base = DEFAULT_TOL[np.dtype(dtype)]
+    return base.rtol, base.atol + k * 8 * float(np.finfo(dtype).eps) * scale
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(("name", "hyper"), CONFIGS,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
+def test_trajectory_parity(name, hyper, dtype, record):
+    record.bind(name, FAMILY, "trajectory (50 steps, 5 tensors)", dtype, "cpu")
+    rng = np.random.default_rng(7)
+    params = [np.asarray(rng.standard_normal(s), dtype=dtype) for s in SHAPES]
+    grads_seq = [[np.asarray(rng.standard_normal(s) * (0.0 if k == ZERO_STEP else 1.0), dtype)
+                  for s in SHAPES] for k in range(1, K + 1)]
+    tparams = [torch.from_numpy(p.copy()) for p in params]
+    topt = _TORCH[name](tparams, **hyper)
+    state = _init_state(name, params, hyper)
+    step_fn = getattr(O, name)
+    ours = {k: v for k, v in hyper.items() if k != "initial_accumulator_value"}
+    for k in range(1, K + 1):
+        for t, g in zip(tparams, grads_seq[k - 1], strict=True):
+            t.grad = torch.from_numpy(g.copy())
+        topt.step()
+        (params, state), _ = step_fn(params, grads_seq[k - 1], state, k, **ours)
+        if k not in MILESTONES:
+            continue
+        record.examples += 1
+        for i, t in enumerate(tparams):
+            pairs = [("param", params[i], t.detach().numpy())]
+            pairs += [(b, state[b][i], topt.state[t][b].numpy()) for b in state]
+            for what, mine, theirs in pairs:
+                scale = max(1.0, float(np.abs(theirs).max(initial=0.0)))
+                rtol, atol = _tolerance(dtype, k, scale)
+                compare(mine, theirs, rtol, atol, record=record,
+                        label=f"{name} {hyper} step {k}, tensor {i} {SHAPES[i]}, {what}")
+
+
+def test_zero_gradient_step_keeps_adam_moving_and_sgd_still():
+    """A zero gradient: plain SGD stays put exactly; Adam still moves (its first moment)."""
+    p, z = np.array([1.0, -2.0]), np.zeros(2)
+    (p1, _), _ = O.sgd(p, z, {}, 3, lr=0.1)
+    assert np.array_equal(p1, p)
+    st0 = {"exp_avg": np.array([0.5, 0.5]), "exp_avg_sq": np.array([1.0, 1.0])}
+    (p2, _), _ = O.adam(p, z, st0, 3, lr=0.1)
+    assert np.all(p2 < p)
+
+
+def test_adam_first_step_moves_by_about_lr():
+    """Step 1 from a zero state: m_hat = g, v_hat = g^2, so each element moves by
+    lr * |g| / (|g| + eps) = lr (up to eps / |g|), whatever the gradient's scale."""
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(1000)
+    g = rng.standard_normal(1000) * 10.0 ** rng.uniform(-3, 3, 1000)
+    (p1, _), _ = O.adam(p, g, O.adam_init_state(p), 1, lr=0.01, eps=1e-8)
+    moved = np.abs(p1 - p)
+    # |g| / (|g| + eps) = 1 - eps / |g| (first order); then one rounding of p1 (|p| eps).
+    allowed = 0.01 * 1e-8 / np.abs(g) + 4 * np.finfo(np.float64).eps * (np.abs(p) + 1)
+    bad = np.abs(moved - 0.01) > allowed
+    assert not bad.any(), (moved[bad][:3], g[bad][:3])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop", "adam", "adamw"])
+def test_descent_lowers_a_convex_quadratic(name):
+    """f(p) = 1/2 p^T A p with A positive definite: K steps with its gradient and a small lr
+    end lower than they started."""
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((6, 6))
+    a = q @ q.T + 6 * np.eye(6)
+    p = rng.standard_normal(6)
+    f0 = 0.5 * p @ a @ p
+    hyper = {"sgd": dict(lr=1e-3, momentum=0.5)}.get(name, dict(lr=1e-3))
+    if name == "adamw":
+        hyper["weight_decay"] = 0.0
+    state = _init_state(name, p, hyper)
+    for k in range(1, 51):
+        (p, state), _ = getattr(O, name)(p, a @ p, state, k, **hyper)
+    assert 0.5 * p @ a @ p < f0
+
+
+def test_backward_of_a_list_matches_per_tensor_calls():
+    """The list form is the per-tensor form applied to each tensor (no mixing between them)."""
+    rng = np.random.default_rng(5)
+    ps = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
+    gs = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
+    st_ = O.adam_init_state(ps, amsgrad=True)
+    (p1, s1), ctx = O.adam(ps, gs, st_, 4, lr=0.1, amsgrad=True, differentiable=True)
+    ups = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
+    d_p, d_g, d_s = O.adam_backward(ctx, (ups, None))
+    for i in range(len(SHAPES)):
+        one = {b: st_[b][i] for b in st_}
+        (q1, _), c1 = O.adam(ps[i], gs[i], one, 4, lr=0.1, amsgrad=True, differentiable=True)
+        e_p, e_g, _ = O.adam_backward(c1, (ups[i], None))
+        assert np.array_equal(q1, p1[i]) and np.array_equal(e_p, d_p[i])
+        assert np.array_equal(e_g, d_g[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+N_STEPS = 1200
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _torch_lrs(make, base_lr=0.1):
+    """torch's chained (recursive ``step()``) and closed-form rates for t = 0..N_STEPS."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+    sched = make(opt)
+    chained, closed = [], []
+    for _ in range(N_STEPS + 1):
+        chained.append(sched.get_last_lr()[0])
+        closed.append(sched._get_closed_form_lr()[0] if hasattr(sched, "_get_closed_form_lr")
+                      else np.nan)
+        opt.step()
+        sched.step()
+    return np.array(chained), np.array(closed)
+
+
+SCHEDULES = {
+    "step": (lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=30, gamma=0.5),
+             lambda t: L.step_lr(t, 0.1, 30, 0.5)),
+    "exponential": (lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.995),
+                    lambda t: L.exponential_lr(t, 0.1, 0.995)),
+    "cosine": (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=300, eta_min=1e-4),
+               lambda t: L.cosine_annealing_lr(t, 0.1, 300, 1e-4)),
+    "linear warmup": (lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.01,
+                                                                  total_iters=100),
+                      lambda t: L.linear_warmup(t, 0.1, 100, 0.01)),
+    "warmup then cosine": (
+        lambda o: torch.optim.lr_scheduler.SequentialLR(o, [
+            torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=50),
+            torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=1000)], milestones=[50]),
+        lambda t: L.warmup_cosine_lr(t, 0.1, 50, 1000, 0.1)),
+    "step x exponential (ChainedScheduler)": (
+        lambda o: torch.optim.lr_scheduler.ChainedScheduler([
+            torch.optim.lr_scheduler.StepLR(o, step_size=100, gamma=0.5),
+            torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.999)]),
+        lambda t: L.step_lr(t, 0.1, 100, 0.5) * L.exponential_lr(t, 1.0, 0.999)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("which", list(SCHEDULES))
+def test_schedule_matches_torch(which, record):
+    """Chained: torch's recursive update multiplies (or adds) one rounded factor per step, so
+    after t steps its relative error is at most ~t eps (derivation: t roundings of relative
+    eps/2 each, plus the cosine ratio's own few); we allow 4 t eps relative, and the same
+    times the base rate absolute for the cosine's trough near eta_min. Closed form: 8 eps."""
+    record.bind(f"schedule: {which}", FAMILY, "schedule vs lr_scheduler (1200 steps)",
+                np.float64, "cpu")
+    make, ours = SCHEDULES[which]
+    chained, closed = _torch_lrs(make)
+    t = np.arange(N_STEPS + 1)
+    mine = ours(t)
+    record.examples += N_STEPS + 1
+    bound = 4 * N_STEPS * EPS64
+    compare(mine, chained, bound, bound * 0.1, label=f"{which} vs torch step()", record=record)
+    one_by_one = np.array([ours(int(k)) for k in t[::97]])
+    assert np.array_equal(one_by_one, mine[::97]), "scalar and array t disagree"
+    if not np.isnan(closed).all():
+        compare(mine, closed, 8 * EPS64, 8 * EPS64 * 0.1, label=f"{which} vs closed form",
+                record=record)
+
+
+def test_schedule_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="T_max"):
+        L.cosine_annealing_lr(3, 0.1, 0)
+    with pytest.raises(ValueError, match=r"\bt\b"):
+        L.step_lr(-1, 0.1, 10)
+    with pytest.raises(TypeError, match=r"\bt\b"):
+        L.exponential_lr(np.array([0.5]), 0.1, 0.9)
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation
+
+WEIGHT_SHAPES = [(10, 7), (1, 1), (64, 3, 3, 3), (32, 4, 5, 5), (12, 3, 7), (8, 2, 3, 3, 3),
+                 (5, 0), (0, 5, 3, 3)]  # linear, conv2d, grouped conv2d (in/groups = 4), ...
+
+
+@pytest.mark.parametrize("shape", WEIGHT_SHAPES, ids=str)
+def test_fans_equal_torch(shape):
+    theirs = torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
+    assert I.calculate_fan_in_and_fan_out(shape) == theirs
+
+
+def test_fans_reject_vectors_like_torch():
+    with pytest.raises(ValueError):
+        torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(5))
+    with pytest.raises(ValueError, match="shape"):
+        I.calculate_fan_in_and_fan_out((5,))
+
+
+@pytest.mark.parametrize(("nonlinearity", "param"),
+                         [(n, None) for n in ("linear", "conv1d", "conv2d", "conv3d",
+                                              "conv_transpose2d", "sigmoid", "tanh", "relu",
+                                              "leaky_relu", "selu")]
+                         + [("leaky_relu", a) for a in (0, 0.2, 1, 3.5)])
+def test_gain_equals_torch(nonlinearity, param):
+    assert I.calculate_gain(nonlinearity, param) == torch.nn.init.calculate_gain(nonlinearity,
+                                                                                  param)
+
+
+ALPHA = 1e-3
+SEED = 20_240_611
+GOF_SHAPE = (64, 8, 7, 7)  # 25088 samples: conv weight, fan_in 392, fan_out 3136
+
+
+def _expected(kind: str, shape, **kw):
+    """(scipy distribution, its std) from torch's own fans and gains."""
+    fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
+    if kind.startswith("xavier"):
+        std = kw.get("gain", 1.0) * math.sqrt(2.0 / (fan_in + fan_out))
+    else:
+        fan = fan_in if kw.get("mode", "fan_in") == "fan_in" else fan_out
+        std = torch.nn.init.calculate_gain(kw.get("nonlinearity", "leaky_relu"),
+                                           kw.get("a", 0)) / math.sqrt(fan)
+    if kind.endswith("uniform"):
+        b = math.sqrt(3.0) * std
+        return stats.uniform(-b, 2 * b), std
+    return stats.norm(0.0, std), std
+
+
+SAMPLERS = [
+    ("xavier_uniform", {}), ("xavier_normal", {"gain": 5.0 / 3}),
+    ("kaiming_uniform", {}), ("kaiming_normal", {"mode": "fan_out", "nonlinearity": "relu"}),
+    ("kaiming_uniform", {"a": 0.2, "mode": "fan_out"}),
+    ("kaiming_normal", {"nonlinearity": "tanh"}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(("kind", "kw"), SAMPLERS, ids=[f"{k}-{kw}" for k, kw in SAMPLERS])
+def test_sampler_fits_its_distribution(kind, kw, dtype, record):
+    record.bind(f"init: {kind}", FAMILY, "goodness of fit (KS)", dtype, "cpu")
+    w = getattr(I, kind)(np.random.default_rng(SEED), GOF_SHAPE, dtype=dtype, **kw)
+    assert w.shape == GOF_SHAPE and w.dtype == dtype
+    dist, std = _expected(kind, GOF_SHAPE, **kw)
+    record.examples += 1
+    p = stats.kstest(w.reshape(-1).astype(np.float64), dist.cdf).pvalue
+    record.figures["KS p-value"] = float(p)
+    assert p > ALPHA, f"{kind} {kw}: KS p-value {p:.3g} <= {ALPHA} against std {std:.4g}"
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+@pytest.mark.parametrize("kind", ["kaiming_normal", "xavier_uniform"])
+def test_the_ks_test_has_power(kind, factor):
+    """A sampler whose std is off by 10% is rejected at this sample size (KS statistic
+    ~0.026 for normals and more for uniforms, against a critical value of ~0.012)."""
+    w = getattr(I, kind)(np.random.default_rng(SEED), GOF_SHAPE) * factor
+    dist, _ = _expected(kind, GOF_SHAPE)
+    p = stats.kstest(w.reshape(-1).astype(np.float64), dist.cdf).pvalue
+    assert p <= ALPHA, f"a std off by {factor} went undetected (p-value {p:.3g})"
+
+
+def test_simple_initialisers():
+    rng = np.random.default_rng(SEED)
+    assert not I.zeros((3, 4)).any() and I.zeros((3, 4), np.float64).dtype == np.float64
+    u = I.uniform(rng, (20000,), -2.0, 3.0)
+    assert u.min() >= -2.0 and u.max() < 3.0
+    assert stats.kstest(u.astype(np.float64), stats.uniform(-2.0, 5.0).cdf).pvalue > ALPHA
+    n = I.normal(rng, (20000,), 1.5, 0.5, np.float64)
+    assert stats.kstest(n, stats.norm(1.5, 0.5).cdf).pvalue > ALPHA
+    with pytest.raises(TypeError, match="rng"):
+        I.normal(0, (3,))
+    with pytest.raises(ValueError, match="mode"):
+        I.kaiming_normal(rng, (3, 4), mode="fan_avg")
+    with pytest.raises(ValueError, match="nonlinearity"):
+        I.calculate_gain("swish")
+
+
+def test_same_generator_state_same_draw():
+    a = I.kaiming_uniform(np.random.default_rng(1), (8, 4, 3, 3))
+    b = I.kaiming_uniform(np.random.default_rng(1), (8, 4, 3, 3))
+    assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# early stopping
+
+_VALUES = st.lists(st.integers(0, 12).map(lambda k: k / 4), min_size=1, max_size=40)
+
+
+def _oracle_stop(values, patience):
+    """min mode, min_delta 0, no baseline: the best index so far is the first minimum; the
+    wait is the distance to it; stop at the first epoch whose wait is >= patience and > 0."""
+    for e in range(len(values)):
+        best = int(np.argmin(values[: e + 1]))  # first occurrence: ties do not improve
+        wait = e - best
+        if wait > 0 and wait >= patience:
+            return e, best
+    return None, int(np.argmin(values))
+
+
+@given(values=_VALUES, patience=st.integers(0, 6))
+def test_early_stopping_matches_the_rule(values, patience, record):
+    record.bind("early_stopping", FAMILY, "early stopping: stops exactly by the rule", None,
+                "cpu")
+    record.examples += 1
+    assert E.early_stopping(values, patience=patience) == _oracle_stop(values, patience)
+
+
+@given(values=_VALUES, patience=st.integers(0, 6), min_delta=st.sampled_from([0.0, 0.25, 1.0]),
+       baseline=st.one_of(st.none(), st.sampled_from([0.5, 2.0])))
+def test_early_stopping_properties(values, patience, min_delta, baseline, record):
+    record.bind("early_stopping", FAMILY, "early stopping: properties", None, "cpu")
+    record.examples += 1
+    stop, best = E.early_stopping(values, patience=patience, min_delta=min_delta,
+                                  baseline=baseline)
+    # max mode is min mode on the negated values.
+    neg = E.early_stopping([-x for x in values], mode="max", patience=patience,
+                           min_delta=min_delta, baseline=None if baseline is None else -baseline)
+    assert neg == (stop, best)
+    end = len(values) - 1 if stop is None else stop
+    # The best epoch is an improvement over everything before it (and the baseline), and no
+    # later epoch up to the stop beats it by more than min_delta.
+    ref = math.inf if baseline is None else baseline
+    if best is not None:
+        assert values[best] < ref - min_delta
+        assert all(values[j] >= values[best] - min_delta for j in range(best + 1, end + 1))
+    else:
+        assert all(x >= ref - min_delta for x in values[: end + 1])
+    if stop is not None:
+        # Never earlier: at least `patience` epochs (>= 1) without an improvement.
+        last = -1 if best is None else best
+        assert stop - last >= max(patience, 1)
+        # ... and not later: one epoch less and it would not have stopped.
+        assert E.early_stopping(values[:stop], patience=patience, min_delta=min_delta,
+                                baseline=baseline)[0] is None
+
+
+@given(values=_VALUES, patience=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_restore_best_gives_the_best_epochs_weights(values, patience, seed, record):
+    record.bind("early_stopping", FAMILY, "early stopping: restore best", None, "cpu")
+    record.examples += 1
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal(3) for _ in values]  # what training saved each epoch
+    stop, best = E.early_stopping(values, patience=patience)
+    end = len(values) - 1 if stop is None else stop
+    restored = weights[best]
+    assert values[best] == min(values[: end + 1])
+    assert any(np.array_equal(restored, weights[j]) for j in range(end + 1)
+               if values[j] == min(values[: end + 1]))
+    assert best == values.index(min(values[: end + 1]))
+
+
+def test_early_stopping_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        E.early_stopping([1.0], mode="lowest")
+    with pytest.raises(ValueError, match="patience"):
+        E.early_stopping([1.0], patience=-1)
+    with pytest.raises(ValueError, match="min_delta"):
+        E.early_stopping([1.0], min_delta=-0.1)
