@@ -12,31 +12,12 @@ fast anything is.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from suites.catalog import get
 from suites.performance import timing
 from suites.performance.test_bench import planted
-
-
-@pytest.fixture
-def hog():
-    """A busy process per core for the duration of the test."""
-    import os
-
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(os.cpu_count() or 2)]
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 def _kernel():
