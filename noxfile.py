@@ -1,10 +1,13 @@
 """The sessions people and CI run. ``nox -l`` lists them.
 
-    nox -s report    the main job: correctness + benchmarks + the HTML report
-    nox -s tests     correctness checks and the harness's own tests (what CI runs first)
+    nox -s report    the main job: correctness + benchmarks (+ scaling sweeps) + the HTML report
+    nox -s tests     correctness checks, the harness's own tests and the CUDA-simulator tests
+                     (what CI runs first)
     nox -s bench     benchmarks only, pytest-benchmark JSON
-    nox -s ci        tests with results, quick benchmarks, and the gate
-    nox -s gpu       correctness and benchmarks with torch twins on CUDA
+    nox -s ci        quick benchmarks, the report and the gate (after `tests`)
+    nox -s cudasim   the numba-cuda kernels under numba's CUDA simulator
+    nox -s compile   torch.compile as a third timed peer, medium size (slow: inductor)
+    nox -s gpu       correctness and benchmarks with torch twins and numba-cuda on CUDA
     nox -s lint      ruff
 
 Every session installs the project and its dependency groups from pyproject.toml, with
