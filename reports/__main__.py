@@ -28,7 +28,18 @@ more --bench files, a comparison of each with the first. Speed-ups come from int
 medians, and the report says which. Benchmarks marked noisy are greyed and kept out of the
 headline, the exponents, the crossovers and the gate; the load average at the start and end of
 the run is stated, with a banner when the machine was busy. Any input may be left out: what is
-missing reads "not run". Exits 0 whenever the report was written, even if checks failed."""
+missing reads "not run". Exits 0 whenever the report was written, even if checks failed.
+
+Several files (a CI matrix of shards and devices: pytest --shard I/N, --device D):
+  A run is told by its files' environment: commit, machine (CPU, cores, GPU; for benchmarks
+  also the host), Python and library versions, and for correctness the --device and the
+  Hypothesis profile. Files of one run are its shards and merge into one: correctness results
+  keyed by algorithm x check x dtype x device (and test), benchmarks by pytest's full name. A
+  key in two shards must hold the same result (then it is kept once); different results for
+  one key in one run are an error naming both files (exit 2). Files of different runs are
+  shown side by side: one environment column per run, each check per run, and the benchmark
+  runs compared with the first (the baseline). Two runs of one commit on one machine are not
+  told apart: compare them with `python -m reports compare A B`."""
 
 COMPARE = """\
 Compare a baseline and a candidate run: two benchmark files (pytest-benchmark JSON or a baseline
@@ -47,7 +58,9 @@ algorithm overrides under [tool.refbench.gate.overrides]). The baseline is --bas
 `baseline` path configured there. Within-run ratios cancel the machine, so a slower machine is not
 a regression; when both runs timed the pair in interleaved rounds, the change compares the two
 runs' per-round ratios. A pair with noisy timings in either run is listed as "not gated: noisy"
-and never fails the gate. Prints a summary; exits 0 when everything passed."""
+and never fails the gate. Several --correctness files are merged as for `build` (shards of a
+run into one; other runs side by side), and every check of every run counts; several --bench
+files must be the shards of one run. Prints a summary; exits 0 when everything passed."""
 
 BASELINE = """\
 Write a compact baseline from a pytest-benchmark JSON file, for `gate --baseline` or
@@ -64,10 +77,13 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="write the HTML report and markdown summary",
                        description=BUILD, formatter_class=raw)
-    b.add_argument("--correctness", metavar="FILE", help="correctness JSON (--results-json)")
-    b.add_argument("--bench", metavar="FILE", action="append", default=[],
-                   help="pytest-benchmark JSON; repeat for more runs (the first is the "
-                        "baseline of the comparison)")
+    b.add_argument("--correctness", metavar="FILE", nargs="+", action="extend", default=[],
+                   help="correctness JSON (--results-json); several: shards of a run merge, "
+                        "other machines, devices or versions are shown per run")
+    b.add_argument("--bench", metavar="FILE", nargs="+", action="extend", default=[],
+                   help="pytest-benchmark JSON; several: shards of a run (same commit, "
+                        "machine and versions, disjoint benchmarks) merge, other runs are "
+                        "compared with the first run (the baseline)")
     b.add_argument("--out", metavar="DIR", required=True, help="directory to write into")
     b.add_argument("--allow-cross-machine", action="store_true",
                    help="judge absolute time changes between runs from different machines")
@@ -87,9 +103,12 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gate", help="exit non-zero on a failed check or a real slow-down",
                        description=GATE, formatter_class=raw)
-    g.add_argument("--correctness", metavar="FILE", required=True,
-                   help="correctness JSON (--results-json)")
-    g.add_argument("--bench", metavar="FILE", help="pytest-benchmark JSON of this run")
+    g.add_argument("--correctness", metavar="FILE", nargs="+", action="extend", required=True,
+                   help="correctness JSON (--results-json); several are merged as for "
+                        "`build`, and every check of every run is gated")
+    g.add_argument("--bench", metavar="FILE", nargs="+", action="extend",
+                   help="pytest-benchmark JSON of this run; several: its shards (they must "
+                        "merge into one run)")
     g.add_argument("--baseline", metavar="FILE",
                    help="benchmark or baseline file to compare with (default: "
                         "[tool.refbench.gate] baseline)")

@@ -31,6 +31,7 @@ from reports.loading import (
     order_key,
     size_key,
 )
+from reports.merge import CorrectnessSet
 from reports.stats import crossovers, power_fit
 
 _RANK = {"failed": 0, "passed": 1, "skipped": 2, "not run": 3}
@@ -66,6 +67,11 @@ class Cell:
     @property
     def devices(self) -> str:
         return ", ".join(sorted({c.device for c in self.checks if c.device}))
+
+    @property
+    def runs(self) -> str:
+        """The correctness runs the checks come from (empty with one run)."""
+        return ", ".join(dict.fromkeys(c.run for c in self.checks if c.run))
 
     @property
     def max_abs(self) -> float:
@@ -245,10 +251,11 @@ class Algo:
 
     @property
     def check_rows(self) -> list[Cell]:
-        """The checks grouped by check x dtype x device (invalid-input cases together)."""
-        groups: dict[tuple[str, str, str], list[Check]] = {}
+        """The checks grouped by check x dtype x device x run (invalid-input cases
+        together; with several correctness runs, each run's result on its own row)."""
+        groups: dict[tuple[str, str, str, str], list[Check]] = {}
         for c in self.checks:
-            groups.setdefault((c.check, c.dtype, c.device), []).append(c)
+            groups.setdefault((c.check, c.dtype, c.device, c.run), []).append(c)
         return [Cell(v) for v in groups.values()]
 
     @property
@@ -287,7 +294,7 @@ class Algo:
 @dataclass
 class Report:
     title: str
-    correctness: CorrectnessRun | None
+    correctness: CorrectnessSet | None
     runs: list[BenchRun]
     algos: list[Algo]
     columns: list[tuple[str, str]]
@@ -299,14 +306,30 @@ class Report:
 
     # -- how the machine was ---------------------------------------------------------------
     @property
-    def busy_runs(self) -> list[tuple[BenchRun, Load]]:
-        """Runs whose benchmark said the machine was busy (load average vs CPUs)."""
-        return [(r, r.env.load) for r in self.runs if r.env.load and r.env.load.busy]
+    def run_parts(self) -> list[tuple[str, BenchRun]]:
+        """Every benchmark file as loaded, with a name to mention it by: the run's label, and
+        the file's name when the run was merged from several (each measured its own load and
+        peaks)."""
+        out = []
+        for r in self.runs:
+            for p in r.parts or [r]:
+                out.append((f"{r.label} ({Path(p.path).name})" if r.parts else r.label, p))
+        return out
 
     @property
-    def unstable_peaks(self) -> list[tuple[BenchRun, str]]:
-        return [(r, d) for r in self.runs for d in sorted(r.env.peaks)
-                if r.env.peak_stable(d) is False]
+    def busy_runs(self) -> list[tuple[str, Load]]:
+        """Runs (files) whose benchmark said the machine was busy (load average vs CPUs)."""
+        return [(name, p.env.load) for name, p in self.run_parts
+                if p.env.load and p.env.load.busy]
+
+    @property
+    def unstable_peaks(self) -> list[tuple[str, BenchRun, str]]:
+        return [(name, p, d) for name, p in self.run_parts for d in sorted(p.env.peaks)
+                if p.env.peak_stable(d) is False]
+
+    @property
+    def multi_correctness(self) -> bool:
+        return bool(self.correctness and self.correctness.multi)
 
     @property
     def noisy_benchmarks(self) -> list[Bench]:
@@ -480,11 +503,16 @@ def _lines(algo: Algo, runs: list[BenchRun]) -> None:
                                   f"{unit}, numba faster {below}")
 
 
-def build_report(correctness: CorrectnessRun | None, runs: list[BenchRun], config: GateConfig,
-                 allow_cross_machine: bool = False, title: str = "refbench report") -> Report:
+def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list[BenchRun],
+                 config: GateConfig, allow_cross_machine: bool = False,
+                 title: str = "refbench report") -> Report:
+    """``correctness``: every correctness run (merge.merge_correctness) or one file as
+    loaded; ``runs``: the benchmark runs (merge.merge_benches), the first the baseline."""
+    if isinstance(correctness, CorrectnessRun):
+        correctness = CorrectnessSet([correctness])
     for i, r in enumerate(runs):
         gpu = (r.env.gpu or {}).get("name")
-        what = r.env.node or Path(r.path).stem
+        what = r.env.node or Path(r.sources[0]).stem
         r.label = f"run {i + 1} ({what})" if len(runs) > 1 else "run"
         r.title = r.label + (f", {gpu}" if gpu else "")
     algos: dict[str, Algo] = {}
@@ -516,7 +544,7 @@ def build_report(correctness: CorrectnessRun | None, runs: list[BenchRun], confi
     for a in ordered:
         a.anchor = anchor(a.name, taken)
         a.checks.sort(key=lambda c: (order_key(c.check, CHECK_ORDER), c.dtype, c.device,
-                                     c.nodeid))
+                                     c.run, c.nodeid))
         for col in columns:
             mine = [c for c in a.checks if (c.check, c.dtype) == col]
             if mine:
@@ -542,11 +570,18 @@ def build_report(correctness: CorrectnessRun | None, runs: list[BenchRun], confi
                                           rank.get(s[2], len(rank))))
             for dtype, pass_, size in slots:
                 cells = {i: r.find((a.name, i, size, dtype, pass_)) for i in impls}
-                a.perf.append(PerfRow(ri, r.label, dtype, pass_, size, cells, r.env.peaks))
+                # A group's implementations come from one file (shards keep groups whole):
+                # its peaks are that file's.
+                some = next((b for b in cells.values() if b is not None), None)
+                peaks = r.env_of(some).peaks if some else r.env.peaks
+                a.perf.append(PerfRow(ri, r.label, dtype, pass_, size, cells, peaks))
         _lines(a, runs)
 
     notes = []
     for r in runs:
+        if r.parts:
+            notes.append(f"{r.label}: merged from {len(r.parts)} files of one run (same "
+                         f"commit, machine and versions): {', '.join(r.sources)}")
         if not r.benchmarks:
             notes.append(f"{r.label}: {r.path} holds no benchmarks")
         elif not any(b.timing.raw for b in r.benchmarks):

@@ -19,6 +19,7 @@ from reports.loading import (
     baseline_doc,
     load,
 )
+from reports.merge import CorrectnessSet, merge_benches, merge_correctness
 from reports.render import (
     environment_table,
     render_html,
@@ -39,6 +40,24 @@ def load_file(path: str | Path, expect: tuple[str, ...]):
                          f"{str(exc)[:200]})") from None
 
 
+def _paths(paths: str | Path | list | tuple | None) -> list[str]:
+    if paths is None:
+        return []
+    if isinstance(paths, (str, Path)):
+        return [str(paths)]
+    return [str(p) for p in paths]
+
+
+def load_correctness(paths: str | Path | list | None) -> CorrectnessSet | None:
+    """One or more correctness files merged into runs (see merge.py); None for none."""
+    return merge_correctness([load_file(p, ("correctness",)) for p in _paths(paths)])
+
+
+def load_benches(paths: str | Path | list | None) -> list[BenchRun]:
+    """Benchmark (or baseline) files merged into runs (see merge.py), in argument order."""
+    return merge_benches([load_file(p, ("benchmark", "baseline")) for p in _paths(paths)])
+
+
 @dataclass
 class Built:
     html: Path
@@ -46,19 +65,21 @@ class Built:
     markdown: str
 
 
-def build(correctness: str | None, benches: list[str], out: str | Path,
+def build(correctness: str | list[str] | None, benches: list[str], out: str | Path,
           allow_cross_machine: bool = False, config: GateConfig | None = None,
           title: str = "refbench report") -> Built:
+    """The report of one or more correctness files and benchmark files: files that are shards
+    of one run merge, files of different runs are shown side by side (merge.py)."""
     config = config or load_config()
-    corr = load_file(correctness, ("correctness",)) if correctness else None
-    runs = [load_file(p, ("benchmark", "baseline")) for p in benches]
+    corr = load_correctness(correctness)
+    runs = load_benches(benches)
     report = build_report(corr, runs, config, allow_cross_machine, title)
     draw_all(report.algos)
-    heads, rows = environment_table(([corr] if corr else []) + runs)
+    heads, rows = environment_table((corr.runs if corr else []) + runs)
     ctx = report_context(report)
     ctx.update(env_heads=heads, env_rows=rows,
                anchors={a.name: a.anchor for a in report.algos},
-               sources=[str(p) for p in ([correctness] if correctness else []) + list(benches)])
+               sources=_paths(correctness) + _paths(benches))
     out = Path(out)
     html = write(out, "index.html", render_html("report.html", **ctx))
     md = render_md("summary.md", report_path=str(html), **ctx)
@@ -113,11 +134,21 @@ def compare(base: str, cand: str, out: str | Path | None = None,
     return Compared(md, html, regressions, failing)
 
 
-def run_gate(correctness: str, bench: str | None, baseline: str | None,
+def run_gate(correctness: str | list[str], bench: str | list[str] | None, baseline: str | None,
              config: GateConfig | None = None) -> GateResult:
+    """Gate every check of the correctness files (merged as for a report) and the within-run
+    ratios of one benchmark run (its shards merged) against the baseline."""
     config = config or load_config()
-    corr = load_file(correctness, ("correctness",))
-    run = load_file(bench, ("benchmark", "baseline")) if bench else None
+    corr = load_correctness(correctness)
+    if corr is None:
+        raise InputError("gate: no correctness file given")
+    runs = load_benches(bench)
+    if len(runs) > 1:
+        raise InputError("the gate judges one benchmark run, but the --bench files come from "
+                         f"{len(runs)} runs (other commits, machines or versions): "
+                         + "; ".join(" + ".join(r.sources) for r in runs)
+                         + ". Gate each run with its own command")
+    run = runs[0] if runs else None
     note = ""
     base = None
     if baseline:

@@ -17,6 +17,7 @@ from reports.comparison import ratio_changes, within_run_ratios
 from reports.config import GateConfig
 from reports.format import ratio_text
 from reports.loading import BenchRun, Check, CorrectnessRun
+from reports.merge import CorrectnessSet
 
 
 @dataclass
@@ -36,8 +37,10 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun | None,
-         config: GateConfig, baseline_note: str = "") -> GateResult:
+def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
+         baseline: BenchRun | None, config: GateConfig, baseline_note: str = "") -> GateResult:
+    """``correctness``: every check counts, from every run (merge.py) when there are several."""
+    runs = correctness.runs if isinstance(correctness, CorrectnessSet) else [correctness]
     checks = correctness.checks
     failures = [c for c in checks if c.verdict == "failed"]
     result = GateResult(failures=failures, empty=not checks)
@@ -53,8 +56,9 @@ def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun
                      f"{len(algos)} algorithm(s): {', '.join(algos[:10])}"
                      + (" ..." if len(algos) > 10 else ""))
         for c in failures[:20]:
-            lines.append(f"  - {c.algorithm} {c.check} {c.dtype or ''} on {c.device or '?'}: "
-                         f"{_first_line(c.message) or 'failed'}")
+            where = f" ({c.run})" if c.run else ""
+            lines.append(f"  - {c.algorithm} {c.check} {c.dtype or ''} on {c.device or '?'}"
+                         f"{where}: {_first_line(c.message) or 'failed'}")
             if c.replay:
                 lines.append(f"    replay: {c.replay}")
         if len(failures) > 20:
@@ -62,6 +66,12 @@ def gate(correctness: CorrectnessRun, bench: BenchRun | None, baseline: BenchRun
     else:
         lines.append(f"correctness: all {n['passed']} checks passed"
                      + (f" ({n['skipped']} skipped)" if n["skipped"] else ""))
+    if len(runs) > 1:
+        lines.append(f"  correctness from {len(runs)} runs: "
+                     + "; ".join(r.title for r in runs))
+    if any(r.parts for r in runs):
+        lines.append("  merged shards: " + "; ".join(
+            f"{len(r.parts)} files of {r.title}" for r in runs if r.parts))
 
     if bench is None:
         lines.append("performance: not gated (no --bench file)")

@@ -305,6 +305,15 @@ class Check:
     # A check that did not fail but whose worst error was recorded as inf or nan: older
     # recorders wrote 0/0 (no allowed error, no difference) that way. Shown as 0, with a note.
     zero_over_zero: bool = False
+    # The label of the run the check belongs to when a report holds several correctness runs
+    # (other machines, devices or versions: see merge.py); empty with one run.
+    run: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        """What a check is about: algorithm x check x dtype x device, and the test item (the
+        invalid-input checks of one algorithm share the rest)."""
+        return (self.algorithm, self.check, self.dtype, self.device, self.nodeid)
 
 
 def _figures(value: Any, where: str) -> dict[str, float | str | bool]:
@@ -337,6 +346,13 @@ class CorrectnessRun:
     kind: str = "correctness"
     label: str = "correctness"
     title: str = "correctness"
+    # The files a run was merged from (merge.py): ``sources`` their paths, ``parts`` the runs
+    # as loaded, one per file; a run read from one file has ``parts`` empty.
+    sources: list[str] = field(default_factory=list)
+    parts: list[CorrectnessRun] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sources = self.sources or [self.path]
 
 
 def _correctness(doc: dict, path: str) -> CorrectnessRun:
@@ -474,6 +490,8 @@ class Bench:
     stable: bool | None = None  # None: the file does not say (older files)
     noise: dict[str, Any] = field(default_factory=dict)
     data: np.ndarray | None = field(default=None, repr=False)  # raw per-round times
+    fullname: str = ""  # pytest's node id of the benchmark (the name in older files)
+    source: str = ""  # the file it came from, in a run merged from several (merge.py)
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -518,11 +536,23 @@ class BenchRun:
     label: str = "run"
     version: str = ""
     title: str = ""
+    # As for CorrectnessRun: the files a run was merged from, and the runs as loaded.
+    sources: list[str] = field(default_factory=list)
+    parts: list[BenchRun] = field(default_factory=list)
 
     def find(self, key) -> Bench | None:
         return self._index.get(key)
 
+    def env_of(self, b: Bench) -> Environment:
+        """The environment ``b`` was measured in: its own file's, in a merged run (each shard
+        measured its own peaks and load)."""
+        for part in self.parts:
+            if part.path == b.source:
+                return part.env
+        return self.env
+
     def __post_init__(self) -> None:
+        self.sources = self.sources or [self.path]
         self._index = {b.key: b for b in self.benchmarks}
 
 
@@ -622,6 +652,7 @@ def _bench(b: Any, i: int) -> Bench:
         compile_s=_get(info, "compile_s", float, where, None),
         group=_text(info.get("group"), 300), paired=paired, ratios=ratios, stable=stable,
         noise=noise, data=_raw(stats, where),
+        fullname=_get(b, "fullname", str, where, "") or name,
     )
 
 
@@ -738,6 +769,7 @@ def _baseline(doc: dict, path: str) -> BenchRun:
             dtype=_get(b, "dtype", str, where, ""), size=_get(b, "size", str, where, ""),
             pass_=_get(b, "pass", str, where, "forward"), timing=timing,
             flops=_get(b, "flops", float, where, None), bytes=_get(b, "bytes", float, where, None),
+            fullname=_get(b, "name", str, where, ""),
         ))
     return BenchRun(path=path, created=_text(doc.get("created"), 64), env=env, benchmarks=out,
                     kind="baseline")

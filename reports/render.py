@@ -19,6 +19,7 @@ from markupsafe import Markup
 from reports import format as fmt
 from reports.analysis import Report, achieved
 from reports.loading import order_key
+from reports.merge import file_names
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|<>#!~])")
 _ENTITY = re.compile(r"&(?=#?\w+;)")
@@ -181,7 +182,7 @@ def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
         return text + (f" on {ld.cpus} CPUs" if ld.cpus else "") + (
             " (busy)" if ld.busy and when == "start" else "")
 
-    heads = [f"{r.title or r.label}: {Path(r.path).name}" for r in runs]
+    heads = [f"{r.title or r.label}: {file_names(r)}" for r in runs]
     facts = [
         ("kind", lambda r: {"correctness": "correctness checks", "benchmark": "benchmarks",
                             "baseline": "baseline (compact)"}[r.kind]),
@@ -210,9 +211,23 @@ def environment_table(runs) -> tuple[list[str], list[tuple[str, list[str]]]]:
         ("Hypothesis profile · --device",
          lambda r: f"{r.profile or '–'} · {r.device or '–'}" if r.kind == "correctness" else ""),
     ]
+    if any(r.parts for r in runs):
+        facts.insert(1, ("files", lambda r: ", ".join(Path(p).name for p in r.sources)))
+
+    def per_part(run, get) -> str:
+        """One value for a run; a run merged from several files shows each file's value
+        where they differ (the shards' start times, load, measured peaks)."""
+        if not run.parts:
+            return get(run)
+        values = [get(p) for p in run.parts]
+        if len(set(values)) == 1:
+            return values[0]
+        return " · ".join(f"{v} ({Path(p.path).name})" for v, p in zip(values, run.parts,
+                                                                       strict=True))
+
     rows = []
     for label, get in facts:
-        values = [get(r) for r in runs]
+        values = [get(r) if label == "files" else per_part(r, get) for r in runs]
         if any(v not in ("–", "", "none") for v in values):
             rows.append((label, values))
     return heads, rows
