@@ -242,8 +242,10 @@ _SIZES = {"small": 1 << 10, "medium": 1 << 20, "large": 1 << 24}  # 1K, 1M, 16.7
 
 def _size_case(name: str, n: int, dtype) -> Case:
     rng = np.random.default_rng(0)
+    # Flags that use every buffer: the benchmark differentiates with respect to all inputs.
     hyper = {"sgd": dict(lr=0.01, momentum=0.9), "adagrad": dict(lr=0.01),
-             "rmsprop": dict(lr=0.01), "adam": dict(lr=1e-3), "adamw": dict(lr=1e-3)}[name]
+             "rmsprop": dict(lr=0.01, momentum=0.9, centered=True),
+             "adam": dict(lr=1e-3, amsgrad=True), "adamw": dict(lr=1e-3, amsgrad=True)}[name]
     names = _BUFFERS[name](hyper)
     inputs = {"params": S.normal(rng, (n,), dtype), "grads": S.normal(rng, (n,), dtype)}
     for b in names:
