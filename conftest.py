@@ -52,8 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-impls", default="all",
                 help="comma-separated implementations to benchmark (default: all: numba, "
                      "torch-cpu, torch-cuda and every spec's peers such as sklearn)")
-    g.addoption("--bench-dtypes", default="float32",
-                help="comma-separated dtypes to benchmark (default: float32)")
+    g.addoption("--bench-dtypes", default="default",
+                help="comma-separated dtypes to benchmark: float32, float64, or default (each "
+                     "spec's first dtype: float32, float64 for classical ML) (default: default)")
 
 
 _CONFIG: pytest.Config | None = None

@@ -27,7 +27,7 @@ from suites.catalog._linear_tools import (
     pass_cost,
     regression_data,
 )
-from suites.catalog.spec import Case, Cost, Invalid, Invariant, Spec, Tol
+from suites.catalog.spec import FLOAT64_FIRST, Case, Cost, Invalid, Invariant, Spec, Tol
 
 _SIZES = {"small": (64, 8), "medium": (10_000, 50), "large": (100_000, 100)}
 _ALPHAS = [0.0, 1e-3, 0.1, 1.0, 10.0]
@@ -151,7 +151,7 @@ def _sk_ridge(params):
 
 
 register(Spec(
-    name="linear_regression_fit", family=FAMILY,
+    name="linear_regression_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="least squares by the normal equations (min-norm when rank-deficient)",
     forward=lambda X, y, **p: (L.linear_regression_fit(X, y, **p), None),
     torch=_lstsq_twin, cases=_ls_cases, sizes=_sized(_fit_size), cost=gram_cost,
@@ -161,7 +161,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="ridge_fit", family=FAMILY,
+    name="ridge_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="||y - Xw - b||^2 + alpha ||w||^2 by Cholesky of X_c^T X_c + alpha I",
     forward=lambda X, y, **p: (L.ridge_fit(X, y, **p), None),
     torch=_ridge_twin, cases=lambda dtype: _ls_cases(dtype, ridge=True),
@@ -250,7 +250,7 @@ def _gd_size(nd, dtype):
 
 
 register(Spec(
-    name="linear_regression_gd_fit", family=FAMILY,
+    name="linear_regression_gd_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="least squares (1/2n) by full-batch gradient descent from 0",
     forward=lambda X, y, **p: (L.linear_regression_gd_fit(X, y, **p), None),
     torch=_gd_twin, cases=_gd_cases, sizes=_sized(_gd_size),
@@ -313,7 +313,7 @@ def _sk_lasso(params):
 
 
 register(Spec(
-    name="lasso_fit", family=FAMILY,
+    name="lasso_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="(1/2n) ||y - Xw - b||^2 + alpha ||w||_1 by coordinate descent (Gram form)",
     forward=lambda X, y, **p: (L.lasso_fit(X, y, **p), None),
     torch=None, cases=_lasso_cases, sizes=_sized(_lasso_size), cost=gram_cost,
@@ -384,7 +384,7 @@ def _sk_poly(case: Case, pass_: str):
 
 
 register(Spec(
-    name="polynomial_features", family=FAMILY,
+    name="polynomial_features", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="all monomials up to degree, scikit-learn's column order",
     forward=L.polynomial_features, backward=L.polynomial_features_backward, grad_inputs=("X",),
     torch=_poly_twin, cases=_poly_cases,
@@ -451,7 +451,7 @@ def _polyreg_cost(case: Case) -> Cost:
 
 
 register(Spec(
-    name="polynomial_regression_fit", family=FAMILY,
+    name="polynomial_regression_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="least squares on polynomial features (no bias column; fitted intercept)",
     forward=lambda X, y, **p: (L.polynomial_regression_fit(X, y, **p), None),
     torch=_polyreg_twin, cases=_polyreg_cases,
@@ -509,7 +509,8 @@ def _predict_invalid():
 
 
 register(Spec(
-    name="linear_predict", family=FAMILY, summary="X w + b (float64 accumulation)",
+    name="linear_predict", family=FAMILY, dtypes=FLOAT64_FIRST,
+    summary="X w + b (float64 accumulation)",
     forward=lambda X, coef, intercept: (L.linear_predict(X, coef, intercept), None),
     torch=lambda X, coef, intercept: X @ coef + intercept,
     cases=_predict_cases, sizes=_sized(_predict_size), cost=pass_cost, case_tol=_predict_tol,
@@ -578,7 +579,7 @@ def _objective_invalid():
 
 
 register(Spec(
-    name="ridge_objective", family=FAMILY,
+    name="ridge_objective", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="||y - Xw - b||^2 + alpha ||w||^2 (scikit-learn's Ridge, no 1/n)",
     forward=L.ridge_objective, backward=L.ridge_objective_backward,
     grad_inputs=("coef", "intercept"),
@@ -590,7 +591,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="lasso_objective", family=FAMILY,
+    name="lasso_objective", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="(1/2n) ||y - Xw - b||^2 + alpha ||w||_1; derivative of |w| is 0 at 0",
     forward=L.lasso_objective, backward=L.lasso_objective_backward,
     grad_inputs=("coef", "intercept"),

@@ -24,7 +24,7 @@ from suites.catalog._linear_tools import (
     data_shape,
     pass_cost,
 )
-from suites.catalog.spec import Case, Invalid, Invariant, Spec
+from suites.catalog.spec import FLOAT64_FIRST, Case, Invalid, Invariant, Spec
 
 _SIZES = {"small": (64, 8), "medium": (10_000, 50), "large": (100_000, 100)}
 _CS = [0.01, 1.0, 10.0]
@@ -142,7 +142,7 @@ def _objective_invalid(params):
 
 
 register(Spec(
-    name="logistic_objective", family=FAMILY,
+    name="logistic_objective", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="1/2 ||W||^2 + C sum log-loss (binary: one row; multinomial: K rows)",
     forward=LS.logistic_objective, backward=LS.logistic_objective_backward,
     grad_inputs=("coef", "intercept"), torch=_logistic_twin, cases=_objective_cases,
@@ -151,7 +151,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="linear_svm_objective", family=FAMILY,
+    name="linear_svm_objective", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="1/2 ||W||^2 + (b/s)^2/2 + C sum (squared) hinge, one-vs-rest (LinearSVC)",
     forward=LS.linear_svm_objective, backward=LS.linear_svm_objective_backward,
     grad_inputs=("coef", "intercept"), torch=_svm_twin,
@@ -258,7 +258,7 @@ def _sk_svc(p):
 
 
 register(Spec(
-    name="logistic_regression_fit", family=FAMILY,
+    name="logistic_regression_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="L2 logistic regression (binary / multinomial) by L-BFGS on the own objective",
     forward=lambda X, y, **p: (LS.logistic_regression_fit(X, y, **p), None),
     torch=None, cases=_fit_cases,
@@ -272,7 +272,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="linear_svm_fit", family=FAMILY,
+    name="linear_svm_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="LinearSVC (squared hinge, penalised intercept, one-vs-rest) by L-BFGS",
     forward=lambda X, y, **p: (LS.linear_svm_fit(X, y, **p), None),
     torch=None, cases=_fit_cases,
@@ -353,7 +353,7 @@ def _predict_invalid():
 
 
 register(Spec(
-    name="linear_classifier_predict", family=FAMILY,
+    name="linear_classifier_predict", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="labels of a linear classifier: [f > 0] (one row) or first argmax (K rows)",
     forward=lambda X, coef, intercept: (LS.linear_classifier_predict(X, coef, intercept), None),
     torch=_predict_twin, cases=_predict_cases,
@@ -364,7 +364,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="logistic_regression_predict_proba", family=FAMILY,
+    name="logistic_regression_predict_proba", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="class probabilities: [1 - sigma(f), sigma(f)] or softmax(f)",
     forward=lambda X, coef, intercept: (LS.logistic_regression_predict_proba(X, coef,
                                                                              intercept), None),

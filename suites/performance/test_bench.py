@@ -94,10 +94,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     impls = _option_list(config, "--bench-impls", ("all", COMPILED) + IMPLS + tuple(peers))
     if "all" in impls:
         impls = list(IMPLS) + peers + [i for i in impls if i == COMPILED]
-    dtypes = [np.dtype(d) for d in _option_list(config, "--bench-dtypes", ("float32", "float64"))]
+    wanted = _option_list(config, "--bench-dtypes", ("default", "float32", "float64"))
     params = []
     for spec in all_specs():
-        for dtype in (d for d in dtypes if d in spec.dtypes):
+        # "default": the spec's first dtype (float32 for deep learning, float64 where the
+        # peers' users work in it, e.g. scikit-learn)
+        dtypes = {spec.dtypes[0]} if "default" in wanted else set()
+        dtypes |= {np.dtype(d) for d in wanted if d != "default"}
+        for dtype in (d for d in spec.dtypes if d in dtypes):
             for size in _sizes(spec, sizes):
                 for pass_ in PASSES if spec.differentiable else PASSES[:1]:
                     for impl in _impls(spec, impls):
