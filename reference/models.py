@@ -47,7 +47,8 @@ __all__ = [
     "mlp_init", "mlp", "mlp_backward", "cnn_init", "cnn", "cnn_backward",
     "classifier_loss", "classifier_loss_backward", "perceptron_epoch",
     "OPTIMIZERS", "MODELS", "init_state", "optimizer_buffers", "train_step",
-    "train_step_backward",
+    "train_step_backward", "mlp_param_names", "CNN_PARAM_NAMES", "check_params",
+    "check_state",
 ]
 
 
@@ -55,19 +56,46 @@ __all__ = [
 # shared checks
 
 
-def check_params(params, want: list[tuple[int, ...]], dtype, what: str) -> list[np.ndarray]:
+def check_params(params, want: list[tuple[int, ...]], dtype, what: str,
+                 names: list[str]) -> list[np.ndarray]:
     """``params`` as a list of arrays of the given shapes and dtype, or raise naming
-    ``params[i]``."""
+    ``params[i]`` and its role (``params[0] (fc1.weight)``)."""
     if not isinstance(params, (list, tuple)):
         raise TypeError(f"params must be a list of arrays, got {type(params).__name__}")
     if len(params) != len(want):
         raise ValueError(f"params must hold {len(want)} arrays for {what}, got {len(params)}")
     out = []
     for i, (p, shape) in enumerate(zip(params, want, strict=True)):
-        p = v.float_array(p, f"params[{i}]", ndim=len(shape), dtype=dtype)
+        name = f"params[{i}] ({names[i]})"
+        p = v.float_array(p, name, ndim=len(shape), dtype=dtype)
         if p.shape != shape:
-            raise ValueError(f"params[{i}] must have shape {shape} for {what}, got {p.shape}")
+            raise ValueError(f"{name} must have shape {shape} for {what}, got {p.shape}")
         out.append(p)
+    return out
+
+
+def check_state(state, buffers: tuple[str, ...], shapes: list[tuple], dtype, names: list[str]):
+    """The optimizer's buffers: exactly ``buffers``, each a list shaped like ``params``; errors
+    name ``state['exp_avg'][i] (exp_avg of fc1.weight)``."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of buffers {list(buffers)}, got "
+                        f"{type(state).__name__}")
+    if sorted(state) != sorted(buffers):
+        raise ValueError(f"state must have exactly the buffers {list(buffers)}, got {list(state)}")
+    out = {}
+    for b in buffers:
+        arrs = state[b]
+        if not isinstance(arrs, (list, tuple)) or len(arrs) != len(shapes):
+            raise ValueError(f"state[{b!r}] must be a list of {len(shapes)} arrays (one per "
+                             f"parameter), got {type(arrs).__name__}")
+        out[b] = []
+        for i, (a, shape) in enumerate(zip(arrs, shapes, strict=True)):
+            name = f"state[{b!r}][{i}] ({b} of {names[i]})"
+            a = v.float_array(a, name, dtype=dtype)
+            if a.shape != shape:
+                raise ValueError(f"{name} must have the shape of params[{i}] {shape}, "
+                                 f"got {a.shape}")
+            out[b].append(a)
     return out
 
 
@@ -125,6 +153,11 @@ def _mlp_shapes(x: np.ndarray, params) -> list[tuple[int, ...]]:
     return want
 
 
+def mlp_param_names(n: int) -> list[str]:
+    """``fc1.weight, fc1.bias, fc2.weight, ...`` for ``n`` parameters."""
+    return [f"fc{i // 2 + 1}.{'weight' if i % 2 == 0 else 'bias'}" for i in range(n)]
+
+
 def mlp(x: np.ndarray, params) -> tuple[np.ndarray, MLPCtx]:
     r"""Multi-layer perceptron with ReLU hidden layers; returns the logits (N, C).
 
@@ -135,7 +168,8 @@ def mlp(x: np.ndarray, params) -> tuple[np.ndarray, MLPCtx]:
     Backward (``mlp_backward``) is the chain of the parts' backwards.
     """
     x = v.float_array(x, "x", ndim=2)
-    ps = check_params(params, _mlp_shapes(x, params), x.dtype, "this MLP")
+    ps = check_params(params, _mlp_shapes(x, params), x.dtype, "this MLP",
+                      mlp_param_names(len(params)))
     lins, relus = [], []
     a = x
     for i in range(0, len(ps), 2):
@@ -167,6 +201,8 @@ def mlp_backward(ctx: MLPCtx, grad_out: np.ndarray) -> tuple[np.ndarray, list[np
 
 
 CNN_LAYERS = 4
+CNN_PARAM_NAMES = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "conv3", "fc")
+                   for kind in ("weight", "bias")]
 
 
 class CNNCtx(NamedTuple):
@@ -244,7 +280,7 @@ def cnn(x: np.ndarray, params) -> tuple[np.ndarray, CNNCtx]:
     maximum of each window, relu'(0) = 0.
     """
     x = v.float_array(x, "x", ndim=4)
-    ps = check_params(params, _cnn_shapes(x, params), x.dtype, "this CNN")
+    ps = check_params(params, _cnn_shapes(x, params), x.dtype, "this CNN", CNN_PARAM_NAMES)
     convs, relus, pools = [], [], []
     a = x
     for i in range(3):
@@ -257,7 +293,7 @@ def cnn(x: np.ndarray, params) -> tuple[np.ndarray, CNNCtx]:
             a, c = max_pool2d(a, 2)
             pools.append(c)
     flat_shape = a.shape
-    z, fc = linear(a.reshape(a.shape[0], -1), ps[6], ps[7])
+    z, fc = linear(a.reshape(a.shape[0], math.prod(a.shape[1:])), ps[6], ps[7])
     return z, CNNCtx(convs, relus, pools, fc, flat_shape, x.dtype)
 
 
@@ -400,6 +436,7 @@ def init_state(optimizer: str, params, **init) -> dict:
 
 
 class TrainStepCtx(NamedTuple):
+    model: str
     backward: Callable
     loss_ctx: Any
     dtype: np.dtype
@@ -413,9 +450,12 @@ def _model(model: str):
     return table[v.choice(model, "model", tuple(table))]
 
 
-MODELS: dict[str, tuple[Callable, Callable]] = {
-    "mlp": (lambda x, y, params: classifier_loss("mlp", x, y, params), classifier_loss_backward),
-    "cnn": (lambda x, y, params: classifier_loss("cnn", x, y, params), classifier_loss_backward),
+# name -> (loss(*inputs, params), loss_backward(ctx, g), parameter names for n parameters)
+MODELS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "mlp": (lambda x, y, params: classifier_loss("mlp", x, y, params), classifier_loss_backward,
+            mlp_param_names),
+    "cnn": (lambda x, y, params: classifier_loss("cnn", x, y, params), classifier_loss_backward,
+            lambda n: CNN_PARAM_NAMES),
 }
 
 
@@ -429,15 +469,18 @@ def train_step(model: str, inputs: tuple, params, state: dict, step: int, *,
     buffers (``init_state``); ``step`` the 1-based step number; ``hyper`` the optimizer's
     keyword arguments. Returns ``((loss, new_params, new_state), ctx)``; nothing is mutated.
     """
-    loss_fn, loss_bwd = _model(model)
+    loss_fn, loss_bwd, names = _model(model)
     opt = OPTIMIZERS[v.choice(optimizer, "optimizer", tuple(OPTIMIZERS))][0]
+    buffers = optimizer_buffers(optimizer, **hyper)
     if not isinstance(inputs, tuple):
         raise TypeError(f"inputs must be a tuple of the model's data arrays, got "
                         f"{type(inputs).__name__}")
     loss, lctx = loss_fn(*inputs, params)
+    state = check_state(state, buffers, [np.shape(p) for p in params], loss.dtype,
+                        names(len(params)))
     _, grads = loss_bwd(lctx, np.ones((), loss.dtype))
     (new_params, new_state), _ = opt(list(params), grads, state, step, **hyper)
-    return (loss, new_params, new_state), TrainStepCtx(loss_bwd, lctx, loss.dtype)
+    return (loss, new_params, new_state), TrainStepCtx(model, loss_bwd, lctx, loss.dtype)
 
 
 def train_step_backward(ctx: TrainStepCtx, grad_out) -> tuple[tuple, list[np.ndarray]]:
