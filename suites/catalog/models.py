@@ -324,12 +324,12 @@ def _case(data: dict, params: list, bufs: dict, hyper: dict, names: list[str]) -
     return Case(inputs, hyper)
 
 
-MLP_MAX_LAYERS = 3
+MLP_MAX_LAYERS = 2  # the seed sizes have 2 (benchmark sizes must give every input)
 
 
 @st.composite
 def _mlp_cases(draw, dtype):
-    """Batch 1-6, 1-3 layers of width 1-6, 1-5 classes, seeded normal data and weights."""
+    """Batch 1-6, 1-2 layers of width 1-6, 1-5 classes, seeded normal data and weights."""
     rng = draw(S.seeds())
     n = draw(st.integers(1, 6))
     widths = [draw(st.integers(1, 6))]
