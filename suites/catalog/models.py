@@ -527,3 +527,88 @@ register(_classifier_spec(
     {"small": _cnn_size(8, 8, (4, 8, 8)), "medium": _cnn_size(64, 28, (8, 16, 32)),
      "large": _cnn_size(256, 28, (8, 16, 32))},
     M.CNN_PARAM_NAMES, _cnn_flops, _smooth_cnn))
+
+
+# ---------------------------------------------------------------------------------------------
+# the perceptron: one epoch of the learning rule (no derivative: not a gradient method)
+
+
+def _perceptron_twin(x, y, w, b, *, lr):
+    """The same rule with tensors: ``heaviside`` of ``F.linear``, an update on each mistake."""
+    w, b = w.clone(), b.clone()
+    mistakes = 0
+    zero = torch.zeros((), dtype=x.dtype)
+    for i in range(x.shape[0]):
+        y_hat = torch.heaviside(F.linear(x[i], w[None], b), zero)
+        err = y[i].to(x.dtype) - y_hat[0]
+        if err.item() != 0:
+            mistakes += 1
+            w = w + (lr * err) * x[i]
+            b = b + lr * err
+    return w, b, torch.tensor(mistakes, dtype=torch.int64)
+
+
+def _perceptron_forward(x, y, w, b, *, lr):
+    return M.perceptron_epoch(x, y, w, b, lr=lr)
+
+
+@st.composite
+def _perceptron_cases(draw, dtype):
+    """Integer-valued features, weights and bias and a dyadic rate: every dot product and
+    update is exact in float32 and float64, so both sides decide every sign alike (with real
+    values a sum within rounding of 0 could legitimately go either way)."""
+    rng = draw(S.seeds())
+    n, d = draw(st.integers(1, 12)), draw(st.integers(1, 5))
+    x = rng.integers(-5, 6, (n, d)).astype(dtype)
+    y = rng.integers(0, 2, n)
+    zero_start = draw(st.booleans())
+    w = np.zeros(d, dtype) if zero_start else rng.integers(-3, 4, d).astype(dtype)
+    b = np.zeros(1, dtype) if zero_start else rng.integers(-3, 4, 1).astype(dtype)
+    return Case({"x": x, "y": y, "w": w, "b": b},
+                {"lr": draw(st.sampled_from([1.0, 0.5, 2.0, 0.25]))})
+
+
+def _perceptron_size(n: int, d: int):
+    def build(dtype):
+        rng = np.random.default_rng(0)
+        x = rng.integers(-5, 6, (n, d)).astype(dtype)
+        w_star = rng.standard_normal(d)
+        y = (x @ w_star > 0).astype(np.int64)
+        return Case({"x": x, "y": y, "w": np.zeros(d, dtype), "b": np.zeros(1, dtype)},
+                    {"lr": 1.0})
+
+    return build
+
+
+def _mistakes_bounded(case: Case, outs) -> None:
+    n = case.inputs["x"].shape[0]
+    assert 0 <= int(outs[2]) <= n, f"{int(outs[2])} mistakes in an epoch of {n} samples"
+
+
+def _perceptron_invalid():
+    base = _perceptron_size(4, 3)
+
+    def edit(name, fn):
+        def make():
+            case = base(np.dtype(np.float64))
+            inputs = dict(case.inputs)
+            inputs[name] = fn(inputs[name])
+            return Case(inputs, case.params)
+        return make
+
+    return (Invalid("labels outside {0, 1}", edit("y", lambda y: y + 2), ValueError, r"\by\b"),
+            Invalid("w of the wrong length", edit("w", lambda w: w[:-1]), ValueError, r"\bw\b"),
+            Invalid("b of shape (2,)", edit("b", lambda b: np.zeros(2)), ValueError, r"\bb\b"))
+
+
+register(Spec(
+    name="perceptron_epoch", family=FAMILY,
+    summary="Rosenblatt's rule: one pass, w += lr (y - H(w.x + b)) x on mistakes",
+    forward=_perceptron_forward, torch=_perceptron_twin, cases=_perceptron_cases,
+    sizes={"small": _perceptron_size(64, 16), "medium": _perceptron_size(512, 64),
+           "large": _perceptron_size(4096, 256)},
+    cost=lambda case: Cost(4.0 * case.inputs["x"].size, 2.0 * case.inputs["x"].nbytes),
+    nondifferentiable="the step activation has no derivative (torch.heaviside has none)",
+    invariants=(Invariant("0 <= mistakes <= samples", _mistakes_bounded),),
+    invalid=_perceptron_invalid(),
+))
