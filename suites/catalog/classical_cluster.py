@@ -229,7 +229,7 @@ register(Spec(
 # ---------------------------------------------------------------------------------------------
 # Gaussian mixture
 
-_GMM_SHAPES = {"small": (512, 4, 3), "medium": (10_000, 16, 5), "large": (50_000, 32, 8)}
+_GMM_SHAPES = {"small": (512, 4, 3), "medium": (10_000, 16, 5), "large": (20_000, 16, 8)}
 
 
 def initial_parameters(rng: np.random.Generator, x: np.ndarray, k: int, covariance_type: str):
