@@ -4,6 +4,19 @@ Each check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong s
 with a message that names the argument, says what was expected and what came, so a user
 never meets a Numba typing error or a silent wrong answer. Checks are cheap: they run on
 every call, including the small sizes where Python overhead is most of the time.
+
+Arrays in any layout numpy has (slices, Fortran order, negative strides, read-only, the
+non-native byte order) are accepted and given to the kernels as native C-contiguous copies,
+so they give the answer of their C-contiguous copy.
+
+Integer parameters (sizes, strides, paddings, counts) are refused above ``INT_MAX`` = 2^31 - 1:
+no axis this library handles is that long, and a larger value would otherwise reach an
+``OverflowError`` or a request for hundreds of GiB.
+
+Backward contexts: every backward calls ``ctx_of(ctx, Type, "forward")`` first. Each forward
+returns a context of its own type (a ``NamedTuple`` subclass per algorithm, made with
+``ctx_type`` where several algorithms share a layout), so ``None``, a context of another
+algorithm or any other object is refused with a TypeError naming ``ctx``.
 """
 
 from __future__ import annotations
@@ -15,6 +28,12 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FLOATS = "float32 or float64"
+INT_MAX = 2**31 - 1
+
+
+def _native(x: np.ndarray) -> np.ndarray:
+    """``x`` in the machine's byte order (a copy only for a byte-swapped array)."""
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
 
 
 def _describe(x) -> str:
@@ -41,8 +60,9 @@ def float_array(
         x = np.asarray(x)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of {_FLOATS}, got {_describe(x)}")
-    if x.dtype not in FLOAT_DTYPES:
+    if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
         raise TypeError(f"{name} must have dtype {_FLOATS}, got {x.dtype}")
+    x = _native(x)
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name} must have the same dtype as the input ({dtype}), got {x.dtype}")
     _check_ndim(x, name, ndim, min_ndim)
@@ -58,8 +78,10 @@ def int_array(x, name: str, *, ndim: int | Sequence[int] | None = None) -> np.nd
     if x.dtype.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
     _check_ndim(x, name, ndim, 0)
+    if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64, got {x.max()}")
     if x.dtype != np.int64 or not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x, dtype=np.int64)  # 1-d or more here, so no 0-d promotion
+        x = np.array(x, dtype=np.int64, order="C")  # keeps a 0-d array 0-d
     return x
 
 
@@ -106,9 +128,9 @@ def real(value, name: str, *, lo: float = -math.inf, hi: float = math.inf,
     return v
 
 
-def integer(value, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
-    """An integer parameter within [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def integer(value, name: str, *, lo: int | None = None, hi: int | None = INT_MAX) -> int:
+    """An integer parameter within [lo, hi] (``hi`` defaults to ``INT_MAX``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {_describe(value)}")
     v = int(value)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -158,15 +180,16 @@ def bool_array(x, name: str, *, shape: Sequence[int] | None = None,
         raise TypeError(f"{name} must be a numpy.ndarray of bool, got {_describe(x)}")
     if x.dtype != np.bool_:
         raise TypeError(f"{name} must have dtype bool (True = keep), got {x.dtype}")
-    if shape is not None and x.shape != tuple(shape):
+    if shape is not None and tuple(x.shape) != tuple(int(d) for d in shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}{like}, got {x.shape}")
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
-def int_tuple(value, name: str, n: int, *, lo: int | None = None) -> tuple[int, ...]:
+def int_tuple(value, name: str, n: int, *, lo: int | None = None,
+              hi: int = INT_MAX) -> tuple[int, ...]:
     """An integer or a sequence of ``n`` integers (one per spatial dim: a stride, a padding),
-    each at least ``lo``, as a tuple of ``n`` Python ints."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, tuple, list)):
+    each in [lo, hi], as a tuple of ``n`` Python ints."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, tuple, list)):
         raise TypeError(f"{name} must be an integer or a sequence of {n} integers, "
                         f"got {_describe(value)}")
     items = [value] * n if isinstance(value, (int, np.integer)) else list(value)
@@ -175,10 +198,12 @@ def int_tuple(value, name: str, n: int, *, lo: int | None = None) -> tuple[int, 
                          f"got {len(items)} values {value!r}")
     out = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
             raise TypeError(f"{name} must hold integers, got {_describe(item)} in {value!r}")
         if lo is not None and item < lo:
             raise ValueError(f"{name} must be at least {lo}, got {value!r}")
+        if item > hi:
+            raise ValueError(f"{name} must be at most {hi}, got {value!r}")
         out.append(int(item))
     return tuple(out)
 
@@ -188,3 +213,56 @@ def boolean(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {_describe(value)}")
     return bool(value)
+
+
+def ctx_type(base: type, name: str, forward: str) -> type:
+    """A context type of its own for ``forward``, with ``base``'s fields (a NamedTuple).
+
+    Algorithms that save the same things (the elementwise activations, the pointwise losses)
+    share a layout but not a type, so one's backward refuses the other's context.
+    """
+    cls = type(name, (base,), {"__slots__": (), "__doc__": f"What {forward}() keeps for its "
+                               f"backward ({base.__name__}'s fields).",
+                               "__module__": base.__module__})
+    return cls
+
+
+def ctx_of(ctx, cls: type, forward: str):
+    """Check that ``ctx`` is the context ``forward`` returned (an instance of exactly ``cls``)."""
+    if type(ctx) is not cls:
+        raise TypeError(f"ctx must be the context returned by {forward}() (a {cls.__name__}), "
+                        f"got {_describe(ctx) if ctx is not None else 'None'}")
+    return ctx
+
+
+def grad_out_tuple(grad_out, n: int, names: str):
+    """A backward's upstream gradient for ``n`` outputs: a tuple or list of ``n`` entries."""
+    if not isinstance(grad_out, (tuple, list)) or len(grad_out) != n:
+        got = (f"a sequence of {len(grad_out)}" if isinstance(grad_out, (tuple, list))
+               else _describe(grad_out))
+        raise TypeError(f"grad_out must be a tuple {names}, got {got}")
+    return tuple(grad_out)
+
+
+def keep(x: np.ndarray, given) -> np.ndarray:
+    """``x`` (a checked version of the caller's ``given``) as an array the ctx may keep.
+
+    A backward must not see a caller's later in-place edits (torch refuses such a backward
+    through its version counter): when the check returned the caller's own array, the ctx
+    keeps a private copy; a copy the check already made is kept as it is.
+    """
+    if isinstance(given, np.ndarray) and np.may_share_memory(x, given):
+        return x.copy()
+    return x
+
+
+def empty(shape: tuple[int, ...], dtype, blame: str) -> np.ndarray:
+    """``np.empty(shape, dtype)`` for an output whose size the parameters in ``blame`` set
+    (a padding, a length): a size no machine can allocate is a ValueError naming them, not a
+    MemoryError asking for hundreds of GiB."""
+    try:
+        return np.empty(shape, dtype)
+    except (MemoryError, ValueError, OverflowError):
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        raise ValueError(f"{blame} would make an output of shape {tuple(shape)} "
+                         f"({nbytes / 2**30:.3g} GiB), more than can be allocated") from None

@@ -10,6 +10,18 @@ Elementwise math is done in float64 and rounded once to the input's dtype (exp, 
 from reference/_vmath.py, which vectorise); float32 softmax rows evaluate e^(x - m) in float32
 lanes (<= 0.9 ulp) for speed. Softmax sums accumulate in float64. Kernels work on flat views;
 ``ctx`` keeps what backward needs.
+
+Contexts: each forward returns a context of its own type (``SigmoidCtx``, ``ReluCtx``, ...),
+and each backward refuses any other (``None``, another activation's) with a TypeError naming
+``ctx``; ``grad_out`` must have the forward output's shape and dtype.
+
+Mutation after forward: the context keeps private copies of the arrays backward reads (the
+input, or the output that is also returned to the caller), so editing either in place before
+backward does not change the gradient (torch refuses such a backward through its version
+counter; here it is simply unaffected). The copy is one more read and write of the array;
+backward is unchanged. Measured within one run (interleaved, 1M float32 elements, on a loaded
+2-core machine, so within noise of +-20%): relu, sigmoid, GELU and softmax forwards with the
+copy took 0.8-1.0x the time without it, i.e. the copy was not measurable there.
 """
 
 from __future__ import annotations
@@ -38,6 +50,13 @@ class Saved(NamedTuple):
     y: np.ndarray | None
     param: float = 0.0
     mode: str = ""
+
+
+SigmoidCtx = v.ctx_type(Saved, "SigmoidCtx", "sigmoid")
+TanhCtx = v.ctx_type(Saved, "TanhCtx", "tanh")
+ReluCtx = v.ctx_type(Saved, "ReluCtx", "relu")
+LeakyReluCtx = v.ctx_type(Saved, "LeakyReluCtx", "leaky_relu")
+GeluCtx = v.ctx_type(Saved, "GeluCtx", "gelu")
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -103,10 +122,12 @@ def sigmoid(x: np.ndarray) -> tuple[np.ndarray, Saved]:
     """
     x = v.float_array(x, "x")
     y = _unary(x, _sigmoid_fwd)
-    return y, Saved(None, y)
+    return y, SigmoidCtx(None, y.copy())
 
 
 def sigmoid_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx = dy * y (1 - y)`` from the saved output."""
+    v.ctx_of(ctx, SigmoidCtx, "sigmoid")
     return (_binary(ctx.y, grad_out, _sigmoid_bwd),)
 
 
@@ -145,10 +166,12 @@ def tanh(x: np.ndarray) -> tuple[np.ndarray, Saved]:
     """
     x = v.float_array(x, "x")
     y = _unary(x, _tanh_fwd)
-    return y, Saved(None, y)
+    return y, TanhCtx(None, y.copy())
 
 
 def tanh_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx = dy * (1 - y^2)`` from the saved output."""
+    v.ctx_of(ctx, TanhCtx, "tanh")
     return (_binary(ctx.y, grad_out, _tanh_bwd),)
 
 
@@ -187,12 +210,14 @@ def relu(x: np.ndarray) -> tuple[np.ndarray, Saved]:
 
     At the kink ``relu'(0) = 0`` (PyTorch's convention). NaN propagates.
     """
-    x = v.float_array(x, "x")
-    y = _unary(x, _leaky_fwd, 0.0)
-    return y, Saved(x, None, 0.0)
+    xc = v.float_array(x, "x")
+    y = _unary(xc, _leaky_fwd, 0.0)
+    return y, ReluCtx(v.keep(xc, x), None, 0.0)
 
 
 def relu_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx = dy * [x > 0]``."""
+    v.ctx_of(ctx, ReluCtx, "relu")
     return (_binary(ctx.x, grad_out, _leaky_bwd, 0.0),)
 
 
@@ -204,13 +229,15 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray,
 
     At the kink the derivative is ``a`` (PyTorch's convention: ``x > 0`` selects the identity).
     """
-    x = v.float_array(x, "x")
+    xc = v.float_array(x, "x")
     a = v.real(negative_slope, "negative_slope")
-    y = _unary(x, _leaky_fwd, a)
-    return y, Saved(x, None, a)
+    y = _unary(xc, _leaky_fwd, a)
+    return y, LeakyReluCtx(v.keep(xc, x), None, a)
 
 
 def leaky_relu_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx = dy`` where ``x > 0``, else ``a dy``."""
+    v.ctx_of(ctx, LeakyReluCtx, "leaky_relu")
     return (_binary(ctx.x, grad_out, _leaky_bwd, ctx.param),)
 
 
@@ -255,8 +282,11 @@ def step(x: np.ndarray, value_at_zero: float = 0.0) -> tuple[np.ndarray, None]:
 
 
 class SoftmaxCtx(NamedTuple):
-    y: np.ndarray  # the forward output (softmax or log-softmax), shape of x
+    y: np.ndarray  # the forward output (softmax or log-softmax), shape of x; a private copy
     axis: int
+
+
+LogSoftmaxCtx = v.ctx_type(SoftmaxCtx, "LogSoftmaxCtx", "log_softmax")
 
 
 def _three_d(x: np.ndarray, axis: int) -> tuple[int, int, int]:
@@ -634,10 +664,14 @@ def _softmax(x, axis, log: bool):
     y = np.empty_like(x)
     if x.size:
         _run_softmax(x, x, y, ax, 1 if log else 0)
-    return y, SoftmaxCtx(y, ax)
+    return y, (LogSoftmaxCtx if log else SoftmaxCtx)(y.copy(), ax)
 
 
 def _softmax_backward(ctx: SoftmaxCtx, grad_out, log: bool):
+    if log:
+        v.ctx_of(ctx, LogSoftmaxCtx, "log_softmax")
+    else:
+        v.ctx_of(ctx, SoftmaxCtx, "softmax")
     g = v.grad_like(grad_out, "grad_out", ctx.y)
     dx = np.empty_like(ctx.y)
     if dx.size:
@@ -658,6 +692,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxCtx]:
 
 
 def softmax_backward(ctx: SoftmaxCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx_i = y_i (dy_i - sum_j dy_j y_j)`` along the forward's axis."""
     return _softmax_backward(ctx, grad_out, False)
 
 
@@ -671,6 +706,7 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxCtx]:
 
 
 def log_softmax_backward(ctx: SoftmaxCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx_i = dy_i - e^{y_i} sum_j dy_j`` along the forward's axis."""
     return _softmax_backward(ctx, grad_out, True)
 
 
@@ -759,11 +795,13 @@ def gelu(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, Saved]:
         dx = dy\,(\tfrac12(1 + \tanh u) + \tfrac{x}{2}(1 - \tanh^2 u)\sqrt{2/\pi}(1 + 3 \cdot
         0.044715 x^2))
     """
-    x = v.float_array(x, "x")
+    xc = v.float_array(x, "x")
     mode = v.choice(approximate, "approximate", ("none", "tanh"))
-    y = _unary(x, _gelu_fwd, mode == "tanh")
-    return y, Saved(x, None, 0.0, mode)
+    y = _unary(xc, _gelu_fwd, mode == "tanh")
+    return y, GeluCtx(v.keep(xc, x), None, 0.0, mode)
 
 
 def gelu_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx = dy * GELU'(x)`` (the formulas in ``gelu``'s docstring)."""
+    v.ctx_of(ctx, GeluCtx, "gelu")
     return (_binary(ctx.x, grad_out, _gelu_bwd, ctx.mode == "tanh"),)

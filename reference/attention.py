@@ -21,6 +21,14 @@ Implementation: per (batch, head) the two products ``Q K^T`` and ``P V`` go thro
 thread (``reference/_blas.py``) in the input's dtype, as torch's do; softmax, layer norm and
 activations are float64 per element (row sums accumulate in float64) and rounded once. The
 projections are one matrix product over all batch rows and positions.
+
+Contexts: each forward returns a context of its own type (``SDPACtx``, ``MHAPublicCtx``,
+``EncoderCtx``, ``PECtx``); each backward refuses any other (a TypeError naming ``ctx``) and a
+``grad_out`` without the forward output's shape and dtype. The contexts keep private copies
+of the caller's arrays backward reads (query/key/value, x, the weights, the dropout masks),
+so editing them in place between forward and backward does not change the gradients; the
+copies are a few passes over the inputs beside the O(L^2) attention and the projections
+(not measured separately).
 """
 
 from __future__ import annotations
@@ -149,6 +157,14 @@ class SDPACtx(NamedTuple):
     dq_shape: tuple
 
 
+def _private(a, *given):
+    """``a`` as a context may keep it: a private copy if it shares memory with one of the
+    caller's arrays ``given`` (see the module docstring)."""
+    for g in given:
+        a = v.keep(a, g)
+    return a
+
+
 def _lead_shapes(q, k, value):
     q = v.float_array(q, "query", min_ndim=2)
     k = v.float_array(k, "key", min_ndim=2, dtype=q.dtype)
@@ -233,12 +249,16 @@ def scaled_dot_product_attention(query: np.ndarray, key: np.ndarray, value: np.n
     out = np.empty((n, L, val.shape[-1]), q.dtype)
     _attn_fwd(q3, k3, v3, bias, div, has_bias, causal, _NO_KEEP, False, 1.0, s, probs, probs,
               out)
-    return out.reshape(lead + out.shape[1:]), SDPACtx(q3, k3, v3, probs, s, lead, q.shape)
+    given = (query, key, value)
+    ctx = SDPACtx(_private(q3, *given), _private(k3, *given), _private(v3, *given), probs, s,
+                  lead, q.shape)
+    return out.reshape(lead + out.shape[1:]), ctx
 
 
 def scaled_dot_product_attention_backward(ctx: SDPACtx, grad_out: np.ndarray,
                                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients ``(d query, d key, d value)``."""
+    """Gradients ``(d query, d key, d value)``; the formulas in the forward's docstring."""
+    v.ctx_of(ctx, SDPACtx, "scaled_dot_product_attention")
     shape = ctx.lead + (ctx.q.shape[1], ctx.v.shape[2])
     g = v.float_array(grad_out, "grad_out", dtype=ctx.q.dtype)
     if g.shape != shape:
@@ -503,6 +523,8 @@ def multi_head_attention(x: np.ndarray, in_proj_weight: np.ndarray, in_proj_bias
     x3 = _batch_major(x, "x", bf)
     w_in, b_in, w_out, b_out, heads = _check_mha_params(
         x3, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads)
+    given = (x, in_proj_weight, out_proj_weight)
+    x3, w_in, w_out = (_private(a, *given) for a in (x3, w_in, w_out))
     batch, length, embed = x3.shape
     bias, div, has_bias = _mha_bias(key_padding_mask, attn_mask, batch, heads, length, x3.dtype)
     mode = "none" if not nw else ("average" if avg else "per-head")
@@ -515,13 +537,11 @@ def multi_head_attention(x: np.ndarray, in_proj_weight: np.ndarray, in_proj_bias
 
 def multi_head_attention_backward(ctx: MHAPublicCtx, grad_out):
     """Gradients ``(dx, d in_proj_weight, d in_proj_bias, d out_proj_weight, d out_proj_bias)``
-    (the masks are not differentiable) for ``grad_out = (d_attn_output, d_attn_weights)``;
-    ``d_attn_weights`` may be None (and must be, without ``need_weights``)."""
+    (the masks are not differentiable) for ``grad_out = (d_attn_output, d_attn_weights)``, a
+    pair; ``d_attn_weights`` may be None (and must be, without ``need_weights``)."""
+    v.ctx_of(ctx, MHAPublicCtx, "multi_head_attention")
     inner = ctx.inner
-    if not isinstance(grad_out, tuple | list) or len(grad_out) not in (1, 2):
-        raise TypeError("grad_out must be a tuple (d_attn_output, d_attn_weights)")
-    d_out = grad_out[0]
-    d_w = grad_out[1] if len(grad_out) == 2 else None
+    d_out, d_w = v.grad_out_tuple(grad_out, 2, "(d_attn_output, d_attn_weights)")
     batch, length, embed = inner.batch, ctx.length, inner.x2.shape[1]
     shape = (batch, length, embed) if ctx.batch_first else (length, batch, embed)
     d_out = v.float_array(d_out, "grad_out d_attn_output", dtype=inner.x2.dtype)
@@ -768,6 +788,16 @@ def transformer_encoder_layer(
     bias, div, has_bias = _mha_bias(src_key_padding_mask, src_mask, batch, heads, length, dt)
     if k_attn is not None:
         k_attn = np.ascontiguousarray(k_attn).reshape(batch * heads, length, length)
+    given = (x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, linear1_weight,
+             linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
+             norm2_weight, norm2_bias, attn_dropout_mask, dropout1_mask, dropout_mask,
+             dropout2_mask)
+    x3, w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b, n2w, n2b = (
+        _private(a, *given) for a in (x3, w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b,
+                                      n2w, n2b))
+    keeps = [None if k is None else _private(k, *given) for k in keeps]
+    if k_attn is not None:
+        k_attn = _private(k_attn, *given)
     rows = batch * length
     x2 = x3.reshape(rows, embed)
     s = {}
@@ -820,7 +850,9 @@ def transformer_encoder_layer(
 
 
 def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) -> tuple:
-    """Gradients ``(dx, *d parameters in ENCODER_PARAMETERS order)``."""
+    """Gradients ``(dx, *d parameters in ENCODER_PARAMETERS order)``: the chain rule through
+    the parts (the forward's docstring)."""
+    v.ctx_of(ctx, EncoderCtx, "transformer_encoder_layer")
     batch, length, embed = ctx.shape
     shape = (batch, length, embed) if ctx.batch_first else (length, batch, embed)
     dt = ctx.params[0].dtype
@@ -942,6 +974,8 @@ def add_positional_encoding(x: np.ndarray, *, batch_first: bool = False,
 
 
 def add_positional_encoding_backward(ctx: PECtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``(dx,)`` = ``(dy,)``: adding a constant table is the identity's derivative."""
+    v.ctx_of(ctx, PECtx, "add_positional_encoding")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     if g.shape != ctx.shape:
         raise ValueError(f"grad_out must have the forward output's shape {ctx.shape}, "

@@ -10,6 +10,11 @@ their updates are returned after the output, never written in place::
     grads = basic_block_backward(ctx, dy)    # one per weight, in argument order
 
 Running statistics are not differentiable, so ``grads`` skips them.
+
+Each block's backward refuses any context but its own block's (TypeError naming ``ctx``);
+``grad_out`` is checked by the first part it reaches. The parts keep private copies of the
+caller's arrays they read in backward (see reference.conv and reference.norm), so editing x
+or a weight in place between forward and backward does not change the gradients.
 """
 
 from __future__ import annotations
@@ -124,6 +129,9 @@ def basic_block(x, conv1_weight, bn1_weight, bn1_bias, bn1_running_mean, bn1_run
              "shortcut_bn_running_mean", "shortcut_bn_running_var")
     args = (conv1_weight, bn1_weight, bn1_bias, bn1_running_mean, bn1_running_var, conv2_weight,
             bn2_weight, bn2_bias, bn2_running_mean, bn2_running_var) + sc
+    for n, a in zip(names[:10], args[:10], strict=True):
+        if a is None:
+            raise TypeError(f"{n} must be a numpy.ndarray of float32 or float64, got None")
     _check_inputs(x, {n: a for n, a in zip(names, args, strict=True) if a is not None}, shapes)
     a1, st1, p1 = _conv_bn_relu(x, conv1_weight, (bn1_weight, bn1_bias, bn1_running_mean,
                                 bn1_running_var), stride=s, padding=1, groups=1, **mode)
@@ -146,6 +154,8 @@ def basic_block(x, conv1_weight, bn1_weight, bn1_bias, bn1_running_mean, bn1_run
 
 
 def basic_block_backward(ctx: BasicBlockCtx, grad_out):
+    """The chain rule through the parts (see ``basic_block``); dx sums both branches."""
+    v.ctx_of(ctx, BasicBlockCtx, "basic_block")
     (g,) = relu_backward(ctx.c_out, grad_out)            # d(z2 + shortcut)
     da1, dw2, dg2, db2 = _conv_bn_relu_backward(ctx.part2, g)
     dx, dw1, dg1, db1 = _conv_bn_relu_backward(ctx.part1, da1)
@@ -199,6 +209,8 @@ def mobilenet_block(x, dw_weight, bn1_weight, bn1_bias, bn1_running_mean, bn1_ru
 
 
 def mobilenet_block_backward(ctx: MobileNetCtx, grad_out):
+    """The chain rule through the pointwise and depthwise parts (see ``mobilenet_block``)."""
+    v.ctx_of(ctx, MobileNetCtx, "mobilenet_block")
     da1, dpw, dg2, db2 = _conv_bn_relu_backward(ctx.pointwise, grad_out)
     dx, ddw, dg1, db1 = _conv_bn_relu_backward(ctx.depthwise, da1)
     return (dx, ddw, dg1, db1, dpw, dg2, db2)
@@ -271,6 +283,8 @@ def inception_block(x, b1_weight, b1_bias, b2_reduce_weight, b2_reduce_bias, b2_
 
 
 def inception_block_backward(ctx: InceptionCtx, grad_out):
+    """Each branch's backward on its slice of ``grad_out``; dx sums the four branches."""
+    v.ctx_of(ctx, InceptionCtx, "inception_block")
     g = v.float_array(grad_out, "grad_out", ndim=4)
     g1, g2, g3, g4 = (np.ascontiguousarray(p) for p in np.split(g, ctx.splits, axis=1))
     (c1,), (c2r, c2), (c3r, c3), (c4,) = ctx.branches

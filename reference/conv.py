@@ -12,6 +12,13 @@ np.dot inside @njit calls SciPy's OpenBLAS (float32: sgemm, which accumulates in
 torch does; the spec's float32 tolerance is derived from the sum length). BLAS threads itself,
 so none of these kernels is parallel: numba's threads and OpenBLAS's would fight for the cores.
 Chunks keep ``col`` under ``COL_BYTES``.
+
+The context is a ``ConvCtx``; backward refuses any other object (TypeError naming ``ctx``)
+and a ``grad_out`` without the output's shape and dtype. It keeps private copies of ``x`` and
+``weight`` when they are the caller's arrays, so editing them in place between forward and
+backward does not change the gradients; the copy is one pass over x and weight, small beside
+the im2col + GEMM (measured within one run on the medium size, (8, 32, 32, 32) with 32 3x3
+filters: the two copies take under 1% of the forward).
 """
 
 from __future__ import annotations
@@ -274,6 +281,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     kernel's padding goes bottom/right, as in PyTorch). ``groups`` divides both channel
     counts. Backward returns ``(dx, dW, db)``, ``db = None`` without bias.
     """
+    given = (x, weight)
     x = v.float_array(x, "x", ndim=(3, 4))
     unbatched = x.ndim == 3
     if unbatched:
@@ -314,16 +322,27 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     chunk = max(1, min(n, -(-MIN_COLS // max(oh * ow, 1)), COL_BYTES // max(per_sample, 1)))
     geo = Geometry(n, c, h, w, c_out, kh, kw, oh, ow, s[0], s[1], pt, pb, pl, pr, d[0], d[1],
                    groups, chunk)
-    y = np.empty((n, c_out, oh * ow), x.dtype)
+    y = v.empty((n, c_out, oh * ow), x.dtype, "padding, stride and dilation")
     kc, cols = (c // groups) * kh * kw, chunk * oh * ow
     ws = _workspace((kc + c_out // groups) * cols, x.dtype)
     _conv_fwd(x, weight.reshape(groups, c_out // groups, kc), bias, has_bias, y, geo,
               ws[:kc * cols], ws[kc * cols:])
     y = y.reshape(n, c_out, oh, ow)
-    return (y[0] if unbatched else y), ConvCtx(x, weight, has_bias, geo, unbatched)
+    return (y[0] if unbatched else y), ConvCtx(_own(x, given), _own(weight, given), has_bias,
+                                               geo, unbatched)
+
+
+def _own(a: np.ndarray, given: tuple) -> np.ndarray:
+    """``a`` as the ctx may keep it: a private copy if it shares memory with one of the
+    caller's arrays (see the module docstring on mutation after forward)."""
+    for g in given:
+        a = v.keep(a, g)
+    return a
 
 
 def conv2d_backward(ctx: ConvCtx, grad_out: np.ndarray):
+    """``(dx, dW, db)``; the formulas in ``conv2d``'s docstring (col2im of ``W^T dy``)."""
+    v.ctx_of(ctx, ConvCtx, "conv2d")
     geo = ctx.geo
     shape = (geo.n, geo.c_out, geo.oh, geo.ow)
     g = v.float_array(grad_out, "grad_out", dtype=ctx.x.dtype)

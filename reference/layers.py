@@ -9,6 +9,14 @@ Convolution is in ``reference.conv``, pooling in ``reference.pool``, batch and l
 
 An optional input left out (``bias=None``) gets ``None`` in its place. Randomness is an
 explicit input: dropout takes its mask; ``dropout_mask`` draws one from a numpy Generator.
+
+Contexts: each forward returns a context of its own type; each backward refuses any other
+(TypeError naming ``ctx``) and a ``grad_out`` without the forward output's shape and dtype.
+Mutation after forward: the context keeps private copies of the caller's arrays backward reads
+(linear's x and weight, dropout's mask, embedding's indices), so editing them in place before
+backward does not change the gradients. For linear the copies are O(inputs) beside an
+O(inputs * out_features) GEMM; for dropout the mask copy is one byte per element (measured
+within one run at 1M float32 elements on a loaded machine: not measurable, 0.9x +- noise).
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
 
     (sums over all leading dims). Backward returns ``(dx, dW, db)``, ``db = None`` without bias.
     """
+    x_given, w_given = x, weight
     x = v.float_array(x, "x", min_ndim=1)
     weight = v.float_array(weight, "weight", ndim=2, dtype=x.dtype)
     if weight.shape[1] != x.shape[-1]:
@@ -93,10 +102,13 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
     x2 = x.reshape(-1, x.shape[-1])
     y2 = np.empty((x2.shape[0], weight.shape[0]), x.dtype)
     _linear_fwd(x2, weight, bias, has_bias, y2)
-    return y2.reshape(x.shape[:-1] + (weight.shape[0],)), LinearCtx(x2, weight, has_bias, x.shape)
+    return y2.reshape(x.shape[:-1] + (weight.shape[0],)), LinearCtx(
+        _own(x2, x_given), _own(weight, w_given), has_bias, x.shape)
 
 
 def linear_backward(ctx: LinearCtx, grad_out: np.ndarray):
+    """``(dx, dW, db)``: ``dy W``, ``dy^T x`` and ``dy`` summed over the leading dims."""
+    v.ctx_of(ctx, LinearCtx, "linear")
     w = ctx.weight
     g = v.float_array(grad_out, "grad_out", dtype=w.dtype)
     v.same_shape(np.empty(ctx.x_shape[:-1] + (w.shape[0],), dtype=bool), "the forward output",
@@ -114,9 +126,20 @@ def linear_backward(ctx: LinearCtx, grad_out: np.ndarray):
 
 
 class DropoutCtx(NamedTuple):
-    mask: np.ndarray  # bool; (N, C) for channel dropout, else x's shape
+    mask: np.ndarray  # bool; (N, C) for channel dropout, else x's shape; a private copy
     scale: float      # 1 / (1 - p); 0 when p = 1
     all_dropped: bool  # p = 1
+    out_shape: tuple[int, ...] = ()
+    dtype: np.dtype | None = None
+
+
+Dropout2dCtx = v.ctx_type(DropoutCtx, "Dropout2dCtx", "dropout2d")
+
+
+def _own(a: np.ndarray, given) -> np.ndarray:
+    """``a`` as a ctx may keep it: a private copy if it shares memory with the caller's
+    ``given`` (see the module docstring on mutation after forward)."""
+    return v.keep(a, given)
 
 
 def _dropout_p(p) -> tuple[float, bool]:
@@ -163,15 +186,17 @@ def dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray
     (NaN stays NaN) and ``dx = 0``, as in PyTorch, whatever the mask.
     """
     x = v.float_array(x, "x")
-    mask = v.bool_array(mask, "mask", shape=x.shape, like=" (the shape of x)")
+    m = v.bool_array(mask, "mask", shape=x.shape, like=" (the shape of x)")
     scale, all_dropped = _dropout_p(p)
     y = np.empty_like(x)
-    _scale_by_mask(x.reshape(-1), mask.reshape(-1), scale, all_dropped, 1, y.reshape(-1))
-    return y, DropoutCtx(mask, scale, all_dropped)
+    _scale_by_mask(x.reshape(-1), m.reshape(-1), scale, all_dropped, 1, y.reshape(-1))
+    return y, DropoutCtx(_own(m, mask), scale, all_dropped, x.shape, x.dtype)
 
 
 def dropout_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    g = v.float_array(grad_out, "grad_out")
+    """``dx = dy * m / (1 - p)`` (0 when ``p = 1``)."""
+    v.ctx_of(ctx, DropoutCtx, "dropout")
+    g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     v.same_shape(ctx.mask, "the forward output", g, "grad_out")
     dx = np.empty_like(g)
     _scale_by_mask(g.reshape(-1), ctx.mask.reshape(-1), ctx.scale, ctx.all_dropped, 1,
@@ -190,18 +215,20 @@ def dropout2d(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarr
     ``p = 1`` gives ``0 \cdot x`` and zero gradients, as ``dropout`` does.
     """
     x = v.float_array(x, "x", ndim=4)
-    mask = v.bool_array(mask, "mask", shape=x.shape[:2], like=" (N, C) of x")
+    m = v.bool_array(mask, "mask", shape=x.shape[:2], like=" (N, C) of x")
     scale, all_dropped = _dropout_p(p)
     y = np.empty_like(x)
     inner = x.shape[2] * x.shape[3]
-    _scale_by_mask(x.reshape(-1), mask.reshape(-1), scale, all_dropped, inner, y.reshape(-1))
-    return y, DropoutCtx(mask, scale, all_dropped)
+    _scale_by_mask(x.reshape(-1), m.reshape(-1), scale, all_dropped, inner, y.reshape(-1))
+    return y, Dropout2dCtx(_own(m, mask), scale, all_dropped, x.shape, x.dtype)
 
 
 def dropout2d_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    g = v.float_array(grad_out, "grad_out", ndim=4)
-    if g.shape[:2] != ctx.mask.shape:
-        raise ValueError(f"grad_out must have the forward output's (N, C) = {ctx.mask.shape}, "
+    """``dx[n, c] = dy[n, c] * m[n, c] / (1 - p)`` (0 when ``p = 1``)."""
+    v.ctx_of(ctx, Dropout2dCtx, "dropout2d")
+    g = v.float_array(grad_out, "grad_out", ndim=4, dtype=ctx.dtype)
+    if g.shape != ctx.out_shape:
+        raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "
                          f"got shape {g.shape}")
     dx = np.empty_like(g)
     inner = g.shape[2] * g.shape[3]
@@ -282,14 +309,16 @@ def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None =
     ``padding_idx`` counts from the end. Backward returns ``(dW,)``: indices are not
     differentiable.
     """
+    given = indices
     indices = v.int_array(indices, "indices")
-    weight = v.float_array(weight, "weight", ndim=2)
+    weight = v.float_array(weight, "weight", ndim=2)  # backward reads no array of the caller
     num, dim = weight.shape
     v.labels(indices, "indices", num)
     pad = -1
     if padding_idx is not None:
         pad = v.integer(padding_idx, "padding_idx", lo=-num, hi=num - 1) % num
-    flat = indices.reshape(-1)
+    flat = indices.reshape(-1).copy() if np.may_share_memory(indices, given) else \
+        indices.reshape(-1)
     y = np.empty((flat.size, dim), weight.dtype)
     _embedding_fwd(flat, weight, y)
     out_shape = indices.shape + (dim,)
@@ -297,6 +326,8 @@ def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None =
 
 
 def embedding_backward(ctx: EmbeddingCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``(dW,)``: each lookup's upstream row added into its table row (padding row zero)."""
+    v.ctx_of(ctx, EmbeddingCtx, "embedding")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     if g.shape != ctx.out_shape:
         raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "

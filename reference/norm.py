@@ -35,6 +35,14 @@ def _affine(weight, bias, shape: tuple[int, ...], dtype, what: str):
     return out[0], out[1], weight is not None, bias is not None
 
 
+def _own(a: np.ndarray, given: tuple) -> np.ndarray:
+    """``a`` as a ctx may keep it: a private copy if it shares memory with one of the caller's
+    arrays ``given`` (see the module docstring on mutation after forward)."""
+    for g in given:
+        a = v.keep(a, g)
+    return a
+
+
 # ---------------------------------------------------------------------------------------------
 # batch norm
 
@@ -165,17 +173,31 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
     variance is undefined. ``weight`` (gamma) and ``bias`` (beta) are optional (affine off);
     backward returns ``(dx, dgamma, dbeta)`` with None for an absent one. The running
     statistics are not differentiable outputs.
+
+    ``running_mean = running_var = None`` in training (``track_running_stats=False``)
+    normalizes with the batch statistics and returns None for both new statistics; in eval
+    they are required. ``momentum`` must lie in [0, 1] and ``eps`` be >= 0, stricter than
+    PyTorch on purpose: outside those ranges the running average extrapolates and the
+    normalization can divide by an imaginary standard deviation, which no model means.
     """
+    given = (x, weight)
     x = v.float_array(x, "x", min_ndim=2)
     n, c = x.shape[:2]
-    rm = v.float_array(running_mean, "running_mean", ndim=1, dtype=x.dtype)
-    rv = v.float_array(running_var, "running_var", ndim=1, dtype=x.dtype)
+    training = v.boolean(training, "training")
+    track = running_mean is not None or running_var is not None
+    if not track and not training:
+        raise ValueError("running_mean and running_var may be None only when training (as in "
+                         "PyTorch: eval mode normalizes with them)")
+    if track:
+        rm = v.float_array(running_mean, "running_mean", ndim=1, dtype=x.dtype)
+        rv = v.float_array(running_var, "running_var", ndim=1, dtype=x.dtype)
+    else:  # no running statistics (track_running_stats=False): nothing to update
+        rm = rv = np.zeros(c, x.dtype)
     for a, name in ((rm, "running_mean"), (rv, "running_var")):
         if a.shape != (c,):
             raise ValueError(f"{name} must have shape ({c},) (x's channels, dim 1), "
                              f"got {a.shape}")
     w, b, hw, hb = _affine(weight, bias, (c,), x.dtype, "x's channels, dim 1")
-    training = v.boolean(training, "training")
     momentum = v.real(momentum, "momentum", lo=0.0, hi=1.0)
     eps = v.real(eps, "eps", lo=0.0)
     m = x.size // c if c else 0
@@ -187,11 +209,15 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
     nrm, nrv = np.empty_like(rm), np.empty_like(rv)
     mean, invstd = np.empty(c), np.empty(c)
     _bn_fwd(x3, y, w, b, training, momentum, eps, rm, rv, nrm, nrv, mean, invstd)
-    ctx = BatchNormCtx(x3, mean, invstd, w, hw, hb, training, x.shape)
+    ctx = BatchNormCtx(_own(x3, given), mean, invstd, _own(w, given), hw, hb, training, x.shape)
+    if not track:
+        nrm = nrv = None
     return (y.reshape(x.shape), nrm, nrv), ctx
 
 
 def batch_norm_backward(ctx: BatchNormCtx, grad_out: np.ndarray):
+    """``(dx, dgamma, dbeta)``; the formulas in ``batch_norm``'s docstring."""
+    v.ctx_of(ctx, BatchNormCtx, "batch_norm")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.x3.dtype)
     if g.shape != ctx.x_shape:
         raise ValueError(f"grad_out must have the forward output's shape {ctx.x_shape}, "
@@ -325,6 +351,7 @@ def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None
 
     Backward returns ``(dx, dw, db)``, None for an absent weight or bias.
     """
+    given = (x, weight)
     x = v.float_array(x, "x", min_ndim=1)
     k = len(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else 1
     shape = v.int_tuple(normalized_shape, "normalized_shape", k, lo=1)
@@ -338,11 +365,14 @@ def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None
     y = np.empty_like(x2)
     mean, invstd = np.empty(x2.shape[0]), np.empty(x2.shape[0])
     _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), eps, mean, invstd, x.dtype == np.float32)
-    ctx = LayerNormCtx(x2, mean, invstd, w.reshape(-1), hw, hb, x.shape, shape)
+    ctx = LayerNormCtx(_own(x2, given), mean, invstd, _own(w.reshape(-1), given), hw, hb,
+                       x.shape, shape)
     return y.reshape(x.shape), ctx
 
 
 def layer_norm_backward(ctx: LayerNormCtx, grad_out: np.ndarray):
+    """``(dx, dw, db)``; the formulas in ``layer_norm``'s docstring."""
+    v.ctx_of(ctx, LayerNormCtx, "layer_norm")
     x2 = ctx.x2
     g = v.float_array(grad_out, "grad_out", dtype=x2.dtype)
     if g.shape != ctx.x_shape:

@@ -6,6 +6,12 @@ Output size, per spatial dim, as PyTorch computes it::
     ceil_mode: drop the last window if it would start in the bottom/right padding
 
 Each (n, c) plane is independent: the kernels run planes in parallel on large inputs.
+
+Contexts: each forward returns its own context type; each backward refuses any other (a
+TypeError naming ``ctx``) and a ``grad_out`` without the forward output's shape and dtype.
+Neither context keeps an array of the caller's (max pooling keeps its own argmax table,
+average pooling only the geometry), so editing the input after forward cannot change the
+gradient, at no cost.
 """
 
 from __future__ import annotations
@@ -167,6 +173,8 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1,
 
 
 def max_pool2d_backward(ctx: MaxPoolCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``(dx,)``: each window's upstream value added at its (first) maximum."""
+    v.ctx_of(ctx, MaxPoolCtx, "max_pool2d")
     geo = ctx.geo
     g = _grad(grad_out, ctx.x_shape, ctx.dtype, (geo.oh, geo.ow))
     planes, q = ctx.argmax.shape
@@ -279,6 +287,8 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
 
 
 def avg_pool2d_backward(ctx: AvgPoolCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``(dx,)``: each window's upstream value divided by its divisor, spread over it."""
+    v.ctx_of(ctx, AvgPoolCtx, "avg_pool2d")
     geo = ctx.geo
     g = _grad(grad_out, ctx.x_shape, ctx.dtype, (geo.oh, geo.ow))
     planes = math.prod(ctx.x_shape[:-2])

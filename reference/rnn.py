@@ -20,6 +20,12 @@ Shapes (``D = 2`` if bidirectional else 1; ``L = num_layers``; ``G`` gates: 1 RN
 Not supported (torch options that change nothing here when left at their defaults): unbatched
 2-d input, packed sequences, ``bias=False``, dropout between layers, LSTM ``proj_size``.
 
+Contexts: ``rnn_backward``, ``gru_backward`` and ``lstm_backward`` each refuse any context but
+their own forward's (a TypeError naming ``ctx``) and check ``grad_out``'s entries against the
+outputs' shapes and dtype. The context keeps private copies of the weights and of x when they
+are the caller's arrays, so editing them in place before backward does not change the
+gradients (one pass over the inputs; the recurrence costs T matrix products per layer).
+
 Implementation. A layer's input and output sequences are matrices with one row per step and
 batch element (row ``t*B + b``: a time-major tensor as it is, no copy); inside a layer the
 states and gates are feature-major, ``(features, T*B)``, so that per layer and direction the
@@ -339,14 +345,14 @@ def _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
         raise ValueError(f"x must hold a sequence of length >= 1 {layout}, got shape {x.shape}")
     if batch == 0 or feat == 0:
         raise ValueError(f"x must have batch and feature sizes >= 1 {layout}, got {x.shape}")
-    names = weight_names(layers, dirs == 2)
     if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence):
-        raise TypeError(f"weights must be a sequence of {len(names)} arrays ({', '.join(names)})"
-                        f", got {type(weights).__name__}")
-    if len(weights) != len(names):
-        raise ValueError(f"weights must hold {len(names)} arrays for num_layers={layers}, "
-                         f"bidirectional={bool(bidirectional)} ({', '.join(names)}), "
-                         f"got {len(weights)}")
+        raise TypeError(f"weights must be a sequence of 4 * num_layers * D arrays "
+                        f"(weight_names(num_layers, bidirectional)), got {type(weights).__name__}")
+    if len(weights) != 4 * layers * dirs:  # checked before naming them: num_layers may be huge
+        raise ValueError(f"weights must hold 4 * num_layers * D = {4 * layers * dirs} arrays "
+                         f"for num_layers={layers}, bidirectional={dirs == 2} "
+                         f"(weight_names(num_layers, bidirectional)), got {len(weights)}")
+    names = weight_names(layers, dirs == 2)
     gates = _GATES[mode]
     w = [v.float_array(a, n, dtype=x.dtype) for a, n in zip(weights, names, strict=True)]
     whh0 = w[1]
@@ -414,6 +420,7 @@ class RNNCtx(NamedTuple):
 
 
 def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
+    x_given = x
     x, w, h0, c0, sh = _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first)
     batch_first = bool(batch_first)
     cols = sh.steps * sh.batch
@@ -453,12 +460,23 @@ def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
     results = [out, np.ascontiguousarray(np.stack(hn))]
     if mode == "lstm":
         results.append(np.ascontiguousarray(np.stack(cn)))
+    # Private copies of what backward reads of the caller's: the weights and the first layer's
+    # input (a view of x when time-major); see the module docstring.
+    w = [v.keep(a, g) for a, g in zip(w, weights, strict=True)]
+    ins[0] = v.keep(ins[0], x_given)
     ctx = RNNCtx(mode, sh, bool(batch_first), w, ins, states, h0s,
                  c0s if mode == "lstm" else None, gates, cells, h0 is not None, c0 is not None)
     return tuple(results), ctx
 
 
-def _backward(ctx: RNNCtx, grad_out):
+_FORWARD_OF = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "gru": "gru", "lstm": "lstm"}
+
+
+def _backward(ctx: RNNCtx, grad_out, forward: str):
+    v.ctx_of(ctx, RNNCtx, forward)
+    if _FORWARD_OF[ctx.mode] != forward:
+        raise TypeError(f"ctx must be the context returned by {forward}(), got one of "
+                        f"{_FORWARD_OF[ctx.mode]}()")
     sh = ctx.shape
     n_out = 3 if ctx.mode == "lstm" else 2
     if not isinstance(grad_out, tuple | list) or len(grad_out) != n_out:
@@ -559,7 +577,7 @@ def rnn_backward(ctx: RNNCtx, grad_out) -> tuple:
     ``grad_out = (d_output, d_h_n)``; either may be None (zeros). ``dh0`` is None when forward
     had ``h0=None``. Weight gradients follow ``weight_names``.
     """
-    return _backward(ctx, grad_out)
+    return _backward(ctx, grad_out, "rnn")
 
 
 def gru(x: np.ndarray, h0: np.ndarray | None, weights: Sequence[np.ndarray], *,
@@ -590,7 +608,7 @@ def gru(x: np.ndarray, h0: np.ndarray | None, weights: Sequence[np.ndarray], *,
 
 def gru_backward(ctx: RNNCtx, grad_out) -> tuple:
     """Gradients ``(dx, dh0, *dweights)``; see ``rnn_backward``."""
-    return _backward(ctx, grad_out)
+    return _backward(ctx, grad_out, "gru")
 
 
 def lstm(x: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
@@ -616,4 +634,4 @@ def lstm(x: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
 
 def lstm_backward(ctx: RNNCtx, grad_out) -> tuple:
     """Gradients ``(dx, dh0, dc0, *dweights)`` for ``grad_out = (d_output, d_h_n, d_c_n)``."""
-    return _backward(ctx, grad_out)
+    return _backward(ctx, grad_out, "lstm")

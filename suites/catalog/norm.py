@@ -203,6 +203,8 @@ register(Spec(
         _bn_bad("negative eps", ValueError, "eps", eps=-1e-5),
         _bn_bad("a 1-d x", ValueError, r"\bx\b", x=(3,)),
         _bn_bad("training not a bool", TypeError, "training", training="yes"),
+        Invalid("no running statistics in eval", lambda: _bn_eval_needs_stats(), ValueError,
+                "running_mean and running_var"),
     ),
 ))
 
@@ -336,5 +338,78 @@ register(Spec(
                 inputs={"weight": lambda: np.ones(4)}),
         _ln_bad("negative eps", ValueError, "eps", eps=-1.0),
         _ln_bad("a float normalized_shape", TypeError, "normalized_shape", normalized_shape=4.0),
+    ),
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# batch norm without running statistics (track_running_stats=False): training on batch stats
+
+
+def _bn_batch_stats(x, weight=None, bias=None, *, eps):
+    """The reference with ``running_mean = running_var = None``: only y is returned (both new
+    statistics are None; the forward's tuple is checked here so a change cannot hide)."""
+    (y, nrm, nrv), ctx = Nm.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+    assert nrm is None and nrv is None, "batch_norm without running stats returned some"
+    return y, ctx
+
+
+def _torch_bn_batch_stats(x, weight=None, bias=None, *, eps):
+    return F.batch_norm(x, None, None, weight, bias, True, 0.1, eps)
+
+
+@st.composite
+def _bn_batch_stats_cases(draw, dtype):
+    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    # More than one value per channel (training needs a variance): n = 1 takes a longer row.
+    spatial = draw(st.sampled_from([(3,), (2, 3), (4, 1)] if n == 1 else
+                                   [(), (1,), (3,), (1, 1), (2, 3)]))
+    inputs = {"x": draw(_stressed(dtype, (n, c) + spatial))}
+    _affine(draw, dtype, (c,), inputs)
+    return Case(inputs, {"eps": draw(st.sampled_from([1e-5, 1e-3, 0.1]))})
+
+
+def _bn_batch_stats_size(shape):
+    full = _bn_size(shape)
+
+    def build(dtype):
+        case = full(dtype)
+        return Case({k: case.inputs[k] for k in ("x", "weight", "bias")}, {"eps": 1e-5})
+    return build
+
+
+def _bn_batch_stats_tol(case: Case, upstream) -> Tol | None:
+    # The same derivation as batch_norm's in training: that case with running stats added.
+    c = case.inputs["x"].shape[1]
+    dt = case.inputs["x"].dtype
+    full = Case({"x": case.inputs["x"], "running_mean": np.zeros(c, dt),
+                 "running_var": np.ones(c, dt), **{k: a for k, a in case.inputs.items()
+                                                   if k != "x"}},
+                {"training": True, "momentum": 0.1, "eps": case.params["eps"]})
+    return _bn_tol(full, upstream)
+
+
+def _bn_eval_needs_stats():
+    return Case({"x": np.ones((2, 3)), "running_mean": None, "running_var": None},
+                {"training": False})
+
+
+register(Spec(
+    name="batch_norm_batch_stats", family=FAMILY,
+    summary="batch norm in training without running statistics (track_running_stats=False)",
+    forward=_bn_batch_stats, backward=Nm.batch_norm_backward,
+    grad_inputs=("x", "weight", "bias"), n_diff_outputs=1,
+    torch=_torch_bn_batch_stats,
+    cases=_bn_batch_stats_cases,
+    sizes={"small": _bn_batch_stats_size((8, 16, 8, 8)),
+           "medium": _bn_batch_stats_size((8, 32, 32, 32)),
+           "large": _bn_batch_stats_size((16, 64, 32, 32))},
+    cost=_bn_cost,
+    case_tol=_bn_batch_stats_tol,
+    invalid=(
+        Invalid("one value per channel", lambda: Case({"x": np.ones((1, 3))}, {"eps": 1e-5}),
+                ValueError, r"\bx\b.*more than 1 value"),
+        Invalid("negative eps", lambda: Case({"x": np.ones((2, 3))}, {"eps": -1.0}),
+                ValueError, "eps"),
     ),
 ))

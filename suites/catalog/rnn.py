@@ -59,7 +59,8 @@ def _backward(cell):
     k = _N_STATES[cell]
 
     def backward(ctx, grad_out):
-        grads = (R.lstm_backward if cell == "lstm" else R.rnn_backward)(ctx, grad_out)
+        back = {"lstm": R.lstm_backward, "gru": R.gru_backward}.get(cell, R.rnn_backward)
+        grads = back(ctx, grad_out)
         dx, states, dweights = grads[0], grads[1: 1 + k], grads[1 + k:]
         return (dx, *dweights, *states)
 
