@@ -12,6 +12,7 @@ either run is listed as "not gated: noisy" and never fails the gate. Thresholds:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reports.comparison import ratio_changes, within_run_ratios
 from reports.config import GateConfig
@@ -69,9 +70,10 @@ def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
     if len(runs) > 1:
         lines.append(f"  correctness from {len(runs)} runs: "
                      + "; ".join(r.title for r in runs))
-    if any(r.parts for r in runs):
-        lines.append("  merged shards: " + "; ".join(
-            f"{len(r.parts)} files of {r.title}" for r in runs if r.parts))
+    for r in runs:
+        if r.parts:
+            lines.append(f"  {r.title}: merged from {len(r.parts)} shard files ("
+                         + ", ".join(Path(p).name for p in r.sources) + ")")
 
     if bench is None:
         lines.append("performance: not gated (no --bench file)")

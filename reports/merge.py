@@ -113,9 +113,14 @@ def _differences(runs: list, facts) -> list[dict[str, str]]:
     return [{k: str(f.get(k)) for k in keys if f.get(k) is not None} for f in all_facts]
 
 
+_TITLE_ORDER = ("device", "GPU", "host", "torch", "CPU", "commit")
+
+
 def _title(label: str, diff: dict[str, str]) -> str:
+    """``label (the facts that tell this run from the others)``, the telling ones first."""
     shown = []
-    for k, v in diff.items():
+    for k, v in sorted(diff.items(), key=lambda kv: (
+            _TITLE_ORDER.index(kv[0]) if kv[0] in _TITLE_ORDER else len(_TITLE_ORDER))):
         if k in ("device", "GPU", "CPU", "host"):
             shown.append(v if k != "GPU" or v != "none" else "no GPU")
         elif k == "commit":

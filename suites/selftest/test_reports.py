@@ -116,13 +116,17 @@ SCENARIOS = {
     "same_machine": ("cpu_correctness.json", ["cpu_bench.json", "slower_bench.json"]),
     "paired": ("paired_correctness.json", ["paired_bench.json"]),
     "busy": (None, ["paired_busy_bench.json"]),
+    # A CI matrix: two shards of a CPU run, and a GPU box (see test_merge.py).
+    "matrix": (["shard1_correctness.json", "shard2_correctness.json", "gpu_correctness.json"],
+               ["shard1_bench.json", "shard2_bench.json", "gpu_bench.json"]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_golden(name, tmp_path):
     corr, benches = SCENARIOS[name]
-    built = build(f(corr) if corr else None, [f(b) for b in benches], tmp_path)
+    corr = [corr] if isinstance(corr, str) else corr or []
+    built = build([f(c) for c in corr], [f(b) for b in benches], tmp_path)
     page = built.html.read_text()
     got = (built.markdown.replace(str(built.html), "OUT/index.html")
            + "\n----- html: verdict, failures, algorithms, comparison -----\n"

@@ -28,6 +28,16 @@ ratios, stable, noise; ``machine_info.refbench``: load, threading, peaks with sa
 - paired_correctness.json   cpu_correctness plus named figures on a check and a passed
                          gradcheck whose worst is "inf" (an older recorder's 0/0)
 
+Files of a CI matrix (shards and devices, merged by ``reports build``):
+- shard1_correctness.json, shard2_correctness.json  cpu_correctness split as ``--shard=I/2``
+                         splits it (crc32 of the test id), each with its own start and duration
+- shard1_bench.json, shard2_bench.json  cpu_bench split by benchmark group (a group's
+                         implementations stay in one shard), each with its own start, load
+                         average and measured peaks
+- gpu_correctness.json   the same commit on a GPU box with --device cuda: another machine, a
+                         CUDA torch; its twins ran on cuda, so its test_forward_cuda checks
+                         passed where the CPU run skipped them (same key, another run)
+
 ``synthetic_bench``/``synthetic_correctness`` build catalog-sized inputs for the size and
 speed tests. Everything is seeded: the same files every time.
 """
@@ -37,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +435,48 @@ def paired_correctness() -> dict:
     return doc
 
 
+# -- a CI matrix: shards and devices ------------------------------------------------------------
+
+def shard_of(key: str, i: int, n: int) -> bool:
+    """Whether ``key`` falls in shard ``i`` of ``n`` (1-based), as ``pytest --shard`` decides."""
+    return zlib.crc32(key.encode()) % n == i - 1
+
+
+def shard_correctness(i: int, n: int) -> dict:
+    doc = correctness()
+    doc["records"] = [r for r in doc["records"] if shard_of(r["nodeid"], i, n)]
+    doc["created"] = f"2026-11-22T14:5{i}:00+0000"
+    doc["duration_s"] = 8.0 + i
+    return doc
+
+
+def shard_bench(i: int, n: int) -> dict:
+    """cpu_bench's groups in shard ``i`` of ``n``: the shard's own start, load and peaks."""
+    doc = bench("cpu", seed=0)
+    doc["benchmarks"] = [b for b in doc["benchmarks"]
+                         if shard_of("bench " + b["group"], i, n)]
+    doc["datetime"] = f"2026-11-22T15:0{i}:00.000000+00:00"
+    refbench = doc["machine_info"]["refbench"]
+    refbench["load"] = {"start": [0.2 * i, 0.3, 0.4], "end": [0.5 * i, 0.4, 0.4], "cpus": 2,
+                        "busy": False}
+    refbench["peaks"] = {"cpu": {**PEAK_CPU, "bytes_per_s": PEAK_CPU["bytes_per_s"] * (1 + i / 10)}}
+    return doc
+
+
+def gpu_correctness() -> dict:
+    """The CPU run's commit on the GPU box, twins on cuda."""
+    doc = correctness()
+    for r in doc["records"]:
+        r["device"] = "cuda"
+        r["replay"] = r["replay"].replace("--device=auto", "--device=cuda")
+        if r["verdict"] == "skipped":  # the CUDA checks the CPU box could not run
+            r.update(verdict="passed", reason="", examples=30, worst=0.02, max_abs=2e-7,
+                     max_rel=1.5e-8, rtol=1.3e-6, atol=1e-5)
+    doc.update(device="cuda", created="2026-11-22T15:02:11+0000", duration_s=9.4,
+               environment={**ENV_GPU, "commit": ENV_CPU["commit"], "dirty": False})
+    return doc
+
+
 # -- catalog-sized synthetic inputs -------------------------------------------------------------
 
 def synthetic_bench(n_algos: int = 80, rounds: int = 1000, gpu: bool = True,
@@ -516,6 +569,11 @@ def main() -> None:
         "paired_slower_bench.json": paired_bench(22, tweak=planted(1.5, "softmax"),
                                                  stalls=PAIRED_STALLS),
         "paired_correctness.json": paired_correctness(),
+        "shard1_correctness.json": shard_correctness(1, 2),
+        "shard2_correctness.json": shard_correctness(2, 2),
+        "shard1_bench.json": shard_bench(1, 2),
+        "shard2_bench.json": shard_bench(2, 2),
+        "gpu_correctness.json": gpu_correctness(),
     }
     for name, doc in files.items():
         (HERE / name).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
