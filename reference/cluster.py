@@ -48,7 +48,7 @@ from reference._jit import kernel
 __all__ = ["kmeans_fit", "kmeans_predict", "linkage", "LINKAGE_METHODS"]
 
 _EPS64 = float(np.finfo(np.float64).eps)
-_CHUNK = 256  # samples per parallel assignment chunk
+_CHUNK = 256  # samples per assignment chunk (the product is (256, d) @ (d, k))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,20 +73,27 @@ def _assign(x, x_sq, centers, labels, dist):
     c_sq = np.empty(k)
     for c in range(k):
         c_sq[c] = _sqdist(centers[c], np.zeros(d))
-    prod = np.empty((n, k))
-    np.dot(x, centers.T, prod)  # one BLAS product (its own threads), then rows in parallel
+    ct = np.ascontiguousarray(centers.T)
     n_chunks = (n + _CHUNK - 1) // _CHUNK
     for ch in prange(n_chunks):
         i0 = ch * _CHUNK
         i1 = min(n, i0 + _CHUNK)
+        prod = np.empty((i1 - i0, k))
+        for r in range(i1 - i0):
+            for c in range(k):
+                prod[r, c] = 0.0
+            for f in range(d):
+                xf = x[i0 + r, f]
+                for c in range(k):
+                    prod[r, c] += xf * ct[f, c]
         for r in range(i1 - i0):
             i = i0 + r
             best = 0
             second = np.inf
-            best_v = c_sq[0] - 2.0 * prod[i, 0]
+            best_v = c_sq[0] - 2.0 * prod[r, 0]
             max_c = c_sq[0]
             for c in range(1, k):
-                val = c_sq[c] - 2.0 * prod[i, c]
+                val = c_sq[c] - 2.0 * prod[r, c]
                 max_c = max(max_c, c_sq[c])
                 if val < best_v:
                     second = best_v
