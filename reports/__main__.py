@@ -31,7 +31,8 @@ the run is stated, with a banner when the machine was busy. Any input may be lef
 missing reads "not run". Exits 0 whenever the report was written, even if checks failed.
 
 Several files (a CI matrix of shards and devices: pytest --shard I/N, --device D):
-  A run is told by its files' environment: commit, machine (CPU, cores, GPU; for benchmarks
+  A run is told by its files' environment: commit (and a dirty tree), machine (CPU, cores,
+  GPU; for benchmarks
   also the host), Python and library versions, and for correctness the --device and the
   Hypothesis profile. Files of one run are its shards and merge into one: correctness results
   keyed by algorithm x check x dtype x device (and test), benchmarks by pytest's full name. A
