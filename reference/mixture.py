@@ -21,7 +21,8 @@ EM, iteration t = 1..max_iter (scikit-learn's loop):
   parameters *before* the M-step.
 - M-step: :math:`n_k = \sum_i r_{ik} + 10\varepsilon`, :math:`\pi_k = n_k / \sum_j n_j`,
   :math:`\mu_k = \frac{1}{n_k}\sum_i r_{ik} x_i`,
-  :math:`\Sigma_k = \frac{1}{n_k}\sum_i r_{ik}(x_i - \mu_k)(x_i - \mu_k)^\top + \text{reg\_covar}\,I`
+  :math:`\Sigma_k = \frac{1}{n_k}\sum_i r_{ik}(x_i - \mu_k)(x_i - \mu_k)^\top
+  + \text{reg\_covar}\,I`
   (diagonal: the same per feature, plus reg_covar).
 - Stop when :math:`|L_t - L_{t-1}| < tol` (:math:`L_0 = -\infty`). Labels are the argmax of a
   final E-step with the returned parameters.

@@ -123,7 +123,6 @@ def _grow(x, y, n_classes, entropy, max_depth, min_split, min_leaf, feature, thr
         best_proxy = -np.inf
         best_f = -1
         best_thr = 0.0
-        best_pos = -1
         best_il = 0.0
         best_ir = 0.0
         for f in range(d):
@@ -151,7 +150,6 @@ def _grow(x, y, n_classes, entropy, max_depth, min_split, min_leaf, feature, thr
                 if proxy > best_proxy:
                     best_proxy = proxy
                     best_f = f
-                    best_pos = p
                     best_il = il
                     best_ir = ir
                     thr = np.float64(a) / 2.0 + np.float64(b) / 2.0

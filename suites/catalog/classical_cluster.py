@@ -383,7 +383,8 @@ def _full_lp_cases(draw, dtype):
     cov = (a @ np.swapaxes(a, 1, 2) + shift * np.eye(d)).astype(dtype)
     cov = (cov + np.swapaxes(cov, 1, 2)) / 2
     w = np.asarray(draw(S.arrays(np.float64, (k,), 0.1, 1.0), label="weight draws"))
-    return Case({"X": x, "means": means, "covariances": cov, "weights": (w / w.sum()).astype(dtype)})
+    return Case({"X": x, "means": means, "covariances": cov,
+                 "weights": (w / w.sum()).astype(dtype)})
 
 
 def _torch_full_lp(x, means, cov, weights):
