@@ -369,7 +369,8 @@ def perceptron_epoch(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray,
     r"""One pass of Rosenblatt's rule over the samples in order, updating on mistakes only.
 
     .. math:: \hat y_i = H(w \cdot x_i + b), \qquad
-              w \leftarrow w + \eta (y_i - \hat y_i) x_i, \quad b \leftarrow b + \eta (y_i - \hat y_i)
+              w \leftarrow w + \eta (y_i - \hat y_i) x_i, \quad
+              b \leftarrow b + \eta (y_i - \hat y_i)
 
     with the step :math:`H` of ``activations.step`` (:math:`H(0) = 0`: a sample on the boundary
     is predicted 0) and labels :math:`y_i \in \{0, 1\}`. Shapes: ``x`` (N, D), ``y`` (N,) of

@@ -8,7 +8,8 @@ and its own rounding, evaluated on the case in float64 (dense: the same rules as
 - dense ``h = x W^T + b``, a sum of K + 1 terms: E_h = E_x |W|^T + gamma_{K+1} (|x| |W|^T + |b|)
   + u |h|; backward dx = g W: E_dx = E_g |W| + gamma_N' |g| |W| + u |dx|; dW = g^T x:
   E_dW = E_g^T |x| + |g|^T E_x + gamma_N |g|^T |x| + u |dW|; db the column sums of g;
-- mean cross-entropy of logits z (C classes, N rows; exactly 0 with its gradient for C = 1): the loss moves by at most
+- mean cross-entropy of logits z (C classes, N rows; exactly 0 with its gradient for C = 1):
+  the loss moves by at most
   mean_n 2 max_c E_z (it is 1-Lipschitz in each of lse and z_y), plus its own rounding
   gamma_{C+N+4} mean(|lse| + |z_y| + max|z|); its gradient g (p - onehot) / N moves by
   |g| p (E_z + p . E_z) / N (the softmax's first-order perturbation), plus
@@ -111,7 +112,8 @@ def adam(p, g, eg, m, v, step, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay
     d = np.sqrt(v1) / k + eps
     e_d = (np.sqrt(v1 + ev) - np.sqrt(v1)) / k + 3 * U * d
     upd = c * m1 / d
-    e_upd = c * em / d + c * np.abs(m1) * e_d / (d * np.maximum(d - e_d, d / 2)) + 4 * U * np.abs(upd)
+    e_upd = (c * em / d + c * np.abs(m1) * e_d / (d * np.maximum(d - e_d, d / 2))
+             + 4 * U * np.abs(upd))
     return [e_upd + 2 * U * (np.abs(p) + np.abs(upd)), em, ev]
 
 

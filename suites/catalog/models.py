@@ -2,7 +2,8 @@
 
 A step's inputs are the data, every parameter (``params[i]``, in the torch module's
 ``named_parameters()`` order) and the optimizer's buffers (``exp_avg of fc1.weight``): the names
-the library's own errors use (``params[0] (fc1.weight)``). Keyword parameters: ``optimizer`` (``sgd`` or ``adam``), the step
+the library's own errors use (``params[0] (fc1.weight)``). Keyword parameters:
+``optimizer`` (``sgd`` or ``adam``), the step
 number and the optimizer's hyper-parameters. Outputs: the loss (the one differentiable output),
 then the new parameters and the new buffers (compared in forward parity). The spec's backward
 is the loss's vector-Jacobian product by the model's own backward, so gradient parity compares
@@ -301,7 +302,8 @@ def _optimizer(draw, dtype, params, rng):
         hyper = dict(optimizer="sgd", step=step, lr=draw(_LR), momentum=mu,
                      nesterov=mu > 0 and draw(st.booleans()),
                      weight_decay=draw(st.sampled_from([0.0, 1e-2])))
-        bufs = {"momentum_buffer": [S.normal(rng, p.shape, dtype, 0.1) for p in params]} if mu else {}
+        bufs = ({"momentum_buffer": [S.normal(rng, p.shape, dtype, 0.1) for p in params]}
+                if mu else {})
     else:
         hyper = dict(optimizer="adam", step=step, lr=draw(_LR),
                      betas=draw(st.sampled_from([(0.9, 0.999), (0.5, 0.9)])),

@@ -153,8 +153,9 @@ def test_perceptron_novikoff(data, lr, record):
         epoch = 0
         for i in range(x.shape[0]):
             (w, b, m), _ = M.perceptron_epoch(x[i:i + 1], y[i:i + 1], w, b, lr=lr)
-            err = float(y[i]) - torch.heaviside(F.linear(torch.from_numpy(x[i]), tw[None], tb), zero)
-            tw, tb = tw + lr * err * torch.from_numpy(x[i]), tb + lr * err
+            xi = torch.from_numpy(x[i])
+            err = float(y[i]) - torch.heaviside(F.linear(xi, tw[None], tb), zero)
+            tw, tb = tw + lr * err * xi, tb + lr * err
             compare(w, tw.numpy(), 1e-12, 1e-12, label=f"w after sample {i}", record=record)
             compare(b, tb.numpy(), 1e-12, 1e-12, label=f"b after sample {i}", record=record)
             epoch += int(m)
