@@ -72,7 +72,7 @@ def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
                      + "; ".join(r.title for r in runs))
     for r in runs:
         if r.parts:
-            lines.append(f"  {r.title}: merged from {len(r.parts)} shard files ("
+            lines.append(f"  {r.title}: merged from {len(r.parts)} files of one run ("
                          + ", ".join(Path(p).name for p in r.sources) + ")")
 
     if bench is None:
