@@ -358,6 +358,7 @@ def gaussian_full_log_likelihood(x: np.ndarray, means: np.ndarray, covariances: 
     Returns ``(J, ctx)``, J (n, K) in the input's dtype (float64 inside). Backward returns
     ``(dX, dmeans)`` (the covariance's gradient is not provided).
     """
+    x_in, means_in = x, means
     x = s.matrix(x, "X", min_rows=0)
     weights, means, covariances, _ = _check_params(x, weights, means, covariances, "full")
     cov64 = covariances.astype(np.float64)
@@ -366,7 +367,7 @@ def gaussian_full_log_likelihood(x: np.ndarray, means: np.ndarray, covariances: 
     prec, half = _factors(cov64)
     out = np.empty((x.shape[0], means.shape[0]), x.dtype)
     _full_log_prob(x, means, prec, half, np.log(weights.astype(np.float64)), out)
-    return out, FullCtx(x, means, prec)
+    return out, FullCtx(v.keep(x, x_in), v.keep(means, means_in), prec)
 
 
 def gaussian_full_log_likelihood_backward(ctx: FullCtx, grad_out: np.ndarray):
@@ -377,6 +378,7 @@ def gaussian_full_log_likelihood_backward(ctx: FullCtx, grad_out: np.ndarray):
 
     Returns ``(dX, dmeans)``.
     """
+    v.ctx_of(ctx, FullCtx, "gaussian_full_log_likelihood")
     g = v.grad_like(grad_out, "grad_out",
                     np.empty((ctx.x.shape[0], ctx.means.shape[0]), ctx.x.dtype))
     dx = np.empty_like(ctx.x)

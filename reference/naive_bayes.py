@@ -181,10 +181,11 @@ def gaussian_log_likelihood(x: np.ndarray, theta: np.ndarray, var: np.ndarray,
     scikit-learn's ``GaussianNB._joint_log_likelihood``. Returns ``(J, ctx)``, J (n, C) in the
     input's dtype, summed in float64. Backward returns ``(dX, dtheta, dvar)``.
     """
+    given = (x, theta, var)
     x, theta, var, prior = _check_model(x, theta, var, prior)
     out = np.empty((x.shape[0], theta.shape[0]), x.dtype)
     _jll(x, theta, var, np.log(prior.astype(np.float64)), out)
-    return out, JllCtx(x, theta, var)
+    return out, JllCtx(*(v.keep(a, g) for a, g in zip((x, theta, var), given, strict=True)))
 
 
 def gaussian_log_likelihood_backward(ctx: JllCtx, grad_out: np.ndarray):
@@ -197,6 +198,7 @@ def gaussian_log_likelihood_backward(ctx: JllCtx, grad_out: np.ndarray):
 
     Returns ``(dX, dtheta, dvar)``.
     """
+    v.ctx_of(ctx, JllCtx, "gaussian_log_likelihood")
     g = v.grad_like(grad_out, "grad_out",
                     np.empty((ctx.x.shape[0], ctx.theta.shape[0]), ctx.x.dtype))
     dx, dtheta, dvar = np.empty_like(ctx.x), np.empty_like(ctx.theta), np.empty_like(ctx.var)

@@ -109,13 +109,14 @@ def sq_distances(x: np.ndarray, y: np.ndarray):
     ``x`` (n, d) and ``y`` (m, d) of one float dtype; ``D`` (n, m) of that dtype, each entry
     accumulated in float64 and rounded once. Backward returns ``(dX, dY)``.
     """
+    x_in, y_in = x, y
     x = v.float_array(x, "x", ndim=2)
     y = v.float_array(y, "y", ndim=2, dtype=x.dtype)
     if y.shape[1] != x.shape[1]:
         raise ValueError(f"y must have {x.shape[1]} columns like x, got shape {y.shape}")
     out = np.empty((x.shape[0], y.shape[0]), x.dtype)
     _sq_distances(x, y, out)
-    return out, DistCtx(x, y)
+    return out, DistCtx(v.keep(x, x_in), v.keep(y, y_in))
 
 
 def sq_distances_backward(ctx: DistCtx, grad_out: np.ndarray):
@@ -126,6 +127,7 @@ def sq_distances_backward(ctx: DistCtx, grad_out: np.ndarray):
 
     Returns ``(dX, dY)``.
     """
+    v.ctx_of(ctx, DistCtx, "sq_distances")
     g = v.grad_like(grad_out, "grad_out", np.empty((ctx.x.shape[0], ctx.y.shape[0]),
                                                    ctx.x.dtype))
     dx = np.empty_like(ctx.x)
