@@ -28,4 +28,12 @@ __all__ = [
     "schedules",     # step, exponential, cosine, linear warmup learning rates
     "init",          # fans, gains, zeros/normal/uniform/Xavier/Kaiming initialisation
     "early_stopping",  # min/max, min_delta, patience, baseline, restore-best
+    "linear_models",   # least squares (normal equations, GD), ridge, lasso, polynomial
+    "logistic_svm",    # logistic regression (binary, multinomial), linear SVM
+    "neighbors",       # squared distances, exact k-NN classification and regression
+    "naive_bayes",     # Gaussian naive Bayes
+    "tree",            # decision tree (gini, entropy)
+    "cluster",         # k-means (Lloyd), agglomerative linkage (single, complete, average, ward)
+    "mixture",         # Gaussian mixture by EM (full, diagonal)
+    "models",          # MLP, CNN, perceptron training steps composed from the layers
 ]

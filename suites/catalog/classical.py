@@ -21,7 +21,7 @@ from reference import neighbors as N
 from reference import tree as T
 from suites.catalog import register
 from suites.catalog import strategies as S
-from suites.catalog.spec import Case, Cost, Invalid, Invariant, Spec, Tol
+from suites.catalog.spec import FLOAT64_FIRST, Case, Cost, Invalid, Invariant, Spec, Tol
 
 FAMILY = "classical"
 
@@ -94,7 +94,7 @@ def _cdist_sq(x, y):
 
 
 register(Spec(
-    name="sq_distances", family=FAMILY,
+    name="sq_distances", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="pairwise squared Euclidean distances ||x_i - y_j||^2 (k-NN, k-means)",
     forward=N.sq_distances, backward=N.sq_distances_backward, grad_inputs=("x", "y"),
     torch=_cdist_sq, cases=_distance_cases, sizes=_distance_sizes(), cost=_distance_cost,
@@ -238,7 +238,7 @@ def _knn_invalid(labels: str):
 
 
 register(Spec(
-    name="knn_kneighbors", family=FAMILY,
+    name="knn_kneighbors", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="distances to the k nearest training points, nearest first",
     forward=_kneighbors_distances, torch=_torch_kneighbors,
     cases=_knn_cases, sizes=_knn_sizes(), cost=_knn_cost,
@@ -248,7 +248,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="knn_classify", family=FAMILY,
+    name="knn_classify", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="k-NN classification, uniform votes (smallest label among equal counts)",
     forward=N.knn_classify, torch=None,
     cases=lambda dtype: _knn_cases(dtype, labels="classes"), sizes=_knn_sizes("classes"),
@@ -258,7 +258,8 @@ register(Spec(
 ))
 
 register(Spec(
-    name="knn_regress", family=FAMILY, summary="k-NN regression, mean of the k targets",
+    name="knn_regress", family=FAMILY, dtypes=FLOAT64_FIRST,
+    summary="k-NN regression, mean of the k targets",
     forward=N.knn_regress, torch=None,
     cases=lambda dtype: _knn_cases(dtype, labels="targets"), sizes=_knn_sizes("targets"),
     cost=_knn_cost,
@@ -400,7 +401,7 @@ def _nb_model_invalid():
 
 
 register(Spec(
-    name="gaussian_nb_fit", family=FAMILY,
+    name="gaussian_nb_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="Gaussian naive Bayes fit: class means, variances + var_smoothing * max var, priors",
     forward=NB.gaussian_nb_fit, torch=None, cases=_nb_fit_cases, sizes=_nb_fit_sizes(),
     cost=_nb_cost, invariants=(Invariant("priors sum to 1, var >= epsilon",
@@ -409,7 +410,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="gaussian_log_likelihood", family=FAMILY,
+    name="gaussian_log_likelihood", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="log prior + sum of diagonal Gaussian log-densities (naive Bayes, diagonal GMM "
             "E-step)",
     forward=NB.gaussian_log_likelihood, backward=NB.gaussian_log_likelihood_backward,
@@ -418,7 +419,7 @@ register(Spec(
 ))
 
 register(Spec(
-    name="gaussian_nb_predict", family=FAMILY,
+    name="gaussian_nb_predict", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="Gaussian naive Bayes prediction: argmax of the joint log-likelihood",
     forward=NB.gaussian_nb_predict, torch=None, cases=_jll_cases, sizes=_nb_model_sizes(),
     cost=_nb_cost, invalid=_nb_model_invalid(), peers={"sklearn": _sk_nb("predict")},
@@ -551,7 +552,7 @@ def _tree_predict_invalid():
 
 
 register(Spec(
-    name="tree_fit", family=FAMILY,
+    name="tree_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="CART classification tree, best splits by Gini or entropy, depth first",
     forward=T.tree_fit, torch=None, cases=_tree_cases, sizes=_tree_fit_sizes(),
     cost=_tree_cost,
@@ -560,7 +561,8 @@ register(Spec(
 ))
 
 register(Spec(
-    name="tree_predict", family=FAMILY, summary="decision tree prediction (leaf's majority)",
+    name="tree_predict", family=FAMILY, dtypes=FLOAT64_FIRST,
+    summary="decision tree prediction (leaf's majority)",
     forward=T.tree_predict, torch=None, cases=lambda dtype: _tree_predict_cases(dtype),
     sizes=_tree_predict_sizes(), cost=_tree_cost, invalid=_tree_predict_invalid(),
     peers={"sklearn": _sk_tree("predict")},

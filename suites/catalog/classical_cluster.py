@@ -17,7 +17,7 @@ from reference import mixture as M
 from suites.catalog import register
 from suites.catalog import strategies as S
 from suites.catalog.classical import FAMILY, _assert, _nan_at_first, blobs, seeded_data
-from suites.catalog.spec import Case, Cost, Invalid, Invariant, Spec, Tol
+from suites.catalog.spec import FLOAT64_FIRST, Case, Cost, Invalid, Invariant, Spec, Tol
 
 _EPS64 = float(np.finfo(np.float64).eps)
 
@@ -121,7 +121,7 @@ def _kmeans_invalid():
 
 
 register(Spec(
-    name="kmeans_fit", family=FAMILY,
+    name="kmeans_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="Lloyd's k-means from given centres (scikit-learn's variance-scaled tol)",
     forward=C.kmeans_fit, torch=None, cases=_kmeans_cases, sizes=_kmeans_sizes(),
     cost=_kmeans_cost,
@@ -149,7 +149,8 @@ def _nearest_centre(case: Case, outs) -> None:
 
 
 register(Spec(
-    name="kmeans_predict", family=FAMILY, summary="nearest k-means centre and the inertia",
+    name="kmeans_predict", family=FAMILY, dtypes=FLOAT64_FIRST,
+    summary="nearest k-means centre and the inertia",
     forward=C.kmeans_predict, torch=None, cases=_kmeans_predict_cases,
     sizes=_kmeans_predict_sizes(), cost=_kmeans_cost,
     invariants=(Invariant("labels are nearest centres", _nearest_centre),),
@@ -212,7 +213,7 @@ def _scipy_linkage(case: Case, pass_: str):
 
 
 register(Spec(
-    name="linkage", family=FAMILY,
+    name="linkage", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="agglomerative clustering (single, complete, average, ward): scipy's linkage matrix",
     forward=C.linkage, torch=None, cases=_linkage_cases, sizes=_linkage_sizes(),
     cost=_linkage_cost, invariants=(Invariant("a valid hierarchy", _valid_hierarchy),),
@@ -353,7 +354,7 @@ def _gmm_invalid(fit: bool, order=("X", "weights", "means", "covariances")):
 
 
 register(Spec(
-    name="gmm_fit", family=FAMILY,
+    name="gmm_fit", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="Gaussian mixture by EM, full or diagonal covariances, scikit-learn's reg_covar",
     forward=M.gmm_fit, torch=None, cases=_gmm_cases, sizes=_gmm_sizes(), cost=_gmm_cost,
     invariants=(Invariant("each EM iteration does not lower the log-likelihood", _em_ascent),),
@@ -361,7 +362,8 @@ register(Spec(
 ))
 
 register(Spec(
-    name="gmm_predict", family=FAMILY, summary="Gaussian mixture: most probable component",
+    name="gmm_predict", family=FAMILY, dtypes=FLOAT64_FIRST,
+    summary="Gaussian mixture: most probable component",
     forward=M.gmm_predict, torch=None,
     cases=lambda dtype: _gmm_cases(dtype).map(lambda c: Case(
         c.inputs, {"covariance_type": c.params["covariance_type"]})),
@@ -426,7 +428,7 @@ def _full_lp_sizes():
 
 
 register(Spec(
-    name="gaussian_full_log_likelihood", family=FAMILY,
+    name="gaussian_full_log_likelihood", family=FAMILY, dtypes=FLOAT64_FIRST,
     summary="log weight + full-covariance Gaussian log-density (the GMM E-step)",
     forward=M.gaussian_full_log_likelihood, backward=M.gaussian_full_log_likelihood_backward,
     grad_inputs=("X", "means"), torch=_torch_full_lp, cases=_full_lp_cases,
