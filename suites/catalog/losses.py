@@ -579,7 +579,10 @@ def _all_ignored(forward, backward):
     return Invariant("all labels ignored: sum 0, mean NaN, gradient 0", check)
 
 
-def _class_invalid(name: str, with_ignore: bool = True) -> tuple[Invalid, ...]:
+def _class_invalid(name: str, with_ignore: bool = True,
+                   float_target: type[Exception] = TypeError) -> tuple[Invalid, ...]:
+    """``float_target``: the error for float labels of the labels' shape (cross_entropy reads a
+    float target as class probabilities, which must then have the input's shape)."""
     x, y = np.zeros((2, 3)), np.array([0, 2])
     cases = [
         _bad("a list as input", TypeError, r"\binput\b", input=[[0.0, 1.0]], target=y[:1]),
@@ -587,7 +590,8 @@ def _class_invalid(name: str, with_ignore: bool = True) -> tuple[Invalid, ...]:
              target=y),
         _bad("a 0-d input", ValueError, r"\binput\b", input=np.array(1.0), target=np.array(0)),
         _bad("no classes", ValueError, r"\binput\b", input=np.zeros((2, 0)), target=y),
-        _bad("float labels", TypeError, r"\btarget\b", input=x, target=np.array([0.0, 2.0])),
+        _bad("float labels", float_target, r"\btarget\b", input=x,
+             target=np.array([0.0, 2.0])),
         _bad("a label equal to C", ValueError, r"\btarget\b", input=x, target=np.array([0, 3])),
         _bad("a negative label", ValueError, r"\btarget\b", input=x, target=np.array([-1, 0])),
         _bad("labels of another batch size", ValueError, r"\btarget\b", input=x,
@@ -627,13 +631,153 @@ register(Spec(
                 _reduction_invariant(L.cross_entropy, _weight_of_labels),
                 Invariant("= nll_loss(log_softmax(x))", _equals_nll_of_log_softmax),
                 _all_ignored(L.cross_entropy, L.cross_entropy_backward)),
-    invalid=_class_invalid("cross_entropy") + (
+    invalid=_class_invalid("cross_entropy", float_target=ValueError) + (
         _bad("label_smoothing above 1", ValueError, "label_smoothing", input=np.zeros((2, 3)),
              target=np.array([0, 1]), label_smoothing=1.5),
         _bad("negative label_smoothing", ValueError, "label_smoothing", input=np.zeros((2, 3)),
              target=np.array([0, 1]), label_smoothing=-0.1),
     ),
 ))
+
+# cross-entropy with class probabilities ------------------------------------------------------
+
+
+@st.composite
+def _probs_cases(draw, dtype):
+    """Logits as for labels ((C,), (N, C) or (N, C, d1[, d2]), magnitudes up to 1e4), and a
+    float target of the same shape: rows of a softmax (sum 1), one-hot rows, or independent
+    values in [0, 1] including exact 0 and 1 (soft labels that need not sum to 1, as torch
+    takes them). Targets stay non-negative, what class probabilities are: every term of the
+    loss is then >= 0 and there is no cancellation for torch's float32 sum to amplify.
+    Optional weights, any label smoothing, any reduction ('mean' with at least one sample)."""
+    kind = draw(st.sampled_from(["single", "batch", "spatial"]))
+    n_classes = draw(st.integers(1, 7))
+    if kind == "single":
+        shape = (n_classes,)
+    elif kind == "batch":
+        shape = (draw(st.integers(0, 6)), n_classes)
+    else:
+        dims = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=2)))
+        shape = (draw(st.integers(0, 3)), n_classes) + dims
+    x = draw(S.arrays(dtype, shape, elements=S.stress(dtype, 1e4)))
+    axis = 0 if len(shape) == 1 else 1
+    target_kind = draw(st.sampled_from(["softmax", "one-hot", "free"]))
+    if target_kind == "free":
+        t = draw(S.arrays(dtype, shape, elements=st.one_of(st.sampled_from([0.0, 1.0]),
+                                                           S.floats(dtype, 0.0, 1.0))))
+    else:
+        z = draw(S.arrays(dtype, shape, elements=S.floats(dtype, -4.0, 4.0)))
+        if target_kind == "softmax":
+            e = np.exp(z.astype(np.float64) - z.max(axis=axis, keepdims=True, initial=-np.inf))
+            t = (e / e.sum(axis=axis, keepdims=True)).astype(dtype)
+        else:
+            t = (z == z.max(axis=axis, keepdims=True, initial=-np.inf)).astype(dtype)
+    inputs = {"input": x, "target": t}
+    if draw(st.booleans()):
+        inputs["weight"] = draw(S.arrays(dtype, (n_classes,), elements=_weights(dtype)))
+    rows = int(np.prod(shape)) // n_classes
+    params = {"reduction": draw(_reduction(rows)),
+              "label_smoothing": draw(st.one_of(st.sampled_from([0.0, 0.1, 1.0]),
+                                                st.floats(2.0**-20, 1.0)))}
+    if draw(st.booleans()):
+        params["ignore_index"] = draw(st.sampled_from([-100, -1]))  # accepted, unused
+    return Case(inputs, params)
+
+
+def _probs_rows(case: Case) -> float:
+    x = case.inputs["input"]
+    return float(x.size // x.shape[0 if x.ndim == 1 else 1])
+
+
+def _one_hot_equals_labels(case: Case, outs) -> None:
+    """One-hot probabilities give the loss and input gradient of the integer labels (the
+    class with the largest target), per sample ('none'; the two 'mean's divide differently)."""
+    x, t = case.inputs["input"], case.inputs["target"]
+    axis = 0 if x.ndim == 1 else 1
+    if x.size == 0:
+        return
+    y = np.argmax(t, axis=axis)
+    hot = np.moveaxis(np.eye(x.shape[axis], dtype=x.dtype)[y], -1, axis)
+    w = case.inputs.get("weight")
+    params = {"label_smoothing": case.params.get("label_smoothing", 0.0), "reduction": "none"}
+    extra = () if w is None else (w,)
+    lp, cp = L.cross_entropy(x, hot, *extra, **params)
+    ll, cl = L.cross_entropy(x, y, *extra, **params)
+    g = np.random.default_rng(0).standard_normal(lp.shape).astype(x.dtype)
+    dp = L.cross_entropy_backward(cp, g)[0].astype(np.float64)
+    dl = L.cross_entropy_backward(cl, g)[0].astype(np.float64)
+    eps = _eps(x.dtype)
+    tiny = float(np.finfo(x.dtype).smallest_subnormal)
+    # The same float64 terms (all >= 0) summed in other orders: C eps64 of the loss each, then
+    # one rounding to the dtype each (eps/2 relative). The gradients are g (S p_c - a_c) by
+    # two formulas whose float64 values differ by a few eps64 of |g| (S + w_max); each is
+    # rounded once to the dtype.
+    c = x.shape[axis]
+    lp64, ll64 = lp.astype(np.float64), ll.astype(np.float64)
+    bound = (eps + 4 * c * _eps(np.float64)) * np.abs(ll64) + tiny
+    assert np.all(np.abs(lp64 - ll64) <= bound), (
+        f"one-hot loss != labels' loss by {np.abs(lp64 - ll64).max():.3g}")
+    wmax = 1.0 if w is None else max(1.0, float(np.abs(w).max()))
+    gscale = np.expand_dims(np.abs(g.astype(np.float64)), axis) * (c + 1) * wmax
+    gbound = eps * np.abs(dl) + 8 * _eps(np.float64) * gscale + tiny
+    assert np.all(np.abs(dp - dl) <= gbound), (
+        f"one-hot input gradient != labels' by {np.abs(dp - dl).max():.3g}")
+
+
+def _probs_sizes():
+    def builder(shape):
+        def build(dtype):
+            rng = np.random.default_rng(0)
+            x = S.normal(rng, shape, dtype, 3.0)
+            z = rng.standard_normal(shape)
+            t = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(dtype)
+            w = rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+            return Case({"input": x, "target": t, "weight": w},
+                        {"reduction": "mean", "label_smoothing": 0.1})
+
+        return build
+
+    return {k: builder(shape) for k, shape in _LOGIT_SHAPES.items()}
+
+
+def _probs_cost(case: Case) -> Cost:
+    x = case.inputs["input"]
+    return Cost(flops=8 * x.size, bytes=2 * x.nbytes)
+
+
+_X23, _T23 = np.zeros((2, 3)), np.full((2, 3), 1 / 3)
+
+register(Spec(
+    name="cross_entropy_probs", family=FAMILY,
+    summary="softmax cross-entropy against class probabilities (soft labels); weights, "
+            "label smoothing; differentiable target",
+    forward=L.cross_entropy, backward=L.cross_entropy_backward,
+    grad_inputs=("input", "target"),
+    torch=_ce_torch,
+    cases=_probs_cases,
+    sizes=_probs_sizes(),
+    cost=_probs_cost,
+    invariants=(Invariant("loss >= 0", _nonnegative),
+                _reduction_invariant(L.cross_entropy, _probs_rows),
+                Invariant("one-hot targets = integer labels", _one_hot_equals_labels)),
+    invalid=(
+        _bad("a target of another shape", ValueError, r"\btarget\b", input=_X23,
+             target=_T23[:, :2]),
+        _bad("a target of another dtype", TypeError, r"\btarget\b", input=_X23,
+             target=_T23.astype(np.float32)),
+        _bad("a bool target", TypeError, r"\btarget\b", input=_X23,
+             target=np.ones((2, 3), bool)),
+        _bad("ignore_index >= 0 (torch refuses it with probabilities)", ValueError,
+             "ignore_index", input=_X23, target=_T23, ignore_index=0),
+        _bad("a weight of the wrong length", ValueError, r"\bweight\b", input=_X23,
+             target=_T23, weight=np.ones(2)),
+        _bad("'mean' of an empty batch", ValueError, "reduction", input=_X23[:0],
+             target=_T23[:0], reduction="mean"),
+        _bad("label_smoothing above 1", ValueError, "label_smoothing", input=_X23,
+             target=_T23, label_smoothing=1.5),
+    ),
+))
+
 
 def _nll_tol(case: Case, upstream) -> Tol | None:
     """'sum' and 'mean' add terms -w_y x of either sign (logits of 1e4 and -1e4 cancel);
@@ -677,7 +821,10 @@ register(Spec(
     case_tol=_nll_tol,
     invariants=(_reduction_invariant(L.nll_loss, _weight_of_labels),
                 _all_ignored(L.nll_loss, L.nll_loss_backward)),
-    invalid=_class_invalid("nll_loss"),
+    invalid=_class_invalid("nll_loss") + (
+        _bad("class probabilities (torch 2.13 refuses them for nll_loss)", TypeError,
+             r"\btarget\b", input=np.zeros((2, 3)), target=np.full((2, 3), 1 / 3)),
+    ),
 ))
 
 
