@@ -20,6 +20,7 @@ from reports.comparison import DENOMINATOR, NUMERATOR, Comparison, compare_runs
 from reports.config import GateConfig
 from reports.loading import (
     CHECK_ORDER,
+    COMPILED,
     IMPL_ORDER,
     PASS_ORDER,
     Bench,
@@ -112,6 +113,17 @@ class Cell:
                 out.append((label, v))
         return out
 
+    @property
+    def scalar_figures(self) -> list[tuple[str, object]]:
+        """The figures shown as text: numbers, booleans, short text."""
+        return [(k, v) for k, v in self.figures if not isinstance(v, list)]
+
+    @property
+    def curves(self) -> list[tuple[str, list[float]]]:
+        """The figures that are series of numbers (a loss per epoch or step), drawn together
+        as one line chart per check row."""
+        return [(k, v) for k, v in self.figures if isinstance(v, list)]
+
 
 def within(num: Bench | None, den: Bench | None) -> PairRatio | None:
     """``num``'s time over ``den``'s within one run: from paired rounds when the run timed them
@@ -135,6 +147,8 @@ class PerfRow:
     size: str
     cells: dict[str, Bench | None]
     peaks: dict[str, dict]
+    # implementation -> the reason the benchmark gave for not timing it in this group
+    not_run: dict[str, str] = field(default_factory=dict)
 
     def median(self, impl: str) -> float | None:
         b = self.cells.get(impl)
@@ -167,6 +181,11 @@ class PerfRow:
     def first_call_s(self) -> float | None:
         b = self.cells.get(NUMERATOR)
         return b.first_call_s if b else None
+
+    @property
+    def compiled(self) -> Bench | None:
+        """The torch-compile benchmark of the row (None when not timed)."""
+        return self.cells.get(COMPILED)
 
 
 # A call is dispatch-bound (its time mostly the fixed cost of a call: argument checks,
@@ -215,6 +234,7 @@ class Line:
     noisy: list[bool] = field(default_factory=list)
     fitted: list[bool] = field(default_factory=list)
     fit_note: str = ""
+    eager: bool = False  # torch-compile without a graph at some size: torch's eager times
 
 
 @dataclass
@@ -278,9 +298,37 @@ class Algo:
                 out.append((r.size, r.pass_, p, r))
         return out
 
-    def headline_ratio(self, run: int) -> list[tuple[str, PairRatio, PerfRow]]:
-        """numba/torch-cpu per size for the overview: forward+backward, else forward; sizes in
+    @property
+    def peers(self) -> list[str]:
+        """Implementations numba is compared with beside torch-cpu and torch-cuda: torch-compile
+        and the spec's peers (scikit-learn, torch's fused optimizers, ...)."""
+        return [i for i in self.impls if i not in (NUMERATOR, DENOMINATOR, "torch-cuda")]
+
+    @property
+    def eager_in_disguise(self) -> bool:
+        """Whether any torch-compile time of the algorithm is torch's eager path (no graph)."""
+        return any(b.eager_in_disguise for row in self.perf for b in row.cells.values() if b)
+
+    @property
+    def compile_times(self) -> list[float]:
+        """torch.compile's compile times (first call less the second) over sizes and passes."""
+        return [row.compiled.compile_s for row in self.perf
+                if row.compiled is not None and row.compiled.compile_s is not None]
+
+    def headline_ratio(self, run: int, den: str = DENOMINATOR,
+                       ) -> list[tuple[str, PairRatio, PerfRow]]:
+        """numba/``den`` per size for the overview: forward+backward, else forward; sizes in
         the order of their problem size (rows are already in that order)."""
+        if den != DENOMINATOR:
+            rows = [(r.size, r.pass_, p, r) for r in self.perf
+                    if r.run == run and (p := r.pair(NUMERATOR, den)) is not None]
+            passes = {p for _, p, _, _ in rows}
+            want = "forward+backward" if "forward+backward" in passes else "forward"
+            seen = {}
+            for size, p, ratio, row in rows:
+                if p == want and size not in seen:
+                    seen[size] = (ratio, row)
+            return [(size, *seen[size]) for size in seen]
         rows = self.ratios(run)
         passes = {p for _, p, _, _ in rows}
         want = "forward+backward" if "forward+backward" in passes else "forward"
@@ -405,10 +453,25 @@ class Report:
     @property
     def missing_benchmarks(self) -> int:
         """Benchmarks a run lacks although it ran that implementation elsewhere (crashed or
-        deselected); implementations a run never had (no GPU) do not count."""
+        deselected); implementations a run never had (no GPU) do not count, nor those the
+        benchmark said it could not time (``explained_not_run``)."""
         has = [{b.impl for b in run.benchmarks} for run in self.runs]
         return sum(1 for a in self.algos for r in a.perf for impl, b in r.cells.items()
-                   if b is None and impl in has[r.run])
+                   if b is None and impl in has[r.run] and impl not in r.not_run)
+
+    @property
+    def explained_not_run(self) -> int:
+        """Implementations the benchmarks could not time and said why (machine_info)."""
+        return sum(len(r.not_run) for r in self.runs)
+
+    @property
+    def has_compiled(self) -> bool:
+        return COMPILED in self.impls
+
+    @property
+    def eager_algorithms(self) -> list[Algo]:
+        """Algorithms whose torch-compile time is eager in disguise (dynamo made no graph)."""
+        return [a for a in self.algos if a.eager_in_disguise]
 
 
 def anchor(name: str, taken: set[str]) -> str:
@@ -481,7 +544,8 @@ def _lines(algo: Algo, runs: list[BenchRun]) -> None:
             exponent = power_fit([x for x, m in zip(xs, fitted, strict=True) if m],
                                  [t for t, m in zip(ts, fitted, strict=True) if m])
         algo.lines.append(Line(run, impl, dtype, pass_, xs, ts, [b.size for b in bs],
-                               exponent, noisy=noisy, fitted=fitted, fit_note=note))
+                               exponent, noisy=noisy, fitted=fitted, fit_note=note,
+                               eager=any(b.eager_in_disguise for b in bs)))
     # Where numba and torch-cpu cross over, per run x dtype x pass, over the sizes where
     # neither was noisy.
     by = {(ln.run, ln.impl, ln.dtype, ln.pass_): ln for ln in algo.lines}
@@ -530,6 +594,8 @@ def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list
     for r in runs:
         for b in r.benchmarks:
             algo(b.algorithm, b.family)
+        for n in r.not_run:
+            algo(n.algorithm, "unknown")
 
     dtypes = sorted({c.dtype for c in correctness.checks} if correctness else set(),
                     key=lambda d: (d == "", d))
@@ -551,7 +617,8 @@ def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list
                 a.cells[col] = Cell(mine)
         # Performance: every (run, dtype, pass, size) any run has for this algorithm, with a
         # "not run" cell for each implementation that run lacks there.
-        impls = sorted({b.impl for r in runs for b in r.benchmarks if b.algorithm == a.name},
+        impls = sorted({b.impl for r in runs for b in r.benchmarks if b.algorithm == a.name}
+                       | {n.impl for r in runs for n in r.not_run if n.algorithm == a.name},
                        key=lambda i: order_key(i, IMPL_ORDER))
         a.size_order = size_order([b for r in runs for b in r.benchmarks
                                    if b.algorithm == a.name])
@@ -559,13 +626,15 @@ def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list
         all_impls.update(impls)
         for ri, r in enumerate(runs):
             mine = [b for b in r.benchmarks if b.algorithm == a.name]
-            if not mine:
+            if not mine and not any(n.algorithm == a.name for n in r.not_run):
                 continue
             if a.family == "unknown":
                 a.family = next((b.family for b in mine if b.family != "unknown"), a.family)
             rank = {name: i for i, name in enumerate(a.size_order)}
             slots = sorted({(b.dtype, b.pass_, b.size) for r2 in runs for b in r2.benchmarks
-                            if b.algorithm == a.name},
+                            if b.algorithm == a.name}
+                           | {(n.dtype, n.pass_, n.size) for r2 in runs for n in r2.not_run
+                              if n.algorithm == a.name},
                            key=lambda s: (s[0], order_key(s[1], PASS_ORDER),
                                           rank.get(s[2], len(rank))))
             for dtype, pass_, size in slots:
@@ -574,7 +643,9 @@ def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list
                 # its peaks are that file's.
                 some = next((b for b in cells.values() if b is not None), None)
                 peaks = r.env_of(some).peaks if some else r.env.peaks
-                a.perf.append(PerfRow(ri, r.label, dtype, pass_, size, cells, peaks))
+                why = {i: w for i in impls if cells[i] is None
+                       and (w := r.why_not_run((a.name, i, size, dtype, pass_)))}
+                a.perf.append(PerfRow(ri, r.label, dtype, pass_, size, cells, peaks, why))
         _lines(a, runs)
 
     notes = []

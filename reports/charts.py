@@ -140,7 +140,9 @@ class Painter:
             _exponents(ax, lines)
             buf = io.StringIO()
             self.fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-        legend = [{"kind": "impl", "label": i, "color": _color(i)}
+        eager = {ln.impl for ln in lines if ln.eager}
+        legend = [{"kind": "impl", "color": _color(i),
+                   "label": f"{i} (eager in disguise)" if i in eager else i}
                   for i in dict.fromkeys(ln.impl for ln in lines)]
         legend += [{"kind": "pass", "label": p,
                     "dash": "" if STYLES.get(p) == "solid" else "4 2"}

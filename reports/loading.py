@@ -12,9 +12,12 @@ Three kinds of file, told apart by their content, never by their name:
   hi, level}}``: this implementation's time over the other's, the median of per-round ratios,
   see ``reports/paired.py``), ``stable`` and ``noise`` (``iqr_rel``, ``median_over_min``,
   ``stall_fraction``, ``reasons``); and in ``machine_info.refbench``: ``load`` (``start``,
-  ``end``: 1/5/15-minute load averages, ``cpus``, ``busy``), ``threading`` (free-form facts)
-  and per device ``peaks`` (``flops_per_s``, ``bytes_per_s``, ``stable``, ``samples``,
-  ``method``). Files without these load as before (ratios of medians, stability unknown);
+  ``end``: 1/5/15-minute load averages, ``cpus``, ``busy``), ``threading`` (free-form facts),
+  per device ``peaks`` (``flops_per_s``, ``bytes_per_s``, ``stable``, ``samples``,
+  ``method``) and ``not_run`` (``[{group, implementation, reason}]``: implementations that
+  could not be timed, which have no entry). Every entry may carry ``first_call_s`` and
+  ``compile_s``; a ``torch-compile`` entry also ``compiled`` (how dynamo captured the twin;
+  "no graph (eager in disguise): ..." means its time is torch's eager path). Files without these load as before (ratios of medians, stability unknown);
 - baseline: ``{"schema": "refbench.baseline/1", ...}``, a compact summary of a benchmark file
   (quantiles instead of raw timings) written by ``python -m reports baseline``.
 
@@ -37,7 +40,12 @@ CORRECTNESS_SCHEMA = "refbench.correctness/1"
 BASELINE_SCHEMA = "refbench.baseline/1"
 
 CHECK_ORDER = ("forward", "gradient", "gradcheck", "invariants", "invalid input", "no derivative")
-IMPL_ORDER = ("numba", "torch-cpu", "torch-cuda")
+IMPL_ORDER = ("numba", "torch-cpu", "torch-compile", "torch-cuda")
+COMPILED = "torch-compile"
+# How the benchmark says torch.compile captured a twin (extra_info.compiled): "one graph",
+# "N graphs, M breaks: ...", or "no graph (eager in disguise): ..." when dynamo made no graph,
+# so the "compiled" timing is torch's eager path.
+EAGER_PREFIX = "no graph"
 SIZE_ORDER = ("small", "medium", "large")  # by name when no problem size is known
 PASS_ORDER = ("forward", "forward+backward")
 VERDICTS = ("failed", "passed", "skipped")
@@ -301,7 +309,8 @@ class Check:
     case: str = ""
     replay: str = ""
     duration_s: float = 0.0
-    figures: dict[str, float | str | bool] = field(default_factory=dict)
+    # {label: number, bool, text, or a list of numbers (a curve: loss per epoch or step)}
+    figures: dict[str, float | str | bool | list[float]] = field(default_factory=dict)
     # A check that did not fail but whose worst error was recorded as inf or nan: older
     # recorders wrote 0/0 (no allowed error, no difference) that way. Shown as 0, with a note.
     zero_over_zero: bool = False
@@ -316,21 +325,65 @@ class Check:
         return (self.algorithm, self.check, self.dtype, self.device, self.nodeid)
 
 
-def _figures(value: Any, where: str) -> dict[str, float | str | bool]:
+_NUMBER_LIST = re.compile(r"^\s*\[?\s*([^\[\]]*?)\s*\]?\s*$")
+
+
+def curve_of(value: Any) -> list[float] | None:
+    """A figure that is a series of numbers (a loss per epoch or step), else None.
+
+    Accepts a JSON list of numbers (non-finite ones written as text) and text of two or more
+    numbers separated by commas and/or spaces (optionally in brackets), as helpers that
+    store curves as text write them.
+    """
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, str):
+        m = _NUMBER_LIST.match(value)
+        items = [t for t in re.split(r"[,\s]+", m.group(1)) if t] if m else []
+        if len(items) < 2:
+            return None
+    else:
+        return None
+    out = []
+    for v in items:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, (int, float)):
+            out.append(float(v))
+            continue
+        if not isinstance(v, str):
+            return None
+        try:
+            out.append(float(v))
+        except ValueError:
+            return None
+    return out if out else None
+
+
+def _figures(value: Any, where: str) -> dict[str, float | str | bool | list[float]]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise _FieldError(f"{where}: 'figures' should be an object, got {type(value).__name__}")
-    out: dict[str, float | str | bool] = {}
+    out: dict[str, float | str | bool | list[float]] = {}
     for k, v in value.items():
+        label = str(k)[:100]
         if isinstance(v, bool):
-            out[str(k)[:100]] = v
+            out[label] = v
         elif isinstance(v, (int, float)):
-            out[str(k)[:100]] = float(v)
+            out[label] = float(v)
         elif v in ("nan", "inf", "-inf"):  # non-finite numbers are written as text
-            out[str(k)[:100]] = float(v)
+            out[label] = float(v)
+        elif (curve := curve_of(v)) is not None:
+            out[label] = curve[:10000]
+        elif isinstance(v, list) and not v:
+            out[label] = "(empty list)"
+        elif isinstance(v, list):
+            raise _FieldError(f"{where}: figure {label!r} should be a number, text or a list "
+                              f"of numbers, got a list holding "
+                              f"{next(type(x).__name__ for x in v if curve_of([x]) is None)}")
         else:
-            out[str(k)[:100]] = _text(v, 200)
+            out[label] = _text(v, 200)
     return out
 
 
@@ -492,6 +545,19 @@ class Bench:
     data: np.ndarray | None = field(default=None, repr=False)  # raw per-round times
     fullname: str = ""  # pytest's node id of the benchmark (the name in older files)
     source: str = ""  # the file it came from, in a run merged from several (merge.py)
+    # torch-compile only: how dynamo captured the twin ("one graph", "N graphs, M breaks:
+    # ...", "no graph (eager in disguise): ..."); empty for other implementations.
+    compiled: str = ""
+
+    @property
+    def eager_in_disguise(self) -> bool:
+        """A torch-compile benchmark for which dynamo made no graph: its time is eager."""
+        return self.compiled.startswith(EAGER_PREFIX)
+
+    @property
+    def label(self) -> str:
+        """The implementation's name, marked when a "compiled" time is eager in disguise."""
+        return f"{self.impl} (eager in disguise)" if self.eager_in_disguise else self.impl
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -526,6 +592,48 @@ class Bench:
         return float(sum(math.prod(s) for s in self.shapes.values()))
 
 
+@dataclass(frozen=True)
+class NotRun:
+    """An implementation the benchmark could not time in one group, and why (inductor could
+    not compile the twin, no CUDA device, nothing comparable to that pass)."""
+
+    algorithm: str
+    impl: str
+    size: str
+    dtype: str
+    pass_: str
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.algorithm, self.impl, self.size, self.dtype, self.pass_)
+
+
+def _not_run(value: Any) -> list[NotRun]:
+    """``machine_info.refbench.not_run``: ``[{group: "<algorithm> <size> <dtype> <pass>",
+    implementation, reason}]``."""
+    if value is None:
+        return []
+    where = "machine_info.refbench.not_run"
+    if not isinstance(value, list):
+        raise _FieldError(f"{where} should be a list, got {type(value).__name__}")
+    out = []
+    for i, e in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(e, dict):
+            raise _FieldError(f"{w} should be an object like {{group, implementation, reason}}, "
+                              f"got {type(e).__name__}")
+        group = _get(e, "group", str, w)
+        parts = group.rsplit(" ", 3)
+        if len(parts) != 4 or not all(parts):
+            raise _FieldError(f"{w}: group should read '<algorithm> <size> <dtype> <pass>', "
+                              f"got {group[:80]!r}")
+        algorithm, size, dtype, pass_ = parts
+        out.append(NotRun(algorithm, _get(e, "implementation", str, w), size, dtype, pass_,
+                          _text(_get(e, "reason", str, w, ""), 500) or "no reason given"))
+    return out
+
+
 @dataclass
 class BenchRun:
     path: str
@@ -539,9 +647,15 @@ class BenchRun:
     # As for CorrectnessRun: the files a run was merged from, and the runs as loaded.
     sources: list[str] = field(default_factory=list)
     parts: list[BenchRun] = field(default_factory=list)
+    # Implementations the benchmark could not time, with the reason (no entry in benchmarks).
+    not_run: list[NotRun] = field(default_factory=list)
 
     def find(self, key) -> Bench | None:
         return self._index.get(key)
+
+    def why_not_run(self, key) -> str | None:
+        """The reason the benchmark gave for not timing ``key``; None when it said nothing."""
+        return self._why.get(key)
 
     def env_of(self, b: Bench) -> Environment:
         """The environment ``b`` was measured in: its own file's, in a merged run (each shard
@@ -554,6 +668,7 @@ class BenchRun:
     def __post_init__(self) -> None:
         self.sources = self.sources or [self.path]
         self._index = {b.key: b for b in self.benchmarks}
+        self._why = {n.key: n.reason for n in self.not_run}
 
 
 # test_bench[<algorithm>-<impl>-<size>-<dtype>-<pass>] when extra_info is missing (old files).
@@ -653,6 +768,7 @@ def _bench(b: Any, i: int) -> Bench:
         group=_text(info.get("group"), 300), paired=paired, ratios=ratios, stable=stable,
         noise=noise, data=_raw(stats, where),
         fullname=_get(b, "fullname", str, where, "") or name,
+        compiled=_text(_get(info, "compiled", str, where, ""), 300),
     )
 
 
@@ -712,8 +828,10 @@ def _bench_run(doc: dict, path: str, kind: str) -> BenchRun:
         env.dirty = ci["dirty"]
     benches = [_bench(b, i) for i, b in enumerate(benchmarks)]
     _pair_up(benches)
+    refbench = mi.get("refbench") if isinstance(mi.get("refbench"), dict) else {}
     return BenchRun(path=path, created=_text(doc.get("datetime"), 64), env=env,
-                    benchmarks=benches, version=_text(doc.get("version"), 32))
+                    benchmarks=benches, version=_text(doc.get("version"), 32),
+                    not_run=_not_run(refbench.get("not_run")))
 
 
 # -- the compact baseline -----------------------------------------------------------------------

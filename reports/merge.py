@@ -241,7 +241,8 @@ def _merge_bench_run(files: list[BenchRun]) -> BenchRun:
     first = files[0]
     return BenchRun(path=" + ".join(r.path for r in files), created=first.created,
                     env=first.env, benchmarks=benches, kind=first.kind, version=first.version,
-                    sources=[r.path for r in files], parts=list(files))
+                    sources=[r.path for r in files], parts=list(files),
+                    not_run=list(dict.fromkeys(n for r in files for n in r.not_run)))
 
 
 def merge_benches(files: list[BenchRun]) -> list[BenchRun]:

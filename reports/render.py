@@ -55,6 +55,71 @@ def figure_text(v: object) -> str:
     return fmt.sig(float(v), 4)
 
 
+CURVE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+
+
+def curve_color(i: int) -> str:
+    return CURVE_COLORS[i % len(CURVE_COLORS)]
+
+
+def curves_svg(curves: list[tuple[str, list[float]]], width: int = 300,
+               height: int = 110) -> Markup:
+    """Several numeric series of one check (loss per epoch, reference and torch) as one small
+    inline SVG line chart: x is the index (1..n), y linear between the finite extremes; a
+    non-finite value breaks its line. Labels go in the HTML legend beside it (escaped there);
+    the SVG holds only numbers we format, so it is safe markup."""
+    finite = [y for _, ys in curves for y in ys if math.isfinite(y)]
+    if not finite:
+        return Markup("")
+    n = max(len(ys) for _, ys in curves)
+    lo, hi = min(finite), max(finite)
+    if hi == lo:
+        lo, hi = lo - (abs(lo) or 1.0) * 0.05, hi + (abs(hi) or 1.0) * 0.05
+    left, right, top, bottom = 46, 8, 8, 18
+    w, h = width - left - right, height - top - bottom
+
+    def x(i: int) -> float:
+        return left + (w * i / (n - 1) if n > 1 else w / 2)
+
+    def y(v: float) -> float:
+        return top + h * (hi - v) / (hi - lo)
+
+    parts = [f'<svg class="curves" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" xmlns="http://www.w3.org/2000/svg">',
+             f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" '
+             f'stroke="#dde2ea"/>',
+             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{fmt.sig(hi, 3)}</text>',
+             f'<text x="{left - 4}" y="{top + h}" text-anchor="end">{fmt.sig(lo, 3)}</text>',
+             f'<text x="{left}" y="{height - 4}">1</text>',
+             f'<text x="{left + w}" y="{height - 4}" text-anchor="end">{n}</text>']
+    for k, (_, ys) in enumerate(curves):
+        runs, run = [], []
+        for i, v in enumerate(ys):
+            if math.isfinite(v):
+                run.append(f"{x(i):.1f},{y(v):.1f}")
+            elif run:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+        for pts in runs:
+            if len(pts) == 1:
+                cx, cy = pts[0].split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{curve_color(k)}"/>')
+            else:
+                parts.append(f'<polyline points="{" ".join(pts)}" fill="none" '
+                             f'stroke="{curve_color(k)}" stroke-width="1.5"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))  # numbers and our own colours only
+
+
+def curve_text(ys: list[float]) -> str:
+    """A curve as text beside its chart: first and last values and the number of points."""
+    if not ys:
+        return "no points"
+    return f"{figure_text(ys[0])} → {figure_text(ys[-1])} ({len(ys)} points)"
+
+
 def sort_num(x: float | None) -> str:
     """A data-sort value: numbers sort numerically, missing ones last."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -74,9 +139,10 @@ def _environment() -> jinja2.Environment:
         time=fmt.time_text, rate=fmt.rate_text, pct=fmt.percent_text, speed=fmt.speed_text,
         ratio=fmt.ratio_text, worst=fmt.worst_text, sig=fmt.sig, md=md, md_code=md_code,
         dt=short_dtype, bar=bar_width, sortnum=sort_num, within=fmt.within_text,
-        interval=fmt.interval_text, figure=figure_text,
+        interval=fmt.interval_text, figure=figure_text, curve_text=curve_text,
     )
-    env.globals.update(achieved=achieved, order_key=order_key, isfinite=math.isfinite)
+    env.globals.update(achieved=achieved, order_key=order_key, isfinite=math.isfinite,
+                       curves_svg=curves_svg, curve_color=curve_color)
     return env
 
 

@@ -35,7 +35,9 @@ class CheckRecord:
     case: str = ""
     duration_s: float = 0.0
     # Named figures a check measured beside its errors (a real-data test's accuracies, a
-    # model's final losses): {label: number or short text}, shown with the check in the report.
+    # model's final losses, a loss curve): {label: number, short text, or a sequence of
+    # numbers}, shown with the check in the report (sequences of one check drawn as one chart;
+    # text of two or more numbers separated by commas or spaces counts as a sequence).
     figures: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -72,15 +74,31 @@ def _finite_or_str(x: float):
     return x if np.isfinite(x) else str(x)
 
 
+_MAX_CURVE = 10000  # points kept of one sequence figure
+
+
 def _figure(v):
-    """A named figure as JSON: a number (numpy scalars too; non-finite as text), a bool, or
-    short text."""
+    """A named figure as JSON: a number (numpy scalars too; non-finite as text), a bool, a
+    list of numbers (a list, tuple, 1-d array, or text of two or more numbers separated by
+    commas or spaces), or short text."""
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, (int, np.integer)):
         return int(v)
     if isinstance(v, (float, np.floating)):
         return _finite_or_str(float(v))
+    if isinstance(v, str):
+        tokens = [t for t in v.strip().strip("[]").replace(",", " ").split() if t]
+        if len(tokens) >= 2:
+            try:
+                return [_finite_or_str(float(t)) for t in tokens[:_MAX_CURVE]]
+            except ValueError:
+                pass
+        return v[:200]
+    if isinstance(v, (list, tuple, np.ndarray)):
+        arr = np.asarray(v)
+        if arr.ndim == 1 and arr.dtype.kind in "biuf":
+            return [_finite_or_str(float(x)) for x in arr[:_MAX_CURVE]]
     return str(v)[:200]
 
 

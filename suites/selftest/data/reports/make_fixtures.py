@@ -25,8 +25,14 @@ ratios, stable, noise; ``machine_info.refbench``: load, threading, peaks with sa
                          shared load; numba relu large forward planted 1.5x slower AND noisy
                          (the gate must not fail on it)
 - paired_slower_bench.json  a quiet re-run with numba softmax 1.5x slower (gate: fail)
-- paired_correctness.json   cpu_correctness plus named figures on a check and a passed
+- paired_correctness.json   cpu_correctness plus named figures on a check, two loss curves
+                         on another (a list of numbers and the same as text), and a passed
                          gradcheck whose worst is "inf" (an older recorder's 0/0)
+- compiled_bench.json    torch-compile beside numba and torch-cpu (one graph; graph breaks;
+                         lstm eager in disguise; adam_step not compiled, with inductor's
+                         reason), peers sklearn and torch-fused (nothing comparable for
+                         forward+backward), torch-cuda asked for without a GPU: every
+                         implementation not timed listed in machine_info.refbench.not_run
 
 Files of a CI matrix (shards and devices, merged by ``reports build``):
 - shard1_correctness.json, shard2_correctness.json  cpu_correctness split as ``--shard=I/2``
@@ -423,12 +429,118 @@ def paired_bench(seed: int, busy: bool = False, tweak=None, stalls=None, node="v
     return doc
 
 
+# torch.compile as a third timed implementation, peers beside it, and what was not run.
+# name -> (family, differentiable, flops per element, implementations timed, how dynamo
+# captured the twin (None: inductor could not compile it, so torch-compile is never timed))
+COMPILED_ALGOS = {
+    "relu": ("activations", True, 1.0, ["numba", "torch-cpu", "torch-compile"], "one graph"),
+    "lstm": ("sequence", True, 8.0, ["numba", "torch-cpu", "torch-compile"],
+             "no graph (eager in disguise): dynamo does not trace nn.LSTM (cuDNN/mkldnn RNN "
+             "module)"),
+    "kmeans_assign": ("classical", False, 4.0,
+                      ["numba", "torch-cpu", "torch-compile", "sklearn"],
+                      "2 graphs, 1 breaks: Tensor.item() call with capture_scalar_outputs=False"),
+    "adam_step": ("optim", True, 3.0, ["numba", "torch-cpu", "torch-fused"], None),
+}
+COMPILE_FAILURE = ("torch-compile: inductor could not compile the twin: "
+                   "BackendCompilerFailed: backend='inductor' raised: <lowering> "
+                   "aten._foreach_addcdiv")
+NO_CUDA = "torch-cuda: torch sees no CUDA device on this machine"
+PEER_SPEED = {"torch-compile": 0.7, "sklearn": 1.4, "torch-fused": 0.8}
+
+
+def compiled_bench(seed: int = 30) -> dict:
+    """A CPU run with --bench-impls=all,torch-compile: numba, torch-cpu, torch-compile and the
+    specs' peers timed in shared rounds. lstm's torch-compile is eager in disguise (dynamo made
+    no graph); adam_step's twin does not compile (not run, with inductor's reason), its
+    torch-fused peer has nothing comparable for forward+backward; torch-cuda was asked for but
+    the machine has no GPU. Every not-timed implementation is in machine_info.refbench.not_run.
+    """
+    from reports.paired import noise, paired_ratio
+
+    rng = np.random.default_rng(seed)
+    out, not_run = [], []
+    for algo, (family, diff, flops_per, impls, how) in COMPILED_ALGOS.items():
+        for size in SIZES:
+            n = SIZES[size]
+            for pass_ in ("forward", "forward+backward") if diff else ("forward",):
+                group = f"{algo} {size} float32 {pass_}"
+                timed = [i for i in impls if not (i == "torch-fused" and pass_ != "forward")]
+                for impl in impls:
+                    if impl not in timed:
+                        not_run.append({"group": group, "implementation": impl, "reason":
+                                        f"{impl}: nothing comparable to the reference's "
+                                        f"{pass_} pass"})
+                if how is None:
+                    not_run.append({"group": group, "implementation": "torch-compile",
+                                    "reason": COMPILE_FAILURE})
+                not_run.append({"group": group, "implementation": "torch-cuda",
+                                "reason": NO_CUDA})
+                rounds = 30
+                shared = np.exp(rng.normal(0, 0.03, rounds))
+                data = {}
+                for impl in timed:
+                    base = "torch-cpu" if impl in PEER_SPEED else impl
+                    med = model_time(algo if algo in ALGOS else "relu", base, size, pass_,
+                                     flops_per)
+                    if impl == "torch-compile" and "eager" in how:
+                        med *= 1.02  # eager in disguise: torch-cpu's time, and a guard check
+                    elif impl in PEER_SPEED:
+                        med *= PEER_SPEED[impl]
+                    t = med * shared * np.exp(rng.normal(0, 0.02, rounds))
+                    data[impl] = np.array([float(f"{x:.6g}") for x in t])
+                for impl in timed:
+                    e = bench_entry(algo, family, impl, size, "float32", pass_, 1.0, rng,
+                                    rounds, flops_per, shapes={"x": [n]})
+                    e["stats"] = _stats(data[impl])
+                    e["stats"]["data"] = [float(x) for x in data[impl]]
+                    info = e["extra_info"]
+                    med = float(np.median(data[impl]))
+                    compile_s = {"numba": 0.8 if size == "small" else 0.0,
+                                 "torch-compile": {"small": 4.2, "medium": 5.1,
+                                                   "large": 6.3}[size]}.get(impl, 0.0)
+                    if impl == "torch-compile" and "eager" in how:
+                        compile_s = 0.35  # dynamo looked and gave up: no inductor compile
+                    info.update(
+                        group=group, compile_s=compile_s, first_call_s=compile_s + 2 * med,
+                        paired={"rounds": rounds, "partners": timed, "attempts": 1,
+                                "order": "random per round",
+                                "warmup": "one untimed call before each timed round"},
+                        ratios={})
+                    if impl == "torch-compile":
+                        info["compiled"] = how
+                    for other in timed:
+                        if other != impl:
+                            v, lo, hi = paired_ratio(data[impl], data[other])
+                            info["ratios"][other] = {"value": v, "lo": lo, "hi": hi,
+                                                     "level": 0.95}
+                    nz = noise(data[impl])
+                    info["stable"] = nz.pop("stable")
+                    info["noise"] = nz
+                    out.append(e)
+    peak = {**PEAK_CPU, "stable": True}
+    doc = _bench_doc(out, ENV_CPU, {"cpu": peak}, "vm")
+    doc["machine_info"]["refbench"].update(
+        load={"start": [0.4, 0.5, 0.5], "end": [1.1, 0.9, 0.6], "cpus": 2, "busy": False},
+        threading=THREADING, not_run=not_run)
+    return doc
+
+
+# Curves a check recorded (a model's mean loss per epoch): one as a list of numbers, the
+# other as the text the models helper writes.
+CURVE_LIST = [2.302, 1.104, 0.5213, 0.3127, 0.2218, 0.1806]
+CURVE_TEXT = "2.301 1.112 0.530 0.318 0.224 0.183"
+
+
 def paired_correctness() -> dict:
     doc = correctness()
     for r in doc["records"]:
         if r["algorithm"] == "softmax" and r["check"] == "invariants" and r["dtype"] == "float64":
             r["figures"] = {"rows summing to 1 within 4 ulp": 1.0, "max |sum - 1|": 2.2e-16,
                             "real-data accuracy (iris)": 0.9733, "note": "<b>not markup</b>"}
+        if r["algorithm"] == "gelu" and r["check"] == "gradient" and r["dtype"] == "float32":
+            r["figures"] = {"loss per epoch reference": CURVE_LIST,
+                            "loss per epoch torch": CURVE_TEXT, "final loss reference": 0.1806}
         if r["algorithm"] == "relu" and r["check"] == "gradcheck":
             # written by an older recorder: an empty case made 0/0 into inf
             r.update(worst="inf", max_rel="inf", max_abs=0.0)
@@ -569,6 +681,7 @@ def main() -> None:
         "paired_slower_bench.json": paired_bench(22, tweak=planted(1.5, "softmax"),
                                                  stalls=PAIRED_STALLS),
         "paired_correctness.json": paired_correctness(),
+        "compiled_bench.json": compiled_bench(),
         "shard1_correctness.json": shard_correctness(1, 2),
         "shard2_correctness.json": shard_correctness(2, 2),
         "shard1_bench.json": shard_bench(1, 2),
