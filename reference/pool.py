@@ -152,7 +152,7 @@ def _max_bwd(g, am, dx):
 
 
 def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1,
-               ceil_mode: bool = False) -> tuple[np.ndarray, MaxPoolCtx]:
+               ceil_mode: bool = False, return_indices: bool = False):
     r"""2-d max pooling (``F.max_pool2d``); padding counts as -inf, never as a maximum.
 
     .. math:: y_{a b} = \max_{i, j} x_{a s_h - p_h + i d_h,\ b s_w - p_w + j d_w}, \qquad
@@ -160,16 +160,29 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1,
 
     Ties: the window is scanned row by row and the gradient goes to the FIRST maximum, as in
     PyTorch; a NaN in the window is the maximum (the last NaN). A window that holds no pixel
-    (padding and dilation can do that) gives -inf and passes no gradient. Overlapping windows
-    (stride < kernel) add their gradients. ``stride`` defaults to ``kernel_size``; ``padding``
-    is at most half the kernel. Backward returns ``(dx,)``.
+    (padding and dilation can do that) gives -inf and passes no gradient (its index is -1;
+    PyTorch 2.13's backward writes out of bounds for such a window, so there is no torch
+    answer to mirror). Overlapping windows (stride < kernel) add their gradients. ``stride``
+    defaults to ``kernel_size``; ``padding`` is at most half the kernel. ``x`` is (N, C, H, W)
+    or (C, H, W).
+
+    ``return_indices=True`` returns ``(y, indices)`` instead of ``y``, as PyTorch: ``indices``
+    (int64, ``y``'s shape) holds each window's maximum as the flat index ``u * W + v`` into its
+    own (n, c) plane of ``x`` (PyTorch's convention, what ``F.max_unpool2d`` reads). The
+    indices are not differentiable; backward takes the gradient of ``y`` alone and returns
+    ``(dx,)`` either way.
     """
     x, planes, geo = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    with_indices = v.boolean(return_indices, "return_indices")
     x3 = x.reshape(planes, geo.h, geo.w)
     y = np.empty((planes, geo.oh, geo.ow), x.dtype)
     am = np.empty((planes, geo.oh * geo.ow), np.int64)
     _max_fwd(x3, y, am, geo)
-    return y.reshape(x.shape[:-2] + (geo.oh, geo.ow)), MaxPoolCtx(am, geo, x.shape, x.dtype)
+    out_shape = x.shape[:-2] + (geo.oh, geo.ow)
+    ctx = MaxPoolCtx(am, geo, x.shape, x.dtype)
+    if with_indices:  # a copy: the caller may edit it, the ctx's table must not change
+        return (y.reshape(out_shape), am.reshape(out_shape).copy()), ctx
+    return y.reshape(out_shape), ctx
 
 
 def max_pool2d_backward(ctx: MaxPoolCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:

@@ -1,10 +1,11 @@
 """Specs of the spatial layers: conv2d, max_pool2d, avg_pool2d (NCHW).
 
-Strategies cover: batch of 1 and unbatched (C, H, W) inputs, odd, even and non-square kernels
-and images, stride larger than the kernel, padding from 0 up to half the (dilated) kernel as
-ints, pairs, 'same' and 'valid', dilation > 1, groups dividing the channels (depthwise
-included), bias or none. Max-pooling draws values from a small set of integers, so windows
-hold exact ties and the first-maximum convention is compared with torch's.
+Strategies cover: batch of 1 and unbatched (C, H, W) inputs (pools too), odd, even and
+non-square kernels and images, stride larger than the kernel, padding from 0 up to half the
+(dilated) kernel as ints, pairs, 'same' and 'valid', dilation > 1, groups dividing the
+channels (depthwise included), bias or none. Max-pooling draws values from a small set of
+integers, so windows hold exact ties and the first-maximum convention is compared with
+torch's, gradients and ``return_indices``' flat per-plane indices alike.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from suites.catalog._layer_tools import (
     small_floats,
     spread_ranks,
 )
-from suites.catalog.spec import Case, Cost, Invalid, Invariant, Spec
+from suites.catalog.spec import Case, Cost, Invalid, Invariant, Spec, as_tuple
 
 
 def _pair(draw, lo, hi, sampled=None):
@@ -222,6 +223,8 @@ def _pool_cases(draw, dtype, kind):
     params = {"kernel_size": _as_param(draw, k), "stride": stride, "padding": _as_param(draw, p)}
     if kind == "max":
         params |= {"dilation": _as_param(draw, d), "ceil_mode": ceil_mode}
+        if draw(st.booleans()):
+            params["return_indices"] = draw(st.booleans())
     else:
         params |= {"ceil_mode": ceil_mode, "count_include_pad": draw(st.booleans()),
                    "divisor_override": draw(st.one_of(st.none(), st.integers(1, 5)))}
@@ -236,7 +239,7 @@ def _pool_size(shape, **params):
 
 def _pool_cost(forward):
     def cost(case: Case) -> Cost:
-        y, _ = forward(case.inputs["x"], **case.params)
+        y = as_tuple(forward(case.inputs["x"], **case.params)[0])[0]
         k = case.params["kernel_size"]
         area = k * k if isinstance(k, int) else k[0] * k[1]
         x = case.inputs["x"]
@@ -252,6 +255,23 @@ def _distinct(case: Case) -> Case:
 def _max_is_an_input(case: Case, outs) -> None:
     y, x = outs[0], case.inputs["x"]
     assert np.all(np.isin(y, x)), "max-pool output is not one of the input's values"
+
+
+def _indices_point_at_maxima(case: Case, outs) -> None:
+    """With return_indices: each index lies in its (n, c) plane and x there is the output
+    (torch's flat u * W + v per plane; that it is torch's choice among ties is forward
+    parity's to check)."""
+    if not case.params.get("return_indices"):
+        assert len(outs) == 1, f"{len(outs)} outputs without return_indices"
+        return
+    y, idx = outs
+    x = case.inputs["x"]
+    h, w = x.shape[-2:]
+    assert idx.dtype == np.int64 and idx.shape == y.shape, f"indices {idx.dtype}{idx.shape}"
+    assert np.all((idx >= 0) & (idx < h * w)), "an index outside its plane"
+    planes = x.reshape(-1, h * w)
+    picked = np.take_along_axis(planes, idx.reshape(planes.shape[0], -1), axis=1)
+    assert np.array_equal(picked.reshape(y.shape), y), "x at the index is not the output"
 
 
 def _avg_within_range(case: Case, outs) -> None:
@@ -282,17 +302,24 @@ POOL_INVALID = (
 
 register(Spec(
     name="max_pool2d", family=FAMILY,
-    summary="2-d max pooling; gradient to the first maximum in scan order",
+    summary="2-d max pooling; gradient to the first maximum in scan order; return_indices",
     forward=P.max_pool2d, backward=P.max_pool2d_backward, grad_inputs=("x",),
     torch=F.max_pool2d,
     cases=lambda dtype: _pool_cases(dtype, "max"),
-    sizes={"small": _pool_size((4, 16, 16, 16), kernel_size=3, stride=2, padding=1),
+    # The small size (the battery's) returns the indices too, so the battery sees that path.
+    sizes={"small": _pool_size((4, 16, 16, 16), kernel_size=3, stride=2, padding=1,
+                               return_indices=True),
            "medium": _pool_size((8, 32, 64, 64), kernel_size=3, stride=2, padding=1),
            "large": _pool_size((16, 64, 64, 64), kernel_size=3, stride=2, padding=1)},
     cost=_pool_cost(P.max_pool2d),
     smooth=_distinct,
-    invariants=(Invariant("outputs are input values", _max_is_an_input),),
-    invalid=POOL_INVALID + (_pool_bad("dilation 0", ValueError, "dilation", dilation=0),),
+    invariants=(Invariant("outputs are input values", _max_is_an_input),
+                Invariant("indices point at the maxima", _indices_point_at_maxima)),
+    invalid=POOL_INVALID + (
+        _pool_bad("dilation 0", ValueError, "dilation", dilation=0),
+        _pool_bad("return_indices not a bool", TypeError, "return_indices",
+                  return_indices="yes"),
+    ),
 ))
 
 register(Spec(
