@@ -1,4 +1,5 @@
-"""Layers without spatial structure: dense (linear), dropout, channel dropout, embedding.
+"""Layers without spatial structure: dense (linear), dropout, channel dropout (1-d and 2-d),
+embedding.
 
 Convolution is in ``reference.conv``, pooling in ``reference.pool``, batch and layer norm in
 ``reference.norm``, and the composite blocks (residual, MobileNet, Inception) in
@@ -30,8 +31,9 @@ from reference import _validate as v
 from reference._jit import PARALLEL_MIN, kernel
 
 __all__ = [
-    "linear", "linear_backward", "dropout", "dropout_backward", "dropout2d",
-    "dropout2d_backward", "dropout_mask", "embedding", "embedding_backward",
+    "linear", "linear_backward", "dropout", "dropout_backward", "dropout1d",
+    "dropout1d_backward", "dropout2d", "dropout2d_backward", "dropout_mask", "embedding",
+    "embedding_backward",
 ]
 
 
@@ -131,9 +133,14 @@ class DropoutCtx(NamedTuple):
     all_dropped: bool  # p = 1
     out_shape: tuple[int, ...] = ()
     dtype: np.dtype | None = None
+    training: bool = True  # False: the identity, forward and backward
+    inner: int = 1  # elements of x per mask entry (H * W, L, or 1)
 
 
+Dropout1dCtx = v.ctx_type(DropoutCtx, "Dropout1dCtx", "dropout1d")
 Dropout2dCtx = v.ctx_type(DropoutCtx, "Dropout2dCtx", "dropout2d")
+
+_NO_MASK = np.zeros(0, np.bool_)  # what an evaluation-mode context keeps: backward reads none
 
 
 def _own(a: np.ndarray, given) -> np.ndarray:
@@ -174,8 +181,43 @@ def _scale_by_mask(x, mask, scale, all_dropped, inner, y):
                          (k + 1) * n // blocks)
 
 
-def dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray, DropoutCtx]:
-    r"""Inverted dropout with an explicit keep-mask (``F.dropout`` in training mode).
+def _dropout_forward(cls, x, mask, p, training, mask_shape, like: str):
+    """The three dropouts: ``mask_shape`` is the mask's shape, each entry covering
+    ``x.size / mask.size`` consecutive elements of x."""
+    scale, all_dropped = _dropout_p(p)
+    train = v.boolean(training, "training")
+    if mask is None and not train:
+        m = _NO_MASK
+    else:
+        if mask is None:
+            raise TypeError("mask must be a bool keep-mask when training=True (draw one with "
+                            "dropout_mask), got None")
+        m = v.bool_array(mask, "mask", shape=mask_shape, like=like)
+    if not train:  # the identity (a copy: the caller may edit y without touching x)
+        return x.copy(), cls(_NO_MASK, 1.0, False, x.shape, x.dtype, False, 1)
+    inner = x.size // m.size if m.size else 1
+    y = np.empty_like(x)
+    _scale_by_mask(x.reshape(-1), m.reshape(-1), scale, all_dropped, inner, y.reshape(-1))
+    return y, cls(_own(m, mask), scale, all_dropped, x.shape, x.dtype, True, inner)
+
+
+def _dropout_backward(cls, name: str, ctx, grad_out):
+    v.ctx_of(ctx, cls, name)
+    g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
+    if g.shape != ctx.out_shape:
+        raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "
+                         f"got shape {g.shape}")
+    if not ctx.training:
+        return (g.copy(),)
+    dx = np.empty_like(g)
+    _scale_by_mask(g.reshape(-1), ctx.mask.reshape(-1), ctx.scale, ctx.all_dropped, ctx.inner,
+                   dx.reshape(-1))
+    return (dx,)
+
+
+def dropout(x: np.ndarray, mask: np.ndarray | None = None, p: float = 0.5,
+            training: bool = True) -> tuple[np.ndarray, DropoutCtx]:
+    r"""Inverted dropout with an explicit keep-mask (``F.dropout``).
 
     ``mask`` is a bool array of x's shape, True where the element is kept (draw one with
     ``dropout_mask``). Kept elements are scaled by ``1/(1-p)`` so the expectation is unchanged.
@@ -184,27 +226,46 @@ def dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray
 
     ``p = 0`` with an all-True mask is the identity. ``p = 1`` drops everything: ``y = 0 \cdot x``
     (NaN stays NaN) and ``dx = 0``, as in PyTorch, whatever the mask.
+
+    ``training=False`` is the identity, as PyTorch's evaluation mode: ``y = x`` (a copy) and
+    ``dx = dy``; ``mask`` may then be None (one given is still checked, and unused), ``p`` is
+    still checked.
     """
     x = v.float_array(x, "x")
-    m = v.bool_array(mask, "mask", shape=x.shape, like=" (the shape of x)")
-    scale, all_dropped = _dropout_p(p)
-    y = np.empty_like(x)
-    _scale_by_mask(x.reshape(-1), m.reshape(-1), scale, all_dropped, 1, y.reshape(-1))
-    return y, DropoutCtx(_own(m, mask), scale, all_dropped, x.shape, x.dtype)
+    return _dropout_forward(DropoutCtx, x, mask, p, training, x.shape, " (the shape of x)")
 
 
 def dropout_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    """``dx = dy * m / (1 - p)`` (0 when ``p = 1``)."""
-    v.ctx_of(ctx, DropoutCtx, "dropout")
-    g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
-    v.same_shape(ctx.mask, "the forward output", g, "grad_out")
-    dx = np.empty_like(g)
-    _scale_by_mask(g.reshape(-1), ctx.mask.reshape(-1), ctx.scale, ctx.all_dropped, 1,
-                   dx.reshape(-1))
-    return (dx,)
+    """``dx = dy * m / (1 - p)`` (0 when ``p = 1``); ``dx = dy`` after ``training=False``."""
+    return _dropout_backward(DropoutCtx, "dropout", ctx, grad_out)
 
 
-def dropout2d(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarray, DropoutCtx]:
+def dropout1d(x: np.ndarray, mask: np.ndarray | None = None, p: float = 0.5,
+              training: bool = True) -> tuple[np.ndarray, DropoutCtx]:
+    r"""Channel dropout of an (N, C, L) or (C, L) input (``F.dropout1d``).
+
+    ``mask`` is a bool array of x's shape without its last axis, (N, C) or (C,), True where the
+    whole channel ``x[n, c, :]`` is kept.
+
+    .. math:: y_{nc\cdot} = x_{nc\cdot}\, m_{nc} / (1 - p), \qquad
+              dx_{nc\cdot} = dy_{nc\cdot}\, m_{nc} / (1 - p)
+
+    ``p = 1`` gives ``0 \cdot x`` and zero gradients, ``training=False`` the identity, as
+    ``dropout``.
+    """
+    x = v.float_array(x, "x", ndim=(2, 3))
+    return _dropout_forward(Dropout1dCtx, x, mask, p, training, x.shape[:-1],
+                            " (x's shape without its last axis: (N, C) or (C,))")
+
+
+def dropout1d_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
+    """``dx[n, c] = dy[n, c] * m[n, c] / (1 - p)`` (0 when ``p = 1``; ``dy`` after
+    ``training=False``)."""
+    return _dropout_backward(Dropout1dCtx, "dropout1d", ctx, grad_out)
+
+
+def dropout2d(x: np.ndarray, mask: np.ndarray | None = None, p: float = 0.5,
+              training: bool = True) -> tuple[np.ndarray, DropoutCtx]:
     r"""Channel (feature-map) dropout of an (N, C, H, W) input (``F.dropout2d``).
 
     ``mask`` is a bool (N, C) array, True where the whole channel ``x[n, c]`` is kept.
@@ -212,29 +273,19 @@ def dropout2d(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> tuple[np.ndarr
     .. math:: y_{nc\cdot\cdot} = x_{nc\cdot\cdot}\, m_{nc} / (1 - p), \qquad
               dx_{nc\cdot\cdot} = dy_{nc\cdot\cdot}\, m_{nc} / (1 - p)
 
-    ``p = 1`` gives ``0 \cdot x`` and zero gradients, as ``dropout`` does.
+    ``p = 1`` gives ``0 \cdot x`` and zero gradients, ``training=False`` the identity, as
+    ``dropout``. (C, H, W) inputs are refused: PyTorch 2.13 reads them as (N, C, L) for
+    ``dropout2d``, with a warning, so the rank does not say what is dropped; use
+    ``dropout1d`` for channel dropout of 3-d inputs.
     """
     x = v.float_array(x, "x", ndim=4)
-    m = v.bool_array(mask, "mask", shape=x.shape[:2], like=" (N, C) of x")
-    scale, all_dropped = _dropout_p(p)
-    y = np.empty_like(x)
-    inner = x.shape[2] * x.shape[3]
-    _scale_by_mask(x.reshape(-1), m.reshape(-1), scale, all_dropped, inner, y.reshape(-1))
-    return y, Dropout2dCtx(_own(m, mask), scale, all_dropped, x.shape, x.dtype)
+    return _dropout_forward(Dropout2dCtx, x, mask, p, training, x.shape[:2], " (N, C) of x")
 
 
 def dropout2d_backward(ctx: DropoutCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    """``dx[n, c] = dy[n, c] * m[n, c] / (1 - p)`` (0 when ``p = 1``)."""
-    v.ctx_of(ctx, Dropout2dCtx, "dropout2d")
-    g = v.float_array(grad_out, "grad_out", ndim=4, dtype=ctx.dtype)
-    if g.shape != ctx.out_shape:
-        raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "
-                         f"got shape {g.shape}")
-    dx = np.empty_like(g)
-    inner = g.shape[2] * g.shape[3]
-    _scale_by_mask(g.reshape(-1), ctx.mask.reshape(-1), ctx.scale, ctx.all_dropped, inner,
-                   dx.reshape(-1))
-    return (dx,)
+    """``dx[n, c] = dy[n, c] * m[n, c] / (1 - p)`` (0 when ``p = 1``; ``dy`` after
+    ``training=False``)."""
+    return _dropout_backward(Dropout2dCtx, "dropout2d", ctx, grad_out)
 
 
 def dropout_mask(rng: np.random.Generator, shape, p: float = 0.5) -> np.ndarray:
@@ -242,7 +293,7 @@ def dropout_mask(rng: np.random.Generator, shape, p: float = 0.5) -> np.ndarray:
 
     Entry ``i`` is ``u_i >= p`` with ``u_i`` uniform on [0, 1) from ``rng``, so ``p = 0`` keeps
     everything and ``p = 1`` nothing. For ``dropout2d`` draw shape (N, C); for ``dropout`` the
-    input's shape.
+    input's shape; for ``dropout1d`` the input's shape without its last axis.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")

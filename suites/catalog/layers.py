@@ -1,8 +1,11 @@
-"""Specs of the non-spatial layers: dense (linear), dropout, channel dropout, embedding.
+"""Specs of the non-spatial layers: dense (linear), dropout, channel dropout (1-d, 2-d),
+embedding.
 
 Optional inputs (the bias) are left out of some cases. Dropout masks are explicit inputs,
 drawn with the library's own sampler; its keep rate is tested statistically in
-suites/selftest/test_dropout_sampler.py.
+suites/selftest/test_dropout_sampler.py. Dropout cases are in training mode or not
+(evaluation mode: torch's own F.dropout* with training=False is the twin, the mask is left
+out or given and unused).
 """
 
 from __future__ import annotations
@@ -107,44 +110,77 @@ register(Spec(
 _P = st.one_of(st.sampled_from([0.0, 0.5, 0.999, 1.0]), st.floats(0.0, 1.0))
 
 
-def _torch_dropout(x, mask, p):
+def _torch_dropout(x, mask=None, *, p, training=True):
     # torch's dropout with a given mask: x * mask / (1 - p); p = 1 gives x * 0, as F.dropout.
+    # Evaluation mode is torch's own F.dropout (the identity), mask or not.
+    if not training:
+        return F.dropout(x, p, training=False)
     return x * 0 if p == 1 else x * mask / (1 - p)
 
 
-def _torch_dropout2d(x, mask, p):
+def _torch_dropout1d(x, mask=None, *, p, training=True):
+    if not training:
+        return F.dropout1d(x, p, training=False)
+    return x * 0 if p == 1 else x * mask[..., None] / (1 - p)
+
+
+def _torch_dropout2d(x, mask=None, *, p, training=True):
+    if not training:
+        return F.dropout2d(x, p, training=False)
     return x * 0 if p == 1 else x * mask[:, :, None, None] / (1 - p)
+
+
+@st.composite
+def _mask_and_mode(draw, mask_shape, p):
+    """Inputs after x and the params: training (3 in 4) with a drawn mask, or evaluation mode
+    with the mask left out or given (checked, unused)."""
+    training = draw(st.sampled_from([True, True, True, False]))
+    params = {"p": p, "training": training}
+    if not training and draw(st.booleans()):
+        return {}, params
+    return {"mask": L.dropout_mask(draw(S.seeds()), mask_shape, p)}, params
 
 
 @st.composite
 def _dropout_cases(draw, dtype):
     shape = draw(S.shapes(min_dims=0, max_dims=4, min_side=0, max_side=6))
-    p = draw(_P)
-    mask = L.dropout_mask(draw(S.seeds()), shape, p)
-    return Case({"x": draw(small_floats(dtype, shape, -1e3, 1e3)), "mask": mask}, {"p": p})
+    rest, params = draw(_mask_and_mode(shape, draw(_P)))
+    return Case({"x": draw(small_floats(dtype, shape, -1e3, 1e3)), **rest}, params)
+
+
+@st.composite
+def _dropout1d_cases(draw, dtype):
+    """(C, L) with a (C,) mask or (N, C, L) with (N, C); sides from 0."""
+    shape = draw(S.shapes(min_dims=2, max_dims=3, min_side=0, max_side=6))
+    rest, params = draw(_mask_and_mode(shape[:-1], draw(_P)))
+    return Case({"x": draw(small_floats(dtype, shape, -1e3, 1e3)), **rest}, params)
 
 
 @st.composite
 def _dropout2d_cases(draw, dtype):
     shape = draw(S.shapes(min_dims=4, max_dims=4, min_side=1, max_side=5))
-    p = draw(_P)
-    mask = L.dropout_mask(draw(S.seeds()), shape[:2], p)
-    return Case({"x": draw(small_floats(dtype, shape, -1e3, 1e3)), "mask": mask}, {"p": p})
+    rest, params = draw(_mask_and_mode(shape[:2], draw(_P)))
+    return Case({"x": draw(small_floats(dtype, shape, -1e3, 1e3)), **rest}, params)
 
 
-def _dropout_size(shape, channel: bool):
+def _dropout_size(shape, mask_dims: int):
+    """``mask_dims``: how many leading axes of x the mask has (x.ndim for plain dropout)."""
     def build(dtype):
         rng = _rng()
-        mask = L.dropout_mask(rng, shape[:2] if channel else shape, 0.5)
-        return Case({"x": S.normal(rng, shape, dtype), "mask": mask}, {"p": 0.5})
+        mask = L.dropout_mask(rng, shape[:mask_dims], 0.5)
+        return Case({"x": S.normal(rng, shape, dtype), "mask": mask},
+                    {"p": 0.5, "training": True})
     return build
 
 
 def _kept_scaled(case: Case, outs) -> None:
-    x, mask, p = case.inputs["x"], case.inputs["mask"], case.params["p"]
-    if mask.ndim == 2 and x.ndim == 4:
-        mask = np.broadcast_to(mask[:, :, None, None], x.shape)
+    x, p = case.inputs["x"], case.params["p"]
     y = outs[0].astype(np.float64)
+    if not case.params.get("training", True):
+        assert np.array_equal(outs[0], x, equal_nan=True), "training=False is not the identity"
+        return
+    mask = case.inputs["mask"]
+    mask = np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x.shape)
     if p == 1:
         assert np.all(y == 0), "p = 1 must drop everything"
         return
@@ -156,9 +192,23 @@ def _kept_scaled(case: Case, outs) -> None:
     assert np.all(y[~mask] == 0), "dropped elements are not 0"
 
 
-def _dropout_invalid(fn_inputs_4d: bool):
+def _eval_backward_is_identity(forward, backward):
+    """training=False: backward returns the upstream gradient itself (values), for any p."""
+
+    def check(case: Case, outs) -> None:
+        x = case.inputs["x"]
+        _, ctx = forward(x, None, p=case.params["p"], training=False)
+        g = np.random.default_rng(0).standard_normal(x.shape).astype(x.dtype)
+        (dx,) = backward(ctx, g)
+        assert np.array_equal(dx, g), "the backward of training=False is not the identity"
+
+    return Invariant("training=False: backward is the identity", check)
+
+
+def _dropout_invalid(name: str):
     def x():
-        return np.ones((2, 3, 2, 2)) if fn_inputs_4d else np.ones((2, 3))
+        return {"dropout": np.ones((2, 3)), "dropout1d": np.ones((2, 3, 5)),
+                "dropout2d": np.ones((2, 3, 2, 2))}[name]
 
     def good():
         return np.ones((2, 3), bool)
@@ -170,33 +220,62 @@ def _dropout_invalid(fn_inputs_4d: bool):
              ValueError, "mask", p=0.5),
         _bad("p > 1", lambda: {"x": x(), "mask": good()}, ValueError, r"\bp\b", p=1.5),
         _bad("p NaN", lambda: {"x": x(), "mask": good()}, ValueError, r"\bp\b", p=float("nan")),
+        _bad("no mask while training", lambda: {"x": x()}, TypeError, "mask", p=0.5),
+        _bad("training not a bool", lambda: {"x": x(), "mask": good()}, TypeError, "training",
+             p=0.5, training="no"),
+        _bad("p > 1 in evaluation mode (torch checks it too)", lambda: {"x": x()}, ValueError,
+             r"\bp\b", p=1.5, training=False),
     )
 
 
 register(Spec(
-    name="dropout", family=FAMILY, summary="inverted dropout with an explicit mask",
+    name="dropout", family=FAMILY,
+    summary="inverted dropout with an explicit mask; training=False is the identity",
     forward=L.dropout, backward=L.dropout_backward, grad_inputs=("x",),
     torch=_torch_dropout,
     cases=_dropout_cases,
-    sizes={"small": _dropout_size((64,), False), "medium": _dropout_size((256, 256), False),
-           "large": _dropout_size((2048, 2048), False)},
+    sizes={"small": _dropout_size((64,), 1), "medium": _dropout_size((256, 256), 2),
+           "large": _dropout_size((2048, 2048), 2)},
     cost=lambda case: Cost(case.inputs["x"].size,
                            case.inputs["x"].size * (2 * case.inputs["x"].itemsize + 1)),
-    invariants=(Invariant("kept = x / (1 - p), dropped = 0", _kept_scaled),),
-    invalid=_dropout_invalid(False),
+    invariants=(Invariant("kept = x / (1 - p), dropped = 0", _kept_scaled),
+                _eval_backward_is_identity(L.dropout, L.dropout_backward)),
+    invalid=_dropout_invalid("dropout"),
 ))
 
 register(Spec(
-    name="dropout2d", family=FAMILY, summary="channel dropout of (N, C, H, W), explicit mask",
+    name="dropout1d", family=FAMILY,
+    summary="channel dropout of (N, C, L) or (C, L), explicit mask; training=False",
+    forward=L.dropout1d, backward=L.dropout1d_backward, grad_inputs=("x",),
+    torch=_torch_dropout1d,
+    cases=_dropout1d_cases,
+    sizes={"small": _dropout_size((4, 16, 64), 2),
+           "medium": _dropout_size((16, 64, 256), 2),
+           "large": _dropout_size((32, 256, 1024), 2)},
+    cost=lambda case: Cost(case.inputs["x"].size, 2 * case.inputs["x"].nbytes),
+    invariants=(Invariant("kept = x / (1 - p), dropped = 0", _kept_scaled),
+                _eval_backward_is_identity(L.dropout1d, L.dropout1d_backward)),
+    invalid=_dropout_invalid("dropout1d") + (
+        _bad("a 4-d x", lambda: {"x": np.ones((2, 3, 4, 5)), "mask": np.ones((2, 3), bool)},
+             ValueError, r"\bx\b", p=0.5),
+        _bad("a (C, L) x with an (N, C) mask", lambda: {"x": np.ones((3, 4)),
+             "mask": np.ones((2, 3), bool)}, ValueError, "mask", p=0.5),
+    ),
+))
+
+register(Spec(
+    name="dropout2d", family=FAMILY,
+    summary="channel dropout of (N, C, H, W), explicit mask; training=False",
     forward=L.dropout2d, backward=L.dropout2d_backward, grad_inputs=("x",),
     torch=_torch_dropout2d,
     cases=_dropout2d_cases,
-    sizes={"small": _dropout_size((4, 8, 8, 8), True),
-           "medium": _dropout_size((8, 32, 32, 32), True),
-           "large": _dropout_size((16, 64, 64, 64), True)},
+    sizes={"small": _dropout_size((4, 8, 8, 8), 2),
+           "medium": _dropout_size((8, 32, 32, 32), 2),
+           "large": _dropout_size((16, 64, 64, 64), 2)},
     cost=lambda case: Cost(case.inputs["x"].size, 2 * case.inputs["x"].nbytes),
-    invariants=(Invariant("kept = x / (1 - p), dropped = 0", _kept_scaled),),
-    invalid=_dropout_invalid(True) + (
+    invariants=(Invariant("kept = x / (1 - p), dropped = 0", _kept_scaled),
+                _eval_backward_is_identity(L.dropout2d, L.dropout2d_backward)),
+    invalid=_dropout_invalid("dropout2d") + (
         _bad("a 3-d x", lambda: {"x": np.ones((2, 3, 4)), "mask": np.ones((2, 3), bool)},
              ValueError, r"\bx\b", p=0.5),
     ),
