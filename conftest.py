@@ -176,8 +176,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             rec.reason = _skip_reason(report)
         elif report.failed and not rec.message:
             rec.message = str(report.longreprtext)[-4000:]
-        report.user_properties.append((_USER_PROPERTY, rec.to_json()))
+        # Plain JSON types only: xdist's channel cannot carry numpy scalars.
+        plain = json.loads(json.dumps(rec.to_json(), default=_plain))
+        report.user_properties.append((_USER_PROPERTY, plain))
     return report
+
+
+def _plain(x):
+    """numpy scalars and arrays as Python numbers and lists (for JSON)."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"a check record holds a {type(x).__name__}, which JSON cannot carry")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
