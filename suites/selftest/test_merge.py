@@ -123,6 +123,33 @@ def test_bench_shards_merge_into_one_run(tmp_path):
         assert row.peaks["cpu"]["bytes_per_s"] == want["cpu"]["bytes_per_s"]
 
 
+def test_not_run_entries_of_shards_merge(tmp_path):
+    """Each shard lists what it could not time (machine_info.refbench.not_run); the merged
+    run shows every reason, as the unsharded run does."""
+    from suites.selftest.test_reports import _fixtures
+
+    mf = _fixtures()
+    whole = _doc("compiled_bench.json")
+    paths = []
+    for i in (1, 2):
+        doc = json.loads(json.dumps(whole))
+        doc["benchmarks"] = [b for b in doc["benchmarks"]
+                             if mf.shard_of("bench " + b["extra_info"]["group"], i, 2)]
+        refbench = doc["machine_info"]["refbench"]
+        refbench["not_run"] = [e for e in refbench["not_run"]
+                               if mf.shard_of("bench " + e["group"], i, 2)]
+        assert doc["benchmarks"] and refbench["not_run"]
+        paths.append(_write(tmp_path / f"compiled{i}.json", doc))
+    (run,) = load_benches(paths)
+    (one,) = load_benches([f("compiled_bench.json")])
+    assert sorted(run.not_run, key=lambda n: n.key) == sorted(one.not_run, key=lambda n: n.key)
+    a = build(None, paths, tmp_path / "a")
+    b = build(None, [f("compiled_bench.json")], tmp_path / "b")
+    assert visible(a.html.read_text(), "details") == visible(b.html.read_text(), "details")
+    n = len(whole["machine_info"]["refbench"]["not_run"])
+    assert f"Not run with a reason: {n} implementation(s)" in a.markdown
+
+
 def test_two_results_for_one_key_in_one_run_is_an_error(tmp_path):
     s1, s2 = _doc("shard1_correctness.json"), _doc("shard2_correctness.json")
     stale = dict(s1["records"][0], verdict="failed", worst=3.5, message="an older result")

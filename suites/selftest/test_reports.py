@@ -842,3 +842,211 @@ def test_full_catalog_report_is_small_and_fast(tmp_path):
     size2 = two.html.stat().st_size
     print(f"full catalog, two runs compared: {size2 / 1e6:.2f} MB")
     assert size2 < 5e6
+
+
+# -- torch.compile, peers, "not run" with a reason, check curves (issue 13) ----------------------
+
+def _perf_rows(article: str) -> list[dict[str, str]]:
+    """The per-algorithm performance table as {column heading: cell HTML} per row."""
+    table = re.search(r'<table class="perf">(.*?)</table>', article, re.S).group(1)
+    head, body = table.split("</thead>")
+
+    def heading(th: str) -> str:
+        th = re.sub(r'<span class="(?:sub|badge)[^"]*"[^>]*>.*?</span>', "", th, flags=re.S)
+        return " ".join(re.sub(r"<[^>]+>", " ", th).split())
+    names = [heading(th) for th in re.findall(r"<th[^>]*>(.*?)</th>", head, re.S)]
+    rows = []
+    for tr in re.findall(r"<tr>(.*?)</tr>", body, re.S):
+        cells = re.findall(r"<td[^>]*>.*?</td>", tr, re.S)
+        assert len(cells) == len(names), (names, cells)
+        rows.append(dict(zip(names, cells, strict=True)))
+    return rows
+
+
+def _cell_text(cell: str) -> str:
+    return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", cell).split()))
+
+
+def _compiled_doc() -> dict:
+    return json.loads((DATA / "compiled_bench.json").read_text())
+
+
+def _row_of(rows: list[dict[str, str]], size: str, pass_: str) -> dict[str, str]:
+    (row,) = [r for r in rows if _cell_text(r["pass"]) == pass_
+              and _cell_text(r["size"]).split()[0] == size]
+    return row
+
+
+def test_torch_compile_compile_time_and_graphs_shown_like_numbas(tmp_path):
+    from reports.format import time_text
+
+    doc = _compiled_doc()
+    built = build(None, [f("compiled_bench.json")], tmp_path)
+    page = built.html.read_text()
+    compiled = [b["extra_info"] for b in doc["benchmarks"]
+                if b["extra_info"]["implementation"] == "torch-compile"]
+    assert {e["algorithm"] for e in compiled} == {"relu", "lstm", "kmeans_assign"}
+    for e in compiled:
+        row = _row_of(_perf_rows(_article(page, f"algo-{e['algorithm']}")), e["size"],
+                      e["pass"])
+        # Compile time and first call in their own column, apart from the steady state.
+        text = _cell_text(row["torch-compile compile"])
+        assert text.startswith(f"{time_text(e['compile_s'])} {time_text(e['first_call_s'])}")
+        assert time_text(e["compile_s"]) not in _cell_text(row["torch-compile"]).split(" · ")[0]
+        # How dynamo captured the twin, with the torch-compile figures.
+        assert e["compiled"] in _cell_text(row["torch-compile"])
+        assert e["compiled"] in _cell_text(row["torch-compile compile"])
+    # The overview gives inductor's compile time per algorithm beside numba's.
+    overview = visible(page, "overview")
+    heads = next(ln for ln in overview.splitlines() if ln.startswith("| family"))
+    assert "| compile | numba / torch-compile | torch-compile compile |" in heads
+    relu = next(ln for ln in overview.splitlines() if "| relu |" in ln)
+    worst = max(e["compile_s"] for e in compiled if e["algorithm"] == "relu")
+    assert relu.split(" | ")[-2] == time_text(worst)
+
+
+def test_eager_in_disguise_is_labelled_wherever_its_time_appears(tmp_path):
+    doc = _compiled_doc()
+    eager = {b["extra_info"]["algorithm"] for b in doc["benchmarks"]
+             if b["extra_info"].get("compiled", "").startswith("no graph (eager in disguise)")}
+    assert eager == {"lstm"}
+    built = build(None, [f("compiled_bench.json")], tmp_path)
+    page = built.html.read_text()
+    label = "eager in disguise"
+    for name in ("lstm", "relu", "kmeans_assign"):
+        article = _article(page, f"algo-{name}")
+        rows = _perf_rows(article)
+        assert rows
+        for row in rows:
+            for column in ("torch-compile", "numba vs torch-compile", "torch-compile compile"):
+                assert (label in _cell_text(row[column])) == (name in eager), (name, column)
+        # the chart's legend names the line
+        assert ("torch-compile (eager in disguise)" in article) == (name in eager)
+        # the heading of the column says it too
+        head = article[article.index('<table class="perf">'):article.index("</thead>")]
+        assert (label in head) == (name in eager)
+    # The overview (headline columns) and the verdict.
+    for line in visible(page, "overview").splitlines():
+        if line.startswith("| sequence | lstm |"):
+            assert label in line.split(" | ")[-3] and label in line.split(" | ")[-2]
+        elif line.startswith("| activations | relu |"):
+            assert label not in line
+    verdict = visible(page, "verdict")
+    assert f"{label}: torch.compile made no graph for lstm" in verdict
+    assert re.search(r"lstm numba [\d.]+x (faster|slower) \(torch-compile eager in disguise",
+                     built.markdown)
+    assert re.search(r"relu numba [\d.]+x (faster|slower)(,|$)", built.markdown, re.M)
+    assert "Eager in disguise: torch.compile made no graph for lstm" in built.markdown
+    # Every torch-compile row of lstm among all benchmarks is marked.
+    rows = re.findall(r"<tr data-family=\"sequence\" data-impl=\"torch-compile\".*?</tr>", page)
+    assert rows and all(label in r for r in rows)
+    # A comparison's absolute times mark it too.
+    done = compare(f("compiled_bench.json"), f("compiled_bench.json"), tmp_path / "cmp")
+    cmp_page = (tmp_path / "cmp" / "compare.html").read_text()
+    lstm_rows = [r for r in re.findall(r'<tr data-impl="torch-compile".*?</tr>', cmp_page, re.S)
+                 if "#algo-lstm" in r or ">lstm<" in r]
+    assert lstm_rows and all(label in r for r in lstm_rows)
+    assert done.markdown  # rendered without error
+
+
+def test_not_run_shows_the_reason_in_its_cell(tmp_path):
+    doc = _compiled_doc()
+    not_run = doc["machine_info"]["refbench"]["not_run"]
+    kinds = {e["reason"].split(":")[1].strip()[:20] for e in not_run}
+    assert len(kinds) == 3, kinds  # inductor failed, no CUDA device, nothing comparable
+    built = build(None, [f("compiled_bench.json")], tmp_path)
+    page = built.html.read_text()
+    tables = {}
+    for e in not_run:
+        algorithm, size, dtype, pass_ = e["group"].rsplit(" ", 3)
+        impl = e["implementation"]
+        if algorithm not in tables:
+            tables[algorithm] = _perf_rows(_article(page, f"algo-{algorithm}"))
+        row = _row_of(tables[algorithm], size, pass_)
+        assert _cell_text(row[impl]) == f"not run {e['reason']}", (e, row[impl])
+        ratio = "torch-cuda vs numba" if impl == "torch-cuda" else f"numba vs {impl}"
+        assert _cell_text(row[ratio]) == f"not run {e['reason']}"
+    # adam_step has no torch-compile benchmark at all, yet its column is there, not run.
+    assert "torch-compile" in tables["adam_step"][0]
+    # Explained, so not counted as missing; the summary counts them.
+    assert f"Not run with a reason: {len(not_run)} implementation(s)" in built.markdown
+    assert "not run;" not in built.markdown.split("- Benchmarks:")[1].splitlines()[0]
+    # A malformed entry is an input error naming the field.
+    bad = _compiled_doc()
+    bad["machine_info"]["refbench"]["not_run"][0]["group"] = "relu-small"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    line = _one_clear_line(cli("build", "--bench", str(path), "--out", str(tmp_path / "o")))
+    assert "not_run[0]" in line and "relu-small" in line
+
+
+def test_numba_against_each_peer_with_its_paired_interval(tmp_path):
+    doc = _compiled_doc()
+    page = build(None, [f("compiled_bench.json")], tmp_path).html.read_text()
+    seen = set()
+    for b in doc["benchmarks"]:
+        e = b["extra_info"]
+        if e["implementation"] != "numba":
+            continue
+        row = _row_of(_perf_rows(_article(page, f"algo-{e['algorithm']}")), e["size"], e["pass"])
+        for peer, r in e["ratios"].items():
+            if peer == "torch-cpu":
+                continue
+            cell = row[f"numba vs {peer}"]
+            assert f"[{r['lo']:.3g}, {r['hi']:.3g}]" in cell, (e["algorithm"], peer, cell)
+            word = "faster" if r["value"] < 1 else "slower"
+            assert _cell_text(cell).split()[1] == word and "95%:" in cell
+            seen.add(peer)
+    assert seen == {"torch-compile", "sklearn", "torch-fused"}
+
+
+def test_check_curves_are_one_inline_svg_chart(tmp_path):
+    mf = _fixtures()
+    doc = json.loads((DATA / "paired_correctness.json").read_text())
+    (rec,) = [r for r in doc["records"] if "loss per epoch torch" in r.get("figures", {})]
+    assert isinstance(rec["figures"]["loss per epoch reference"], list)
+    assert isinstance(rec["figures"]["loss per epoch torch"], str)  # the helper's text form
+    page = build(f("paired_correctness.json"), [], tmp_path).html.read_text()
+    article = _article(page, f"algo-{rec['algorithm']}")
+    (figures,) = re.findall(r'<tr class="figures">.*?</tr>', article, re.S)
+    svgs = re.findall(r'<svg class="curves".*?</svg>', figures, re.S)
+    assert len(svgs) == 1  # both curves of the check in one chart
+    assert "href" not in svgs[0] and "<script" not in svgs[0]
+    lines = re.findall(r'<polyline points="([^"]+)"', svgs[0])
+    curves = [mf.CURVE_LIST, [float(x) for x in mf.CURVE_TEXT.split()]]
+    assert len(lines) == 2
+    for ln, ys in zip(lines, curves, strict=True):
+        pts = [tuple(map(float, p.split(","))) for p in ln.split()]
+        assert len(pts) == len(ys)
+        assert all(a[0] < b[0] for a, b in zip(pts, pts[1:]))  # x: epoch order
+        # y: the higher the loss, the higher on the chart (SVG y grows downwards)
+        order = np.argsort(ys)
+        assert all(pts[i][1] > pts[j][1] for i, j in zip(order, order[1:]))
+    text = visible(page, f"algo-{rec['algorithm']}")
+    assert "loss per epoch reference" in text and "loss per epoch torch" in text
+    assert mf.CURVE_TEXT not in text  # drawn, not printed as a string of numbers
+    assert "final loss reference 0.1806" in text  # a scalar stays text
+
+
+def test_curve_figures_load_from_lists_and_text_and_record_as_lists(tmp_path):
+    from reports.loading import curve_of
+    from suites.recording import CheckRecord
+
+    assert curve_of([1, 2.5, "nan"])[:2] == [1.0, 2.5]
+    assert curve_of("0.5, 0.25 0.125") == [0.5, 0.25, 0.125]
+    assert curve_of("[3 2 1]") == [3.0, 2.0, 1.0]
+    assert curve_of("0.5") is None and curve_of("lbfgs 2") is None and curve_of(3.0) is None
+    rec = CheckRecord(nodeid="t::m", replay="r")
+    rec.bind("mlp_step", "models", "trajectory", np.float32, "cpu")
+    rec.verdict = "passed"
+    long_text = " ".join(f"{x:.4f}" for x in np.linspace(3, 0.1, 80))  # > 200 characters
+    rec.figures.update({"loss ref": np.linspace(2, 1, 5), "loss torch": long_text,
+                        "steps": (1, 2, 3), "solver": "adam", "accuracy": 0.97})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"schema": "refbench.correctness/1",
+                                "records": [rec.to_json()]}))
+    figures = load(path, ("correctness",)).checks[0].figures
+    assert figures["loss ref"] == pytest.approx(np.linspace(2, 1, 5).tolist())
+    assert figures["loss torch"] == pytest.approx([float(x) for x in long_text.split()])
+    assert figures["steps"] == [1.0, 2.0, 3.0]
+    assert figures["solver"] == "adam" and figures["accuracy"] == 0.97
