@@ -284,6 +284,7 @@ def step(x: np.ndarray, value_at_zero: float = 0.0) -> tuple[np.ndarray, None]:
 class SoftmaxCtx(NamedTuple):
     y: np.ndarray  # the forward output (softmax or log-softmax), shape of x; a private copy
     axis: int
+    x_dtype: np.dtype | None = None  # the input's dtype, the gradient's (``dtype=`` may differ)
 
 
 LogSoftmaxCtx = v.ctx_type(SoftmaxCtx, "LogSoftmaxCtx", "log_softmax")
@@ -658,13 +659,40 @@ def _run_softmax(a, b, out, axis, mode):
         par(a, b, out, mode, min(items, _CHUNKS))
 
 
-def _softmax(x, axis, log: bool):
-    x = v.float_array(x, "x", min_ndim=1)
-    ax = v.axis(axis, "axis", x.ndim)
-    y = np.empty_like(x)
-    if x.size:
-        _run_softmax(x, x, y, ax, 1 if log else 0)
-    return y, (LogSoftmaxCtx if log else SoftmaxCtx)(y.copy(), ax)
+def _compute_dtype(dtype, x_dtype: np.dtype) -> np.dtype:
+    """``dtype=`` of softmax / log-softmax: None (x's own), or float32 / float64 as a numpy
+    dtype, a type or its name."""
+    if dtype is None:
+        return x_dtype
+    bad = isinstance(dtype, (bool, int, float, np.bool_, np.number))
+    try:
+        dt = None if bad else np.dtype(dtype)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or dt not in v.FLOAT_DTYPES:  # (np.dtype == None is float64's test)
+        got = repr(dtype) if dt is None else str(dt)
+        raise TypeError(f"dtype must be None, float32 or float64 (a numpy dtype, type or name), "
+                        f"got {got}")
+    return dt
+
+
+def _softmax(x, axis, dtype, log: bool):
+    x = v.float_array(x, "x")
+    dt = _compute_dtype(dtype, x.dtype)
+    if x.ndim == 0:  # one value along the only axis there is, as torch: axis -1 or 0
+        ax = v.integer(axis, "axis")
+        if ax not in (-1, 0):
+            raise ValueError(f"axis must be -1 or 0 for a 0-d x, got {ax}")
+        ax = 0
+    else:
+        ax = v.axis(axis, "axis", x.ndim)
+    a = x.astype(dt) if dt != x.dtype else x
+    a = a.reshape(1) if a.ndim == 0 else a
+    y = np.empty_like(a)
+    if a.size:
+        _run_softmax(a, a, y, ax, 1 if log else 0)
+    y = y.reshape(x.shape)
+    return y, (LogSoftmaxCtx if log else SoftmaxCtx)(y.copy(), ax, x.dtype)
 
 
 def _softmax_backward(ctx: SoftmaxCtx, grad_out, log: bool):
@@ -673,13 +701,23 @@ def _softmax_backward(ctx: SoftmaxCtx, grad_out, log: bool):
     else:
         v.ctx_of(ctx, SoftmaxCtx, "softmax")
     g = v.grad_like(grad_out, "grad_out", ctx.y)
-    dx = np.empty_like(ctx.y)
+    y = ctx.y.reshape(1) if ctx.y.ndim == 0 else ctx.y
+    dx = np.empty_like(y)
     if dx.size:
-        _run_softmax(ctx.y, g, dx, ctx.axis, 3 if log else 2)
-    return (dx,)
+        _run_softmax(y, g.reshape(y.shape), dx, ctx.axis, 3 if log else 2)
+    dx = dx.reshape(ctx.y.shape)
+    return (dx.astype(ctx.x_dtype) if dx.dtype != ctx.x_dtype else dx,)
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxCtx]:
+_DTYPE_DOC = """
+    ``dtype`` (None, float32 or float64), as PyTorch's: x is cast to it first, the output has
+    it, and the gradient comes back in x's dtype (the cast's backward). ``dtype=np.float64``
+    on float32 logits computes in float64 throughout. A 0-d x is one value along axis -1 or 0,
+    as in PyTorch: softmax 1 and log-softmax 0 (NaN for a non-finite value), gradient 0.
+"""
+
+
+def softmax(x: np.ndarray, axis: int = -1, dtype=None) -> tuple[np.ndarray, SoftmaxCtx]:
     r"""Softmax along ``axis``.
 
     .. math:: y_i = e^{x_i - m} / \sum_j e^{x_j - m},\ m = \max_j x_j, \qquad
@@ -688,26 +726,30 @@ def softmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxCtx]:
     Shifting by the max keeps logits of magnitude 1e4 finite. A slice that is all ``-inf``
     gives NaN, as in PyTorch. Sums accumulate in float64.
     """
-    return _softmax(x, axis, False)
+    return _softmax(x, axis, dtype, False)
 
 
 def softmax_backward(ctx: SoftmaxCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    """``dx_i = y_i (dy_i - sum_j dy_j y_j)`` along the forward's axis."""
+    """``dx_i = y_i (dy_i - sum_j dy_j y_j)`` along the forward's axis, in x's dtype."""
     return _softmax_backward(ctx, grad_out, False)
 
 
-def log_softmax(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxCtx]:
+def log_softmax(x: np.ndarray, axis: int = -1, dtype=None) -> tuple[np.ndarray, SoftmaxCtx]:
     r"""Log-softmax along ``axis``.
 
     .. math:: y_i = x_i - m - \log \sum_j e^{x_j - m}, \qquad
               dx_i = dy_i - e^{y_i} \sum_j dy_j
     """
-    return _softmax(x, axis, True)
+    return _softmax(x, axis, dtype, True)
 
 
 def log_softmax_backward(ctx: SoftmaxCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    """``dx_i = dy_i - e^{y_i} sum_j dy_j`` along the forward's axis."""
+    """``dx_i = dy_i - e^{y_i} sum_j dy_j`` along the forward's axis, in x's dtype."""
     return _softmax_backward(ctx, grad_out, True)
+
+
+softmax.__doc__ += _DTYPE_DOC
+log_softmax.__doc__ += _DTYPE_DOC
 
 
 # ---------------------------------------------------------------------------------------------

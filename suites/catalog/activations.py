@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from reference import activations as A
 from suites.catalog import register
 from suites.catalog import strategies as S
-from suites.catalog.spec import Case, Invalid, Invariant, Spec, elementwise_cost
+from suites.catalog.spec import DEFAULT_TOL, Case, Invalid, Invariant, Spec, Tol, elementwise_cost
 
 FAMILY = "activations"
 
@@ -44,11 +44,47 @@ def _elementwise(draw, dtype, magnitude=1e3, params=None):
 
 @st.composite
 def _logits(draw, dtype):
-    """Logits of magnitude up to 1e4 along any axis, including axes of length 1."""
-    shape = draw(S.shapes(min_dims=1, max_dims=3, min_side=1, max_side=7))
+    """Logits of magnitude up to 1e4 along any axis, including axes of length 1 and 0-d
+    inputs (axis -1 or 0, as torch allows); ``dtype=`` left out, None, float32 or float64
+    (widening, narrowing or the same)."""
+    shape = draw(S.shapes(min_dims=0, max_dims=3, min_side=1, max_side=7))
     x = draw(S.arrays(dtype, shape, elements=S.stress(dtype, 1e4)))
-    axis = draw(st.integers(-len(shape), len(shape) - 1))
-    return Case({"x": x}, {"axis": axis})
+    axis = draw(st.integers(-max(len(shape), 1), max(len(shape), 1) - 1))
+    params = {"axis": axis}
+    if draw(st.booleans()):
+        params["dtype"] = draw(st.sampled_from([None, np.dtype(np.float32),
+                                                np.dtype(np.float64)]))
+    return Case({"x": x}, params)
+
+
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def _torch_softmax(fn):
+    def twin(x, axis, dtype=None):
+        return fn(x, dim=axis, dtype=None if dtype is None else _TORCH_DTYPES[np.dtype(dtype)])
+    return twin
+
+
+def _softmax_tol(case: Case, upstream) -> Tol | None:
+    """With ``dtype=``: the output is as accurate as the dtype computed in, the gradient
+    (rounded back to x's dtype) as the narrower of the two. Without: the default."""
+    dt = case.params.get("dtype")
+    x_dt = case.inputs["x"].dtype
+    if dt is None or np.dtype(dt) == x_dt:
+        return None
+    if upstream is None:
+        return DEFAULT_TOL[np.dtype(dt)]
+    return DEFAULT_TOL[np.dtype(np.float32)]
+
+
+def _no_narrowing(case: Case) -> Case:
+    """For the float64 gradcheck: a narrowing ``dtype=float32`` computes in float32, whose
+    rounding the central differences cannot tell from a wrong derivative; the float64 case
+    without it checks the same formula (parity checks the narrowing against torch)."""
+    if case.params.get("dtype") is not None and np.dtype(case.params["dtype"]) == np.float32:
+        return Case(case.inputs, {**case.params, "dtype": None})
+    return case
 
 
 def _off_zero(case: Case) -> Case:
@@ -167,10 +203,13 @@ register(Spec(
 
 
 def _rows_sum_to_one(case, outs):
-    x, y = case.inputs["x"], outs[0].astype(np.float64)
+    y = outs[0].astype(np.float64)
+    if y.ndim == 0:
+        assert y == 1 or not np.isfinite(case.inputs["x"]), f"softmax of a 0-d x is {y}, not 1"
+        return
     axis = case.params["axis"]
     s = y.sum(axis=axis)
-    n = x.shape[axis]
+    n = y.shape[axis]
     # Each of the n terms is rounded once to the output dtype: |error| <= n * eps / 2.
     bound = n * float(np.finfo(outs[0].dtype).eps)
     assert np.all(np.abs(s - 1) <= bound), f"softmax sums {s.ravel()[:4]} differ from 1"
@@ -178,39 +217,65 @@ def _rows_sum_to_one(case, outs):
 
 def _logsumexp_zero(case, outs):
     y = outs[0].astype(np.float64)
+    if y.ndim == 0:
+        assert y == 0 or not np.isfinite(case.inputs["x"]), f"log_softmax of 0-d x is {y}, not 0"
+        return
     axis = case.params["axis"]
     lse = np.log(np.exp(y).sum(axis=axis))
     bound = y.shape[axis] * float(np.finfo(outs[0].dtype).eps) * (1 + np.abs(y).max())
     assert np.all(np.abs(lse) <= bound), f"logsumexp of log_softmax is {lse.ravel()[:4]}, not 0"
 
 
+def _output_dtype(case, outs):
+    dt = case.params.get("dtype")
+    want = case.inputs["x"].dtype if dt is None else np.dtype(dt)
+    assert outs[0].dtype == want, f"output dtype {outs[0].dtype}, not {want}"
+
+
+def _x_with(x, **params):
+    return lambda: Case({"x": x}, params)
+
+
 SOFTMAX_INVALID = COMMON_INVALID + (
-    Invalid("an axis out of range", lambda: Case({"x": np.ones((2, 3))}, {"axis": 2}),
-            ValueError, "axis"),
-    Invalid("a 0-d input", lambda: Case({"x": np.array(1.0)}, {"axis": 0}), ValueError, r"\bx\b"),
+    Invalid("an axis out of range", _x_with(np.ones((2, 3)), axis=2), ValueError, "axis"),
+    Invalid("a 0-d input with axis 1", _x_with(np.array(1.0), axis=1), ValueError, "axis"),
+    Invalid("dtype 'abc'", _x_with(np.ones(3), axis=0, dtype="abc"), TypeError, "dtype"),
+    Invalid("an integer dtype", _x_with(np.ones(3), axis=0, dtype=np.int32), TypeError,
+            "dtype"),
+    Invalid("a float16 dtype", _x_with(np.ones(3), axis=0, dtype="float16"), TypeError,
+            "dtype"),
 )
 
+# The benchmark and battery sizes pass dtype=None (the default) so the battery probes it.
+SOFTMAX_SIZES = {k: (lambda dtype, b=b: Case(b(dtype).inputs, {**b(dtype).params,
+                                                                  "dtype": None}))
+                 for k, b in LOGIT_SIZES.items()}
+
 register(Spec(
-    name="softmax", family=FAMILY, summary="softmax along an axis (max-shifted)",
+    name="softmax", family=FAMILY, summary="softmax along an axis (max-shifted); dtype=, 0-d",
     forward=A.softmax, backward=A.softmax_backward, grad_inputs=("x",),
-    torch=lambda x, axis: torch.softmax(x, dim=axis),
-    cases=_logits, sizes=LOGIT_SIZES,
+    torch=_torch_softmax(torch.softmax),
+    cases=_logits, sizes=SOFTMAX_SIZES,
     cost=elementwise_cost(5),
+    case_tol=_softmax_tol, smooth=_no_narrowing,
     invariants=(
         Invariant("slices sum to 1", _rows_sum_to_one),
+        Invariant("output in dtype= (or x's)", _output_dtype),
         _inv("range [0, 1]", lambda x, y, p: (y >= 0) & (y <= 1), "softmax left [0, 1]"),
     ),
     invalid=SOFTMAX_INVALID,
 ))
 
 register(Spec(
-    name="log_softmax", family=FAMILY, summary="log-softmax along an axis",
+    name="log_softmax", family=FAMILY, summary="log-softmax along an axis; dtype=, 0-d",
     forward=A.log_softmax, backward=A.log_softmax_backward, grad_inputs=("x",),
-    torch=lambda x, axis: torch.log_softmax(x, dim=axis),
-    cases=_logits, sizes=LOGIT_SIZES,
+    torch=_torch_softmax(torch.log_softmax),
+    cases=_logits, sizes=SOFTMAX_SIZES,
     cost=elementwise_cost(5),
+    case_tol=_softmax_tol, smooth=_no_narrowing,
     invariants=(
         Invariant("logsumexp of the output is 0", _logsumexp_zero),
+        Invariant("output in dtype= (or x's)", _output_dtype),
         _inv("non-positive", lambda x, y, p: y <= 0, "log_softmax gave a positive value"),
     ),
     invalid=SOFTMAX_INVALID,
