@@ -22,6 +22,7 @@ within one run at 1M float32 elements on a loaded machine: not measurable, 0.9x 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -314,6 +315,7 @@ class EmbeddingCtx(NamedTuple):
     padding_idx: int     # normalised to [0, num_embeddings), or -1 for none
     out_shape: tuple[int, ...]
     dtype: np.dtype
+    scale_by_freq: bool = False
 
 
 @kernel()
@@ -325,7 +327,39 @@ def _embedding_fwd(idx, w, y):
 
 
 @kernel()
-def _embedding_bwd(idx, g, pad, dw):
+def _embedding_renorm(idx, w, max_norm, norm_type):
+    # w: a private copy of the table; each row that idx references, once, scaled to
+    # max_norm / (norm + 1e-7) when its norm exceeds max_norm (PyTorch's embedding_renorm_).
+    # norm_type 0 stands for infinity (the largest |w|).
+    seen = np.zeros(w.shape[0], np.bool_)
+    for i in range(idx.size):
+        r = idx[i]
+        if seen[r]:
+            continue
+        seen[r] = True
+        norm = 0.0
+        if norm_type == 0.0:
+            for j in range(w.shape[1]):
+                norm = max(norm, abs(np.float64(w[r, j])))
+        elif norm_type == 2.0:
+            for j in range(w.shape[1]):
+                norm += np.float64(w[r, j]) * np.float64(w[r, j])
+            norm = math.sqrt(norm)
+        elif norm_type == 1.0:
+            for j in range(w.shape[1]):
+                norm += abs(np.float64(w[r, j]))
+        else:
+            for j in range(w.shape[1]):
+                norm += abs(np.float64(w[r, j])) ** norm_type
+            norm = norm ** (1.0 / norm_type)
+        if norm > max_norm:
+            scale = max_norm / (norm + 1e-7)
+            for j in range(w.shape[1]):
+                w[r, j] = np.float64(w[r, j]) * scale
+
+
+@kernel()
+def _embedding_bwd(idx, g, pad, by_freq, dw):
     # dw zeroed. Indices sorted (stably), so each row's repeated lookups are summed together
     # in float64 and written once: no float64 copy of the whole table.
     order = np.argsort(idx, kind="mergesort")
@@ -335,30 +369,47 @@ def _embedding_bwd(idx, g, pad, dw):
     while k < n:
         r = idx[order[k]]
         acc[:] = 0.0
+        start = k
         while k < n and idx[order[k]] == r:
             i = order[k]
             for j in range(g.shape[1]):
                 acc[j] += g[i, j]
             k += 1
         if r != pad:
+            inv = 1.0 / (k - start) if by_freq else 1.0
             for j in range(g.shape[1]):
-                dw[r, j] = acc[j]
+                dw[r, j] = acc[j] * inv
 
 
 def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None = None,
-              ) -> tuple[np.ndarray, EmbeddingCtx]:
+              max_norm: float | None = None, norm_type: float = 2.0,
+              scale_grad_by_freq: bool = False):
     r"""Row lookup ``y[...] = weight[indices[...]]`` (``F.embedding``).
 
     Shapes: ``indices`` any shape of integers in [0, num_embeddings), ``weight``
     (num_embeddings, dim), ``y`` indices.shape + (dim,).
 
     .. math:: y_{i\cdot} = W_{\mathrm{idx}_i \cdot}, \qquad
-              dW_{r\cdot} = [r \ne \mathrm{padding\_idx}] \sum_{i:\, \mathrm{idx}_i = r} dy_{i\cdot}
+              dW_{r\cdot} = \frac{[r \ne \mathrm{padding\_idx}]}{c_r}
+                  \sum_{i:\, \mathrm{idx}_i = r} dy_{i\cdot}
 
     Repeated indices accumulate (scatter-add, in float64); the ``padding_idx`` row gets a zero
     gradient, as in PyTorch (its forward lookup is an ordinary one). A negative
-    ``padding_idx`` counts from the end. Backward returns ``(dW,)``: indices are not
-    differentiable.
+    ``padding_idx`` counts from the end. :math:`c_r = 1`, or with ``scale_grad_by_freq`` the
+    number of times row r is looked up in this call (PyTorch's "inverse of frequency in the
+    mini-batch"; a convention, not a derivative: the forward does not depend on it).
+
+    ``max_norm``: each row that ``indices`` references and whose ``norm_type``-norm
+    (``math.inf`` for the largest magnitude) exceeds ``max_norm`` is scaled by
+    ``max_norm / (norm + 1e-7)`` before the lookup, as PyTorch does. PyTorch renormalises
+    ``weight`` IN PLACE; this function never edits its input: it returns the renormalised
+    table as a second output, ``(y, new_weight)`` (a new array) instead of ``y``, for the
+    caller to keep as the new weight. The renormalisation is not differentiated (PyTorch runs
+    it under no_grad): ``dW`` is the scatter-add above, taken at the renormalised rows.
+    ``max_norm`` must be > 0 and ``norm_type`` > 0 (stricter than PyTorch, where a
+    ``max_norm`` <= 0 rescales every row it meets by a negative or zero factor).
+
+    Backward returns ``(dW,)``: indices are not differentiable.
     """
     given = indices
     indices = v.int_array(indices, "indices")
@@ -368,21 +419,34 @@ def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None =
     pad = -1
     if padding_idx is not None:
         pad = v.integer(padding_idx, "padding_idx", lo=-num, hi=num - 1) % num
+    by_freq = v.boolean(scale_grad_by_freq, "scale_grad_by_freq")
     flat = indices.reshape(-1).copy() if np.may_share_memory(indices, given) else \
         indices.reshape(-1)
+    # norm_type is checked even without max_norm (PyTorch ignores it then); 0 stands for inf.
+    nt = (0.0 if isinstance(norm_type, (float, np.floating)) and norm_type == math.inf
+          else v.real(norm_type, "norm_type", lo=0.0, lo_open=True))
+    table = weight
+    if max_norm is not None:
+        mn = v.real(max_norm, "max_norm", lo=0.0, lo_open=True)
+        table = weight.copy()
+        _embedding_renorm(flat, table, mn, nt)
     y = np.empty((flat.size, dim), weight.dtype)
-    _embedding_fwd(flat, weight, y)
+    _embedding_fwd(flat, table, y)
     out_shape = indices.shape + (dim,)
-    return y.reshape(out_shape), EmbeddingCtx(flat, num, dim, pad, out_shape, weight.dtype)
+    ctx = EmbeddingCtx(flat, num, dim, pad, out_shape, weight.dtype, by_freq)
+    if max_norm is not None:
+        return (y.reshape(out_shape), table), ctx
+    return y.reshape(out_shape), ctx
 
 
 def embedding_backward(ctx: EmbeddingCtx, grad_out: np.ndarray) -> tuple[np.ndarray]:
-    """``(dW,)``: each lookup's upstream row added into its table row (padding row zero)."""
+    """``(dW,)``: each lookup's upstream row added into its table row (padding row zero),
+    divided by the row's lookup count with ``scale_grad_by_freq``."""
     v.ctx_of(ctx, EmbeddingCtx, "embedding")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     if g.shape != ctx.out_shape:
         raise ValueError(f"grad_out must have the forward output's shape {ctx.out_shape}, "
                          f"got {g.shape}")
     dw = np.zeros((ctx.num_embeddings, ctx.dim), ctx.dtype)
-    _embedding_bwd(ctx.indices, g.reshape(-1, ctx.dim), ctx.padding_idx, dw)
+    _embedding_bwd(ctx.indices, g.reshape(-1, ctx.dim), ctx.padding_idx, ctx.scale_by_freq, dw)
     return (dw,)

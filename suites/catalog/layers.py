@@ -286,32 +286,72 @@ register(Spec(
 # embedding
 
 
+_NORM_TYPES = [2.0, 1.0, math.inf, 3.0, 0.5]
+
+
+def _clear_of_boundary(idx, w, max_norm: float, norm_type: float) -> float:
+    """``max_norm``, raised by half until no referenced row's norm lies within 1e-4 of it
+    (relative): at norm = max_norm the rescaling switches on, and torch's float32 norm and
+    ours in float64 may fall on either side there (a measure-zero edge of the convention)."""
+    rows = w[np.unique(idx)].astype(np.float64)
+    if rows.size == 0:
+        return max_norm
+    if norm_type == math.inf:
+        norms = np.abs(rows).max(axis=1)
+    else:
+        norms = (np.abs(rows) ** norm_type).sum(axis=1) ** (1 / norm_type)
+    while np.any(np.abs(norms - max_norm) <= 1e-4 * max_norm):
+        max_norm *= 1.5
+    return max_norm
+
+
 @st.composite
 def _embedding_cases(draw, dtype):
-    """Few rows, so indices repeat (the scatter-add); padding_idx none, positive or negative."""
+    """Few rows, so indices repeat (the scatter-add, and counts > 1 for scale_grad_by_freq);
+    padding_idx none, positive or negative; max_norm left out or set below, near or above the
+    rows' norms, with any norm_type (2, 1, inf, 3, 0.5)."""
     num, dim = draw(st.integers(1, 8)), draw(st.integers(1, 5))
     shape = draw(S.shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
     rng = draw(S.seeds())
     indices = rng.integers(0, num, size=shape, dtype=np.int64)
     pad = draw(st.one_of(st.none(), st.integers(-num, num - 1)))
-    return Case({"indices": indices, "weight": draw(small_floats(dtype, (num, dim)))},
-                {"padding_idx": pad})
+    w = draw(small_floats(dtype, (num, dim)))
+    params = {"padding_idx": pad}
+    if draw(st.booleans()):
+        norm_type = draw(st.sampled_from(_NORM_TYPES))
+        max_norm = draw(st.sampled_from([0.5, 1.0, 2.0, 5.0]) | st.floats(0.01, 10.0))
+        params |= {"max_norm": _clear_of_boundary(indices, w, max_norm, norm_type),
+                   "norm_type": norm_type}
+    if draw(st.booleans()):
+        params["scale_grad_by_freq"] = draw(st.booleans())
+    return Case({"indices": indices, "weight": w}, params)
 
 
-def _embedding_size(num, dim, shape):
+def _embedding_size(num, dim, shape, **extra):
     def build(dtype):
         rng = _rng()
         return Case({"indices": rng.integers(0, num, size=shape, dtype=np.int64),
-                     "weight": S.normal(rng, (num, dim), dtype)}, {"padding_idx": 0})
+                     "weight": S.normal(rng, (num, dim), dtype)}, {"padding_idx": 0, **extra})
     return build
 
 
+def _torch_embedding(indices, weight, padding_idx=None, max_norm=None, norm_type=2.0,
+                     scale_grad_by_freq=False):
+    """F.embedding; with max_norm also the weight it renormalised in place, as the
+    reference's second output."""
+    y = F.embedding(indices, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
+    return y if max_norm is None else (y, weight.detach().clone())
+
+
 def _counts_rows(case: Case, outs) -> None:
-    """Backward of all-ones counts how often each row is looked up; the padding row gets 0."""
+    """Backward of all-ones counts how often each row is looked up (1 for each looked-up row
+    with scale_grad_by_freq); the padding row gets 0."""
     idx, w = case.inputs["indices"], case.inputs["weight"]
-    _, ctx = L.embedding(idx, w, case.params["padding_idx"])
+    _, ctx = L.embedding(idx, w, **case.params)
     (dw,) = L.embedding_backward(ctx, np.ones(outs[0].shape, w.dtype))
     counts = np.bincount(idx.reshape(-1), minlength=w.shape[0]).astype(np.float64)
+    if case.params.get("scale_grad_by_freq"):
+        counts = (counts > 0).astype(np.float64)
     pad = case.params["padding_idx"]
     if pad is not None:
         counts[pad % w.shape[0]] = 0
@@ -319,11 +359,36 @@ def _counts_rows(case: Case, outs) -> None:
         f"row gradients {dw[:, 0]} are not the lookup counts {counts}"
 
 
-def _no_padding(case: Case) -> Case:
-    """For the gradcheck: padding_idx freezes a row by convention (forward reads it, backward
-    gives it zero), which is not a derivative; without it the gradcheck checks the scatter-add
-    of every row. Parity with torch and the invariant above check the padding convention."""
-    return Case(case.inputs, {**case.params, "padding_idx": None})
+def _renormalised(case: Case, outs) -> None:
+    """With max_norm: the input table is untouched; rows looked up have norm <= max_norm
+    (up to rounding), the others are the input's; the lookup reads the new table."""
+    if case.params.get("max_norm") is None:
+        assert len(outs) == 1, "a second output without max_norm"
+        return
+    idx, w = case.inputs["indices"], case.inputs["weight"]
+    y, table = outs
+    mn, nt = case.params["max_norm"], case.params["norm_type"]
+    used = np.zeros(w.shape[0], bool)
+    used[idx.reshape(-1)] = True
+    assert np.array_equal(table[~used], w[~used]), "a row nobody looked up was changed"
+    rows = table[used].astype(np.float64)
+    norms = (np.abs(rows).max(axis=1) if nt == math.inf
+             else (np.abs(rows) ** nt).sum(axis=1) ** (1 / nt))
+    # each entry rounded once to the dtype: the norm moves by at most eps relative
+    eps = float(np.finfo(w.dtype).eps)
+    assert np.all(norms <= mn * (1 + 2 * eps)), f"row norms {norms} above max_norm {mn}"
+    assert np.array_equal(y, table[idx]), "the lookup does not read the renormalised table"
+
+
+def _conventions_off(case: Case) -> Case:
+    """For the gradcheck: padding_idx freezes a row and scale_grad_by_freq rescales its
+    gradient by convention, and max_norm's rescaling is not differentiated (as torch): none is
+    a derivative of the forward. Without them the gradcheck checks the scatter-add of every
+    row; parity with torch and the invariants above check the conventions."""
+    params = {**case.params, "padding_idx": None}
+    for name in ("max_norm", "norm_type", "scale_grad_by_freq"):
+        params.pop(name, None)
+    return Case(case.inputs, params)
 
 
 def _embedding_cost(case: Case) -> Cost:
@@ -332,16 +397,21 @@ def _embedding_cost(case: Case) -> Cost:
 
 
 register(Spec(
-    name="embedding", family=FAMILY, summary="row lookup; padding_idx; scatter-add backward",
+    name="embedding", family=FAMILY,
+    summary="row lookup; padding_idx, max_norm (returns the new table), scale_grad_by_freq",
     forward=L.embedding, backward=L.embedding_backward, grad_inputs=("weight",),
-    torch=lambda indices, weight, padding_idx: F.embedding(indices, weight, padding_idx),
+    torch=_torch_embedding,
     cases=_embedding_cases,
-    sizes={"small": _embedding_size(100, 16, (8, 16)),
+    # The small size (the battery's) sets every option, so the battery probes each; the
+    # larger ones time the plain lookup (max_norm adds a copy of the whole table).
+    sizes={"small": _embedding_size(100, 16, (8, 16), max_norm=4.0, norm_type=2.0,
+                                    scale_grad_by_freq=True),
            "medium": _embedding_size(10000, 128, (32, 128)),
            "large": _embedding_size(50000, 256, (64, 512))},
     cost=_embedding_cost,
-    smooth=_no_padding,
-    invariants=(Invariant("backward of ones counts lookups", _counts_rows),),
+    smooth=_conventions_off,
+    invariants=(Invariant("backward of ones counts lookups", _counts_rows),
+                Invariant("max_norm renormalises the rows looked up", _renormalised)),
     invalid=(
         _bad("an index out of range", lambda: {"indices": np.array([0, 4]),
              "weight": np.ones((4, 2))}, ValueError, "indices", padding_idx=None),
@@ -353,5 +423,12 @@ register(Spec(
              "weight": np.ones((4, 2))}, ValueError, "padding_idx", padding_idx=4),
         _bad("a 1-d weight", lambda: {"indices": np.array([0, 1]), "weight": np.ones(4)},
              ValueError, "weight", padding_idx=None),
+        _bad("max_norm 0", lambda: {"indices": np.array([0, 1]), "weight": np.ones((4, 2))},
+             ValueError, "max_norm", max_norm=0.0),
+        _bad("a negative norm_type", lambda: {"indices": np.array([0, 1]),
+             "weight": np.ones((4, 2))}, ValueError, "norm_type", max_norm=1.0, norm_type=-2.0),
+        _bad("scale_grad_by_freq not a bool", lambda: {"indices": np.array([0, 1]),
+             "weight": np.ones((4, 2))}, TypeError, "scale_grad_by_freq",
+             scale_grad_by_freq="yes"),
     ),
 ))
