@@ -307,6 +307,8 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
         # the compiling call happened in _compile_first; its time is the compile time
         result.first_call_s[COMPILED], result.compile_s[COMPILED] = _COMPILE_TIMES.pop()
     for impl, reason in skipped.items():
+        if impl == "torch-cuda" and not torch.cuda.is_available():
+            continue  # a machine without a GPU: said once by the run, not in every group
         NOT_RUN.append({"group": " ".join(map(str, key)), "implementation": impl,
                         "reason": reason})
     result.skipped = skipped  # type: ignore[attr-defined]
