@@ -518,10 +518,11 @@ for _half, _summary in (("d", "GAN discriminator step: BCE(D(x), 1) + BCE(D(G(z)
 
 
 _LM_STEP = GenStep("lm_train_step", "lm", _lm_layout, _LM_ALL)
-_LM_SIZES = {"small": _lm_size(2, 8, 16, 2, 1, 32), "medium": _lm_size(16, 64, 128, 4, 2, 128),
+_LM_SIZES = {"small": _lm_size(2, 8, 16, 2, 2, 32), "medium": _lm_size(16, 64, 128, 4, 2, 128),
              "large": _lm_size(16, 64, 128, 4, 2, 128)}
 # Seed size: d_model 128, 2 layers, sequence 64, batch 16 (medium and large), vocab 128 (bytes
-# of ASCII text), feed-forward 4 d_model; small (CI): d_model 16, 1 layer, sequence 8, batch 2.
+# of ASCII text), feed-forward 4 d_model; small (CI): d_model 16, 2 layers (sizes give every
+# input), sequence 8, batch 2.
 register(Spec(
     name="lm_train_step", family=FAMILY,
     summary="transformer LM (embedding + PE + causal encoder layers + tied/untied head), "
