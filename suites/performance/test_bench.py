@@ -146,7 +146,7 @@ def _torch_call(spec: Spec, case: Case, grads, pass_: str, device: str):
 
         return fwd
     inputs = twin.tensors(spec, case, device, grad=True)
-    leaves = [inputs[n] for n in spec.grad_inputs]
+    leaves = [inputs[n] for n in spec.grad_names(case)]
     up = [twin.to_tensor(g, device) for g in grads]
 
     def fwd_bwd():
@@ -172,7 +172,7 @@ def _compiled_call(spec: Spec, case: Case, grads, pass_: str):
             with torch.no_grad():
                 return compiled(*inputs.values(), **case.params)
         return fwd, how
-    leaves = [inputs[n] for n in spec.grad_inputs]
+    leaves = [inputs[n] for n in spec.grad_names(case)]
     up = [twin.to_tensor(g, "cpu") for g in grads]
 
     def fwd_bwd():
