@@ -6,7 +6,7 @@ Conventions follow PyTorch (``F.scaled_dot_product_attention``, ``nn.MultiheadAt
 module's parameters can be passed in as they are::
 
     out, ctx = scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False)
-    dq, dk, dv = scaled_dot_product_attention_backward(ctx, d_out)
+    dq, dk, dv, d_mask = scaled_dot_product_attention_backward(ctx, d_out)
 
 Masks: for ``scaled_dot_product_attention`` a bool mask is True where a query may attend (as
 torch's); for ``nn.MultiheadAttention``-style masks (``key_padding_mask``, ``attn_mask``) a bool
@@ -109,9 +109,10 @@ def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_sc
 
 @kernel()
 def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs, dp_div,
-              dp_scale, has_dprobs, dq, dk, dv):
+              dp_scale, has_dprobs, dq, dk, dv, d_bias, has_dbias):
     # d_probs (N / dp_div, L, S): an upstream gradient of the probabilities themselves (the
-    # attention weights an MHA returns), times dp_scale.
+    # attention weights an MHA returns), times dp_scale. d_bias (N, L, S), when has_dbias:
+    # the gradient of the additive mask, dS before the scale.
     n_prob, n_q, n_k = probs.shape
     dp = np.empty((n_q, n_k), q.dtype)
     ds = np.empty((n_q, n_k), q.dtype)
@@ -138,6 +139,10 @@ def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_
             acc = Vm.fdot(row, prow)
             for j in range(n_k):
                 dsr[j] = prow[j] * (row[j] - acc) * scale
+            if has_dbias:
+                dbr = d_bias[n, i]
+                for j in range(n_k):
+                    dbr[j] = prow[j] * (row[j] - acc)
         dot_serial(ds, k[n], dq[n])             # dQ = dS K (scale folded into dS)
         tr[:, :] = ds.T
         dot_serial(tr, q[n], dk[n])             # dK = dS^T Q
@@ -148,13 +153,22 @@ def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_
 
 
 class SDPACtx(NamedTuple):
-    q: np.ndarray       # (N, L, D)
-    k: np.ndarray
+    q: np.ndarray       # (N, L, D), broadcast to the common batch shape
+    k: np.ndarray       # (N, S, D), broadcast (and its heads repeated with enable_gqa)
     v: np.ndarray
     probs: np.ndarray   # (N, L, S)
     scale: float
-    lead: tuple         # the leading (batch) shape
-    dq_shape: tuple
+    lead: tuple         # the common leading (batch) shape
+    dq_shape: tuple     # query's own shape
+    dk_shape: tuple = ()  # key's and value's own shapes (before broadcasting and GQA)
+    dv_shape: tuple = ()
+    kept: np.ndarray | None = None   # probs after dropout (None: no dropout)
+    keep: np.ndarray | None = None   # (N, L, S) keep-mask
+    keep_scale: float = 1.0
+    mask_shape: tuple | None = None  # a float attn_mask's shape (its gradient's); else None
+
+
+SDPACtx.__doc__ = "What scaled_dot_product_attention() keeps for its backward."
 
 
 def _private(a, *given):
@@ -165,13 +179,12 @@ def _private(a, *given):
     return a
 
 
-def _lead_shapes(q, k, value):
-    q = v.float_array(q, "query", min_ndim=2)
-    k = v.float_array(k, "key", min_ndim=2, dtype=q.dtype)
-    value = v.float_array(value, "value", min_ndim=2, dtype=q.dtype)
-    if k.shape[:-2] != q.shape[:-2] or value.shape[:-2] != q.shape[:-2]:
-        raise ValueError(f"query, key and value must share their leading (batch) dimensions, "
-                         f"got {q.shape}, {k.shape}, {value.shape}")
+def _lead_shapes(q, k, value, gqa: bool = False):
+    """Checked query, key, value and their common batch shape (broadcast, as torch's; with
+    ``gqa`` the key/value heads, axis -3, are first repeated up to the query's)."""
+    q = v.float_array(q, "query", min_ndim=3 if gqa else 2)
+    k = v.float_array(k, "key", min_ndim=3 if gqa else 2, dtype=q.dtype)
+    value = v.float_array(value, "value", min_ndim=3 if gqa else 2, dtype=q.dtype)
     if q.shape[-2] == 0:
         raise ValueError(f"query must hold a sequence of length >= 1 (..., L, E), got {q.shape}")
     if k.shape[-2] == 0:
@@ -182,7 +195,47 @@ def _lead_shapes(q, k, value):
     if value.shape[-2] != k.shape[-2]:
         raise ValueError(f"value must have the key's length S = {k.shape[-2]} (..., S, Ev), "
                          f"got {value.shape}")
-    return q, k, value
+    kl, vl = k.shape[:-2], value.shape[:-2]
+    if gqa:
+        hq = q.shape[-3]
+        for a, name in ((k, "key"), (value, "value")):
+            if a.shape[-3] == 0 or hq % a.shape[-3]:
+                raise ValueError(f"{name}'s heads (axis -3) must divide the query's {hq} with "
+                                 f"enable_gqa, got {a.shape[-3]} in shape {a.shape}")
+        kl, vl = kl[:-1] + (hq,), vl[:-1] + (hq,)
+    try:
+        lead = np.broadcast_shapes(q.shape[:-2], kl, vl)
+    except ValueError:
+        raise ValueError(f"query, key and value must have broadcastable leading (batch) "
+                         f"dimensions, got {q.shape}, {k.shape}, {value.shape}") from None
+    return q, k, value, tuple(lead)
+
+
+def _expand(a: np.ndarray, lead: tuple, gqa: bool) -> np.ndarray:
+    """``a`` (..., T, D) with its heads repeated (GQA: each head serves ``Hq / H``
+    consecutive query heads, torch's repeat_interleave) and broadcast to ``lead``, as an
+    (N, T, D) C-contiguous array."""
+    if gqa and a.shape[-3] != lead[-1]:
+        a = np.repeat(a, lead[-1] // a.shape[-3], axis=-3)
+    a = np.broadcast_to(a, lead + a.shape[-2:])
+    return np.ascontiguousarray(a).reshape((math.prod(lead),) + a.shape[-2:])
+
+
+def _reduce_to(g: np.ndarray, shape: tuple, gqa_heads: bool = False) -> np.ndarray:
+    """The gradient of a broadcast (and GQA-repeated) input: ``g`` summed, in float64, over
+    the axes the forward broadcast and over each head's group of repeats."""
+    if g.shape == tuple(shape):
+        return g
+    acc = g.astype(np.float64)
+    extra = acc.ndim - len(shape)
+    acc = acc.sum(axis=tuple(range(extra))) if extra else acc
+    if gqa_heads and len(shape) >= 3 and acc.shape[-3] != shape[-3] and shape[-3] != 1:
+        h = shape[-3]
+        acc = acc.reshape(acc.shape[:-3] + (h, acc.shape[-3] // h) + acc.shape[-2:]).sum(-3)
+    axes = tuple(i for i, (a, b) in enumerate(zip(acc.shape, shape, strict=True)) if a != b)
+    if axes:
+        acc = acc.sum(axis=axes, keepdims=True)
+    return acc.reshape(shape).astype(g.dtype)
 
 
 def _as_bias(mask, name, dtype, true_means: str) -> np.ndarray:
@@ -191,6 +244,8 @@ def _as_bias(mask, name, dtype, true_means: str) -> np.ndarray:
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of bool or {np.dtype(dtype)}, "
                         f"got {type(mask).__name__}")
+    if not mask.dtype.isnative:
+        mask = mask.astype(mask.dtype.newbyteorder("="))
     if mask.dtype != np.bool_ and mask.dtype != dtype:
         raise TypeError(f"{name} must have dtype bool or the input's {np.dtype(dtype)}, "
                         f"got {mask.dtype}")
@@ -199,39 +254,70 @@ def _as_bias(mask, name, dtype, true_means: str) -> np.ndarray:
     return mask.astype(np.float64)
 
 
+def _sdpa_dropout(dropout_p, dropout_mask, target):
+    """(keep (N, L, S) or None, keep_scale) from dropout_p and the explicit keep-mask."""
+    p = v.real(dropout_p, "dropout_p", lo=0.0, hi=1.0)
+    if p == 0.0 and dropout_mask is None:
+        return None, 1.0
+    if dropout_mask is None:
+        raise TypeError(f"dropout_mask must be a bool keep-mask of shape {target} when "
+                        f"dropout_p > 0 (True = keep; draw one with "
+                        f"reference.layers.dropout_mask), got None")
+    keep = v.bool_array(dropout_mask, "dropout_mask", shape=target,
+                        like=" (the attention weights' (..., L, S))")
+    return keep.reshape((-1,) + target[-2:]), (0.0 if p == 1.0 else 1.0 / (1.0 - p))
+
+
 def scaled_dot_product_attention(query: np.ndarray, key: np.ndarray, value: np.ndarray,
-                                 attn_mask: np.ndarray | None = None, *, is_causal: bool = False,
-                                 scale: float | None = None) -> tuple[np.ndarray, SDPACtx]:
+                                 attn_mask: np.ndarray | None = None, *, dropout_p: float = 0.0,
+                                 dropout_mask: np.ndarray | None = None,
+                                 is_causal: bool = False, scale: float | None = None,
+                                 enable_gqa: bool = False) -> tuple[np.ndarray, SDPACtx]:
     r"""Attention of each query over all keys, as ``F.scaled_dot_product_attention``.
 
-    ``query`` (..., L, E), ``key`` (..., S, E), ``value`` (..., S, Ev) -> (..., L, Ev).
+    ``query`` (..., L, E), ``key`` (..., S, E), ``value`` (..., S, Ev) -> (..., L, Ev). The
+    leading (batch) dimensions broadcast against each other, as torch's. With ``enable_gqa``
+    (grouped-query attention) axis -3 is the heads: key and value may have fewer heads than
+    the query, dividing its count, and each of their heads serves that many consecutive query
+    heads (torch's ``repeat_interleave``).
 
     .. math::
-        P = \operatorname{softmax}_j(s Q K^T + M), \qquad O = P V, \qquad s = 1/\sqrt{E}
+        P = \operatorname{softmax}_j(s Q K^T + M), \qquad
+        O = (P \odot D / (1 - p)) V, \qquad s = 1/\sqrt{E}\ \text{unless}\ \texttt{scale}
 
     ``M``: 0 where attention is allowed, :math:`-\infty` where not (a bool ``attn_mask``
     True = allowed, broadcastable to (..., L, S); or a float mask added as it is;
     ``is_causal``: key j is allowed for query i iff ``j <= i``, top-left aligned as torch).
-    A row with no allowed key gives zero weights and a zero output. Backward:
+    A row with no allowed key gives zero weights and a zero output. ``D``: dropout of the
+    weights, ``dropout_mask`` a bool keep-mask of shape (..., L, S) (the common batch shape),
+    drawn by the caller, with ``dropout_p``; ``p = 1`` drops everything (zeros). Without
+    dropout, ``D = 1``. Backward, with :math:`\bar P_D = \bar O V^T \odot D / (1 - p)`:
 
     .. math::
-        \bar V = P^T \bar O, \quad \bar P = \bar O V^T, \quad
-        \bar S_{ij} = P_{ij}(\bar P_{ij} - \textstyle\sum_k \bar P_{ik} P_{ik}), \quad
-        \bar Q = s \bar S K, \quad \bar K = s \bar S^T Q
+        \bar V = (P \odot D / (1-p))^T \bar O, \quad
+        \bar M_{ij} = P_{ij}(\bar P_{D,ij} - \textstyle\sum_k \bar P_{D,ik} P_{ik}), \quad
+        \bar Q = s \bar M K, \quad \bar K = s \bar M^T Q
+
+    summed over what was broadcast (and over each key/value head's group with GQA), in
+    float64. Backward returns ``(d query, d key, d value, d attn_mask)``; ``d attn_mask`` is
+    :math:`\bar M` summed to the mask's shape for a float mask (torch differentiates it), None
+    for a bool mask or none.
     """
-    q, k, val = _lead_shapes(query, key, value)
+    gqa = v.boolean(enable_gqa, "enable_gqa")
+    q, k, val, lead = _lead_shapes(query, key, value, gqa)
     causal = v.boolean(is_causal, "is_causal")
     if causal and attn_mask is not None:
         raise ValueError("attn_mask must be None when is_causal=True (torch refuses both)")
     s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else v.real(scale, "scale")
-    lead = q.shape[:-2]
     n = math.prod(lead)
     L, S = q.shape[-2], k.shape[-2]
-    q3, k3, v3 = (a.reshape((n,) + a.shape[-2:]) for a in (q, k, val))
-    bias, div, has_bias = _NO_BIAS, 1, False
+    target = lead + (L, S)
+    keep, keep_scale = _sdpa_dropout(dropout_p, dropout_mask, target)
+    q3 = _expand(q, lead, False)
+    k3, v3 = _expand(k, lead, gqa), _expand(val, lead, gqa)
+    bias, div, has_bias, mask_shape = _NO_BIAS, 1, False, None
     if attn_mask is not None:
         b = _as_bias(attn_mask, "attn_mask", q.dtype, "allowed")
-        target = lead + (L, S)
         try:
             ok = b.ndim <= len(target) and np.broadcast_shapes(b.shape, target) == target
         except ValueError:
@@ -245,19 +331,23 @@ def scaled_dot_product_attention(query: np.ndarray, key: np.ndarray, value: np.n
         else:
             bias, div = np.broadcast_to(b, target).reshape(n, L, S).copy(), 1
         has_bias = True
+        if attn_mask.dtype != np.bool_:
+            mask_shape = attn_mask.shape
     probs = np.empty((n, L, S), q.dtype)
+    kept = probs if keep is None else np.empty_like(probs)
     out = np.empty((n, L, val.shape[-1]), q.dtype)
-    _attn_fwd(q3, k3, v3, bias, div, has_bias, causal, _NO_KEEP, False, 1.0, s, probs, probs,
-              out)
+    _attn_fwd(q3, k3, v3, bias, div, has_bias, causal, _NO_KEEP if keep is None else keep,
+              keep is not None, keep_scale, s, probs, kept, out)
     given = (query, key, value)
     ctx = SDPACtx(_private(q3, *given), _private(k3, *given), _private(v3, *given), probs, s,
-                  lead, q.shape)
+                  lead, q.shape, k.shape, val.shape, None if keep is None else kept,
+                  None if keep is None else _private(keep, dropout_mask), keep_scale, mask_shape)
     return out.reshape(lead + out.shape[1:]), ctx
 
 
-def scaled_dot_product_attention_backward(ctx: SDPACtx, grad_out: np.ndarray,
-                                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients ``(d query, d key, d value)``; the formulas in the forward's docstring."""
+def scaled_dot_product_attention_backward(ctx: SDPACtx, grad_out: np.ndarray):
+    """Gradients ``(d query, d key, d value, d attn_mask)``; the formulas in the forward's
+    docstring (``d attn_mask`` None unless the mask was a float one)."""
     v.ctx_of(ctx, SDPACtx, "scaled_dot_product_attention")
     shape = ctx.lead + (ctx.q.shape[1], ctx.v.shape[2])
     g = v.float_array(grad_out, "grad_out", dtype=ctx.q.dtype)
@@ -265,10 +355,20 @@ def scaled_dot_product_attention_backward(ctx: SDPACtx, grad_out: np.ndarray,
         raise ValueError(f"grad_out must have the forward output's shape {shape}, got {g.shape}")
     g3 = g.reshape((-1,) + shape[-2:])
     dq, dk, dv = np.empty_like(ctx.q), np.empty_like(ctx.k), np.empty_like(ctx.v)
-    _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.probs, _NO_KEEP, False, 1.0, ctx.scale, g3,
-              _NO_DPROBS.astype(g.dtype), 1, 0.0, False, dq, dk, dv)
-    return (dq.reshape(ctx.dq_shape), dk.reshape(ctx.lead + ctx.k.shape[1:]),
-            dv.reshape(ctx.lead + ctx.v.shape[1:]))
+    has_keep = ctx.keep is not None
+    has_db = ctx.mask_shape is not None
+    db = np.empty(ctx.probs.shape) if has_db else _NO_DPROBS
+    _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.kept if has_keep else ctx.probs,
+              ctx.keep if has_keep else _NO_KEEP, has_keep, ctx.keep_scale, ctx.scale, g3,
+              _NO_DPROBS.astype(g.dtype), 1, 0.0, False, dq, dk, dv, db, has_db)
+    lead = ctx.lead
+    d_mask = None
+    if has_db:
+        d_mask = _reduce_to(db.reshape(lead + db.shape[1:]), ctx.mask_shape).astype(g.dtype)
+    return (_reduce_to(dq.reshape(lead + dq.shape[1:]), ctx.dq_shape),
+            _reduce_to(dk.reshape(lead + dk.shape[1:]), ctx.dk_shape, True),
+            _reduce_to(dv.reshape(lead + dv.shape[1:]), ctx.dv_shape, True),
+            d_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +542,8 @@ def _mha_backward(ctx: MHACtx, d_out2, d_weights):
         dprobs = d_weights.reshape(batch * heads, *d_weights.shape[2:])
         dp_div, dp_scale, has_dp = 1, 1.0, True
     _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.kept, ctx.keep, ctx.has_keep, ctx.keep_scale,
-              ctx.scale, dattn, dprobs, dp_div, dp_scale, has_dp, dq, dk, dv)
+              ctx.scale, dattn, dprobs, dp_div, dp_scale, has_dp, dq, dk, dv,
+              _NO_DPROBS.astype(dt), False)
     dqkv = np.empty((ctx.x2.shape[0], 3 * embed), dt)
     for part, col in ((dq, 0), (dk, embed), (dv, 2 * embed)):
         _merge_heads(part, batch, heads, dqkv, col)
