@@ -9,8 +9,9 @@ Convention (the same in every family)::
 ``lam`` is the strength, a finite real >= 0. The sum accumulates in float64 and is rounded
 once. Each backward refuses a context that its own forward did not return (a TypeError naming
 ``ctx``), and the context keeps a private copy of ``w`` (one more pass over it), so editing
-``w`` in place between forward and backward does not change the gradient. Conventions: the L2 penalty carries the factor 1/2, so its gradient is ``lam * w``
-(the weight decay of SGD); the L1 penalty has no factor.
+``w`` in place between forward and backward does not change the gradient. Conventions: the
+L2 penalty carries the factor 1/2, so its gradient is ``lam * w`` (the weight decay of SGD);
+the L1 penalty has no factor.
 """
 
 from __future__ import annotations
