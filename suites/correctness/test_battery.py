@@ -18,8 +18,10 @@ the probes, how they are chosen within a budget and what each must give are desc
 - **mutation after forward**: overwriting every input (and the returned outputs) in place
   between forward and backward must not change the gradients.
 
-CI runs ``battery.BUDGET`` argument probes per dtype (about 60-100 calls per spec in all);
-the ``thorough`` Hypothesis profile runs every probe. A spec fails with the full list of its
+CI runs ``battery.BUDGET`` argument probes per dtype, about 100 calls per spec in all (8,366
+for 84 specs, 12.6 s of CPU warm, measured on 2026-12-01; the battery this replaced made over
+21,000 argument and backward probes alone and took 3-4 times as long); the ``thorough``
+Hypothesis profile runs every probe. A spec fails with the full list of its
 problems, so one run shows them all. ``suites/selftest/test_battery_power.py`` shows that the
 battery catches each kind of fault in a deliberately broken toy spec.
 """
