@@ -48,7 +48,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import carray, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from reference import _validate as v
 from reference._jit import PARALLEL_MIN, inline, kernel
@@ -58,6 +61,7 @@ __all__ = [
     "adagrad", "adagrad_backward", "adagrad_init_state",
     "rmsprop", "rmsprop_backward", "rmsprop_init_state",
     "adam", "adam_backward", "adam_init_state", "adamw", "adamw_backward",
+    "sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_",
 ]
 
 
@@ -296,6 +300,20 @@ def sgd_init_state(params, *, momentum: float = 0.0) -> dict:
     return {"momentum_buffer": _out([np.zeros_like(p) for p in ps], single)} if mu else {}
 
 
+def _sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    """Checked hyper-parameters -> (the state's buffers, the kernels' scalars)."""
+    lr = _hyper(lr, "lr")
+    mu = _hyper(momentum, "momentum")
+    damp = v.real(dampening, "dampening")
+    wd = _hyper(weight_decay, "weight_decay")
+    nesterov, maximize = v.boolean(nesterov, "nesterov"), v.boolean(maximize, "maximize")
+    if nesterov and (mu <= 0 or damp != 0):
+        raise ValueError(f"nesterov requires momentum > 0 and dampening = 0, got momentum={mu}, "
+                         f"dampening={damp}")
+    t = _step(step)
+    return ("momentum_buffer",) if mu else (), (t == 1, lr, mu, damp, wd, nesterov, maximize)
+
+
 def sgd(params, grads, state, step, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
         nesterov=False, maximize=False, differentiable=False):
     r"""One SGD step (torch.optim.SGD). With :math:`\hat g = \pm g + \lambda p`:
@@ -308,18 +326,10 @@ def sgd(params, grads, state, step, *, lr, momentum=0.0, dampening=0.0, weight_d
     itself as the buffer, without dampening (torch). State: ``momentum_buffer`` when
     ``momentum > 0``. Returns ``((new_params, new_state), ctx)``.
     """
-    lr = _hyper(lr, "lr")
-    mu = _hyper(momentum, "momentum")
-    damp = v.real(dampening, "dampening")
-    wd = _hyper(weight_decay, "weight_decay")
-    nesterov, maximize = v.boolean(nesterov, "nesterov"), v.boolean(maximize, "maximize")
-    if nesterov and (mu <= 0 or damp != 0):
-        raise ValueError(f"nesterov requires momentum > 0 and dampening = 0, got momentum={mu}, "
-                         f"dampening={damp}")
-    t = _step(step)
-    buffers = ("momentum_buffer",) if mu else ()
+    buffers, scal = _sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov,
+                                 maximize)
+    mu = bool(buffers)
     ps, gs, st, single = _inputs(params, grads, state, buffers)
-    scal = (t == 1, lr, mu, damp, wd, nesterov, maximize)
     p1s, b1s = _empty_like(ps), (_empty_like(ps) if mu else None)
     for i, (p, g) in enumerate(zip(ps, gs, strict=True)):
         b = st["momentum_buffer"][i] if mu else _none(p.dtype)
@@ -412,6 +422,15 @@ def adagrad_init_state(params, *, initial_accumulator_value: float = 0.0) -> dic
     return {"sum": _out([np.full_like(p, a0) for p in ps], single)}
 
 
+def _adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize):
+    """Checked hyper-parameters -> the kernels' scalars (the effective lr first)."""
+    lr, lr_decay = _hyper(lr, "lr"), _hyper(lr_decay, "lr_decay")
+    wd, eps = _hyper(weight_decay, "weight_decay"), _hyper(eps, "eps")
+    maximize = v.boolean(maximize, "maximize")
+    t = _step(step)
+    return lr / (1.0 + (t - 1) * lr_decay), eps, wd, maximize
+
+
 def adagrad(params, grads, state, step, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
             maximize=False, differentiable=False):
     r"""One Adagrad step (torch.optim.Adagrad). With :math:`\hat g = \pm g + \lambda p`:
@@ -422,12 +441,8 @@ def adagrad(params, grads, state, step, *, lr=1e-2, lr_decay=0.0, weight_decay=0
     (``lr_decay`` :math:`\delta`; eps after the root, as torch). State: ``sum``, which starts at
     ``initial_accumulator_value`` (see :func:`adagrad_init_state`).
     """
-    lr, lr_decay = _hyper(lr, "lr"), _hyper(lr_decay, "lr_decay")
-    wd, eps = _hyper(weight_decay, "weight_decay"), _hyper(eps, "eps")
-    maximize = v.boolean(maximize, "maximize")
-    t = _step(step)
+    scal = _adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize)
     ps, gs, st, single = _inputs(params, grads, state, ("sum",))
-    scal = (lr / (1.0 + (t - 1) * lr_decay), eps, wd, maximize)
     p1s, s1s = _empty_like(ps), _empty_like(ps)
     for i, (p, g, s) in enumerate(zip(ps, gs, st["sum"], strict=True)):
         _adagrad_fwd(_flat(p), _flat(g), _flat(s), _flat(p1s[i]), _flat(s1s[i]), *scal)
@@ -565,6 +580,16 @@ def rmsprop_init_state(params, *, momentum: float = 0.0, centered: bool = False)
     return {b: _out([np.zeros_like(p) for p in ps], single) for b in bufs}
 
 
+def _rms_scalars(step, lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    """Checked hyper-parameters -> (the state's buffers, the kernels' scalars)."""
+    lr, alpha = _hyper(lr, "lr"), _hyper(alpha, "alpha")
+    eps, wd = _hyper(eps, "eps"), _hyper(weight_decay, "weight_decay")
+    mu = _hyper(momentum, "momentum")
+    centered, maximize = v.boolean(centered, "centered"), v.boolean(maximize, "maximize")
+    _step(step)
+    return _rms_buffers(mu, centered), (lr, alpha, eps, wd, mu, centered, maximize)
+
+
 def rmsprop(params, grads, state, step, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
             momentum=0.0, centered=False, maximize=False, differentiable=False):
     r"""One RMSprop step (torch.optim.RMSprop). With :math:`\hat g = \pm g + \lambda p`:
@@ -579,14 +604,9 @@ def rmsprop(params, grads, state, step, *, lr=1e-2, alpha=0.99, eps=1e-8, weight
     eps outside the root and the centred variance :math:`v - \bar g^2`, as torch; the buffers
     start at zero. ``step`` does not enter the update (accepted for a uniform call).
     """
-    lr, alpha = _hyper(lr, "lr"), _hyper(alpha, "alpha")
-    eps, wd = _hyper(eps, "eps"), _hyper(weight_decay, "weight_decay")
-    mu = _hyper(momentum, "momentum")
-    centered, maximize = v.boolean(centered, "centered"), v.boolean(maximize, "maximize")
-    _step(step)
-    buffers = _rms_buffers(mu, centered)
+    buffers, scal = _rms_scalars(step, lr, alpha, eps, weight_decay, momentum, centered,
+                                 maximize)
     ps, gs, st, single = _inputs(params, grads, state, buffers)
-    scal = (lr, alpha, eps, wd, mu, centered, maximize)
     outs = {b: _empty_like(ps) for b in buffers}
     p1s = _empty_like(ps)
     for i, (p, g) in enumerate(zip(ps, gs, strict=True)):
@@ -734,16 +754,22 @@ def adam_init_state(params, *, amsgrad: bool = False) -> dict:
     return {b: _out([np.zeros_like(p) for p in ps], single) for b in _ADAM[:n]}
 
 
-def _adam(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize,
-          differentiable, decoupled: bool):
+def _adam_scalars(step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled: bool):
+    """Checked hyper-parameters -> (the state's buffers, the kernels' scalars); the last two
+    are the bias-corrected step size ``lr / (1 - beta1^t)`` and ``sqrt(1 - beta2^t)``."""
     lr, (b1, b2) = _hyper(lr, "lr"), _betas(betas)
     eps, wd = _hyper(eps, "eps"), _hyper(weight_decay, "weight_decay")
     amsgrad, maximize = v.boolean(amsgrad, "amsgrad"), v.boolean(maximize, "maximize")
     t = _step(step)
-    buffers = _ADAM[: 3 if amsgrad else 2]
+    return _ADAM[: 3 if amsgrad else 2], (lr, b1, b2, eps, wd, decoupled, amsgrad, maximize,
+                                          lr / (1.0 - b1 ** t), np.sqrt(1.0 - b2 ** t))
+
+
+def _adam(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize,
+          differentiable, decoupled: bool):
+    buffers, scal = _adam_scalars(step, lr, betas, eps, weight_decay, amsgrad, maximize,
+                                  decoupled)
     ps, gs, st, single = _inputs(params, grads, state, buffers)
-    scal = (lr, b1, b2, eps, wd, decoupled, amsgrad, maximize,
-            lr / (1.0 - b1 ** t), np.sqrt(1.0 - b2 ** t))
     outs = {b: _empty_like(ps) for b in buffers}
     p1s = _empty_like(ps)
     for i, (p, g) in enumerate(zip(ps, gs, strict=True)):
@@ -826,3 +852,371 @@ def _adam_backward(ctx: StepCtx, grad_out):
                   _flat(d_p[i]), _flat(d_g[i]), *map(_flat, outs), *ctx.scalars)
     return (_out(d_p, ctx.single), _out(d_g, ctx.single),
             {b: _out(d_st[b], ctx.single) for b in buffers})
+
+
+# ---------------------------------------------------------------------------------------------
+# In-place steps: sgd_, adagrad_, rmsprop_, adam_, adamw_
+#
+# The same update as the pure step, element for element (the same inlined float64 helper,
+# rounded once), written over ``params`` and the state's buffers: one pass that reads p, g and
+# the buffers once and writes p and the buffers once, with no new arrays.
+#
+# All the tensors of a call go to one kernel launch. Python passes flat views of them as tuples
+# (numba unboxes a tuple of arrays at C speed); _table writes each one's address and size
+# into an int64 table (_addresses: straight-line code, where indexing a tuple at run time
+# compiles to a switch per use: minutes of compilation for 64 tensors). The kernel's parallel
+# loop then runs over work items of at most _CHUNK elements of every tensor, viewed through
+# the table, so a model's many small tensors share the threads and a large one is split.
+
+_CHUNK = 1 << 14  # elements per work item (5 float32 arrays x 16K elements: 320 KB, in L2)
+_PAD = {dt: np.empty(0, dt) for dt in v.FLOAT_DTYPES}  # stands in for an absent buffer
+# Tensors per call of _table (a list goes in groups of this many, the last one padded): its
+# compilation grows fast with the tuples' length (2 s at 8, 24 s at 64), its call costs
+# ~0.1 us per array.
+_GROUP = 8
+
+
+@intrinsic
+def _addresses(typingctx, arrays, addr, size):
+    """``addr[i], size[i] = arrays[i]``'s data address and element count, for a tuple of arrays
+    (straight-line code, one block per element)."""
+    if not (isinstance(arrays, types.BaseTuple)
+            and all(isinstance(a, types.Array) for a in arrays)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        tup_t, addr_t, size_t = sig.args
+        addr_a = context.make_array(addr_t)(context, builder, args[1])
+        size_a = context.make_array(size_t)(context, builder, args[2])
+        i64 = ir.IntType(64)
+        for i, (ty, item) in enumerate(zip(tup_t, cgutils.unpack_tuple(builder, args[0]),
+                                           strict=True)):
+            a = context.make_array(ty)(context, builder, item)
+            builder.store(builder.ptrtoint(a.data, i64),
+                          cgutils.gep_inbounds(builder, addr_a.data, i))
+            builder.store(builder.sext(a.nitems, i64) if a.nitems.type != i64 else a.nitems,
+                          cgutils.gep_inbounds(builder, size_a.data, i))
+        return context.get_dummy_value()
+
+    return types.none(arrays, addr, size), codegen
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The integer ``address`` as a pointer to ``like``'s dtype (for ``numba.carray``)."""
+    if not (isinstance(address, types.Integer) and isinstance(like, types.Array)):
+        return None
+    ptr = types.CPointer(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+
+    return ptr(address, like), codegen
+
+
+@kernel()
+def _table(ps, gs, a, b, c):
+    """Addresses and sizes of the arrays of five equally long tuples (params, grads and three
+    buffer slots), as rows of two (5, n) int64 tables."""
+    addr, size = np.empty((5, len(ps)), np.int64), np.empty((5, len(ps)), np.int64)
+    _addresses(ps, addr[0], size[0])
+    _addresses(gs, addr[1], size[1])
+    _addresses(a, addr[2], size[2])
+    _addresses(b, addr[3], size[3])
+    _addresses(c, addr[4], size[4])
+    return addr, size
+
+
+@inline()
+def _view(addr, size, r, t, like):
+    """Row ``r`` of the tables' tensor ``t`` as a flat array (of ``like``'s dtype)."""
+    return carray(_pointer(addr[r, t], like), size[r, t])
+
+
+@kernel()
+def _work_items(sizes):
+    """(tensor, first element) of each work item of at most _CHUNK elements, over tensors of
+    ``sizes`` elements, in order; and the total size."""
+    count = 0
+    for n in sizes:
+        count += (n + _CHUNK - 1) // _CHUNK
+    tid, lo = np.empty(count, np.int64), np.empty(count, np.int64)
+    j = 0
+    for t in range(sizes.size):
+        for s in range(0, sizes[t], _CHUNK):
+            tid[j], lo[j] = t, s
+            j += 1
+    return tid, lo, sizes.sum()
+
+
+# One span kernel per optimizer updates elements [lo, hi) of one tensor in place (compiled on
+# its own, once per dtype, and vectorised); _span picks it by ``kind`` and unpacks its scalars
+# from ``sc`` (a float64 array, flags as 0/1), so that ONE parallel driver, _inplace, serves
+# every optimizer (a parallel loop costs ~3.5 s to compile here, a serial one ~1 s).
+
+_SGD, _ADAGRAD, _RMSPROP, _ADAM_KIND = 0, 1, 2, 3
+
+
+@kernel()
+def _sgd_span(p, g, b, first, lr, mu, damp, wd, nesterov, maximize):
+    has_b = mu != 0.0
+    for i in range(p.size):
+        p[i], bn = _sgd1(p[i], g[i], b[i] if has_b else 0.0, first, lr, mu, damp, wd, nesterov,
+                         maximize)
+        if has_b:
+            b[i] = bn
+
+
+@kernel()
+def _adagrad_span(p, g, s, clr, eps, wd, maximize):
+    for i in range(p.size):
+        p[i], s[i] = _adagrad1(p[i], g[i], s[i], clr, eps, wd, maximize)
+
+
+@kernel()
+def _rms_span(p, g, sq, buf, ga, lr, alpha, eps, wd, mu, centered, maximize):
+    has_b = mu > 0.0
+    for i in range(p.size):
+        p[i], sq[i], bn, gan, _, _, _ = _rms1(p[i], g[i], sq[i], buf[i] if has_b else 0.0,
+                                              ga[i] if centered else 0.0, lr, alpha, eps, wd,
+                                              mu, centered, maximize)
+        if has_b:
+            buf[i] = bn
+        if centered:
+            ga[i] = gan
+
+
+@kernel()
+def _adam_span(p, g, m, vv, vmax, lr, b1, b2, eps, wd, decoupled, amsgrad, maximize, c, k):
+    for i in range(p.size):
+        p[i], m[i], vv[i], vm, _, _, _ = _adam1(p[i], g[i], m[i], vv[i],
+                                                vmax[i] if amsgrad else 0.0, lr, b1, b2, eps, wd,
+                                                decoupled, amsgrad, maximize, c, k)
+        if amsgrad:
+            vmax[i] = vm
+
+
+@kernel()
+def _span(kind, p, g, a, b, c, lo, hi, sc):
+    """Elements [lo, hi) of one tensor: optimizer ``kind``'s step, scalars ``sc`` in the order
+    of its ``_*_scalars`` function, buffers ``a, b, c`` in its slot order (an absent buffer is
+    empty, and so is its slice). The spans loop over slices from 0: a loop from ``lo`` would
+    not vectorise (an index not known to be >= 0 goes through numba's wraparound)."""
+    p, g, a, b, c = p[lo:hi], g[lo:hi], a[lo:hi], b[lo:hi], c[lo:hi]
+    if kind == _SGD:
+        _sgd_span(p, g, a, sc[0] != 0.0, sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
+                  sc[6] != 0.0)
+    elif kind == _ADAGRAD:
+        _adagrad_span(p, g, a, sc[0], sc[1], sc[2], sc[3] != 0.0)
+    elif kind == _RMSPROP:
+        _rms_span(p, g, a, b, c, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
+                  sc[6] != 0.0)
+    else:
+        _adam_span(p, g, a, b, c, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
+                   sc[6] != 0.0, sc[7] != 0.0, sc[8], sc[9])
+
+
+@kernel(parallel=True)
+def _inplace(kind, addr, size, like, sc):
+    """Every work item of the tensors in the tables ``addr, size`` (see :func:`_table`)."""
+    tid, lo, total = _work_items(size[0])
+    if total < PARALLEL_MIN:
+        for j in range(tid.size):
+            t = tid[j]
+            _span(kind, _view(addr, size, 0, t, like), _view(addr, size, 1, t, like),
+                  _view(addr, size, 2, t, like), _view(addr, size, 3, t, like),
+                  _view(addr, size, 4, t, like), lo[j], min(lo[j] + _CHUNK, size[0, t]), sc)
+    else:
+        for j in prange(tid.size):
+            t = tid[j]
+            _span(kind, _view(addr, size, 0, t, like), _view(addr, size, 1, t, like),
+                  _view(addr, size, 2, t, like), _view(addr, size, 3, t, like),
+                  _view(addr, size, 4, t, like), lo[j], min(lo[j] + _CHUNK, size[0, t]), sc)
+
+
+def _run(kind: int, tables, scal) -> None:
+    sc = np.array(scal, dtype=np.float64)
+    for addr, size, like in tables:
+        _inplace(kind, addr, size, like, sc)
+
+
+# ---- checks
+
+
+def _written(a, name: str, p=None, p_name: str = ""):
+    """The checks of an array the step writes (a parameter or a state buffer), in detail: run
+    only when the fast check in :func:`_inplace_tables` failed, to say why."""
+    if not isinstance(a, np.ndarray):
+        extra = " (a numpy scalar cannot be updated in place)" if isinstance(a, np.generic) else ""
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64{extra}, got "
+                        f"{type(a).__name__}")
+    if p is None:
+        if a.dtype not in v.FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64 in the machine's byte "
+                            f"order, got {a.dtype}")
+    else:
+        _like(a, name, p, p_name)
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable: an in-place step updates it, got a "
+                         f"read-only array")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous: an in-place step updates it where it "
+                         f"lies, got strides {a.strides} for shape {a.shape}")
+    if not a.flags.aligned:
+        raise ValueError(f"{name} must be aligned to its dtype, got an unaligned view")
+    return a.view(np.ndarray)  # a subclass (np.memmap) as a plain array over the same memory
+
+
+def _read(g, name: str, p, p_name: str):
+    """A gradient that failed the fast check: checked as the pure step checks it, and given to
+    the kernel as an aligned C-contiguous copy when it is not one (it is only read)."""
+    g = v.float_array(g, name)
+    _like(g, name, p, p_name)
+    return np.require(g, requirements=("C", "A")).view(np.ndarray)
+
+
+def _same_structure(x, name: str, single: bool, n: int):
+    if single:
+        if not isinstance(x, (np.ndarray, np.generic)):
+            raise ValueError(f"{name} must have the structure of params (one array), got "
+                             f"{type(x).__name__}")
+        return [x]
+    if not isinstance(x, (list, tuple)) or len(x) != n:
+        got = (f"a {type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple))
+               else type(x).__name__)
+        raise ValueError(f"{name} must have the structure of params (a list of {n} arrays), "
+                         f"got {got}")
+    return x
+
+
+def _inplace_tables(params, grads, state, buffers: tuple[str, ...], slots: tuple[str, ...]):
+    """Check an in-place step's arrays; return, per dtype among the params (almost always
+    one), the kernel's ``(addr, size, like)``: the tables of :func:`_table` with rows params,
+    grads and the buffers in ``slots`` order (an absent one: empty arrays), and an empty array
+    of the dtype.
+
+    Every array must be a float32/float64 ndarray of its parameter's dtype and shape; params
+    and buffers must also be C-contiguous, aligned and writeable, and no array may be given
+    twice among them (a gradient may be anything the pure step takes). The fast checks are a
+    few attribute reads per array; the detailed ones run only on a failure, to name it."""
+    single = isinstance(params, (np.ndarray, np.generic))
+    if single:
+        ps = [params]
+    elif isinstance(params, (list, tuple)):
+        if not params:
+            raise ValueError(f"params must hold at least one array, got an empty "
+                             f"{type(params).__name__}")
+        ps = params
+    else:
+        raise TypeError(f"params must be a numpy.ndarray or a list of them, got "
+                        f"{type(params).__name__}")
+    n = len(ps)
+    gs = _same_structure(grads, "grads", single, n)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of buffers {list(buffers)}, got "
+                        f"{type(state).__name__}")
+    if len(state) != len(buffers) or any(b not in state for b in buffers):
+        raise ValueError(f"state must have exactly the buffers {list(buffers)} for these "
+                         f"hyper-parameters, got {list(state)}")
+    bls = [_same_structure(state[b], f"state[{b!r}]", single, n) for b in buffers]
+    flat_p, flat_g, flat_b = [], [], [[] for _ in buffers]
+    for i in range(n):
+        where = "" if single else f"[{i}]"
+        p = ps[i]
+        if type(p) is not np.ndarray or p.dtype not in v.FLOAT_DTYPES or not p.flags.carray:
+            p = _written(p, f"params{where}")
+        dt, shape = p.dtype, p.shape
+        flat_p.append(p.reshape(-1))
+        g = gs[i]
+        if (type(g) is not np.ndarray or g.dtype != dt or g.shape != shape
+                or not (g.flags.carray or g.flags.c_contiguous and g.flags.aligned)):
+            g = _read(g, f"grads{where}", p, f"params{where}")
+        flat_g.append(g.reshape(-1))
+        for bl, fb, b in zip(bls, flat_b, buffers, strict=True):
+            a = bl[i]
+            if (type(a) is not np.ndarray or a.dtype != dt or a.shape != shape
+                    or not a.flags.carray):
+                a = _written(a, f"state[{b!r}]{where}", p, f"params{where}")
+            fb.append(a.reshape(-1))
+    if len({id(a) for arrs in [ps, *bls] for a in arrs}) != n * (1 + len(bls)):
+        raise ValueError("params and the state's buffers must be distinct arrays (each is "
+                         "updated in place), got the same array twice")
+    by_name = dict(zip(buffers, flat_b, strict=True))
+    rows = [flat_p, flat_g] + [by_name.get(b) for b in slots] + [None] * (3 - len(slots))
+    dtypes = {p.dtype for p in flat_p}
+    out = []
+    for dt in dtypes:
+        idx = list(range(n)) if len(dtypes) == 1 else [i for i in range(n)
+                                                       if flat_p[i].dtype == dt]
+        width = 1 if len(idx) == 1 else _GROUP
+        parts = []
+        for s in range(0, len(idx), width):
+            part = idx[s:s + width]
+            pad = (_PAD[dt],) * (width - len(part))
+            parts.append(_table(*(tuple(r[i] for i in part) + pad if r is not None
+                                  else (_PAD[dt],) * width for r in rows)))
+        if len(parts) == 1:
+            out.append((*parts[0], _PAD[dt]))
+        else:
+            out.append((np.concatenate([a for a, _ in parts], axis=1),
+                        np.concatenate([z for _, z in parts], axis=1), _PAD[dt]))
+    return out
+
+
+_INPLACE_NOTE = """
+    In place: ``params`` and the state's buffers (the arrays ``state`` holds) are overwritten
+    with the new values, which equal the pure step's bit for bit (the same float64 arithmetic,
+    rounded once); the call returns None and allocates nothing of the tensors' size. Not
+    differentiable (no ctx): use the pure step for that. params and the buffers must be
+    writeable, aligned, C-contiguous arrays of their parameter's dtype and shape, each given
+    once (overlapping views of one array are not detected); ``grads`` is only read. Checking
+    costs a few attribute reads per array, and all the tensors of a call share one kernel
+    launch."""
+
+
+def sgd_(params, grads, state, step, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+         nesterov=False, maximize=False) -> None:
+    r"""One SGD step in place: :func:`sgd`'s update, same arguments (at step 1 the momentum
+    buffer's old values are not read: it becomes the gradient)."""
+    buffers, scal = _sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov,
+                                 maximize)
+    _run(_SGD, _inplace_tables(params, grads, state, buffers, ("momentum_buffer",)), scal)
+
+
+def adagrad_(params, grads, state, step, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+             eps=1e-10, maximize=False) -> None:
+    r"""One Adagrad step in place: :func:`adagrad`'s update, same arguments."""
+    scal = _adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize)
+    _run(_ADAGRAD, _inplace_tables(params, grads, state, ("sum",), ("sum",)), scal)
+
+
+def rmsprop_(params, grads, state, step, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+             momentum=0.0, centered=False, maximize=False) -> None:
+    r"""One RMSprop step in place: :func:`rmsprop`'s update, same arguments."""
+    buffers, scal = _rms_scalars(step, lr, alpha, eps, weight_decay, momentum, centered,
+                                 maximize)
+    slots = ("square_avg", "momentum_buffer", "grad_avg")
+    _run(_RMSPROP, _inplace_tables(params, grads, state, buffers, slots), scal)
+
+
+def adam_(params, grads, state, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+          weight_decay=0.0, amsgrad=False, maximize=False) -> None:
+    r"""One Adam step in place: :func:`adam`'s update, same arguments."""
+    _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize, False)
+
+
+def adamw_(params, grads, state, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=1e-2, amsgrad=False, maximize=False) -> None:
+    r"""One AdamW step in place: :func:`adamw`'s update, same arguments."""
+    _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize, True)
+
+
+def _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize,
+           decoupled: bool) -> None:
+    buffers, scal = _adam_scalars(step, lr, betas, eps, weight_decay, amsgrad, maximize,
+                                  decoupled)
+    _run(_ADAM_KIND, _inplace_tables(params, grads, state, buffers, _ADAM), scal)
+
+
+for _f in (sgd_, adagrad_, rmsprop_, adam_, adamw_):
+    _f.__doc__ += "\n" + _INPLACE_NOTE

@@ -2,7 +2,12 @@
 
 - trajectory parity: K = 50 steps of each optimizer over several tensors of mixed shapes (a 0-d
   one included) against one ``torch.optim`` optimizer, with a fixed gradient sequence that has
-  an all-zero step; parameters and every state buffer compared at several milestones;
+  an all-zero step; parameters and every state buffer compared at several milestones, for the
+  pure step and for the in-place one (which must also equal the pure step bit for bit);
+- the in-place steps (``sgd_`` ...): bit-equality with the pure step over Hypothesis cases of
+  every flag combination (one tensor, lists crossing the kernels' group and chunk sizes, mixed
+  dtypes), in-place semantics (the same objects updated, no other memory touched, None
+  returned), and invalid inputs (read-only, non-contiguous, mismatched, repeated arrays);
 - schedules against ``torch.optim.lr_scheduler`` over 1200 steps, chained (torch's recursive
   ``step()``) and closed form;
 - initialisation: fans and gains equal to torch's exactly; samples pass a Kolmogorov-Smirnov
@@ -25,6 +30,8 @@ from reference import early_stopping as E
 from reference import init as I
 from reference import optim as O
 from reference import schedules as L
+from suites.catalog import get
+from suites.catalog import optim as C
 from suites.catalog.spec import DEFAULT_TOL
 from suites.recording import compare
 
@@ -90,24 +97,50 @@ def test_trajectory_parity(name, hyper, dtype, record):
     tparams = [torch.from_numpy(p.copy()) for p in params]
     topt = _TORCH[name](tparams, **hyper)
     state = _init_state(name, params, hyper)
-    step_fn = getattr(O, name)
+    # the in-place step walks the same trajectory on arrays of its own
+    params_ip = [p.copy() for p in params]
+    state_ip = {b: [a.copy() for a in arrs] for b, arrs in state.items()}
+    step_fn, step_ip = getattr(O, name), getattr(O, f"{name}_")
     ours = {k: v for k, v in hyper.items() if k != "initial_accumulator_value"}
     for k in range(1, K + 1):
         for t, g in zip(tparams, grads_seq[k - 1], strict=True):
             t.grad = torch.from_numpy(g.copy())
         topt.step()
         (params, state), _ = step_fn(params, grads_seq[k - 1], state, k, **ours)
+        assert step_ip(params_ip, grads_seq[k - 1], state_ip, k, **ours) is None
+        _assert_bitwise(params_ip, params, f"{name} step {k}: in-place params")
+        for b in state:
+            _assert_bitwise(state_ip[b], state[b], f"{name} step {k}: in-place {b}")
         if k not in MILESTONES:
             continue
         record.examples += 1
         for i, t in enumerate(tparams):
-            pairs = [("param", params[i], t.detach().numpy())]
+            pairs = [("param", params[i], t.detach().numpy()),
+                     ("param (in place)", params_ip[i], t.detach().numpy())]
             pairs += [(b, state[b][i], topt.state[t][b].numpy()) for b in state]
+            pairs += [(f"{b} (in place)", state_ip[b][i], topt.state[t][b].numpy())
+                      for b in state]
             for what, mine, theirs in pairs:
                 scale = max(1.0, float(np.abs(theirs).max(initial=0.0)))
                 rtol, atol = _tolerance(dtype, k, scale)
                 compare(mine, theirs, rtol, atol, record=record,
                         label=f"{name} {hyper} step {k}, tensor {i} {SHAPES[i]}, {what}")
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def _assert_bitwise(got, want, label: str) -> None:
+    """Equal bit for bit (signed zeros and NaN payloads included), array by array."""
+    got, want = (x if isinstance(x, list) else [x] for x in (got, want))
+    assert len(got) == len(want), label
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape, (label, i, a.dtype, b.dtype)
+        diff = _bits(a) != _bits(b)
+        assert not diff.any(), (f"{label}, tensor {i}: {int(diff.sum())} elements differ, e.g. "
+                                f"{np.asarray(a)[diff][:3]} vs {np.asarray(b)[diff][:3]}")
 
 
 def test_zero_gradient_step_keeps_adam_moving_and_sgd_still():
@@ -425,3 +458,228 @@ def test_early_stopping_rejects_bad_arguments():
         E.early_stopping([1.0], patience=-1)
     with pytest.raises(ValueError, match="min_delta"):
         E.early_stopping([1.0], min_delta=-0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# in-place steps
+
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+
+
+def _split(name: str, case):
+    """A catalog case -> (params, grads, state, step, hyper) of the library's call (a 0-d
+    buffer the case holds as a numpy scalar becomes a 0-d array: a scalar cannot be updated)."""
+    hyper = {k: v for k, v in case.params.items()
+             if k not in ("step", "initial_accumulator_value")}
+    state = {b: np.asarray(case.inputs[b]) for b in C._BUFFERS[name](hyper)}
+    return (np.asarray(case.inputs["params"]), case.inputs["grads"], state, case.params["step"],
+            hyper)
+
+
+def _copy(x):
+    if isinstance(x, dict):
+        return {k: _copy(a) for k, a in x.items()}
+    return [a.copy() for a in x] if isinstance(x, list) else x.copy()
+
+
+def _check_against_pure(name, params, grads, state, step, hyper, label):
+    """Run the pure and the in-place step on the same inputs; equal bit for bit, and the
+    in-place one updated the very objects it was given and no gradient."""
+    (p1, s1), ctx = getattr(O, name)(params, grads, state, step, **hyper)
+    assert ctx is None
+    ps, st, gs = _copy(params), _copy(state), _copy(grads)
+    ids = [id(a) for a in (ps if isinstance(ps, list) else [ps])]
+    st_ids = {b: [id(a) for a in (x if isinstance(x, list) else [x])] for b, x in st.items()}
+    assert getattr(O, f"{name}_")(ps, gs, st, step, **hyper) is None
+    assert [id(a) for a in (ps if isinstance(ps, list) else [ps])] == ids
+    assert {b: [id(a) for a in (x if isinstance(x, list) else [x])] for b, x in st.items()} \
+        == st_ids
+    _assert_bitwise(ps, p1, f"{label}: params")
+    for b in s1:
+        _assert_bitwise(st[b], s1[b], f"{label}: state[{b!r}]")
+    _assert_bitwise(gs, grads, f"{label}: grads must not change")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@given(data=st.data())
+def test_inplace_equals_pure_bitwise(name, dtype, data, record):
+    """One tensor, the catalog's cases: every flag combination torch allows, 0-d tensors,
+    zero gradients, extreme hyper-parameters."""
+    record.bind(f"{name}_", FAMILY, "in place = pure step, bit for bit", dtype, "cpu")
+    case = data.draw(get(name).cases(np.dtype(dtype)), label="case")
+    params, grads, state, step, hyper = _split(name, case)
+    record.examples += 1
+    _check_against_pure(name, params, grads, state, step, hyper, f"{name}_ {hyper}")
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@given(data=st.data())
+def test_inplace_list_equals_pure_bitwise(name, data, record):
+    """Lists of 1-11 tensors of mixed shapes (the kernels take groups of 8), one set of
+    hyper-parameters drawn from the catalog, float32 and float64 tensors mixed in one list."""
+    record.bind(f"{name}_", FAMILY, "in place = pure step, bit for bit (lists)", None, "cpu")
+    first = data.draw(get(name).cases(np.dtype(np.float32)), label="hyper")
+    _, _, _, step, hyper = _split(name, first)
+    n = data.draw(st.integers(1, 11), label="tensors")
+    names = C._BUFFERS[name](hyper)
+    ps, gs, sts = [], [], []
+    for i in range(n):
+        dtype = np.dtype(data.draw(st.sampled_from([np.float32, np.float64]), label=f"dt{i}"))
+        # the catalog's tensor strategy with this call's buffers (second moments >= 0)
+        elements = {b: C._nonneg(dtype, 100.0) if b in C._SECOND_MOMENTS else C._values(dtype)
+                    for b in names}
+        x = data.draw(C._tensors(dtype, elements), label=f"tensor {i}")
+        ps.append(np.asarray(x["params"])), gs.append(x["grads"])
+        sts.append({b: np.asarray(x[b]) for b in names})
+    state = {b: [s[b] for s in sts] for b in C._BUFFERS[name](hyper)}
+    record.examples += 1
+    _check_against_pure(name, ps, gs, state, step, hyper, f"{name}_ {hyper}, {n} tensors")
+
+
+FLAGS = {
+    "sgd": [dict(lr=0.1), dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+            dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)],
+    "adagrad": [dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, maximize=True)],
+    "rmsprop": [dict(lr=0.01), dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1,
+                                    maximize=True)],
+    "adam": [dict(lr=0.01, amsgrad=True, weight_decay=0.01), dict(lr=0.01, maximize=True)],
+    "adamw": [dict(lr=0.01, amsgrad=True, maximize=True)],
+}
+
+
+@pytest.mark.parametrize("step", [1, 9])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_inplace_large_lists_equal_pure_bitwise(name, step):
+    """Past the serial threshold (PARALLEL_MIN elements in all) and the work-item size: a
+    tensor of several chunks plus a remainder, and 10 small ones (two groups of 8)."""
+    rng = np.random.default_rng(17)
+    shapes = [(3 * O._CHUNK + 5, 2), (7, 3), ()] + [(int(k),) for k in rng.integers(1, 50, 10)]
+    params = [rng.standard_normal(s) for s in shapes]
+    params[1] = params[1].astype(np.float32)  # a second dtype: a second kernel launch
+    grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+    for hyper in FLAGS[name]:
+        state = _init_state(name, params, hyper)
+        for arrs in state.values():
+            for a in arrs:
+                a[...] = np.abs(rng.standard_normal(a.shape))
+        ours = {k: v for k, v in hyper.items() if k != "initial_accumulator_value"}
+        _check_against_pure(name, params, grads, state, step, ours, f"{name}_ {hyper}")
+
+
+def _guarded(a: np.ndarray, guard: int = 8):
+    """``a``'s values in the middle of a larger array filled with sentinels, and that array."""
+    base = np.full(a.size + 2 * guard, -12345.0, dtype=a.dtype)
+    view = base[guard:guard + a.size].reshape(a.shape)
+    view[...] = a
+    return view, base
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_inplace_touches_nothing_else(name):
+    """Params and buffers are views into larger arrays: the memory around them keeps its
+    sentinels; the gradients and everything not passed keep their values."""
+    rng = np.random.default_rng(3)
+    hyper = FLAGS[name][-1]
+    ours = {k: v for k, v in hyper.items() if k != "initial_accumulator_value"}
+    shapes = [(4, 5), (), (O._CHUNK + 3,)]
+    ps, bases = zip(*(_guarded(rng.standard_normal(s)) for s in shapes), strict=True)
+    ps, bases = list(ps), list(bases)
+    gs = [rng.standard_normal(s) for s in shapes]
+    state = {}
+    for b, arrs in _init_state(name, ps, hyper).items():
+        state[b] = []
+        for a in arrs:
+            view, base = _guarded(np.abs(rng.standard_normal(a.shape)))
+            state[b].append(view)
+            bases.append(base)
+    before = [b.copy() for b in bases]
+    g_before = [g.copy() for g in gs]
+    (p1, _), _ = getattr(O, name)(ps, gs, state, 4, **ours)
+    assert getattr(O, f"{name}_")(ps, gs, state, 4, **ours) is None
+    for base, old in zip(bases, before, strict=True):
+        assert np.array_equal(base[:8], old[:8]) and np.array_equal(base[-8:], old[-8:])
+    _assert_bitwise(gs, g_before, "grads")
+    _assert_bitwise(ps, p1, "params")
+    assert all(p.base is not None for p in ps)  # still the views we gave
+
+
+def test_inplace_accepts_any_gradient_layout():
+    """Gradients are only read: a strided, Fortran-ordered, read-only or byte-swapped one is
+    taken as its C-contiguous copy, as by the pure step."""
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal((6, 5))
+    wide = rng.standard_normal((6, 10))
+    ro = rng.standard_normal((6, 5))
+    ro.flags.writeable = False
+    for g in (wide[:, ::2], np.asfortranarray(rng.standard_normal((6, 5))), ro,
+              rng.standard_normal((6, 5)).astype(">f8")):
+        state = O.adam_init_state(p, amsgrad=True)
+        _check_against_pure("adam", p, g, state, 3, dict(lr=0.1, amsgrad=True), "adam_")
+    # read-only and writeable gradients in one list
+    ps = [rng.standard_normal(3) for _ in range(3)]
+    gs = [ro[0, :3], rng.standard_normal(3), ro[1, :3]]
+    _check_against_pure("sgd", ps, gs, {}, 2, dict(lr=0.1), "sgd_")
+
+
+def _ro(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+INVALID_INPLACE = [
+    ("a read-only param", lambda p, s: (_ro(p), s), ValueError, r"params.*writeable"),
+    ("a read-only buffer", lambda p, s: (p, dict(s, exp_avg=_ro(s["exp_avg"]))), ValueError,
+     r"state\['exp_avg'\].*writeable"),
+    ("a strided param", lambda p, s: (np.repeat(p, 2)[::2], s), ValueError,
+     r"params.*C-contiguous"),
+    ("a Fortran-ordered buffer", lambda p, s: (p.reshape(2, 3), {
+        k: (np.asfortranarray(a.reshape(2, 3)) if k == "exp_avg_sq" else a.reshape(2, 3).copy())
+        for k, a in s.items()}), ValueError, r"state\['exp_avg_sq'\].*C-contiguous"),
+    ("a float32 buffer for float64 params", lambda p, s: (p, dict(
+        s, exp_avg=s["exp_avg"].astype(np.float32))), TypeError, r"state\['exp_avg'\].*dtype"),
+    ("a buffer of another shape", lambda p, s: (p, dict(s, exp_avg=np.zeros(7))), ValueError,
+     r"state\['exp_avg'\].*shape"),
+    ("the same array as two buffers", lambda p, s: (p, dict(s, exp_avg_sq=s["exp_avg"])),
+     ValueError, "distinct"),
+    ("a buffer that is the param", lambda p, s: (p, dict(s, exp_avg=p)), ValueError, "distinct"),
+    ("a numpy scalar param", lambda p, s: (np.float64(1.0), {
+        k: np.zeros(()) for k in s}), TypeError, r"params.*numpy scalar"),
+    ("an int param", lambda p, s: (np.arange(6), s), TypeError, r"params.*float32 or float64"),
+    ("a missing buffer", lambda p, s: (p, {"exp_avg": s["exp_avg"]}), ValueError, "exp_avg_sq"),
+    ("a list of buffers for one param", lambda p, s: (p, dict(s, exp_avg=[s["exp_avg"]])),
+     ValueError, r"state\['exp_avg'\].*structure"),
+]
+
+
+@pytest.mark.parametrize(("what", "spoil", "error", "match"), INVALID_INPLACE,
+                         ids=[c[0] for c in INVALID_INPLACE])
+def test_inplace_rejects(what, spoil, error, match):
+    """Bad arrays raise an error naming the argument, before anything is written."""
+    p = np.linspace(-1.0, 1.0, 6)
+    state = O.adam_init_state(p)
+    params, state = spoil(p, state)
+    grads = np.ones(np.shape(params))
+    snapshot = [np.array(x, copy=True) for x in [params, *state.values()]]
+    with pytest.raises(error, match=match):
+        O.adam_(params, grads, state, 1, lr=0.1)
+    for x, old in zip([params, *state.values()], snapshot, strict=True):
+        assert np.array_equal(np.asarray(x), old), f"{what}: an array changed before the error"
+
+
+def test_inplace_rejects_in_lists_and_bad_hyperparameters():
+    ps = [np.ones(3), np.ones(2)]
+    gs = [np.ones(3), np.ones(3)]
+    with pytest.raises(ValueError, match=r"grads\[1\].*shape"):
+        O.sgd_(ps, gs, {}, 1, lr=0.1)
+    with pytest.raises(ValueError, match=r"grads.*structure"):
+        O.sgd_(ps, gs[:1], {}, 1, lr=0.1)
+    bufs = {"momentum_buffer": [np.zeros(3), np.zeros(2, np.float32)]}
+    with pytest.raises(TypeError, match=r"state\['momentum_buffer'\]\[1\].*dtype"):
+        O.sgd_(ps, [np.ones(3), np.ones(2)], bufs, 2, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"\blr\b"):
+        O.adamw_(ps[0], gs[0], O.adam_init_state(ps[0]), 1, lr=-1.0)
+    with pytest.raises(ValueError, match="nesterov"):
+        O.sgd_(ps, [np.ones(3), np.ones(2)], {}, 1, lr=0.1, nesterov=True)
+    assert all(np.array_equal(p, np.ones(p.shape)) for p in ps)
