@@ -377,7 +377,8 @@ def test_bench(benchmark, bench, request):
                 "warmup": "one untimed call before each timed round",
                 "iterations": result.iterations[impl]},
         ratios=result.ratios[impl], stable=result.stable,
-        noise={**result.noise[impl], "reasons": result.reasons(impl)},
+        noise={**result.noise[impl], "reasons": result.reasons(impl),
+               "stable": not result.reasons(impl)},
     )
     _record(benchmark, result.times[impl], result.iterations[impl])
 

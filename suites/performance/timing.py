@@ -18,9 +18,10 @@ How:
    small torch call after a numba parallel kernel is ~0.4 us, see ``threads.py``) and then
    its ``iterations`` timed calls. Round ``i`` of every implementation was thus measured
    within the same few milliseconds, so their ratio is paired: drift hits both sides alike.
-4. Judgement: each implementation's rounds are judged stable or not (``reports.paired.noise``:
-   spread, stalls, min far below the median), and every pair gets the median of its per-round
-   ratios with a distribution-free interval. An unstable group is measured again, at most
+4. Judgement: every pair gets the median of its per-round ratios with a distribution-free
+   interval, and each implementation is judged from its own rounds (``Result.reasons``: a
+   median in a slow mode, too few rounds, or a ratio interval wider than +-10%; alone, also
+   spread and stalls, see ``reports.paired.noise``). An unstable group is measured again, at most
    ``retries`` more times, and the least noisy attempt is kept; if none is stable, the group
    is marked noisy and the report keeps it out of headlines, fits and the gate.
 
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reports.paired import noise, paired_ratio
+from reports.paired import MAX_MEDIAN_OVER_MIN, MIN_ROUNDS, noise, paired_ratio
 
 LEVEL = 0.95
 # A paired ratio is precise enough when its interval is within +-10% of it (hi/lo <= 1.21).
@@ -68,23 +69,39 @@ class Result:
         return [n for n in self.names if n in self.times]
 
     @property
+    def paired(self) -> bool:
+        return len(self.timed) > 1
+
+    @property
     def stable(self) -> bool:
-        if not all(self.noise[n]["stable"] for n in self.timed):
-            return False
-        return all(r["lo"] is not None and r["hi"] / r["lo"] <= MAX_CI_SPREAD
-                   for a in self.timed for r in self.ratios.get(a, {}).values())
+        return not any(self.reasons(n) for n in self.timed)
 
     def reasons(self, name: str) -> list[str]:
-        """Why this implementation's figures are not trustworthy (empty when they are)."""
-        out = list(self.noise[name]["reasons"])
+        """Why this implementation's figures are not trustworthy (empty when they are).
+
+        Alone, an implementation is judged by all of ``reports.paired.noise``'s rules. In a
+        paired group, spread and stalls that hit every side alike cancel in the per-round
+        ratios, so a side is judged by the rules no pairing can repair (too few rounds; a
+        median in a slow mode, far above the fastest round: the signature of parallel regions
+        stalled for whole scheduler slices) and every ratio's interval must be within +-10%.
+        """
+        nz = self.noise[name]
+        if not self.paired:
+            return list(nz["reasons"])
+        out = []
+        if nz["rounds"] < MIN_ROUNDS:
+            out.append(f"only {nz['rounds']} rounds")
+        if nz["median_over_min"] > MAX_MEDIAN_OVER_MIN:
+            out.append(f"slow mode: median is {nz['median_over_min']:.3g}x the fastest round "
+                       f"(limit {MAX_MEDIAN_OVER_MIN:g}x)")
         for other, r in self.ratios.get(name, {}).items():
             if r["lo"] is None:
                 out.append(f"too few rounds for an interval of the ratio to {other}")
             elif r["hi"] / r["lo"] > MAX_CI_SPREAD:
                 out.append(f"ratio to {other} known only within [{r['lo']:.3g}, {r['hi']:.3g}]")
         for other in self.timed:
-            if other != name and not self.noise[other]["stable"]:
-                out.append(f"its partner {other} was unstable")
+            if other != name and self.noise[other]["median_over_min"] > MAX_MEDIAN_OVER_MIN:
+                out.append(f"its partner {other} was in a slow mode")
         return out
 
 

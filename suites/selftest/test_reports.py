@@ -1018,10 +1018,10 @@ def test_check_curves_are_one_inline_svg_chart(tmp_path):
     for ln, ys in zip(lines, curves, strict=True):
         pts = [tuple(map(float, p.split(","))) for p in ln.split()]
         assert len(pts) == len(ys)
-        assert all(a[0] < b[0] for a, b in zip(pts, pts[1:]))  # x: epoch order
+        assert all(a[0] < b[0] for a, b in zip(pts, pts[1:], strict=False))  # x: epoch order
         # y: the higher the loss, the higher on the chart (SVG y grows downwards)
         order = np.argsort(ys)
-        assert all(pts[i][1] > pts[j][1] for i, j in zip(order, order[1:]))
+        assert all(pts[i][1] > pts[j][1] for i, j in zip(order, order[1:], strict=False))
     text = visible(page, f"algo-{rec['algorithm']}")
     assert "loss per epoch reference" in text and "loss per epoch torch" in text
     assert mf.CURVE_TEXT not in text  # drawn, not printed as a string of numbers

@@ -1,0 +1,77 @@
+"""The gate, end to end on real benchmarks: quiet on noise, loud on a real slow-down.
+
+The same commit is benchmarked three times on two algorithms (their small forward pass, the
+quick CI benchmark): once as it comes (the baseline), once while a CPU hog (a busy process per
+core) runs, and once with one algorithm planted 1.5x slower (its numba side busy-waits for half
+of each call's duration, see ``REFBENCH_PLANT`` in test_bench.py). The gate must pass the
+second run (under the hog a pair may be judged noisy and left ungated, never failed) and fail
+the third, naming the planted algorithm and only it.
+
+The planted run is not under the hog: a machine that busy makes torch's and numba's
+two-thread parallel regions stall for whole scheduler slices, the harness rightly calls such
+pairs noisy, and a noisy pair is never gated (it cannot fail, so it cannot show a slow-down).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSING = ROOT / "suites/selftest/data/reports/cpu_correctness.json"
+# Elementwise ops on 64 floats: serial on both sides (below torch's and numba's parallel
+# thresholds), so a busy machine preempts whole calls rather than stalling parallel regions.
+ALGOS = ("relu", "tanh")
+PLANTED = "relu"
+
+
+def _bench(out: Path, env: dict | None = None) -> None:
+    ids = [f"suites/performance/test_bench.py::test_bench[{a}-{impl}-small-float32-forward]"
+           for a in ALGOS for impl in ("numba", "torch-cpu")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *ids, "-q", "-p", "no:cacheprovider",
+         "--bench-sizes=small", f"--benchmark-json={out}",
+         "--benchmark-max-time=0.1", "--benchmark-min-time=0.0005", "--benchmark-min-rounds=10",
+         "--benchmark-disable-gc"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _gate(bench: Path, baseline: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reports", "gate", "--correctness", str(PASSING),
+         "--bench", str(bench), "--baseline", str(baseline)],
+        cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("gate")
+    _bench(tmp / "quiet.json")
+    base = tmp / "baseline.json"
+    proc = subprocess.run([sys.executable, "-m", "reports", "baseline", str(tmp / "quiet.json"),
+                           "--out", str(base)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return base
+
+
+def test_same_commit_under_hog_passes(baseline, tmp_path, hog):
+    _bench(tmp_path / "busy.json")
+    gate = _gate(tmp_path / "busy.json", baseline)
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert "REGRESSION" not in gate.stdout
+    assert "gated within-run ratios" in gate.stdout or "not gated: noisy" in gate.stdout, (
+        gate.stdout)
+
+
+def test_planted_slowdown_fails_naming_it(baseline, tmp_path):
+    _bench(tmp_path / "planted.json", {"REFBENCH_PLANT": f"{PLANTED}=1.5"})
+    gate = _gate(tmp_path / "planted.json", baseline)
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    lines = [ln for ln in gate.stdout.splitlines() if "REGRESSION" in ln]
+    assert lines and all(PLANTED in ln for ln in lines), gate.stdout
+    assert not any(a in ln for a in ALGOS if a != PLANTED for ln in lines), gate.stdout
