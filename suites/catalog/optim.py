@@ -336,7 +336,8 @@ def _off_kinks(name: str):
     sqrt(v + g^2) = |g| has its kink (and torch's gradient is NaN), and a second moment near 0
     sits at the edge of its domain (v >= 0), where sqrt's derivatives blow up. So the
     effective gradient g_hat = +-g + weight_decay * p moves to +-0.5 where it is within 0.25
-    of 0, and every second-moment buffer rises by 1 (keeping square_avg >= grad_avg^2)."""
+    of 0, every second-moment buffer rises by 1 (keeping square_avg >= grad_avg^2), and
+    AMSGrad's running maximum moves 0.5 away from the new second moment where the two tie."""
 
     def smooth(case: Case) -> Case:
         x, hp = dict(case.inputs), case.params
@@ -350,6 +351,17 @@ def _off_kinks(name: str):
         for b in _SECOND_MOMENTS:
             if b in x:
                 x[b] = np.asarray(x[b] + 1.0, dtype=x[b].dtype)
+        if "max_exp_avg_sq" in x:
+            # AMSGrad's max(max_exp_avg_sq, v_new) has a kink at the tie: keep the two at
+            # least 0.25 apart (steps of 1e-4 move v_new by far less), the max on its side.
+            b2 = hp.get("betas", (0.9, 0.999))[1]
+            g2 = (sign * x["grads"].astype(np.float64) + wd * p) ** 2
+            v_new = b2 * x["exp_avg_sq"] + (1.0 - b2) * g2
+            m = x["max_exp_avg_sq"].astype(np.float64)
+            near = np.abs(m - v_new) < 0.25
+            up = (m >= v_new) | (v_new < 0.5)  # moving down must keep the buffer >= 0
+            moved = np.where(up, v_new + 0.5, v_new - 0.5)
+            x["max_exp_avg_sq"] = np.asarray(np.where(near, moved, m), dtype=m.dtype)
         return Case(x, hp)
 
     return smooth
