@@ -39,3 +39,27 @@ def dot_serial(a, b, out):
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
         np.dot(a[r0:r1], b, out[r0:r1])
+
+
+@kernel()
+def dot_one_thread(a, b, out):
+    """``out = a @ b`` in row blocks of at most ``SERIAL_MNK`` multiply-adds, whatever the
+    size, so OpenBLAS runs every call on the calling thread and never wakes its own threads.
+
+    For kernels that are themselves parallel (a Numba ``prange`` over independent items, each
+    making its own products): BLAS threads beside Numba's would fight for the cores, and a
+    woken OpenBLAS thread spins for a while after its call, slowing whatever runs next (on
+    this loaded 2-core machine a (32 x 144) @ (144 x 8688) float32 product took 50 ms on two
+    OpenBLAS threads against 1.2 ms on one). The caller keeps ``k * n <= SERIAL_MNK`` so that
+    one row is under the threshold. ``a`` and ``out`` C-contiguous 2-d; ``b`` C- or
+    F-contiguous.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    rows = max(1, SERIAL_MNK // max(1, k * n))
+    if rows >= m:
+        np.dot(a, b, out)
+        return
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        np.dot(a[r0:r1], b, out[r0:r1])
