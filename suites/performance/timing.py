@@ -47,6 +47,10 @@ from reports.paired import MAX_MEDIAN_OVER_MIN, MIN_ROUNDS, noise, paired_ratio
 LEVEL = 0.95
 # A paired ratio is precise enough when its interval is within +-10% of it (hi/lo <= 1.21).
 MAX_CI_SPREAD = 1.21
+# An attempt stops at this multiple of its budget even before min_rounds (then it is judged
+# on the rounds it has): on a busy machine calls calibrated when quiet can each take
+# milliseconds, and min_rounds rounds of them would stretch a run without bound.
+HARD_LIMIT = 4.0
 
 
 @dataclass
@@ -156,14 +160,15 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
 
     best: tuple[float, dict[str, list[float]]] | None = None
     for attempt in range(1 + retries):
+        t_attempt = time.perf_counter()
         times = _rounds(live, res.iterations, budget, min_rounds, max_rounds, rng, timer,
                         disable_gc)
         score = _judge(res, times)
         res.attempts = attempt + 1
         if best is None or score < best[0]:
             best = (score, times)
-        if res.stable:
-            break
+        if res.stable or time.perf_counter() - t_attempt > 2 * budget:
+            break  # stable; or so slow a machine that another attempt would not be quieter
     assert best is not None
     if best[1] is not res.times:
         _judge(res, best[1])
@@ -178,10 +183,14 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
     gc_was = gc.isenabled()
     if disable_gc:
         gc.disable()
-    deadline = time.perf_counter() + budget
+    start = time.perf_counter()
+    deadline, hard = start + budget, start + HARD_LIMIT * budget
     try:
         r = 0
-        while r < max_rounds and (r < min_rounds or time.perf_counter() < deadline):
+        while r < max_rounds:
+            now = time.perf_counter()
+            if now >= hard or (r >= min_rounds and now >= deadline):
+                break
             for j in rng.permutation(len(names)):
                 name = names[j]
                 fn, k = live[name], iterations[name]
