@@ -192,11 +192,14 @@ def _sk_knn(kind: str):
 
 def _one_nn_on_training(case: Case, outs) -> None:
     """1-NN on the training points returns each point's own label, or, where identical rows
-    carry other labels, the label of the first identical row (the lowest index wins ties)."""
+    carry other labels, the label of the first identical row (the lowest index wins ties).
+    "Identical" is at squared distance 0 summed in float64, as the reference measures it: two
+    rows a subnormal apart are different numbers but at distance 0 (the square underflows)."""
     xt, y = case.inputs["X_train"], case.inputs["y_train"]
     pred, _ = N.knn_classify(xt, y, xt, 1)
+    x64 = xt.astype(np.float64)
     for i in range(xt.shape[0]):
-        first = int(np.flatnonzero((xt == xt[i]).all(axis=1))[0])
+        first = int(np.flatnonzero(((x64 - x64[i]) ** 2).sum(axis=1) == 0.0)[0])
         _assert(pred[i] == y[first], f"1-NN of training row {i} predicts {pred[i]}, "
                                      f"expected {y[first]} (first identical row {first})")
 

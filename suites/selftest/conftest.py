@@ -21,3 +21,12 @@ def hog():
             p.kill()
         for p in procs:
             p.wait()
+
+
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch):
+    """Pytest runs that a selftest starts (subprocesses, forked children) are their own
+    sessions: under ``-n auto`` they would inherit this worker's PYTEST_XDIST_* variables, and
+    pytest-benchmark would then think it runs under xdist and switch itself off."""
+    for var in [v for v in os.environ if v.startswith("PYTEST_XDIST_")]:
+        monkeypatch.delenv(var)
