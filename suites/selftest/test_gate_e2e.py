@@ -37,8 +37,15 @@ def _bench(out: Path, env: dict | None = None) -> None:
          "--bench-sizes=small", f"--benchmark-json={out}",
          "--benchmark-max-time=0.1", "--benchmark-min-time=0.0005", "--benchmark-min-rounds=10",
          "--benchmark-disable-gc"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+        cwd=ROOT, capture_output=True, text=True, env={**_own_session_env(), **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _own_session_env() -> dict:
+    """This environment without the xdist worker's variables: the benchmark run is a session of
+    its own (pytest-benchmark switches itself off when it believes it runs under xdist). The
+    module-scoped baseline runs before conftest's function-scoped guard, hence this."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
 
 
 def _gate(bench: Path, baseline: Path) -> subprocess.CompletedProcess:
