@@ -125,8 +125,21 @@ def _softmax_backward(ctx: SoftmaxCtx, grad_out, log: bool):
     return (dx,)
 
 
-def softmax(x, axis: int = -1):
-    r"""Softmax along ``axis``: :math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}`, m the max."""
+def _gpu_scope(x, dtype) -> None:
+    """What the CPU softmax accepts and these kernels do not (yet): refused by name."""
+    if dtype is not None:
+        raise ValueError(f"dtype: the numba-cuda softmax computes in the input's dtype; "
+                         f"dtype= (a wider compute type) is supported on the CPU only, got "
+                         f"{dtype!r}")
+    if len(getattr(x, "shape", ())) == 0:
+        raise ValueError("x: the numba-cuda softmax needs at least 1 dimension, got a 0-d "
+                         "array (the CPU reference accepts it)")
+
+
+def softmax(x, axis: int = -1, dtype=None):
+    r"""Softmax along ``axis``: :math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}`, m the max.
+    ``dtype`` must be None and ``x`` at least 1-d here (the CPU reference has both)."""
+    _gpu_scope(x, dtype)
     return _softmax(x, axis, False)
 
 
@@ -135,8 +148,10 @@ def softmax_backward(ctx: SoftmaxCtx, grad_out):
     return _softmax_backward(ctx, grad_out, False)
 
 
-def log_softmax(x, axis: int = -1):
-    r""":math:`y_i = (x_i - m) - \log \sum_j e^{x_j - m}`."""
+def log_softmax(x, axis: int = -1, dtype=None):
+    r""":math:`y_i = (x_i - m) - \log \sum_j e^{x_j - m}`. ``dtype`` must be None and ``x`` at
+    least 1-d here (the CPU reference has both)."""
+    _gpu_scope(x, dtype)
     return _softmax(x, axis, True)
 
 
