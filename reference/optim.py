@@ -633,19 +633,8 @@ def rmsprop_backward(ctx: StepCtx, grad_out):
               \quad \bar g = \pm \bar{\hat g}
     """
     _check_ctx(ctx, ("rmsprop",))
-    buffers = tuple(ctx.state)
-    dps, dst = _upstream(ctx, grad_out, buffers)
-    names = ("square_avg", "momentum_buffer", "grad_avg")
-    d_p, d_g = _empty_like(ctx.params), _empty_like(ctx.params)
-    d_st = {b: _empty_like(ctx.params) for b in buffers}
-    for i, (p, g) in enumerate(zip(ctx.params, ctx.grads, strict=True)):
-        arrs = [ctx.state[b][i] if b in ctx.state else _none(p.dtype) for b in names]
-        ups = [_or_zeros(dst[b], i, p) if b in dst else _none(p.dtype) for b in names]
-        outs = [d_st[b][i] if b in d_st else _none(p.dtype) for b in names]
-        _rms_bwd(_flat(p), _flat(g), *map(_flat, arrs), _flat(dps[i]), *map(_flat, ups),
-                 _flat(d_p[i]), _flat(d_g[i]), *map(_flat, outs), *ctx.scalars)
-    return (_out(d_p, ctx.single), _out(d_g, ctx.single),
-            {b: _out(d_st[b], ctx.single) for b in buffers})
+    return _buffered_backward(ctx, grad_out, ("square_avg", "momentum_buffer", "grad_avg"),
+                              _rms_bwd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -840,16 +829,22 @@ def adamw_backward(ctx: StepCtx, grad_out):
 
 
 def _adam_backward(ctx: StepCtx, grad_out):
+    return _buffered_backward(ctx, grad_out, _ADAM, _adam_bwd)
+
+
+def _buffered_backward(ctx: StepCtx, grad_out, names: tuple[str, ...], kernel):
+    """The per-tensor driver of a backward kernel over the optimizer's buffers ``names`` (in
+    the kernel's order; a buffer this step does not use is passed as an empty placeholder)."""
     buffers = tuple(ctx.state)
     dps, dst = _upstream(ctx, grad_out, buffers)
     d_p, d_g = _empty_like(ctx.params), _empty_like(ctx.params)
     d_st = {b: _empty_like(ctx.params) for b in buffers}
     for i, (p, g) in enumerate(zip(ctx.params, ctx.grads, strict=True)):
-        arrs = [ctx.state[b][i] if b in ctx.state else _none(p.dtype) for b in _ADAM]
-        ups = [_or_zeros(dst[b], i, p) if b in dst else _none(p.dtype) for b in _ADAM]
-        outs = [d_st[b][i] if b in d_st else _none(p.dtype) for b in _ADAM]
-        _adam_bwd(_flat(p), _flat(g), *map(_flat, arrs), _flat(dps[i]), *map(_flat, ups),
-                  _flat(d_p[i]), _flat(d_g[i]), *map(_flat, outs), *ctx.scalars)
+        arrs = [ctx.state[b][i] if b in ctx.state else _none(p.dtype) for b in names]
+        ups = [_or_zeros(dst[b], i, p) if b in dst else _none(p.dtype) for b in names]
+        outs = [d_st[b][i] if b in d_st else _none(p.dtype) for b in names]
+        kernel(_flat(p), _flat(g), *map(_flat, arrs), _flat(dps[i]), *map(_flat, ups),
+               _flat(d_p[i]), _flat(d_g[i]), *map(_flat, outs), *ctx.scalars)
     return (_out(d_p, ctx.single), _out(d_g, ctx.single),
             {b: _out(d_st[b], ctx.single) for b in buffers})
 
