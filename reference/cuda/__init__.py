@@ -13,8 +13,10 @@ forward, which reads one integer (the count of out-of-range labels) to raise a `
 
 Modules: ``elementwise`` (sigmoid, tanh, relu, leaky relu, GELU exact and tanh),
 ``softmax`` (softmax, log-softmax, cross-entropy), ``norm`` (batch norm, layer norm),
-``linear`` (dense layer, a tiled shared-memory matrix product). Optimizer steps are not here
-yet: ``reference.optim`` had not landed when this package was written.
+``linear`` (dense layer, a tiled shared-memory matrix product), ``optim`` (the in-place
+optimizer steps ``sgd_``, ``adagrad_``, ``rmsprop_``, ``adam_``, ``adamw_``: they update
+``params`` and the state's buffers where they lie and return None, as the CPU in-place steps
+do; the pure, differentiable steps have no GPU kernel).
 
 Needs the ``numba-cuda`` package (the maintained CUDA target; ``import reference`` does not
 import this package, so the CPU library works without it). Tested without a GPU under
@@ -29,4 +31,4 @@ if importlib.util.find_spec("numba_cuda") is None:  # numba's own numba.cuda is 
     raise ImportError("reference.cuda needs the numba-cuda package (pip install numba-cuda; "
                       "on a GPU machine numba-cuda[cu12] or numba-cuda[cu13] for the toolkit)")
 
-__all__ = ["elementwise", "softmax", "norm", "linear"]
+__all__ = ["elementwise", "softmax", "norm", "linear", "optim"]

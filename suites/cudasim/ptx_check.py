@@ -14,7 +14,7 @@ import sys
 
 from numba import cuda, types
 
-from reference.cuda import elementwise, linear, norm, softmax
+from reference.cuda import elementwise, linear, norm, optim, softmax
 
 
 def _signatures(f):
@@ -39,6 +39,10 @@ def _signatures(f):
         "norm._col_partials": (norm._col_partials, (a, a, d, d, i, i, i, b, d2)),
         "norm._col_finish": (norm._col_finish, (d2, a)),
         "linear._matmul": (linear._matmul, (a, a, a, i, i, i, b, b, a, b)),
+        "optim._sgd_k": (optim._sgd_k, (a, a, a, b, x, x, x, x, b, b)),
+        "optim._adagrad_k": (optim._adagrad_k, (a, a, a, x, x, x, b)),
+        "optim._rmsprop_k": (optim._rmsprop_k, (a, a, a, a, a, x, x, x, x, x, b, b)),
+        "optim._adam_k": (optim._adam_k, (a, a, a, a, a, x, x, x, x, x, b, b, b, x, x)),
     }
 
 
