@@ -143,8 +143,16 @@ def within_run_ratios(run: BenchRun) -> dict[tuple, tuple[Bench, Bench]]:
     return out
 
 
-def _noise(label: str, *benches: Bench) -> list[str]:
-    return [f"{label} {b.impl}: {', '.join(b.reasons)}" for b in benches if b.noisy]
+def _noise(label: str, num: Bench, den: Bench) -> list[str]:
+    """Why the pair num / den of one run is not to be judged (empty when it is sound).
+
+    The pair's own judgement when the file has one (a noisy third implementation of the group
+    does not silence this pair); else each side's."""
+    pair = num.ratio_to(den)
+    if pair is not None and pair.reasons is not None:
+        return [f"{label} {num.impl}/{den.impl}: {'; '.join(pair.reasons)}"] if pair.reasons \
+            else []
+    return [f"{label} {b.impl}: {', '.join(b.reasons)}" for b in (num, den) if b.noisy]
 
 
 def ratio_change(nb: Bench, db: Bench, nc: Bench, dc: Bench, alpha: float,

@@ -501,6 +501,10 @@ class PairRatio:
     method: str = "paired"
     rounds: int | None = None
     dist: Timing | None = None
+    # Why this pair's ratio is untrustworthy, as the benchmark judged the pair itself (empty:
+    # sound); None when the file does not judge pairs (older files: each side's own
+    # ``stable`` then stands for the pair).
+    reasons: tuple[str, ...] | None = None
 
     @property
     def paired(self) -> bool:
@@ -509,7 +513,7 @@ class PairRatio:
     def inverse(self) -> PairRatio:
         return PairRatio(1.0 / self.value, None if self.hi is None else 1.0 / self.hi,
                          None if self.lo is None else 1.0 / self.lo, self.level, self.method,
-                         self.rounds, self.dist.inverse() if self.dist else None)
+                         self.rounds, self.dist.inverse() if self.dist else None, self.reasons)
 
     def describe(self) -> str:
         if not self.paired:
@@ -741,7 +745,10 @@ def _bench(b: Any, i: int) -> Bench:
                 lo is not None and not 0 < lo <= value <= hi < math.inf):
             raise _FieldError(f"{w}: expected 0 < lo <= value <= hi, got {value!r}, {lo!r}, "
                               f"{hi!r}")
-        ratios[str(other)] = PairRatio(value, lo, hi, _get(r, "level", float, w, None))
+        reasons = _get(r, "reasons", list, w, None)
+        ratios[str(other)] = PairRatio(value, lo, hi, _get(r, "level", float, w, None),
+                                       reasons=None if reasons is None else
+                                       tuple(_text(str(x), 500) for x in reasons))
     paired = _get(info, "paired", dict, where, {})
     noise = _get(info, "noise", dict, where, {})
     stable = _get(info, "stable", bool, where, None)
@@ -800,11 +807,13 @@ def _pair_up(benchmarks: list[Bench]) -> None:
                     value, lo, hi = paired_ratio(b.data, o.data)
                     given = PairRatio(value, lo, hi, 0.95)
                 b.ratios[other] = PairRatio(given.value, given.lo, given.hi, given.level,
-                                            "paired", int(per_round.size), timing_of(per_round))
+                                            "paired", int(per_round.size), timing_of(per_round),
+                                            given.reasons)
             elif given is not None:
                 rounds = b.paired.get("rounds")
                 b.ratios[other] = PairRatio(given.value, given.lo, given.hi, given.level,
-                                            "paired", rounds if isinstance(rounds, int) else None)
+                                            "paired", rounds if isinstance(rounds, int) else None,
+                                            reasons=given.reasons)
 
 
 def _bench_run(doc: dict, path: str, kind: str) -> BenchRun:
@@ -872,11 +881,13 @@ def _baseline(doc: dict, path: str) -> BenchRun:
                 dist = Timing(float(np.interp(0.5, PROBS, rq)), float(np.interp(0.25, PROBS, rq)),
                               float(np.interp(0.75, PROBS, rq)), n, rq, raw=True)
             rounds = r.get("rounds")
+            reasons = _get(r, "reasons", list, w, None)
             ratios[str(other)] = PairRatio(
                 _get(r, "value", float, w), _get(r, "lo", float, w, None),
                 _get(r, "hi", float, w, None), _get(r, "level", float, w, None),
                 "paired" if r.get("paired", True) else "medians",
-                int(rounds) if isinstance(rounds, (int, float)) else None, dist)
+                int(rounds) if isinstance(rounds, (int, float)) else None, dist,
+                None if reasons is None else tuple(_text(str(x), 500) for x in reasons))
         out.append(Bench(
             ratios=ratios, stable=_get(b, "stable", bool, where, None),
             noise={"reasons": [str(x) for x in b.get("noise_reasons") or []]},
@@ -907,6 +918,8 @@ def baseline_doc(run: BenchRun, source: str) -> dict:
         d = {"value": sig(r.value), "lo": None if r.lo is None else sig(r.lo),
              "hi": None if r.hi is None else sig(r.hi), "level": r.level, "rounds": r.rounds,
              "paired": r.paired}
+        if r.reasons is not None:
+            d["reasons"] = list(r.reasons)
         if r.dist is not None:
             d["quantiles"] = [sig(x) for x in np.maximum.accumulate(r.dist.quantiles)]
         return d

@@ -12,9 +12,12 @@ test then hands its rounds to pytest-benchmark, so the JSON keeps pytest-benchma
 with one entry per implementation and its raw per-round times (``stats.data``, in round order:
 entry ``i`` of every implementation of a group comes from the same round). ``extra_info``
 holds algorithm, family, implementation, device, dtype, size, pass, shapes, flops, bytes,
-first_call_s, compile_s, and the pairing: ``group``, ``paired`` (rounds, partners, attempts),
-``ratios`` (this implementation over each partner: median of per-round ratios and its 95%
-interval), ``stable`` and ``noise``.
+first_call_s, compile_s, and the pairing: ``group``, ``paired`` (rounds, partners, attempts,
+and ``stall``: the rounds dropped because a thread pool stalled, see ``stalls.py``),
+``ratios`` (this implementation over each partner: median of per-round ratios, its 95%
+interval, and ``reasons`` why that pair is untrustworthy, empty when it is sound),
+``stable`` (this implementation's own rounds and its ratio to numba are sound: a noisy
+third implementation does not grey the others) and ``noise``.
 
 ``--benchmark-max-time`` is the time budget per implementation of a group,
 ``--benchmark-min-time`` the least duration of a round, ``--benchmark-min-rounds`` the least
@@ -39,7 +42,7 @@ from suites import twin
 from suites.catalog import all_specs, get
 from suites.catalog.spec import SIZES, Case, Spec, as_tuple
 from suites.correctness.checks import upstream
-from suites.performance import sweeps, timing
+from suites.performance import stalls, sweeps, timing
 
 PASSES = ("forward", "forward+backward")
 IMPLS = ("numba", "torch-cpu", "torch-cuda")
@@ -299,7 +302,7 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
         result = timing.measure(
             fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
             min_rounds=benchmark._min_rounds, timer=benchmark._timer,
-            disable_gc=benchmark._disable_gc)
+            disable_gc=benchmark._disable_gc, probes=stalls.for_group(fns))
     finally:
         if stance is not None:
             torch.compiler.set_stance("default")
@@ -334,6 +337,8 @@ def _progress(request, key, result: timing.Result) -> None:
             parts.append(f"numba/{other} {r['value']:.3g}{ci}")
     rounds = len(next(iter(result.times.values()), []))
     state = "stable" if result.stable else "NOISY"
+    if result.stall.get("dropped"):
+        state += f", {result.stall['dropped']} stalled round(s) dropped"
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         tr.ensure_newline()
@@ -375,8 +380,10 @@ def test_bench(benchmark, bench, request):
         paired={"rounds": len(result.times[impl]), "partners": result.timed,
                 "attempts": result.attempts, "order": "random per round",
                 "warmup": "one untimed call before each timed round",
-                "iterations": result.iterations[impl]},
-        ratios=result.ratios[impl], stable=result.stable,
+                "iterations": result.iterations[impl], "stall": result.stall},
+        ratios={other: {**r, "reasons": result.pair_reasons(impl, other)}
+                for other, r in result.ratios[impl].items()},
+        stable=not result.reasons(impl),
         noise={**result.noise[impl], "reasons": result.reasons(impl),
                "stable": not result.reasons(impl)},
     )

@@ -18,7 +18,15 @@ How:
    small torch call after a numba parallel kernel is ~0.4 us, see ``threads.py``) and then
    its ``iterations`` timed calls. Round ``i`` of every implementation was thus measured
    within the same few milliseconds, so their ratio is paired: drift hits both sides alike.
-4. Judgement: every pair gets the median of its per-round ratios with a distribution-free
+4. Stalls: between rounds, a short call into each parallel runtime of the group (``Probe``:
+   torch's and numba's thread pools, see ``stalls.py``) is timed. On an oversubscribed machine
+   a parallel region waits for a descheduled worker thread, and then EVERY call that enters
+   one takes milliseconds instead of microseconds, for phases of a second or more: uniformly,
+   so neither pairing nor a slow-mode test can see it (a whole group measured in such a
+   phase once put 17 false 150-900x "regressions" in a baseline). A round with a stalled
+   probe before or after it is dropped (counted in ``Result.stall``) and does not count
+   towards ``min_rounds``; a group left with too few clean rounds is noisy, with the reason.
+5. Judgement: every pair gets the median of its per-round ratios with a distribution-free
    interval, and each implementation is judged from its own rounds (``Result.reasons``: a
    median in a slow mode, too few rounds, or a ratio interval wider than +-10%; alone, also
    spread and stalls, see ``reports.paired.noise``). An unstable group is measured again, at most
@@ -53,6 +61,20 @@ MAX_CI_SPREAD = 1.21
 HARD_LIMIT = 4.0
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A short call into one runtime's thread pool, timed between rounds to catch stalls.
+
+    ``limit_s``: a call slower than this means the pool waited for a descheduled thread
+    (``stalls.py`` sets it at 10x the same call on one thread, which no healthy parallel call
+    comes near and every stalled one exceeds by far).
+    """
+
+    fn: Callable[[], object]
+    limit_s: float
+    what: str
+
+
 @dataclass
 class Result:
     """The outcome of one group: per implementation, per-call times of every round."""
@@ -67,6 +89,9 @@ class Result:
     noise: dict[str, dict] = field(default_factory=dict)
     ratios: dict[str, dict[str, dict]] = field(default_factory=dict)
     wall_s: float = 0.0
+    # Rounds dropped because a probe stalled: {"rounds": all rounds run, "dropped": n,
+    # "probes": {name: {"what", "limit_s", "median_s", "max_s", "stalled"}}} (empty: no probes)
+    stall: dict = field(default_factory=dict)
 
     @property
     def timed(self) -> list[str]:
@@ -80,32 +105,68 @@ class Result:
     def stable(self) -> bool:
         return not any(self.reasons(n) for n in self.timed)
 
+    @property
+    def anchor(self) -> str | None:
+        """The implementation every other one is compared with (the first timed: numba)."""
+        return self.timed[0] if self.timed else None
+
+    def own_reasons(self, name: str) -> list[str]:
+        """What no pairing can repair in this implementation's own rounds."""
+        nz = self.noise[name]
+        if not self.paired:
+            return list(nz["reasons"])
+        out = []
+        if self.stall.get("all_stalled"):
+            out.append(f"a parallel runtime stalled around every one of the "
+                       f"{self.stall['rounds']} rounds ("
+                       + "; ".join(f"{p['what']}: median {p['median_s'] * 1e6:.3g} us, limit "
+                                   f"{p['limit_s'] * 1e6:.3g} us"
+                                   for p in self.stall["probes"].values() if p["stalled"])
+                       + "): the machine is oversubscribed and these times include the stalls")
+        elif nz["rounds"] < MIN_ROUNDS:
+            why = f"only {nz['rounds']} rounds"
+            if self.stall.get("dropped"):
+                stalled = [f"{p['what']} took up to {p['max_s'] * 1e3:.3g} ms (limit "
+                           f"{p['limit_s'] * 1e6:.3g} us)"
+                           for p in self.stall["probes"].values() if p["stalled"]]
+                why += (f": {self.stall['dropped']} of {self.stall['rounds']} rounds dropped "
+                        f"because a parallel runtime stalled ({'; '.join(stalled)}): the "
+                        f"machine is oversubscribed")
+            out.append(why)
+        if nz["median_over_min"] > MAX_MEDIAN_OVER_MIN:
+            out.append(f"slow mode: median is {nz['median_over_min']:.3g}x the fastest round "
+                       f"(limit {MAX_MEDIAN_OVER_MIN:g}x)")
+        return out
+
+    def pair_reasons(self, a: str, b: str) -> list[str]:
+        """Why the ratio a / b is not trustworthy: either side's own reasons, or an interval
+        wider than +-10%."""
+        out = [f"{n}: {r}" for n in (a, b) for r in self.own_reasons(n)]
+        r = self.ratios[a][b]
+        if r["lo"] is None:
+            out.append(f"too few rounds for an interval of {a}/{b}")
+        elif r["hi"] / r["lo"] > MAX_CI_SPREAD:
+            out.append(f"{a}/{b} known only within [{r['lo']:.3g}, {r['hi']:.3g}]")
+        return out
+
     def reasons(self, name: str) -> list[str]:
         """Why this implementation's figures are not trustworthy (empty when they are).
 
         Alone, an implementation is judged by all of ``reports.paired.noise``'s rules. In a
         paired group, spread and stalls that hit every side alike cancel in the per-round
-        ratios, so a side is judged by the rules no pairing can repair (too few rounds; a
-        median in a slow mode, far above the fastest round: the signature of parallel regions
-        stalled for whole scheduler slices) and every ratio's interval must be within +-10%.
+        ratios, so a side is judged by the rules no pairing can repair (``own_reasons``: too
+        few clean rounds; a median in a slow mode, far above the fastest round: the signature
+        of parallel regions stalled for whole scheduler slices). The anchor (numba) is judged
+        on its own rounds only; every other implementation also on its ratio to the anchor
+        (interval within +-10%, the anchor not in a slow mode). So a noisy torch-fused never
+        greys numba or the numba / torch-cpu pair: each pair is judged on its own two sides
+        (``pair_reasons``).
         """
-        nz = self.noise[name]
-        if not self.paired:
-            return list(nz["reasons"])
-        out = []
-        if nz["rounds"] < MIN_ROUNDS:
-            out.append(f"only {nz['rounds']} rounds")
-        if nz["median_over_min"] > MAX_MEDIAN_OVER_MIN:
-            out.append(f"slow mode: median is {nz['median_over_min']:.3g}x the fastest round "
-                       f"(limit {MAX_MEDIAN_OVER_MIN:g}x)")
-        for other, r in self.ratios.get(name, {}).items():
-            if r["lo"] is None:
-                out.append(f"too few rounds for an interval of the ratio to {other}")
-            elif r["hi"] / r["lo"] > MAX_CI_SPREAD:
-                out.append(f"ratio to {other} known only within [{r['lo']:.3g}, {r['hi']:.3g}]")
-        for other in self.timed:
-            if other != name and self.noise[other]["median_over_min"] > MAX_MEDIAN_OVER_MIN:
-                out.append(f"its partner {other} was in a slow mode")
+        if not self.paired or name == self.anchor:
+            return self.own_reasons(name)
+        out = self.own_reasons(name)
+        out += [r for r in self.pair_reasons(name, self.anchor)
+                if not r.startswith(f"{name}: ")]
         return out
 
 
@@ -127,11 +188,13 @@ def _calibrate(fn: Callable[[], object], min_time: float, timer) -> int:
 
 def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: float,
             min_rounds: int, max_rounds: int = 400, retries: int = 1, timer=time.perf_counter,
-            disable_gc: bool = True, seed: int = 0) -> Result:
+            disable_gc: bool = True, seed: int = 0,
+            probes: dict[str, Probe] | None = None) -> Result:
     """Time ``fns`` in interleaved rounds (see the module docstring) and judge the result.
 
     Each attempt runs rounds until its budget (``max_time`` per implementation) is spent, at
-    least ``min_rounds`` and at most ``max_rounds`` of them.
+    least ``min_rounds`` and at most ``max_rounds`` clean ones (``probes``: see the module
+    docstring, step 4).
     """
     start = time.perf_counter()
     res = Result(names=list(fns))
@@ -158,39 +221,57 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
     rng = np.random.default_rng(seed)
     budget = max_time * len(live)
 
-    best: tuple[float, dict[str, list[float]]] | None = None
+    best: tuple[float, dict[str, list[float]], dict] | None = None
     for attempt in range(1 + retries):
         t_attempt = time.perf_counter()
-        times = _rounds(live, res.iterations, budget, min_rounds, max_rounds, rng, timer,
-                        disable_gc)
+        times, stall = _rounds(live, res.iterations, budget, min_rounds, max_rounds, rng,
+                               timer, disable_gc, probes or {})
+        res.stall = stall
         score = _judge(res, times)
         res.attempts = attempt + 1
         if best is None or score < best[0]:
-            best = (score, times)
+            best = (score, times, stall)
         if res.stable or time.perf_counter() - t_attempt > 2 * budget:
             break  # stable; or so slow a machine that another attempt would not be quieter
     assert best is not None
     if best[1] is not res.times:
+        res.stall = best[2]
         _judge(res, best[1])
     res.wall_s = time.perf_counter() - start
     return res
 
 
+def _probe(probes: dict[str, Probe], timer, seen: dict[str, list[float]]) -> bool:
+    """Time each probe once; True when none stalled."""
+    ok = True
+    for name, p in probes.items():
+        t0 = timer()
+        p.fn()
+        dt = timer() - t0
+        seen[name].append(dt)
+        ok = ok and dt <= p.limit_s
+    return ok
+
+
 def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disable_gc,
-            ) -> dict[str, list[float]]:
+            probes: dict[str, Probe]) -> tuple[dict[str, list[float]], dict]:
     names = list(live)
     times: dict[str, list[float]] = {n: [] for n in names}
+    every: dict[str, list[float]] = {n: [] for n in names}
+    seen: dict[str, list[float]] = {n: [] for n in probes}
     gc_was = gc.isenabled()
     if disable_gc:
         gc.disable()
     start = time.perf_counter()
     deadline, hard = start + budget, start + HARD_LIMIT * budget
+    total = clean = 0
     try:
-        r = 0
-        while r < max_rounds:
+        ok_before = _probe(probes, timer, seen)
+        while clean < max_rounds:
             now = time.perf_counter()
-            if now >= hard or (r >= min_rounds and now >= deadline):
+            if now >= hard or (clean >= min_rounds and now >= deadline):
                 break
+            this: dict[str, float] = {}
             for j in rng.permutation(len(names)):
                 name = names[j]
                 fn, k = live[name], iterations[name]
@@ -198,12 +279,29 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
                 t0 = timer()
                 for _ in range(k):
                     fn()
-                times[name].append((timer() - t0) / k)
-            r += 1
+                this[name] = (timer() - t0) / k
+                every[name].append(this[name])
+            ok_after = _probe(probes, timer, seen)
+            total += 1
+            if ok_before and ok_after:  # no stall phase began or ended around this round
+                clean += 1
+                for name, t in this.items():
+                    times[name].append(t)
+            ok_before = ok_after
     finally:
         if gc_was:
             gc.enable()
-    return times
+    stall: dict = {}
+    if probes:
+        stall = {"rounds": total, "dropped": total - clean, "probes": {
+            name: {"what": p.what, "limit_s": p.limit_s,
+                   "median_s": float(np.median(seen[name])), "max_s": max(seen[name]),
+                   "stalled": sum(t > p.limit_s for t in seen[name])}
+            for name, p in probes.items()}}
+        if clean == 0:  # every round stalled: keep them, and say so (own_reasons)
+            stall["all_stalled"] = True
+            times = every
+    return times, stall
 
 
 def _judge(res: Result, times: dict[str, list[float]]) -> float:
