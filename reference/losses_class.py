@@ -7,9 +7,10 @@ The conventions (``reduction``, float64 sums, contexts, private copies) are thos
 Cross-entropy takes either kind of target PyTorch's ``F.cross_entropy`` takes: integer class
 labels (shape of the input without its class axis), or class probabilities (a float array of
 the input's shape, "soft labels"). The kind is the target's dtype. With probabilities the target
-is differentiable too, so ``cross_entropy_backward`` returns ``(d_input, d_target)`` for a
-probability target and ``(d_input,)`` for labels (which have no gradient, as in PyTorch):
-the gradients of the differentiable inputs, in the documented order.
+is differentiable too. ``cross_entropy_backward`` always returns ``(d_input, d_target)``, with
+``d_target = None`` after integer labels (PyTorch gives no gradient for them): one fixed arity
+per function, ``None`` where an input is not differentiable in this call, as ``linear``'s
+``db`` without a bias and ``scaled_dot_product_attention``'s ``d attn_mask`` for a bool mask.
 
 ``nll_loss`` takes integer labels only: PyTorch 2.13 refuses probability targets for it
 ("multi-target not supported"), so there is nothing to mirror, and a float target is refused
@@ -427,7 +428,8 @@ def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | No
     non-ignored samples (both terms, as PyTorch); if every target is ignored that is 0/0 = NaN
     (the gradient is then 0, as PyTorch's). Shapes: input (C,), (N, C) or (N, C, d1, ...);
     target (), (N,) or (N, d1, ...), int; weight (C,), not differentiated. Labels outside
-    [0, C) other than ``ignore_index`` raise. Backward returns ``(d_input,)``.
+    [0, C) other than ``ignore_index`` raise. Backward returns ``(d_input, None)``: labels are
+    not differentiable (as in PyTorch).
 
     **Class probabilities** :math:`t` (a float target of the input's shape and dtype; any
     real values are taken, as PyTorch takes them, rows need not sum to 1), smoothed to
@@ -442,7 +444,7 @@ def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | No
     'mean' divides by the number of samples (N d1 ..., not by weights, as PyTorch).
     ``ignore_index`` must stay negative (it is unused; PyTorch refuses one >= 0 with a
     probability target). Backward returns ``(d_input, d_target)``: the target is
-    differentiable here, as in PyTorch.
+    differentiable here, as in PyTorch. Either way backward returns a pair.
     """
     eps = (label_smoothing if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0
            else v.real(label_smoothing, "label_smoothing", lo=0.0, hi=1.0))
@@ -487,7 +489,7 @@ def cross_entropy_backward(ctx, grad_out: np.ndarray):
     dx = np.empty_like(ctx.x)
     _ce_bwd(ctx.x, ctx.y, ctx.w, ctx.has_w, ctx.ignore_index, ctx.smoothing, ctx.lse,
             g, c, each, dx)
-    return (_unrows(dx, ctx.shape),)
+    return _unrows(dx, ctx.shape), None
 
 
 # ---------------------------------------------------------------------------------------------

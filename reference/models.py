@@ -352,7 +352,7 @@ def classifier_loss_backward(ctx: ClassifierCtx, grad_out) -> tuple[tuple, list[
     """``((dx, None), d_params)``: the loss's gradient times ``grad_out`` (labels: None)."""
     v.ctx_of(ctx, ClassifierCtx, "classifier_loss")
     g = v.float_array(grad_out, "grad_out", ndim=0, dtype=ctx.dtype)
-    (dz,) = cross_entropy_backward(ctx.ce_ctx, g)
+    dz, _ = cross_entropy_backward(ctx.ce_ctx, g)  # labels: no gradient (None)
     dx, dps = ctx.backward(ctx.model_ctx, dz)
     return (dx, None), dps
 

@@ -430,7 +430,7 @@ def lm_loss_backward(ctx: LMCtx, grad_out) -> tuple[tuple, list[np.ndarray]]:
     head's (tokens are not differentiable)."""
     v.ctx_of(ctx, LMCtx, "lm_loss")
     g = v.float_array(grad_out, "grad_out", ndim=0, dtype=ctx.dtype)
-    (dz,) = cross_entropy_backward(ctx.ce, g)
+    dz, _ = cross_entropy_backward(ctx.ce, g)  # tokens: no gradient (None)
     dh, dw_out, db_out = linear_backward(ctx.head, dz.reshape(ctx.head.x_shape[:-1] + (-1,)))
     layer_grads = []
     for c in reversed(ctx.layers):

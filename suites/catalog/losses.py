@@ -618,10 +618,16 @@ def _log_probs(rng, shape, dtype):
     return (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(dtype)
 
 
+def _ce_labels_backward(ctx, grad_out):
+    """The reference's backward without its ``d_target``, None after integer labels (the
+    invariant "one-hot targets = integer labels" asserts that None)."""
+    return L.cross_entropy_backward(ctx, grad_out)[:1]
+
+
 register(Spec(
     name="cross_entropy", family=FAMILY,
     summary="softmax cross-entropy of logits; weights, ignore_index, label smoothing",
-    forward=L.cross_entropy, backward=L.cross_entropy_backward, grad_inputs=("input",),
+    forward=L.cross_entropy, backward=_ce_labels_backward, grad_inputs=("input",),
     torch=_ce_torch,
     cases=lambda dtype: _ce_like_cases(dtype, smoothing=True),
     sizes=_label_sizes(lambda rng, shape, dtype: S.normal(rng, shape, dtype, 3.0),
@@ -630,7 +636,7 @@ register(Spec(
     invariants=(Invariant("loss >= 0", _nonnegative),
                 _reduction_invariant(L.cross_entropy, _weight_of_labels),
                 Invariant("= nll_loss(log_softmax(x))", _equals_nll_of_log_softmax),
-                _all_ignored(L.cross_entropy, L.cross_entropy_backward)),
+                _all_ignored(L.cross_entropy, _ce_labels_backward)),
     invalid=_class_invalid("cross_entropy", float_target=ValueError) + (
         _bad("label_smoothing above 1", ValueError, "label_smoothing", input=np.zeros((2, 3)),
              target=np.array([0, 1]), label_smoothing=1.5),
@@ -704,8 +710,13 @@ def _one_hot_equals_labels(case: Case, outs) -> None:
     lp, cp = L.cross_entropy(x, hot, *extra, **params)
     ll, cl = L.cross_entropy(x, y, *extra, **params)
     g = np.random.default_rng(0).standard_normal(lp.shape).astype(x.dtype)
-    dp = L.cross_entropy_backward(cp, g)[0].astype(np.float64)
-    dl = L.cross_entropy_backward(cl, g)[0].astype(np.float64)
+    dp, dtp = L.cross_entropy_backward(cp, g)
+    dl, dtl = L.cross_entropy_backward(cl, g)
+    # one fixed arity: (d_input, d_target), the target's None after labels
+    assert dtp is not None and dtp.shape == x.shape and dtl is None, (
+        f"backward's d_target: {type(dtp).__name__} after probabilities, "
+        f"{type(dtl).__name__} after labels")
+    dp, dl = dp.astype(np.float64), dl.astype(np.float64)
     eps = _eps(x.dtype)
     tiny = float(np.finfo(x.dtype).smallest_subnormal)
     # The same float64 terms (all >= 0) summed in other orders: C eps64 of the loss each, then
