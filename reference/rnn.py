@@ -5,37 +5,60 @@ shapes, the layout of ``h_n``), so a module's parameters can be passed in as the
 
     (out, h_n), ctx = rnn(x, h0, weights, nonlinearity="tanh", num_layers=2, bidirectional=True)
     dx, dh0, *dweights = rnn_backward(ctx, (d_out, d_h_n))
-    (out, h_n, c_n), ctx = lstm(x, h0, c0, weights)
+    (out, h_n, c_n), ctx = lstm(x, h0, c0, weights, proj_size=4, lengths=lengths)
     dx, dh0, dc0, *dweights = lstm_backward(ctx, (d_out, d_h_n, d_c_n))
 
-Shapes (``D = 2`` if bidirectional else 1; ``L = num_layers``; ``G`` gates: 1 RNN, 3 GRU, 4 LSTM)::
+Shapes (``D = 2`` if bidirectional else 1; ``L = num_layers``; ``G`` gates: 1 RNN, 3 GRU, 4 LSTM;
+``P = proj_size`` for an LSTM with a projection, else ``P = H``)::
 
     x      (T, B, I), or (B, T, I) with batch_first
-    h0, c0 (L*D, B, H); None means zeros (its gradient is then None)
-    out    (T, B, D*H), or (B, T, D*H) with batch_first; h_n, c_n (L*D, B, H), index l*D + d
-    weights, in torch's parameter order (``weight_names(L, bidirectional)``): for each layer l
-      and direction (forward, then "_reverse"): weight_ih_l{l} (G*H, I_l), weight_hh_l{l}
-      (G*H, H), bias_ih_l{l} (G*H,), bias_hh_l{l} (G*H,); I_0 = I, I_l = D*H for l >= 1.
+    h0     (L*D, B, P); c0 (L*D, B, H); None means zeros (its gradient is then None)
+    out    (T, B, D*P), or (B, T, D*P) with batch_first; h_n (L*D, B, P), c_n (L*D, B, H),
+           index l*D + d
+    weights, in torch's parameter order (``weight_names(L, bidirectional, bias, proj_size)``):
+      for each layer l and direction (forward, then "_reverse"): weight_ih_l{l} (G*H, I_l),
+      weight_hh_l{l} (G*H, P), then with ``bias`` bias_ih_l{l} (G*H,), bias_hh_l{l} (G*H,),
+      then with ``proj_size`` weight_hr_l{l} (P, H); I_0 = I, I_l = D*P for l >= 1.
 
-Not supported (torch options that change nothing here when left at their defaults): unbatched
-2-d input, packed sequences, ``bias=False``, dropout between layers, LSTM ``proj_size``.
+Options, as torch's modules take them:
+
+- ``bias=False``: no bias vectors (the weights list leaves them out; so do the gradients).
+- ``proj_size`` (LSTM only, ``0 < P < H``): ``h_t = W_hr (o_t \\odot \\tanh c_t)``.
+- ``dropout`` with ``dropout_mask``: in training, torch multiplies the output of every layer but
+  the last by a keep-mask over ``1 - dropout``. Here the mask is an explicit input, a bool
+  array of shape ``(L-1, *out_l)`` (``out_l`` each layer's output shape, the layout of
+  ``out``; True = keep), scaled by ``1/(1 - dropout)`` (``dropout = 1``: ``0 * y``, as torch).
+  ``dropout > 0`` with more than one layer needs the mask; without dropout (``dropout = 0``,
+  torch's evaluation mode) the mask may be None. One layer takes no dropout, as in torch.
+- ``lengths`` (B,) integers in [1, T]: packed variable-length sequences, the result of
+  ``pack_padded_sequence(x, lengths, enforce_sorted=False)``, the module and
+  ``pad_packed_sequence(..., total_length=T)``. Element b's steps ``t >= lengths[b]`` are
+  padding: its output there is zero, its input there is never read (its gradient is zero),
+  ``h_n``/``c_n`` hold the state after its own last step, and the reverse direction starts
+  at step ``lengths[b] - 1`` from h0.
+
+Not supported: unbatched 2-d input.
 
 Contexts: ``rnn_backward``, ``gru_backward`` and ``lstm_backward`` each refuse any context but
 their own forward's (a TypeError naming ``ctx``) and check ``grad_out``'s entries against the
-outputs' shapes and dtype. The context keeps private copies of the weights and of x when they
-are the caller's arrays, so editing them in place before backward does not change the
-gradients (one pass over the inputs; the recurrence costs T matrix products per layer).
+outputs' shapes and dtype. The context keeps private copies of the weights, x, the masks and
+the lengths when they are the caller's arrays, so editing them in place before backward does
+not change the gradients (one pass over the inputs; the recurrence costs T matrix products
+per layer). The gradient of an output at a padded step is ignored (that output is the
+constant 0).
 
-Implementation. A layer's input and output sequences are matrices with one row per step and
-batch element (row ``t*B + b``: a time-major tensor as it is, no copy); inside a layer the
-states and gates are feature-major, ``(features, T*B)``, so that per layer and direction the
-input projection is one matrix product ``W_ih @ X^T`` for all steps, the recurrence per step
-is ``W_hh @ h`` (h of shape ``(H, B)``, on one BLAS thread: see ``reference/_blas.py``), and
-backward's weight gradients are each one product over all steps. Matrix products run in the
-input's dtype (SciPy's BLAS), as torch's do; gate arithmetic is float64 with the vectorised
-functions of ``reference/_vmath.py`` (for float32 results accurate to well under a float32
-ulp), rounded once per stored value. The time loop of a layer runs inside one kernel, so
-there is no per-step dispatch.
+Implementation (kernels in ``reference/_rnn_kernels.py``). A layer's input and output
+sequences are matrices with one row per step and batch element (row ``t*B + b``: a
+time-major tensor as it is, no copy); inside a layer the states and gates are feature-major,
+``(features, T*B)``, so that per layer and direction the input projection is one matrix
+product ``W_ih @ X^T`` for all steps, the recurrence per step is one product ``W_hh @ h`` for
+all gates (h of shape ``(P, B)``, on one BLAS thread: see ``reference/_blas.py``), the gates,
+the cell and the state of a step are one fused pass, and backward's weight gradients are
+each one product over all steps. Matrix products run in the input's dtype (SciPy's BLAS), as
+torch's do; gate arithmetic is float64 with the vectorised functions of
+``reference/_vmath.py`` (for float32 results accurate to well under a float32 ulp), rounded
+once per stored value. The time loop of a layer runs inside one kernel, so there is no
+per-step dispatch.
 """
 
 from __future__ import annotations
@@ -45,10 +68,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from reference import _rnn_kernels as K
 from reference import _validate as v
-from reference import _vmath as Vm
-from reference._blas import dot_serial
-from reference._jit import inline, kernel
+from reference.layers import _scale_by_mask
 
 __all__ = [
     "rnn", "rnn_backward", "gru", "gru_backward", "lstm", "lstm_backward", "weight_names",
@@ -57,266 +79,16 @@ __all__ = [
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 
 
-def weight_names(num_layers: int = 1, bidirectional: bool = False) -> list[str]:
+def weight_names(num_layers: int = 1, bidirectional: bool = False, bias: bool = True,
+                 proj_size: int = 0) -> list[str]:
     """torch's parameter names in the order ``weights`` takes them (``_flat_weights_names``)."""
+    kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    kinds += ["weight_hr"] if proj_size else []
     names = []
     for layer in range(num_layers):
         for suffix in ("", "_reverse")[: 2 if bidirectional else 1]:
-            names += [f"{kind}_l{layer}{suffix}"
-                      for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            names += [f"{kind}_l{layer}{suffix}" for kind in kinds]
     return names
-
-
-# ---------------------------------------------------------------------------------------------
-# kernels: one layer, one direction, all time steps. inp (T*B, I) and ys (T*B, D*H) are the
-# layer's input and output, row t*B + b, this direction's columns of ys at row0; the state h
-# (H, B), the states of all steps hs (H, T*B) and the gates are feature-major (see above).
-
-
-@inline()
-def _step_columns(s, n_steps, reverse):
-    return n_steps - 1 - s if reverse else s
-
-
-@kernel()
-def _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, relu, reverse, hs, ys, row0):
-    dt = h.dtype  # the precision of the gate functions follows the stored values
-    hidden, batch = h.shape
-    n_steps = inp.shape[0] // batch
-    xw = np.dot(w_ih, inp.T)                     # (H, T*B)
-    hw = np.empty((hidden, batch), dt)
-    for s in range(n_steps):
-        c0 = _step_columns(s, n_steps, reverse) * batch
-        dot_serial(w_hh, h, hw)                   # (H, B), one BLAS thread
-        # One row (unit) at a time over the batch: short contiguous loops that vectorise.
-        for u in range(hidden):
-            bias = np.float64(b_ih[u]) + np.float64(b_hh[u])
-            xr, hr, yr = xw[u, c0:c0 + batch], hw[u], hs[u, c0:c0 + batch]
-            for b in range(batch):
-                pre = np.float64(xr[b]) + np.float64(hr[b]) + bias
-                if relu:
-                    yr[b] = pre if pre > 0 else 0.0 * pre + 0.0  # NaN stays NaN
-                else:
-                    yr[b] = Vm.tanh(pre, dt)
-            h[u] = yr
-        ys[c0:c0 + batch, row0:row0 + hidden] = h.T
-    return h
-
-
-@kernel()
-def _shifted(hs, h0, reverse, batch):
-    """The state each step starts from, (H, T*B): h_{t-1} at column block t (h_{t+1} for the
-    reverse direction), h0 at the first step."""
-    hidden, cols = hs.shape
-    prev = np.empty((hidden, cols), h0.dtype)
-    for u in range(hidden):
-        src, dst = hs[u], prev[u]
-        if reverse:
-            dst[:cols - batch] = src[batch:]
-            dst[cols - batch:] = h0[u]
-        else:
-            dst[batch:] = src[:cols - batch]
-            dst[:batch] = h0[u]
-    return prev
-
-
-@kernel()
-def _row_sums(a, out):
-    for j in range(a.shape[0]):
-        row = a[j]
-        acc = 0.0
-        for c in range(row.size):
-            acc += np.float64(row[c])
-        out[j] = acc
-
-
-@kernel()
-def _weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh):
-    # One product over all steps each: d inp += dG_x^T W_ih, dW_ih = dG_x inp,
-    # dW_hh = dG_h hprev^T.
-    dinp += np.dot(dg_x.T, w_ih)
-    np.dot(dg_x, inp, dw_ih)
-    np.dot(dg_h, hprev.T, dw_hh)
-
-
-@kernel()
-def _upstream_block(dys, c0, row0, out):
-    # this step's upstream gradient, feature-major: out (H, B) = dys[c0:c0+B, row0:row0+H]^T
-    hidden, batch = out.shape
-    out[:, :] = dys[c0:c0 + batch, row0:row0 + hidden].T
-
-
-@kernel()
-def _rnn_bwd(w_hh, relu, reverse, hs, dys, row0, dh, dg):
-    # dh (H, B): on entry d h_n, on exit d h0. dg (H, T*B): d pre-activation, all steps.
-    hidden, batch = dh.shape
-    n_steps = dg.shape[1] // batch
-    dgt = np.empty((hidden, batch), dh.dtype)
-    dyt = np.empty((hidden, batch), dh.dtype)
-    w_t = w_hh.T.copy()
-    for s in range(n_steps):
-        c0 = _step_columns(s, n_steps, not reverse) * batch  # backward runs time backwards
-        _upstream_block(dys, c0, row0, dyt)
-        for u in range(hidden):
-            yr, gr, hr, out = hs[u, c0:c0 + batch], dyt[u], dh[u], dgt[u]
-            for b in range(batch):
-                g = np.float64(hr[b]) + np.float64(gr[b])
-                y = np.float64(yr[b])
-                if relu:
-                    out[b] = g if y > 0 else 0.0
-                else:
-                    out[b] = g * (1.0 - y * y)
-            dg[u, c0:c0 + batch] = out
-        dot_serial(w_t, dgt, dh)                  # d h_{t-1} = W_hh^T dg_t
-
-
-@kernel()
-def _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, reverse, hs, ys, row0, gates):
-    # gates (4H, T*B): r, z, n and q = W_hn h + b_hn, per step.
-    dt = h.dtype
-    hidden, batch = h.shape
-    n_steps = inp.shape[0] // batch
-    xw = np.dot(w_ih, inp.T)                     # (3H, T*B)
-    hw = np.empty((3 * hidden, batch), dt)
-    for s in range(n_steps):
-        c0 = _step_columns(s, n_steps, reverse) * batch
-        dot_serial(w_hh, h, hw)
-        # Three passes, one transcendental each, so that every inner loop vectorises.
-        for j in range(2 * hidden):              # r and z
-            bias = np.float64(b_ih[j]) + np.float64(b_hh[j])
-            xr, hr, gr = xw[j, c0:c0 + batch], hw[j], gates[j, c0:c0 + batch]
-            for b in range(batch):
-                gr[b] = Vm.sigmoid(np.float64(xr[b]) + np.float64(hr[b]) + bias, dt)
-        for u in range(hidden):                  # n = tanh(W_in x + b_in + r (W_hn h + b_hn))
-            k = 2 * hidden + u
-            xr, hr = xw[k, c0:c0 + batch], hw[k]
-            rr, nr = gates[u, c0:c0 + batch], gates[k, c0:c0 + batch]
-            qr = gates[3 * hidden + u, c0:c0 + batch]
-            bx, bh = np.float64(b_ih[k]), np.float64(b_hh[k])
-            for b in range(batch):
-                q = np.float64(hr[b]) + bh
-                qr[b] = q
-                nr[b] = Vm.tanh(np.float64(xr[b]) + bx + np.float64(rr[b]) * q, dt)
-        for u in range(hidden):                  # h' = (1 - z) n + z h
-            zr = gates[hidden + u, c0:c0 + batch]
-            nr = gates[2 * hidden + u, c0:c0 + batch]
-            yr, hh = hs[u, c0:c0 + batch], h[u]
-            for b in range(batch):
-                z = np.float64(zr[b])
-                yr[b] = (1.0 - z) * np.float64(nr[b]) + z * np.float64(hh[b])
-            hh[:] = yr
-        ys[c0:c0 + batch, row0:row0 + hidden] = h.T
-    return h
-
-
-@kernel()
-def _gru_bwd(w_hh, reverse, gates, hprev, dys, row0, dh, dgx, dgh):
-    # dgx: d of the input pre-activations (3H, T*B); dgh: d of W_hh h + b_hh.
-    hidden, batch = dh.shape
-    n_steps = dgx.shape[1] // batch
-    dght = np.empty((3 * hidden, batch), dh.dtype)
-    back = np.empty((hidden, batch), dh.dtype)
-    dyt = np.empty((hidden, batch), dh.dtype)
-    w_t = w_hh.T.copy()
-    for s in range(n_steps):
-        c0 = _step_columns(s, n_steps, not reverse) * batch
-        _upstream_block(dys, c0, row0, dyt)
-        for u in range(hidden):
-            r, z = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
-            n, q = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
-            hp, gy, hr = hprev[u, c0:c0 + batch], dyt[u], dh[u]
-            dr, dz, dn = dght[u], dght[hidden + u], dght[2 * hidden + u]
-            for b in range(batch):
-                g = np.float64(hr[b]) + np.float64(gy[b])
-                rb, zb, nb = np.float64(r[b]), np.float64(z[b]), np.float64(n[b])
-                an = g * (1.0 - zb) * (1.0 - nb * nb)           # d pre_n
-                dz[b] = g * (np.float64(hp[b]) - nb) * zb * (1.0 - zb)
-                dr[b] = an * np.float64(q[b]) * rb * (1.0 - rb)
-                dn[b] = an
-                hr[b] = g * zb                                    # the direct path z h_{t-1}
-            dgx[u, c0:c0 + batch] = dr
-            dgx[hidden + u, c0:c0 + batch] = dz
-            dgx[2 * hidden + u, c0:c0 + batch] = dn
-            for b in range(batch):
-                dn[b] = np.float64(dn[b]) * np.float64(r[b])  # r * d pre_n feeds W_hn, b_hn
-        dgh[:, c0:c0 + batch] = dght
-        dot_serial(w_t, dght, back)
-        dh += back
-
-
-@kernel()
-def _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, reverse, hs, ys, row0, gates, cs):
-    # gates (5H, T*B): i, f, g, o and tanh(c_t); cs (H, T*B): c_t.
-    dt = h.dtype
-    hidden, batch = h.shape
-    n_steps = inp.shape[0] // batch
-    xw = np.dot(w_ih, inp.T)                     # (4H, T*B)
-    hw = np.empty((4 * hidden, batch), dt)
-    for s in range(n_steps):
-        c0 = _step_columns(s, n_steps, reverse) * batch
-        dot_serial(w_hh, h, hw)
-        # Passes with one transcendental each, so that every inner loop vectorises.
-        for j in range(4 * hidden):              # i, f, g, o
-            bias = np.float64(b_ih[j]) + np.float64(b_hh[j])
-            xr, hr, gr = xw[j, c0:c0 + batch], hw[j], gates[j, c0:c0 + batch]
-            if 2 * hidden <= j < 3 * hidden:
-                for b in range(batch):
-                    gr[b] = Vm.tanh(np.float64(xr[b]) + np.float64(hr[b]) + bias, dt)
-            else:
-                for b in range(batch):
-                    gr[b] = Vm.sigmoid(np.float64(xr[b]) + np.float64(hr[b]) + bias, dt)
-        for u in range(hidden):                  # c' = f c + i g, h' = o tanh(c')
-            ir, fr = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
-            gr, orow = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
-            tr, cr = gates[4 * hidden + u, c0:c0 + batch], cs[u, c0:c0 + batch]
-            cc, yr = cell[u], hs[u, c0:c0 + batch]
-            for b in range(batch):
-                cr[b] = (np.float64(fr[b]) * np.float64(cc[b])
-                         + np.float64(ir[b]) * np.float64(gr[b]))
-            for b in range(batch):
-                tr[b] = Vm.tanh(np.float64(cr[b]), dt)       # of the stored (rounded) c_t
-            for b in range(batch):
-                yr[b] = np.float64(orow[b]) * np.float64(tr[b])
-            cc[:] = cr
-            h[u] = yr
-        ys[c0:c0 + batch, row0:row0 + hidden] = h.T
-    return h, cell
-
-
-@kernel()
-def _lstm_bwd(w_hh, c0, reverse, gates, cs, dys, row0, dh, dc, dg):
-    # dh, dc (H, B): on entry d h_n, d c_n; on exit d h0, d c0. dg (4H, T*B).
-    hidden, batch = dh.shape
-    n_steps = dg.shape[1] // batch
-    dgt = np.empty((4 * hidden, batch), dh.dtype)
-    dyt = np.empty((hidden, batch), dh.dtype)
-    w_t = w_hh.T.copy()
-    for s in range(n_steps):
-        t = _step_columns(s, n_steps, not reverse)
-        c0_ = t * batch
-        _upstream_block(dys, c0_, row0, dyt)
-        tp = t + 1 if reverse else t - 1
-        first = tp < 0 or tp >= n_steps
-        for u in range(hidden):
-            i, f = gates[u, c0_:c0_ + batch], gates[hidden + u, c0_:c0_ + batch]
-            g, o = gates[2 * hidden + u, c0_:c0_ + batch], gates[3 * hidden + u, c0_:c0_ + batch]
-            tc, gy = gates[4 * hidden + u, c0_:c0_ + batch], dyt[u]
-            cp = c0[u] if first else cs[u, tp * batch:tp * batch + batch]
-            hr, cr = dh[u], dc[u]
-            di, df = dgt[u], dgt[hidden + u]
-            dgg, do = dgt[2 * hidden + u], dgt[3 * hidden + u]
-            for b in range(batch):
-                gh = np.float64(hr[b]) + np.float64(gy[b])
-                ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
-                ob, tb = np.float64(o[b]), np.float64(tc[b])
-                gc = np.float64(cr[b]) + gh * ob * (1.0 - tb * tb)
-                di[b] = gc * gb * ib * (1.0 - ib)
-                df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb)
-                dgg[b] = gc * ib * (1.0 - gb * gb)
-                do[b] = gh * tb * ob * (1.0 - ob)
-                cr[b] = gc * fb
-        dg[:, c0_:c0_ + batch] = dgt
-        dot_serial(w_t, dgt, dh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,17 +99,25 @@ class _Shape(NamedTuple):
     steps: int
     batch: int
     features: int
-    hidden: int
+    hidden: int      # H: the cell's size
+    out: int         # P: the state's size (proj_size, else H)
     layers: int
     directions: int
     dtype: np.dtype
+    bias: bool
+    per: int         # weights per layer and direction
 
 
-def _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
+def _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first, bias, proj_size):
     x = v.float_array(x, "x", ndim=3)
     layers = v.integer(num_layers, "num_layers", lo=1)
     dirs = 2 if v.boolean(bidirectional, "bidirectional") else 1
     batch_first = v.boolean(batch_first, "batch_first")
+    bias = v.boolean(bias, "bias")
+    proj = v.integer(proj_size, "proj_size", lo=0)
+    if proj and mode != "lstm":
+        raise ValueError(f"proj_size is supported for the LSTM only (as in torch), got "
+                         f"proj_size={proj}")
     steps, batch = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
     feat = x.shape[2]
     layout = "(B, T, I)" if batch_first else "(T, B, I)"
@@ -345,44 +125,79 @@ def _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
         raise ValueError(f"x must hold a sequence of length >= 1 {layout}, got shape {x.shape}")
     if batch == 0 or feat == 0:
         raise ValueError(f"x must have batch and feature sizes >= 1 {layout}, got {x.shape}")
+    per = 2 + 2 * bias + (proj > 0)
+    what = f"weight_names(num_layers, bidirectional, bias={bias}, proj_size={proj})"
     if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence):
-        raise TypeError(f"weights must be a sequence of 4 * num_layers * D arrays "
-                        f"(weight_names(num_layers, bidirectional)), got {type(weights).__name__}")
-    if len(weights) != 4 * layers * dirs:  # checked before naming them: num_layers may be huge
-        raise ValueError(f"weights must hold 4 * num_layers * D = {4 * layers * dirs} arrays "
-                         f"for num_layers={layers}, bidirectional={dirs == 2} "
-                         f"(weight_names(num_layers, bidirectional)), got {len(weights)}")
-    names = weight_names(layers, dirs == 2)
+        raise TypeError(f"weights must be a sequence of {per} * num_layers * D arrays ({what}), "
+                        f"got {type(weights).__name__}")
+    if len(weights) != per * layers * dirs:  # checked before naming them: num_layers may be huge
+        raise ValueError(f"weights must hold {per} * num_layers * D = {per * layers * dirs} "
+                         f"arrays for num_layers={layers}, bidirectional={dirs == 2}, "
+                         f"bias={bias}, proj_size={proj} ({what}), got {len(weights)}")
+    names = weight_names(layers, dirs == 2, bias, proj)
     gates = _GATES[mode]
     w = [v.float_array(a, n, dtype=x.dtype) for a, n in zip(weights, names, strict=True)]
     whh0 = w[1]
-    if whh0.ndim != 2 or whh0.shape[1] == 0 or whh0.shape[0] != gates * whh0.shape[1]:
-        raise ValueError(f"weight_hh_l0 must have shape ({gates}*H, H) with H >= 1, "
-                         f"got {whh0.shape}")
-    hidden = whh0.shape[1]
+    if whh0.ndim != 2 or whh0.shape[0] == 0 or whh0.shape[0] % gates or whh0.shape[1] == 0:
+        raise ValueError(f"weight_hh_l0 must have shape ({gates}*H, P) with H, P >= 1 "
+                         f"(P = proj_size, else H), got {whh0.shape}")
+    hidden = whh0.shape[0] // gates
+    hout = proj or hidden
+    if proj and proj >= hidden:
+        raise ValueError(f"proj_size must be smaller than the hidden size H = {hidden} "
+                         f"(from weight_hh_l0 {whh0.shape}), got {proj}")
     gh = gates * hidden
     for k, (a, n) in enumerate(zip(w, names, strict=True)):
-        layer = k // (4 * dirs)
-        expect = {
-            0: (gh, feat if layer == 0 else dirs * hidden),
-            1: (gh, hidden), 2: (gh,), 3: (gh,),
-        }[k % 4]
+        layer, j = k // (per * dirs), k % per
+        expect = ((gh, feat if layer == 0 else dirs * hout) if j == 0 else
+                  (gh, hout) if j == 1 else
+                  (hout, hidden) if proj and j == per - 1 else (gh,))
         if a.shape != expect:
-            what = "input size" if k % 4 == 0 else "hidden size"
             raise ValueError(f"{n} must have shape {expect} (hidden size {hidden} from "
-                             f"weight_hh_l0, {what} {expect[-1]}), got {a.shape}")
-    shape = _Shape(steps, batch, feat, hidden, layers, dirs, x.dtype)
+                             f"weight_hh_l0, proj_size {proj}, input size {feat}), got {a.shape}")
+    shape = _Shape(steps, batch, feat, hidden, hout, layers, dirs, x.dtype, bias, per)
     states = []
-    for s, n in ((h0, "h0"), (c0, "c0")):
+    for s, n, size in ((h0, "h0", hout), (c0, "c0", hidden)):
         if s is None:
             states.append(None)
             continue
         s = v.float_array(s, n, ndim=3, dtype=x.dtype)
-        want = (layers * dirs, batch, hidden)
+        want = (layers * dirs, batch, size)
         if s.shape != want:
-            raise ValueError(f"{n} must have shape (num_layers*D, B, H) = {want}, got {s.shape}")
+            raise ValueError(f"{n} must have shape (num_layers*D, B, {'P' if n == 'h0' else 'H'})"
+                             f" = {want}, got {s.shape}")
         states.append(s)
     return x, w, states[0], states[1], shape
+
+
+def _check_lengths(lengths, sh: _Shape):
+    if lengths is None:
+        return None
+    lens = v.int_array(lengths, "lengths", ndim=1)
+    if lens.shape != (sh.batch,):
+        raise ValueError(f"lengths must have one entry per batch element, shape ({sh.batch},), "
+                         f"got {lens.shape}")
+    bad = (lens < 1) | (lens > sh.steps)
+    if bad.any():
+        raise ValueError(f"lengths must lie in [1, T] = [1, {sh.steps}] (packed sequences "
+                         f"have at least one step), got {lens[bad][0]}")
+    return lens
+
+
+def _check_dropout(dropout, dropout_mask, sh: _Shape, batch_first):
+    p = v.real(dropout, "dropout", lo=0.0, hi=1.0)
+    out_shape = ((sh.batch, sh.steps) if batch_first else (sh.steps, sh.batch)) + (
+        sh.directions * sh.out,)
+    want = (sh.layers - 1, *out_shape)
+    if dropout_mask is None:
+        if p > 0 and sh.layers > 1:
+            raise ValueError(f"dropout_mask must be given when dropout > 0 with num_layers > 1 "
+                             f"(a bool keep-mask of shape (num_layers-1, *out) = {want}), "
+                             f"got None")
+        return p, None
+    mask = v.bool_array(dropout_mask, "dropout_mask", shape=want,
+                        like=" (num_layers - 1, then each layer's output shape)")
+    return p, mask
 
 
 def _rows(x, batch_first):
@@ -398,10 +213,17 @@ def _unrows(a, steps, batch, batch_first):
     return a3.transpose(1, 0, 2).copy() if batch_first else a3
 
 
-def _state(s, k, shape):
+def _state(s, k, size, shape):
     if s is None:
-        return np.zeros((shape.hidden, shape.batch), shape.dtype)
+        return np.zeros((size, shape.batch), shape.dtype)
     return s[k].T.copy()  # kernels update the state in place: never a view of the input
+
+
+def _dropped(a, mask_rows, scale, all_dropped):
+    """a * mask / (1 - p), one rounding (``0 * a`` when p = 1), as ``layers.dropout``."""
+    out = np.empty_like(a)
+    _scale_by_mask(a.reshape(-1), mask_rows.reshape(-1), scale, all_dropped, 1, out.reshape(-1))
+    return out
 
 
 class RNNCtx(NamedTuple):
@@ -409,63 +231,95 @@ class RNNCtx(NamedTuple):
     shape: _Shape
     batch_first: bool
     weights: list[np.ndarray]
-    layer_inputs: list[np.ndarray]   # per layer, (T*B, I_l)
-    states: list[np.ndarray]         # per layer and direction, h_t at columns t*B.., (H, T*B)
-    h0: list[np.ndarray]             # per layer and direction, (H, B)
+    layer_inputs: list[np.ndarray]   # per layer, (T*B, I_l), after dropout
+    states: list[np.ndarray]         # per layer and direction, h_t at columns t*B.., (P, T*B)
+    h0: list[np.ndarray]             # per layer and direction, (P, B)
     c0: list[np.ndarray] | None
     gates: list[np.ndarray | None]   # per layer and direction
     cells: list[np.ndarray | None]   # LSTM cell states, per layer and direction
+    ms: list[np.ndarray | None]      # LSTM with projection: o tanh c per step, (H, T*B)
+    lens: np.ndarray                 # (B,) int64, T for every element when not packed
+    masks: list[np.ndarray]          # per layer but the last, its keep-mask as rows (T*B, D*P)
+    scale: float                     # 1 / (1 - dropout)
+    all_dropped: bool                # dropout = 1
     h0_given: bool
     c0_given: bool
 
 
-def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first):
+def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first, bias=True,
+             proj_size=0, dropout=0.0, dropout_mask=None, lengths=None):
     x_given = x
-    x, w, h0, c0, sh = _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first)
+    x, w, h0, c0, sh = _check(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first,
+                              bias, proj_size)
     batch_first = bool(batch_first)
+    lens = _check_lengths(lengths, sh)
+    p, mask = _check_dropout(dropout, dropout_mask, sh, batch_first)
+    scale, all_dropped = (0.0, True) if p == 1.0 else (1.0 / (1.0 - p), False)
+    packed = lens is not None
+    if not packed:
+        lens = np.full(sh.batch, sh.steps, np.int64)
     cols = sh.steps * sh.batch
     inp = _rows(x, batch_first)
-    ins, states, h0s, c0s, gates, cells, hn, cn = [], [], [], [], [], [], [], []
+    if packed and (lens < sh.steps).any():
+        # padding is never read: zero it, so that no NaN there reaches a weight gradient
+        inp = inp.copy()
+        inp.reshape(sh.steps, sh.batch, -1)[np.arange(sh.steps)[:, None] >= lens[None, :]] = 0
+    masks = [] if mask is None else [_rows(m, batch_first) for m in mask]
+    zeros = np.zeros(_GATES[mode] * sh.hidden, sh.dtype)
+    no_proj = np.zeros((0, sh.hidden), sh.dtype)
+    ins, states, h0s, c0s, gates, cells, ms, hn, cn = [], [], [], [], [], [], [], [], []
     for layer in range(sh.layers):
-        ys = np.empty((cols, sh.directions * sh.hidden), sh.dtype)
+        ys = np.empty((cols, sh.directions * sh.out), sh.dtype)
         for d in range(sh.directions):
             k = layer * sh.directions + d
-            w_ih, w_hh, b_ih, b_hh = w[4 * k: 4 * k + 4]
-            h = _state(h0, k, sh)
+            wk = w[sh.per * k: sh.per * (k + 1)]
+            w_ih, w_hh = wk[0], wk[1]
+            b_ih, b_hh = (wk[2], wk[3]) if sh.bias else (zeros, zeros)
+            xw = np.dot(w_ih, inp.T)                   # (G*H, T*B): every step's input at once
+            h = _state(h0, k, sh.out, sh)
             h0s.append(h.copy())
-            rev, row0 = d == 1, d * sh.hidden
-            hs = np.empty((sh.hidden, cols), sh.dtype)
-            g = cs = None
+            rev, row0 = d == 1, d * sh.out
+            hs = np.empty((sh.out, cols), sh.dtype)
+            g = cs = m = None
             if mode == "lstm":
-                cell = _state(c0, k, sh)
+                cell = _state(c0, k, sh.hidden, sh)
                 c0s.append(cell.copy())
                 g = np.empty((5 * sh.hidden, cols), sh.dtype)
                 cs = np.empty((sh.hidden, cols), sh.dtype)
-                h, cell = _lstm_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, cell, rev, hs, ys, row0, g,
-                                    cs)
+                w_hr = wk[-1] if proj_size else no_proj
+                m = np.empty((sh.hidden, cols) if proj_size else (0, 0), sh.dtype)
+                bsum = b_ih.astype(np.float64) + b_hh.astype(np.float64)
+                h, cell = K.lstm_fwd(xw, w_hh, w_hr, bsum, h, cell, lens, rev, hs, m, ys, row0,
+                                     g, cs)
                 cn.append(cell.T)
             elif mode == "gru":
                 g = np.empty((4 * sh.hidden, cols), sh.dtype)
-                h = _gru_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, rev, hs, ys, row0, g)
+                h = K.gru_fwd(xw, w_hh, b_ih, b_hh, h, lens, rev, hs, ys, row0, g)
             else:
-                h = _rnn_fwd(inp, w_ih, w_hh, b_ih, b_hh, h, mode == "rnn_relu", rev, hs, ys,
-                             row0)
+                bsum = b_ih.astype(np.float64) + b_hh.astype(np.float64)
+                h = K.rnn_fwd(xw, w_hh, bsum, h, lens, mode == "rnn_relu", rev, hs, ys, row0)
             hn.append(h.T)
             states.append(hs)
             gates.append(g)
             cells.append(cs)
+            ms.append(m if proj_size else None)
         ins.append(inp)
         inp = ys
-    out = _unrows(inp, sh.steps, sh.batch, batch_first)
+        if masks and layer < sh.layers - 1:
+            inp = _dropped(ys, masks[layer], scale, all_dropped)
+    out = _unrows(ys, sh.steps, sh.batch, batch_first)
     results = [out, np.ascontiguousarray(np.stack(hn))]
     if mode == "lstm":
         results.append(np.ascontiguousarray(np.stack(cn)))
-    # Private copies of what backward reads of the caller's: the weights and the first layer's
-    # input (a view of x when time-major); see the module docstring.
+    # Private copies of what backward reads of the caller's: the weights, the first layer's
+    # input (a view of x when time-major) and the masks; see the module docstring.
     w = [v.keep(a, g) for a, g in zip(w, weights, strict=True)]
     ins[0] = v.keep(ins[0], x_given)
-    ctx = RNNCtx(mode, sh, bool(batch_first), w, ins, states, h0s,
-                 c0s if mode == "lstm" else None, gates, cells, h0 is not None, c0 is not None)
+    masks = [v.keep(m, dropout_mask) for m in masks]
+    lens = v.keep(lens, lengths)
+    ctx = RNNCtx(mode, sh, batch_first, w, ins, states, h0s, c0s if mode == "lstm" else None,
+                 gates, cells, ms, lens, masks, scale, all_dropped, h0 is not None,
+                 c0 is not None)
     return tuple(results), ctx
 
 
@@ -483,11 +337,12 @@ def _backward(ctx: RNNCtx, grad_out, forward: str):
         names = "(d_output, d_h_n, d_c_n)" if n_out == 3 else "(d_output, d_h_n)"
         raise TypeError(f"grad_out must be a tuple {names}; an entry may be None for zeros")
     out_shape = ((sh.batch, sh.steps) if ctx.batch_first else (sh.steps, sh.batch)) + (
-        sh.directions * sh.hidden,)
-    state_shape = (sh.layers * sh.directions, sh.batch, sh.hidden)
+        sh.directions * sh.out,)
+    h_shape = (sh.layers * sh.directions, sh.batch, sh.out)
+    c_shape = (sh.layers * sh.directions, sh.batch, sh.hidden)
     grads = []
     for g, name, shape in zip(grad_out, ("d_output", "d_h_n", "d_c_n"),
-                              (out_shape, state_shape, state_shape), strict=False):
+                              (out_shape, h_shape, c_shape), strict=False):
         if g is None:
             grads.append(np.zeros(shape, sh.dtype))
             continue
@@ -497,42 +352,57 @@ def _backward(ctx: RNNCtx, grad_out, forward: str):
                              f"got {g.shape}")
         grads.append(g)
     dys = _rows(grads[0], ctx.batch_first)
+    proj = ctx.mode == "lstm" and ctx.ms[0] is not None
     dweights = [None] * len(ctx.weights)
-    dh0 = np.empty(state_shape, sh.dtype)
-    dc0 = np.empty(state_shape, sh.dtype)
+    dh0 = np.empty(h_shape, sh.dtype)
+    dc0 = np.empty(c_shape, sh.dtype)
     cols = sh.steps * sh.batch
+    no_proj = np.zeros((0, sh.hidden), sh.dtype)
     for layer in reversed(range(sh.layers)):
+        if layer < sh.layers - 1 and ctx.masks:
+            dys = _dropped(dys, ctx.masks[layer], ctx.scale, ctx.all_dropped)
         inp = ctx.layer_inputs[layer]
         dinp = np.zeros_like(inp)
         for d in range(sh.directions):
             k = layer * sh.directions + d
-            w_ih, w_hh = ctx.weights[4 * k], ctx.weights[4 * k + 1]
+            wk = ctx.weights[sh.per * k: sh.per * (k + 1)]
+            w_ih, w_hh = wk[0], wk[1]
             gh = w_ih.shape[0]
             dh = grads[1][k].T.copy()
-            rev, row0, hs = d == 1, d * sh.hidden, ctx.states[k]
-            hprev = _shifted(hs, ctx.h0[k], rev, sh.batch)
+            rev, row0, hs = d == 1, d * sh.out, ctx.states[k]
+            hprev = K.shifted(hs, ctx.h0[k], rev, sh.batch)
             dg_x = np.empty((gh, cols), sh.dtype)
             dg_h = dg_x
+            dw_hr = None
             if ctx.mode == "lstm":
                 dc = grads[2][k].T.copy()
-                _lstm_bwd(w_hh, ctx.c0[k], rev, ctx.gates[k], ctx.cells[k], dys, row0, dh, dc,
-                          dg_x)
+                w_hr = wk[-1] if proj else no_proj
+                dhs = np.empty((sh.out, cols) if proj else (0, 0), sh.dtype)
+                K.lstm_bwd(w_hh, w_hr, ctx.c0[k], ctx.lens, rev, ctx.gates[k], ctx.cells[k],
+                           dys, row0, dh, dc, dg_x, dhs)
                 dc0[k] = dc.T
+                if proj:
+                    dw_hr = np.dot(dhs, ctx.ms[k].T)   # sum_t d h_t m_t^T
             elif ctx.mode == "gru":
                 dg_h = np.empty((gh, cols), sh.dtype)
-                _gru_bwd(w_hh, rev, ctx.gates[k], hprev, dys, row0, dh, dg_x, dg_h)
+                K.gru_bwd(w_hh, ctx.lens, rev, ctx.gates[k], hprev, dys, row0, dh, dg_x, dg_h)
             else:
-                _rnn_bwd(w_hh, ctx.mode == "rnn_relu", rev, hs, dys, row0, dh, dg_x)
+                K.rnn_bwd(w_hh, ctx.mode == "rnn_relu", ctx.lens, rev, hs, dys, row0, dh, dg_x)
             dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
-            _weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh)
-            db_ih, db_hh = np.empty(gh, sh.dtype), np.empty(gh, sh.dtype)
-            _row_sums(dg_x, db_ih)
-            if dg_h is dg_x:
-                db_hh[:] = db_ih
-            else:
-                _row_sums(dg_h, db_hh)
+            K.weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh)
+            dk = [dw_ih, dw_hh]
+            if sh.bias:
+                db_ih, db_hh = np.empty(gh, sh.dtype), np.empty(gh, sh.dtype)
+                K.row_sums(dg_x, db_ih)
+                if dg_h is dg_x:
+                    db_hh[:] = db_ih
+                else:
+                    K.row_sums(dg_h, db_hh)
+                dk += [db_ih, db_hh]
+            if proj:
+                dk.append(dw_hr)
             dh0[k] = dh.T
-            dweights[4 * k: 4 * k + 4] = [dw_ih, dw_hh, db_ih, db_hh]
+            dweights[sh.per * k: sh.per * (k + 1)] = dk
         dys = dinp
     dx = _unrows(dys, sh.steps, sh.batch, ctx.batch_first)
     result = [dx, dh0 if ctx.h0_given else None]
@@ -547,7 +417,9 @@ def _backward(ctx: RNNCtx, grad_out, forward: str):
 
 def rnn(x: np.ndarray, h0: np.ndarray | None, weights: Sequence[np.ndarray], *,
         nonlinearity: str = "tanh", num_layers: int = 1, bidirectional: bool = False,
-        batch_first: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], RNNCtx]:
+        batch_first: bool = False, bias: bool = True, dropout: float = 0.0,
+        dropout_mask: np.ndarray | None = None, lengths: np.ndarray | None = None,
+        proj_size: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], RNNCtx]:
     r"""Elman RNN, as ``torch.nn.RNN``: returns ``((output, h_n), ctx)``.
 
     .. math::
@@ -564,24 +436,32 @@ def rnn(x: np.ndarray, h0: np.ndarray | None, weights: Sequence[np.ndarray], *,
         \bar W_{ih} = \sum_t \delta_t x_t^T,\ \bar W_{hh} = \sum_t \delta_t h_{t-1}^T,\
         \bar b_{ih} = \bar b_{hh} = \sum_t \delta_t
 
-    Stacked layers feed each layer's output sequence (both directions concatenated) to the
-    next; the reverse direction runs the same recurrence from ``t = T`` down to 1.
+    Stacked layers feed each layer's output sequence (both directions concatenated, times
+    the dropout mask over ``1 - dropout``) to the next; the reverse direction runs the same
+    recurrence from ``t = T`` down to 1. ``bias``, ``dropout``/``dropout_mask`` and
+    ``lengths``: see the module docstring; ``proj_size`` must be 0 (torch has it for the LSTM
+    only).
     """
     mode = "rnn_" + v.choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
-    return _forward(mode, x, h0, None, weights, num_layers, bidirectional, batch_first)
+    return _forward(mode, x, h0, None, weights, num_layers, bidirectional, batch_first, bias,
+                    proj_size, dropout, dropout_mask, lengths)
 
 
 def rnn_backward(ctx: RNNCtx, grad_out) -> tuple:
-    """Gradients ``(dx, dh0, d weight_ih_l0, d weight_hh_l0, d bias_ih_l0, ...)``.
+    r"""Gradients ``(dx, dh0, d weight_ih_l0, d weight_hh_l0, d bias_ih_l0, ...)``.
 
     ``grad_out = (d_output, d_h_n)``; either may be None (zeros). ``dh0`` is None when forward
-    had ``h0=None``. Weight gradients follow ``weight_names``.
+    had ``h0=None``. Weight gradients follow ``weight_names`` (no bias gradients for
+    ``bias=False``). Formulas in ``rnn``'s docstring; between layers
+    :math:`\bar y_l = \bar x_{l+1} \odot m_l / (1 - p)`.
     """
     return _backward(ctx, grad_out, "rnn")
 
 
 def gru(x: np.ndarray, h0: np.ndarray | None, weights: Sequence[np.ndarray], *,
         num_layers: int = 1, bidirectional: bool = False, batch_first: bool = False,
+        bias: bool = True, dropout: float = 0.0, dropout_mask: np.ndarray | None = None,
+        lengths: np.ndarray | None = None, proj_size: int = 0,
         ) -> tuple[tuple[np.ndarray, np.ndarray], RNNCtx]:
     r"""Gated recurrent unit, as ``torch.nn.GRU`` (gate order r, z, n): ``((output, h_n), ctx)``.
 
@@ -601,37 +481,51 @@ def gru(x: np.ndarray, h0: np.ndarray | None, weights: Sequence[np.ndarray], *,
         \bar h &= z \bar h' + W_{hr}^T \bar a_r + W_{hz}^T \bar a_z + W_{hn}^T (r \bar a_n)
 
     :math:`\bar a` feeds :math:`\bar W_{ih}, \bar b_{ih}` as it is, and
-    :math:`(\bar a_r, \bar a_z, r \bar a_n)` feeds :math:`\bar W_{hh}, \bar b_{hh}`.
+    :math:`(\bar a_r, \bar a_z, r \bar a_n)` feeds :math:`\bar W_{hh}, \bar b_{hh}`. Options
+    as ``rnn``.
     """
-    return _forward("gru", x, h0, None, weights, num_layers, bidirectional, batch_first)
+    return _forward("gru", x, h0, None, weights, num_layers, bidirectional, batch_first, bias,
+                    proj_size, dropout, dropout_mask, lengths)
 
 
 def gru_backward(ctx: RNNCtx, grad_out) -> tuple:
-    """Gradients ``(dx, dh0, *dweights)``; see ``rnn_backward``."""
+    """Gradients ``(dx, dh0, *dweights)``; formulas in ``gru``'s docstring, layout as
+    ``rnn_backward``."""
     return _backward(ctx, grad_out, "gru")
 
 
 def lstm(x: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
          weights: Sequence[np.ndarray], *, num_layers: int = 1, bidirectional: bool = False,
-         batch_first: bool = False) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], RNNCtx]:
+         batch_first: bool = False, bias: bool = True, proj_size: int = 0,
+         dropout: float = 0.0, dropout_mask: np.ndarray | None = None,
+         lengths: np.ndarray | None = None,
+         ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], RNNCtx]:
     r"""Long short-term memory, as ``torch.nn.LSTM`` (gate order i, f, g, o).
 
     Returns ``((output, h_n, c_n), ctx)``.
 
     .. math::
         (i, f, g, o) = (\sigma, \sigma, \tanh, \sigma)(W_{ih} x + b_{ih} + W_{hh} h + b_{hh}),
-        \quad c' = f \odot c + i \odot g, \quad h' = o \odot \tanh c'
+        \quad c' = f \odot c + i \odot g, \quad m = o \odot \tanh c', \quad
+        h' = m \text{ or } W_{hr} m \text{ (proj\_size)}
 
-    Backward, with :math:`\bar h'`, :math:`\bar c'` the gradients arriving at a step:
+    Backward, with :math:`\bar h'`, :math:`\bar c'` the gradients arriving at a step and
+    :math:`\bar m = \bar h'` (:math:`W_{hr}^T \bar h'` with a projection,
+    :math:`\bar W_{hr} = \sum_t \bar h'_t m_t^T`):
 
     .. math::
-        \hat c &= \bar c' + \bar h' o (1 - \tanh^2 c'), \quad \bar c = f \hat c, \\
+        \hat c &= \bar c' + \bar m o (1 - \tanh^2 c'), \quad \bar c = f \hat c, \\
         (\bar a_i, \bar a_f, \bar a_g, \bar a_o) &= (\hat c g\, i(1-i),\ \hat c c\, f(1-f),\
-        \hat c i (1 - g^2),\ \bar h' \tanh c'\, o(1-o)), \quad \bar h = W_{hh}^T \bar a
+        \hat c i (1 - g^2),\ \bar m \tanh c'\, o(1-o)), \quad \bar h = W_{hh}^T \bar a
+
+    Options (``bias``, ``proj_size``, ``dropout``/``dropout_mask``, ``lengths``): see the
+    module docstring.
     """
-    return _forward("lstm", x, h0, c0, weights, num_layers, bidirectional, batch_first)
+    return _forward("lstm", x, h0, c0, weights, num_layers, bidirectional, batch_first, bias,
+                    proj_size, dropout, dropout_mask, lengths)
 
 
 def lstm_backward(ctx: RNNCtx, grad_out) -> tuple:
-    """Gradients ``(dx, dh0, dc0, *dweights)`` for ``grad_out = (d_output, d_h_n, d_c_n)``."""
+    """Gradients ``(dx, dh0, dc0, *dweights)`` for ``grad_out = (d_output, d_h_n, d_c_n)``;
+    formulas in ``lstm``'s docstring, layout as ``rnn_backward``."""
     return _backward(ctx, grad_out, "lstm")
