@@ -1,8 +1,9 @@
 """One generic benchmark: catalog x size x dtype x pass x implementation.
 
 Implementations: ``numba`` (the reference, CPU), ``torch-cpu`` and ``torch-cuda`` (the twin,
-eager; CUDA is synchronised inside the timed call), and each spec's ``peers`` (scikit-learn,
-torch's fused optimizer, ...). Passes: ``forward`` (torch under ``no_grad``) and
+eager; CUDA is synchronised inside the timed call), ``numba-cuda`` (the ``reference.cuda``
+kernel of the algorithm, where there is one: ``CUDA_KERNELS``), and each spec's ``peers``
+(scikit-learn, torch's fused optimizer, ...). Passes: ``forward`` (torch under ``no_grad``) and
 ``forward+backward`` (reference forward + backward; torch forward + ``torch.autograd.grad``
 with the same random upstream gradient).
 
@@ -18,6 +19,16 @@ and ``stall``: the rounds dropped because a thread pool stalled, see ``stalls.py
 interval, and ``reasons`` why that pair is untrustworthy, empty when it is sound),
 ``stable`` (this implementation's own rounds and its ratio to numba are sound: a noisy
 third implementation does not grey the others) and ``noise``.
+
+numba-cuda and torch-cuda, when both run, are timed together as a group of their own (interleaved
+rounds as above) by CUDA events on torch's current stream (``_CudaStamp``): each round's
+untimed call is the warm-up, the closing event's wait the synchronisation, and the reported
+figure the median over rounds of per-call device time. There neither side synchronises inside
+its call. numba-cuda reads the very torch CUDA tensors torch-cuda's forward times (shared
+through ``__cuda_array_interface__``, no copies; an optimizer step gets its own clones, as it
+updates them in place). Its ratios are to torch-cuda only (the CPU sides are timed apart).
+Without a CUDA device both are skipped with the reason, said once by the run (not listed as
+"not run" in every group).
 
 ``--benchmark-max-time`` is the time budget per implementation of a group,
 ``--benchmark-min-time`` the least duration of a round, ``--benchmark-min-rounds`` the least
@@ -45,7 +56,19 @@ from suites.correctness.checks import upstream
 from suites.performance import stalls, sweeps, timing
 
 PASSES = ("forward", "forward+backward")
-IMPLS = ("numba", "torch-cpu", "torch-cuda")
+NUMBA_CUDA = "numba-cuda"
+GPU_IMPLS = ("torch-cuda", NUMBA_CUDA)
+IMPLS = ("numba", "torch-cpu", "torch-cuda", NUMBA_CUDA)
+# numba-cuda's kernels: algorithm -> (module of reference.cuda, forward, backward); backward
+# None: forward only (an optimizer's in-place step, timed like the numba-inplace peer).
+CUDA_KERNELS = {
+    **{n: ("elementwise", n, f"{n}_backward")
+       for n in ("sigmoid", "tanh", "relu", "leaky_relu", "gelu")},
+    **{n: ("softmax", n, f"{n}_backward") for n in ("softmax", "log_softmax", "cross_entropy")},
+    **{n: ("norm", n, f"{n}_backward") for n in ("batch_norm", "layer_norm")},
+    "linear": ("linear", "linear", "linear_backward"),
+    **{n: ("optim", f"{n}_", None) for n in ("sgd", "adagrad", "rmsprop", "adam", "adamw")},
+}
 # Timed only when asked for (--bench-impls=...,torch-compile; `nox -s compile`): inductor
 # compiles each graph for seconds to tens of seconds on 2 cores, beyond CI's and the main
 # job's time budgets.
@@ -82,6 +105,8 @@ def _impls(spec: Spec, impls: list[str]) -> list[str]:
         if impl in IMPLS or impl == COMPILED:
             if impl != "numba" and spec.torch is None:
                 continue
+            if impl == NUMBA_CUDA and spec.name not in CUDA_KERNELS:
+                continue
             out.append(impl)
         elif impl in spec.peers:
             out.append(impl)
@@ -108,6 +133,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             for size in _sizes(spec, sizes):
                 for pass_ in PASSES if spec.differentiable else PASSES[:1]:
                     for impl in _impls(spec, impls):
+                        if impl == NUMBA_CUDA and pass_ != "forward" \
+                                and CUDA_KERNELS[spec.name][2] is None:
+                            continue  # no backward kernel
                         pid = f"{spec.name}-{impl}-{size}-{dtype}-{pass_.replace('+', '_')}"
                         params.append(pytest.param((spec.name, impl, size, dtype, pass_), id=pid))
     metafunc.parametrize("bench", params)
@@ -137,14 +165,18 @@ def _numba_call(spec: Spec, case: Case, grads, pass_: str):
     return fwd_bwd
 
 
-def _torch_call(spec: Spec, case: Case, grads, pass_: str, device: str):
+def _torch_call(spec: Spec, case: Case, grads, pass_: str, device: str, sync: bool = True):
+    """The twin's pass; on CUDA synchronised inside the call unless ``sync`` is False (when
+    CUDA events time it, ``_CudaStamp``)."""
     if pass_ == "forward":
-        inputs = twin.tensors(spec, case, device, grad=False)
+        inputs = (_cuda_tensors(spec, case) if device.startswith("cuda")
+                  else twin.tensors(spec, case, device, grad=False))
 
         def fwd():
             with torch.no_grad():
                 out = twin.call(spec, case, inputs)
-            twin.synchronize(device)
+            if sync:
+                twin.synchronize(device)
             return out
 
         return fwd
@@ -155,10 +187,126 @@ def _torch_call(spec: Spec, case: Case, grads, pass_: str, device: str):
     def fwd_bwd():
         outs = twin.call(spec, case, inputs)[: spec.n_diff_outputs]
         got = torch.autograd.grad(outs, leaves, grad_outputs=up, allow_unused=True)
-        twin.synchronize(device)
+        if sync:
+            twin.synchronize(device)
         return got
 
     return fwd_bwd
+
+
+# ---------------------------------------------------------------------------------------------
+# numba-cuda
+
+
+_SHARED: list = []  # [(case, its torch CUDA tensors)]: the group being timed
+
+
+def _cuda_tensors(spec: Spec, case: Case) -> dict[str, torch.Tensor]:
+    """The case's inputs as torch CUDA tensors, made once per case: torch-cuda's forward calls
+    the twin on them and numba-cuda reads them in place."""
+    if not _SHARED or _SHARED[0][0] is not case:
+        _SHARED[:] = [(case, twin.tensors(spec, case, "cuda", grad=False))]
+    return _SHARED[0][1]
+
+
+def _numba_cuda_unusable() -> str | None:
+    """Why numba-cuda cannot be timed on a machine where torch sees a GPU (None: it can)."""
+    try:
+        from numba import cuda
+
+        import reference.cuda  # noqa: F401 - needs the numba-cuda package
+    except ImportError as exc:
+        return f"{NUMBA_CUDA}: {exc}"
+    if getattr(cuda.config, "ENABLE_CUDASIM", 0):
+        return f"{NUMBA_CUDA}: NUMBA_ENABLE_CUDASIM is set: these would be the simulator's times"
+    if not cuda.is_available():
+        return f"{NUMBA_CUDA}: numba finds no usable CUDA device or driver (torch does)"
+    if torch.cuda.current_stream().cuda_stream != 0 or cuda.config.CUDA_PER_THREAD_DEFAULT_STREAM:
+        return (f"{NUMBA_CUDA}: torch's current stream or numba's default stream is not the "
+                f"legacy default stream: reference.cuda launches on numba's default stream, "
+                f"and CUDA events on torch's would not bracket its kernels")
+    return None
+
+
+def _numba_cuda_call(spec: Spec, case: Case, grads, pass_: str):
+    """The algorithm's reference.cuda kernel(s) on torch's CUDA tensors of the case, shared
+    through ``__cuda_array_interface__`` (``numba.cuda.as_cuda_array``: no copy; numba waits
+    once for the stream that made them). Not synchronised: CUDA events time it."""
+    import importlib
+
+    from numba import cuda
+
+    module, fwd_name, bwd_name = CUDA_KERNELS[spec.name]
+    mod = importlib.import_module(f"reference.cuda.{module}")
+    tensors = _cuda_tensors(spec, case)
+    if bwd_name is None:  # an in-place optimizer step: on its own clones, stepped on each call
+        own = {k: t.clone() for k, t in tensors.items()}
+        dev = {k: cuda.as_cuda_array(t) for k, t in own.items()}
+        state = {k: a for k, a in dev.items() if k not in ("params", "grads")}
+        hyper = {k: v for k, v in case.params.items()
+                 if k not in ("step", "initial_accumulator_value")}
+        step_, t = getattr(mod, fwd_name), case.params["step"]
+        return lambda: step_(dev["params"], dev["grads"], state, t, **hyper)
+    fwd, bwd = getattr(mod, fwd_name), getattr(mod, bwd_name)
+    args = [cuda.as_cuda_array(t) for t in tensors.values()]
+    params = dict(case.params)
+    if spec.name == "layer_norm":  # reference.cuda.norm.layer_norm(x, normalized_shape, w, b, eps)
+        shape, eps = params.pop("normalized_shape"), params.pop("eps")
+        args = [args[0], shape, *args[1:], *([None] * (3 - len(args))), eps]
+    if pass_ == "forward":
+        return lambda: fwd(*args, **params)
+    ups_t = [twin.to_tensor(g, "cuda") for g in grads]
+    ups = [cuda.as_cuda_array(u) for u in ups_t]
+    up = ups[0] if spec.n_diff_outputs == 1 else tuple(ups)
+
+    def fwd_bwd():
+        _, ctx = fwd(*args, **params)
+        return bwd(ctx, up)
+
+    fwd_bwd.keep = (tensors, ups_t)  # type: ignore[attr-defined]  # the memory numba reads
+    return fwd_bwd
+
+
+class _CudaStamp:
+    """A CUDA event recorded on torch's current stream; ``later - earlier`` waits for the later
+    one and gives the device time between the two, in seconds. As ``timing.measure``'s timer
+    it times GPU implementations by CUDA events: each round's untimed call is the warm-up, the
+    closing event's wait the synchronisation, a round's figure its device time per call."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = torch.cuda.Event(enable_timing=True)
+        self.event.record(torch.cuda.current_stream())
+
+    def __sub__(self, earlier: _CudaStamp) -> float:
+        self.event.synchronize()
+        return earlier.event.elapsed_time(self.event) * 1e-3
+
+
+def _cuda_group(fns: dict, spec: Spec, case: Case, grads, pass_: str) -> dict:
+    """Take numba-cuda and torch-cuda out of ``fns`` when numba-cuda is among them: they are
+    timed together by CUDA events (torch-cuda then without its in-call synchronisation)."""
+    if NUMBA_CUDA not in fns:
+        return {}
+    out = {NUMBA_CUDA: fns.pop(NUMBA_CUDA)}
+    if fns.pop("torch-cuda", None) is not None:
+        out["torch-cuda"] = _torch_call(spec, case, grads, pass_, "cuda", sync=False)
+    return out
+
+
+def _measure_cuda(fns: dict, benchmark) -> timing.Result:
+    torch.cuda.synchronize()
+    return timing.measure(fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
+                          min_rounds=benchmark._min_rounds, timer=_CudaStamp,
+                          disable_gc=benchmark._disable_gc)
+
+
+def _part(result: timing.Result, impl: str) -> timing.Result:
+    """The Result that timed ``impl``: the CUDA-event group's for numba-cuda and torch-cuda
+    when they were timed apart, else the group's."""
+    cuda_part = getattr(result, "cuda_part", None)
+    return cuda_part if cuda_part is not None and impl in cuda_part.names else result
 
 
 def _compiled_call(spec: Spec, case: Case, grads, pass_: str):
@@ -237,6 +385,8 @@ def _callable(spec: Spec, impl: str, case: Case, grads, pass_: str):
         return spec.peers[impl](case, pass_)
     if impl == COMPILED:
         return _compiled_call(spec, case, grads, pass_)
+    if impl == NUMBA_CUDA:
+        return _numba_cuda_call(spec, case, grads, pass_)
     return _torch_call(spec, case, grads, pass_, "cuda" if impl == "torch-cuda" else "cpu")
 
 
@@ -271,6 +421,15 @@ def _compile_first(fn, how: str) -> str | None:
     return None
 
 
+def _unavailable(impl: str) -> str | None:
+    """Why ``impl`` cannot run on this machine at all (None: it can)."""
+    if impl in GPU_IMPLS and not torch.cuda.is_available():
+        return f"{impl}: torch sees no CUDA device on this machine"
+    if impl == NUMBA_CUDA:
+        return _numba_cuda_unusable()
+    return None
+
+
 def _measure_group(request, key: tuple, benchmark) -> timing.Result:
     """Time every selected implementation of the group of ``key`` together (once)."""
     if key in _RESULTS:
@@ -282,8 +441,8 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
     case, grads = _case(name, size, np.dtype(dtype))
     fns, skipped = {}, {}
     for impl in members:
-        if impl == "torch-cuda" and not torch.cuda.is_available():
-            skipped[impl] = "torch-cuda: torch sees no CUDA device on this machine"
+        if why := _unavailable(impl):
+            skipped[impl] = why
             continue
         fn = _callable(spec, impl, case, grads, pass_)
         if impl == COMPILED:
@@ -296,6 +455,7 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
             skipped[impl] = f"{impl}: nothing comparable to the reference's {pass_} pass"
             continue
         fns[impl] = fn
+    cuda_fns = _cuda_group(fns, spec, case, grads, pass_)
     # A recompilation while timing would be a compile timed as a slow call: it is an error.
     stance = torch.compiler.set_stance("fail_on_recompile") if COMPILED in fns else None
     try:
@@ -309,8 +469,9 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
     if COMPILED in fns and COMPILED in result.first_call_s:
         # the compiling call happened in _compile_first; its time is the compile time
         result.first_call_s[COMPILED], result.compile_s[COMPILED] = _COMPILE_TIMES.pop()
+    result.cuda_part = _measure_cuda(cuda_fns, benchmark) if cuda_fns else None  # type: ignore[attr-defined]
     for impl, reason in skipped.items():
-        if impl == "torch-cuda" and not torch.cuda.is_available():
+        if impl in GPU_IMPLS and not torch.cuda.is_available():
             continue  # a machine without a GPU: said once by the run, not in every group
         NOT_RUN.append({"group": " ".join(map(str, key)), "implementation": impl,
                         "reason": reason})
@@ -335,6 +496,11 @@ def _progress(request, key, result: timing.Result) -> None:
         for other, r in result.ratios["numba"].items():
             ci = f" [{r['lo']:.3g}, {r['hi']:.3g}]" if r["lo"] is not None else ""
             parts.append(f"numba/{other} {r['value']:.3g}{ci}")
+    cuda_part = getattr(result, "cuda_part", None)
+    if cuda_part is not None and "torch-cuda" in cuda_part.timed:
+        r = cuda_part.ratios[NUMBA_CUDA]["torch-cuda"]
+        ci = f" [{r['lo']:.3g}, {r['hi']:.3g}]" if r["lo"] is not None else ""
+        parts.append(f"numba-cuda/torch-cuda {r['value']:.3g}{ci} (CUDA events)")
     rounds = len(next(iter(result.times.values()), []))
     state = "stable" if result.stable else "NOISY"
     if result.stall.get("dropped"):
@@ -363,6 +529,8 @@ def test_bench(benchmark, bench, request):
         **{"pass": pass_},
     )
     if not benchmark.enabled:  # --benchmark-disable: a smoke test of every callable
+        if why := _unavailable(impl):
+            pytest.skip(why)
         fn = _callable(spec, impl, case, _case(name, size, dtype)[1], pass_)
         if fn is None:
             pytest.skip(f"{impl}: nothing comparable to the reference's {pass_} pass")
@@ -371,10 +539,14 @@ def test_bench(benchmark, bench, request):
     result = _measure_group(request, key, benchmark)
     if impl in result.skipped:  # type: ignore[attr-defined]
         pytest.skip(result.skipped[impl])  # type: ignore[attr-defined]
+    compiled = result.compiled  # type: ignore[attr-defined]
+    result = _part(result, impl)
+    if result is not _RESULTS.get(key):
+        benchmark.extra_info["timer"] = "CUDA events on torch's current stream"
     if impl in result.errors:
         raise result.errors[impl]
-    if impl in result.compiled:  # type: ignore[attr-defined]
-        benchmark.extra_info["compiled"] = result.compiled[impl]  # type: ignore[attr-defined]
+    if impl in compiled:
+        benchmark.extra_info["compiled"] = compiled[impl]
     benchmark.extra_info.update(
         first_call_s=result.first_call_s[impl], compile_s=result.compile_s[impl],
         paired={"rounds": len(result.times[impl]), "partners": result.timed,
