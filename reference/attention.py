@@ -848,6 +848,9 @@ def multi_head_attention_qkv(
     packed = in_proj_weight is not None
     separate = (q_proj_weight, k_proj_weight, v_proj_weight)
     w_in = wq = wk = wv = None
+    if not packed and all(a is None for a in separate):
+        raise TypeError(f"in_proj_weight ({3 * embed}, {embed}) or q_proj_weight, "
+                        f"k_proj_weight and v_proj_weight must be given, got None")
     if packed:
         for a, name in zip(separate, ("q_proj_weight", "k_proj_weight", "v_proj_weight"),
                            strict=True):
