@@ -1,0 +1,119 @@
+"""The recurrent family's own tests, beside the generic checks of its specs.
+
+- **Dropout is torch's dropout**: the catalog's twin applies the case's keep-masks layer by
+  layer (torch draws its masks itself). Here torch's own multi-layer module runs in training
+  mode with dropout, and the masks it drew are recovered by replaying its generator: torch's
+  CPU RNN stack calls ``dropout`` on each layer's output but the last, which draws
+  ``empty_like(output).bernoulli_(1 - p)`` in that order (time-major: a batch-first input is
+  transposed before the stack; packed: over the packed data). The reference given those masks
+  must give torch's outputs, states and, through the layered twin's autograd, gradients.
+- **Weights for bias=False / proj_size are counted**: the catalog's calling convention reads
+  the weights' count from the parameters, so a wrong count can only be tried directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from reference import rnn as R
+from suites.catalog.spec import DEFAULT_TOL, FLOAT32, FLOAT64
+from suites.recording import compare
+
+FAMILY = "sequence"
+_MODULES = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
+_FORWARD = {"rnn": R.rnn, "gru": R.gru, "lstm": R.lstm}
+
+
+def _torch_masks(out, packed, layers, p, dtype, batch_first, steps):
+    """The keep-masks torch drew, replayed from its generator, in ``out``'s layout."""
+    masks = []
+    for _ in range(layers - 1):
+        if packed is not None:
+            noise = torch.empty(packed.data.shape, dtype=dtype).bernoulli_(1 - p)
+            noise, _ = pad_packed_sequence(
+                PackedSequence(noise, packed.batch_sizes, packed.sorted_indices,
+                               packed.unsorted_indices),
+                batch_first=batch_first, total_length=steps)
+        else:
+            tm = out.transpose(0, 1).shape if batch_first else out.shape
+            noise = torch.empty(tm, dtype=dtype).bernoulli_(1 - p)
+            noise = noise.transpose(0, 1) if batch_first else noise
+        masks.append(noise.numpy() != 0)
+    return np.stack(masks)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+@pytest.mark.parametrize(("packed", "batch_first"), [(False, False), (False, True),
+                                                     (True, False), (True, True)])
+def test_dropout_is_torchs_own(cell, dtype, packed, batch_first, record):
+    record.bind(cell, FAMILY, "dropout = torch's module in training", dtype, "cpu")
+    tdt = torch.float32 if dtype == FLOAT32 else torch.float64
+    steps, batch, feat, hidden, layers, p = 5, 3, 4, 6, 3, 0.4
+    kw = dict(proj_size=2) if cell == "lstm" else {}
+    torch.manual_seed(1)
+    module = _MODULES[cell](feat, hidden, num_layers=layers, bidirectional=True, dropout=p,
+                            batch_first=batch_first, dtype=tdt, **kw).train()
+    x = torch.randn((batch, steps, feat) if batch_first else (steps, batch, feat), dtype=tdt,
+                    requires_grad=True)
+    lengths = np.array([5, 2, 3]) if packed else None
+    torch.manual_seed(7)
+    inp = (pack_padded_sequence(x, torch.from_numpy(lengths), batch_first=batch_first,
+                                enforce_sorted=False) if packed else x)
+    out, hx = module(inp)
+    pk = out if packed else None
+    if packed:
+        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=steps)
+    theirs = (out, *hx) if cell == "lstm" else (out, hx)
+    torch.manual_seed(7)
+    masks = _torch_masks(out, pk, layers, p, tdt, batch_first, steps)
+    weights = [w.detach().numpy() for w in module.parameters()]
+    states = (None, None) if cell == "lstm" else (None,)
+    mine, ctx = _FORWARD[cell](x.detach().numpy(), *states, weights, num_layers=layers,
+                             bidirectional=True, batch_first=batch_first, dropout=p,
+                             dropout_mask=masks, lengths=lengths, **kw)
+    record.examples += 1
+    tol = DEFAULT_TOL[dtype]
+    for i, (m, t) in enumerate(zip(mine, theirs, strict=True)):
+        compare(m, t.detach().numpy(), tol.rtol, tol.atol, record=record,
+                label=f"{cell} output {i} with dropout, packed={packed}, "
+                      f"batch_first={batch_first}")
+    # backward: the same random upstream gradients through torch's module and the reference
+    rng = np.random.default_rng(3)
+    ups = [np.asarray(rng.standard_normal(m.shape), dtype) for m in mine]
+    leaves = [x, *module.parameters()]
+    got = torch.autograd.grad(theirs, leaves, [torch.from_numpy(u) for u in ups])
+    back = {"rnn": R.rnn_backward, "gru": R.gru_backward, "lstm": R.lstm_backward}[cell]
+    grads = back(ctx, tuple(ups))
+    grads = [grads[0], *grads[1 + len(states):]]
+    # float32 gradients sum over steps and layers: the family's T-proportional tolerance
+    # (suites/catalog/rnn.py, _tol) with T = 5 steps
+    gtol = DEFAULT_TOL[dtype] if dtype == FLOAT64 else type(tol)(tol.rtol * 5 / 4,
+                                                                 tol.atol * 5 / 4)
+    for name, m, t in zip(["x", *R.weight_names(layers, True, True, kw.get("proj_size", 0))],
+                          grads, got, strict=True):
+        compare(m, t.numpy(), gtol.rtol, gtol.atol, record=record,
+                label=f"{cell} gradient of {name} with dropout, packed={packed}, "
+                      f"batch_first={batch_first}")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_weights_counted_for_the_options(cell):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4))
+    g = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    with_bias = [rng.standard_normal(s) for s in ((g * 5, 4), (g * 5, 5), (g * 5,), (g * 5,))]
+    states = (None, None) if cell == "lstm" else (None,)
+    with pytest.raises(ValueError, match=r"weights must hold 2 \* num_layers.*bias=False"):
+        _FORWARD[cell](x, *states, with_bias, bias=False)
+    with pytest.raises(ValueError, match=r"weights must hold 4 \* num_layers.*bias=True"):
+        _FORWARD[cell](x, *states, with_bias[:2])
+    if cell == "lstm":
+        with pytest.raises(ValueError, match=r"weights must hold 5 \* num_layers.*proj_size=2"):
+            R.lstm(x, None, None, with_bias, proj_size=2)
+    assert R.weight_names(2, True, False, 3) == [
+        f"{k}_l{layer}{s}" for layer in range(2) for s in ("", "_reverse")
+        for k in ("weight_ih", "weight_hh", "weight_hr")]
