@@ -7,8 +7,9 @@ Convention (the same in every family)::
 
 ``x`` is a float32/float64 array of any shape; ``y`` and ``dx`` have its shape and dtype.
 Elementwise math is done in float64 and rounded once to the input's dtype (exp, tanh, Phi
-from reference/_vmath.py, which vectorise); float32 softmax rows evaluate e^(x - m) in float32
-lanes (<= 0.9 ulp) for speed. Softmax sums accumulate in float64. Kernels work on flat views;
+from reference/_vmath.py, which vectorise); float32 sigmoid runs in float32 lanes (<= 1.5 ulp,
+vm.sigmoid_f32) and float32 softmax rows evaluate e^(x - m) in float32 lanes (<= 0.9 ulp) for
+speed. Softmax sums accumulate in float64. Kernels work on flat views;
 ``ctx`` keeps what backward needs.
 
 Contexts: each forward returns a context of its own type (``SigmoidCtx``, ``ReluCtx``, ...),
@@ -18,8 +19,8 @@ and each backward refuses any other (``None``, another activation's) with a Type
 Mutation after forward: the context keeps private copies of the arrays backward reads (the
 input, or the output that is also returned to the caller), so editing either in place before
 backward does not change the gradient (torch refuses such a backward through its version
-counter; here it is simply unaffected). The copy is one more read and write of the array;
-backward is unchanged. Measured within one run (interleaved, 1M float32 elements, on a loaded
+counter; here it is simply unaffected). The copy is one more read and write of the array
+(sigmoid and tanh write it in the forward's own loop: one more store); backward is unchanged. Measured within one run (interleaved, 1M float32 elements, on a loaded
 2-core machine, so within noise of +-20%): relu, sigmoid, GELU and softmax forwards with the
 copy took 0.8-1.0x the time without it, i.e. the copy was not measurable there.
 """
@@ -82,21 +83,27 @@ def _binary(saved, grad_out, kern, *args) -> np.ndarray:
 
 # The transcendental kernels call reference/_vmath.py, whose functions vectorise: here float32
 # inputs are computed in float64 with polynomials accurate far below a float32 ulp and rounded
-# once (<= 0.51 ulp measured; softmax below trades that for float32 lanes). At ~0.8 ns an
-# element they gain from the thread pool well below PARALLEL_MIN (set for copy-like kernels):
-# measured here, sigmoid of 8192 floats takes 6.6 us serial and 4.9 us on two threads.
+# once (<= 0.51 ulp measured; float32 sigmoid and softmax trade that for float32 lanes). At
+# ~0.8 ns an element they gain from the thread pool well below PARALLEL_MIN (set for copy-like
+# kernels): measured here, sigmoid of 8192 floats takes 6.6 us serial and 4.9 us on two threads.
 _PARALLEL_MIN_HEAVY = PARALLEL_MIN // 8
 
 
 @kernel(parallel=True)
-def _sigmoid_fwd(x, y):
+def _sigmoid_fwd(x, y, ys):
+    # y and ys (the ctx's private copy) written in one pass: the copy costs a store, not a
+    # second read and write of the array. float32 in float32 lanes (vm.sigmoid_fast).
     n = x.size
     if n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
-            y[i] = vm.sigmoid(x[i], y.dtype)
+            s = vm.sigmoid_fast(x[i], y.dtype)
+            y[i] = s
+            ys[i] = s
     else:
         for i in prange(n):
-            y[i] = vm.sigmoid(x[i], y.dtype)
+            s = vm.sigmoid_fast(x[i], y.dtype)
+            y[i] = s
+            ys[i] = s
 
 
 @kernel(parallel=True)
@@ -121,8 +128,9 @@ def sigmoid(x: np.ndarray) -> tuple[np.ndarray, Saved]:
     ``sigmoid(1000) = 1`` without overflow. Backward needs only ``y``.
     """
     x = v.float_array(x, "x")
-    y = _unary(x, _sigmoid_fwd)
-    return y, SigmoidCtx(None, y.copy())
+    y, ys = np.empty_like(x), np.empty_like(x)
+    _sigmoid_fwd(_flat(x), _flat(y), _flat(ys))
+    return y, SigmoidCtx(None, ys)
 
 
 def sigmoid_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
@@ -136,14 +144,20 @@ def sigmoid_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 
 
 @kernel(parallel=True)
-def _tanh_fwd(x, y):
+def _tanh_fwd(x, y, ys):
+    # y and the ctx's copy ys in one pass, as sigmoid's. tanh stays in float64 arithmetic
+    # rounded once (<= 0.51 ulp): it is already faster than torch's float32 tanh.
     n = x.size
     if n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
-            y[i] = vm.tanh(x[i], y.dtype)
+            t = vm.tanh(x[i], y.dtype)
+            y[i] = t
+            ys[i] = t
     else:
         for i in prange(n):
-            y[i] = vm.tanh(x[i], y.dtype)
+            t = vm.tanh(x[i], y.dtype)
+            y[i] = t
+            ys[i] = t
 
 
 @kernel(parallel=True)
@@ -165,8 +179,9 @@ def tanh(x: np.ndarray) -> tuple[np.ndarray, Saved]:
     .. math:: y = \tanh x, \qquad dx = dy \cdot (1 - y^2)
     """
     x = v.float_array(x, "x")
-    y = _unary(x, _tanh_fwd)
-    return y, TanhCtx(None, y.copy())
+    y, ys = np.empty_like(x), np.empty_like(x)
+    _tanh_fwd(_flat(x), _flat(y), _flat(ys))
+    return y, TanhCtx(None, ys)
 
 
 def tanh_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
