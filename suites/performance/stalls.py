@@ -28,6 +28,7 @@ shares a core by plain time slicing, which pairing cancels).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -102,6 +103,29 @@ def numba_probe() -> Probe | None:
     fn()
     return Probe(fn, LIMIT_FACTOR * serial,
                  f"a numba prange kernel on {N} float32 ({threads} threads)")
+
+
+# Implementations whose thread count ``single_threaded`` controls (inductor fixes its OpenMP
+# thread count in the code it generates, so torch-compile is not among them).
+SERIAL_NAMES = frozenset({"numba", "numba-inplace", "torch-cpu", "torch-foreach", "torch-fused",
+                          "sklearn", "scipy"})
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """numba, torch and the BLAS/OpenMP pools threadpoolctl knows, on one thread each."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    nt, tt = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        numba.set_num_threads(nt)
+        torch.set_num_threads(tt)
 
 
 def for_group(impls) -> dict[str, Probe]:

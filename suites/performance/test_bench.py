@@ -462,7 +462,8 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
         result = timing.measure(
             fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
             min_rounds=benchmark._min_rounds, timer=benchmark._timer,
-            disable_gc=benchmark._disable_gc, probes=stalls.for_group(fns))
+            disable_gc=benchmark._disable_gc, probes=stalls.for_group(fns),
+            serial=stalls.single_threaded, serial_names=stalls.SERIAL_NAMES)
     finally:
         if stance is not None:
             torch.compiler.set_stance("default")

@@ -24,8 +24,11 @@ How:
    one takes milliseconds instead of microseconds, for phases of a second or more: uniformly,
    so neither pairing nor a slow-mode test can see it (a whole group measured in such a
    phase once put 17 false 150-900x "regressions" in a baseline). A round with a stalled
-   probe before or after it is dropped (counted in ``Result.stall``) and does not count
-   towards ``min_rounds``; a group left with too few clean rounds is noisy, with the reason.
+   probe before or after it does not count towards ``min_rounds``, and it is dropped
+   (counted in ``Result.stall``) when an implementation ran more than ``STALL_EFFECT`` times
+   slower in such rounds than in the clean ones (a serial call loses nothing to a stalled
+   pool, and its rounds are kept); a group left with too few rounds is noisy, with the
+   reason, and so is one whose every round had a stalled probe (nothing to compare with).
 5. Judgement: every pair gets the median of its per-round ratios with a distribution-free
    interval, and each implementation is judged from its own rounds (``Result.reasons``: a
    median in a slow mode, too few rounds, or a ratio interval wider than +-10%; alone, also
@@ -42,6 +45,7 @@ torch call right after a numba kernel costs 2.6 us against 2.2 us alone.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -59,6 +63,10 @@ MAX_CI_SPREAD = 1.21
 # on the rounds it has): on a busy machine calls calibrated when quiet can each take
 # milliseconds, and min_rounds rounds of them would stretch a run without bound.
 HARD_LIMIT = 4.0
+# Rounds in a stall phase are dropped when an implementation's median in them is more than this
+# times its median in the clean rounds (a stalled pool costs 100-1000x; time-sharing a core
+# with a busy process, which pairing cancels, at most ~2x).
+STALL_EFFECT = 3.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,8 @@ class Result:
                        + "; ".join(f"{p['what']}: median {p['median_s'] * 1e6:.3g} us, limit "
                                    f"{p['limit_s'] * 1e6:.3g} us"
                                    for p in self.stall["probes"].values() if p["stalled"])
-                       + "): the machine is oversubscribed and these times include the stalls")
+                       + "): the machine is oversubscribed, and with no clean round to compare "
+                         "with, whether these times include stalls is unknown")
         elif nz["rounds"] < MIN_ROUNDS:
             why = f"only {nz['rounds']} rounds"
             if self.stall.get("dropped"):
@@ -189,12 +198,17 @@ def _calibrate(fn: Callable[[], object], min_time: float, timer) -> int:
 def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: float,
             min_rounds: int, max_rounds: int = 400, retries: int = 1, timer=time.perf_counter,
             disable_gc: bool = True, seed: int = 0,
-            probes: dict[str, Probe] | None = None) -> Result:
+            probes: dict[str, Probe] | None = None,
+            serial: Callable[[], contextlib.AbstractContextManager] | None = None,
+            serial_names: frozenset[str] | set[str] = frozenset()) -> Result:
     """Time ``fns`` in interleaved rounds (see the module docstring) and judge the result.
 
     Each attempt runs rounds until its budget (``max_time`` per implementation) is spent, at
     least ``min_rounds`` and at most ``max_rounds`` clean ones (``probes``: see the module
-    docstring, step 4).
+    docstring, step 4). When every round had a stalled probe, ``serial`` (a context in which
+    the runtimes use one thread) gives each implementation named in ``serial_names`` a
+    stall-free reference time: if no implementation ran more than ``STALL_EFFECT`` times
+    slower than that, the stalls did not touch the group and its rounds stand.
     """
     start = time.perf_counter()
     res = Result(names=list(fns))
@@ -226,6 +240,8 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
         t_attempt = time.perf_counter()
         times, stall = _rounds(live, res.iterations, budget, min_rounds, max_rounds, rng,
                                timer, disable_gc, probes or {})
+        if stall.get("all_stalled") and serial is not None:
+            _check_serial(live, times, stall, serial, serial_names, timer)
         res.stall = stall
         score = _judge(res, times)
         res.attempts = attempt + 1
@@ -265,6 +281,7 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
     start = time.perf_counter()
     deadline, hard = start + budget, start + HARD_LIMIT * budget
     total = clean = 0
+    flags: list[bool] = []  # per round: no stalled probe before or after it
     try:
         ok_before = _probe(probes, timer, seen)
         while clean < max_rounds:
@@ -283,6 +300,7 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
                 every[name].append(this[name])
             ok_after = _probe(probes, timer, seen)
             total += 1
+            flags.append(ok_before and ok_after)
             if ok_before and ok_after:  # no stall phase began or ended around this round
                 clean += 1
                 for name, t in this.items():
@@ -293,15 +311,44 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
             gc.enable()
     stall: dict = {}
     if probes:
-        stall = {"rounds": total, "dropped": total - clean, "probes": {
+        stall = {"rounds": total, "dropped": 0, "probes": {
             name: {"what": p.what, "limit_s": p.limit_s,
                    "median_s": float(np.median(seen[name])), "max_s": max(seen[name]),
                    "stalled": sum(t > p.limit_s for t in seen[name])}
             for name, p in probes.items()}}
         if clean == 0:  # every round stalled: keep them, and say so (own_reasons)
             stall["all_stalled"] = True
-            times = every
-    return times, stall
+            return every, stall
+        if clean < total:
+            # Drop the stalled rounds only if a stall phase did slow an implementation down:
+            # a serial call (64 floats) never enters a pool and loses nothing to it.
+            bad = ~np.asarray(flags)
+            hit = {n: float(np.median(np.asarray(every[n])[bad]) / np.median(times[n]))
+                   for n in names}
+            stall["slowed"] = {n: round(f, 3) for n, f in hit.items() if f > STALL_EFFECT}
+            if stall["slowed"]:
+                stall["dropped"] = total - clean
+                return times, stall
+    return every, stall
+
+
+def _check_serial(live, times, stall, serial, serial_names, timer) -> None:
+    """Every round had a stalled probe: were the implementations slowed by it? (in place)"""
+    ref: dict[str, float] = {}
+    with serial():
+        for name in live:
+            if name in serial_names:
+                best = math.inf
+                for _ in range(3):
+                    t0 = timer()
+                    live[name]()
+                    best = min(best, timer() - t0)
+                ref[name] = best
+    stall["serial_s"] = ref
+    slowed = {n: float(np.median(times[n]) / ref[n]) if n in ref else math.inf for n in live}
+    stall["slowed"] = {n: round(f, 3) for n, f in slowed.items() if f > STALL_EFFECT}
+    if not stall["slowed"]:
+        stall["all_stalled"] = False  # serial work: the stalled pools cost it nothing
 
 
 def _judge(res: Result, times: dict[str, list[float]]) -> float:

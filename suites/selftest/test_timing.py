@@ -15,6 +15,7 @@ fast anything is.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -90,6 +91,15 @@ class _Phases:
 
     def __init__(self, period: float = 0.03, share: float = 0.85) -> None:
         self.period, self.share, self.t0 = period, share, time.perf_counter()
+        self.one_thread = False  # inside ``serial``: b's pool is not used, it cannot stall
+
+    @contextlib.contextmanager
+    def serial(self):
+        self.one_thread = True
+        try:
+            yield
+        finally:
+            self.one_thread = False
 
     def stalled(self) -> bool:
         return (time.perf_counter() - self.t0) % self.period < self.share * self.period
@@ -98,7 +108,7 @@ class _Phases:
         _busy(50e-6)
 
     def b(self) -> None:
-        _busy(250e-6 if self.stalled() else 50e-6)
+        _busy(250e-6 if self.stalled() and not self.one_thread else 50e-6)
 
     def probe(self) -> timing.Probe:
         return timing.Probe(lambda: _busy(2e-3 if self.stalled() else 10e-6), 1e-3, "probe")
@@ -113,20 +123,46 @@ def test_stalled_rounds_are_dropped():
     res = timing.measure({"a": m.a, "b": m.b}, **kw, probes={"pool": m.probe()})
     r = res.ratios["a"]["b"]
     assert res.stall["dropped"] > 0 and res.stall["probes"]["pool"]["stalled"] > 0
+    assert list(res.stall["slowed"]) == ["b"], res.stall
     assert len(res.times["a"]) == res.stall["rounds"] - res.stall["dropped"] >= 30
     # The clean rounds hold the healthy ratio, 1 (both sides busy-wait 50 us); 10% allows
     # for a scheduler slice landing in a round on a loaded machine.
     assert 0.9 <= r["value"] <= 1.1, (r, res.stall)
 
 
+def test_rounds_kept_when_no_side_was_slowed_by_the_stall():
+    # Two serial sides: a stalled pool elsewhere costs them nothing, so no round is dropped.
+    m = _Phases()
+    res = timing.measure({"a": m.a, "b": lambda: _busy(100e-6)}, max_time=0.1, min_time=1e-4,
+                         min_rounds=30, retries=0, probes={"pool": m.probe()})
+    assert res.stall["probes"]["pool"]["stalled"] > 0 and res.stall["dropped"] == 0
+    assert len(res.times["a"]) == res.stall["rounds"] and not res.stall["slowed"]
+
+
 def test_every_round_stalled_is_noisy_and_says_why():
     m = _Phases(share=1.0)
     res = timing.measure({"a": m.a, "b": m.b}, max_time=0.02, min_time=1e-4, min_rounds=5,
                          retries=0, probes={"pool": m.probe()})
-    assert res.stall["all_stalled"] and res.stall["dropped"] == res.stall["rounds"] > 0
+    assert res.stall["all_stalled"] and res.stall["rounds"] > 0
     assert len(res.times["a"]) == res.stall["rounds"]  # the stalled times are kept, marked
     assert not res.stable
     assert any("oversubscribed" in r for r in res.reasons("a")), res.reasons("a")
+    # With a one-thread reference the harness can tell: b ran 5x slower than on one thread.
+    res = timing.measure({"a": m.a, "b": m.b}, max_time=0.02, min_time=1e-4, min_rounds=5,
+                         retries=0, probes={"pool": m.probe()}, serial=m.serial,
+                         serial_names={"a", "b"})
+    assert res.stall["all_stalled"] and list(res.stall["slowed"]) == ["b"], res.stall
+    assert not res.stable
+
+
+def test_every_round_stalled_but_serial_work_stands():
+    # Serial sides in a fully stalled machine: their one-thread times match, rounds stand.
+    m = _Phases(share=1.0)
+    res = timing.measure({"a": m.a, "b": lambda: _busy(100e-6)}, max_time=0.02,
+                         min_time=1e-4, min_rounds=5, retries=0, probes={"pool": m.probe()},
+                         serial=m.serial, serial_names={"a", "b"})
+    assert not res.stall["all_stalled"] and not res.stall["slowed"], res.stall
+    assert res.stable, (res.reasons("a"), res.reasons("b"))
 
 
 def test_noisy_third_implementation_does_not_grey_the_others():
