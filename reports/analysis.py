@@ -36,6 +36,9 @@ from reports.merge import CorrectnessSet
 from reports.stats import crossovers, power_fit
 
 _RANK = {"failed": 0, "passed": 1, "skipped": 2, "not run": 3}
+# The GPU implementations: the twin on CUDA, and reference.cuda's kernels (the benchmark times
+# the two together, by CUDA events; their ratio is the numba-cuda vs torch-cuda column).
+GPU_IMPLS = ("torch-cuda", "numba-cuda")
 
 
 @dataclass
@@ -301,8 +304,13 @@ class Algo:
     @property
     def peers(self) -> list[str]:
         """Implementations numba is compared with beside torch-cpu and torch-cuda: torch-compile
-        and the spec's peers (scikit-learn, torch's fused optimizers, ...)."""
-        return [i for i in self.impls if i not in (NUMERATOR, DENOMINATOR, "torch-cuda")]
+        and the spec's peers (scikit-learn, torch's fused optimizers, ...). numba-cuda is not
+        one: it is compared with torch-cuda (timed with it, by CUDA events)."""
+        return [i for i in self.impls if i not in (NUMERATOR, DENOMINATOR, *GPU_IMPLS)]
+
+    def not_run_reason(self, impl: str) -> str | None:
+        """The first reason a benchmark gave for not timing ``impl`` (None: it never said)."""
+        return next((row.not_run[impl] for row in self.perf if impl in row.not_run), None)
 
     @property
     def eager_in_disguise(self) -> bool:

@@ -13,7 +13,8 @@ import re
 
 from reports.analysis import Algo, Line
 
-COLORS = {"numba": "#1f77b4", "torch-cpu": "#d62728", "torch-cuda": "#2ca02c"}
+COLORS = {"numba": "#1f77b4", "torch-cpu": "#d62728", "torch-cuda": "#2ca02c",
+          "numba-cuda": "#ff7f0e"}
 NOISY_COLOR = "#8b95a5"
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 STYLES = {"forward": (0, (4, 2)), "forward+backward": "solid"}
@@ -144,6 +145,11 @@ class Painter:
         legend = [{"kind": "impl", "color": _color(i),
                    "label": f"{i} (eager in disguise)" if i in eager else i}
                   for i in dict.fromkeys(ln.impl for ln in lines)]
+        # An implementation with a column but no line here: the benchmark's reason for it.
+        drawn = {ln.impl for ln in lines}
+        legend += [{"kind": "notrun", "marker": "–",
+                    "label": f"{i}: not run: {why.removeprefix(f'{i}: ')}"}
+                   for i in algo.impls if i not in drawn and (why := algo.not_run_reason(i))]
         legend += [{"kind": "pass", "label": p,
                     "dash": "" if STYLES.get(p) == "solid" else "4 2"}
                    for p in dict.fromkeys(ln.pass_ for ln in lines)]

@@ -40,7 +40,7 @@ CORRECTNESS_SCHEMA = "refbench.correctness/1"
 BASELINE_SCHEMA = "refbench.baseline/1"
 
 CHECK_ORDER = ("forward", "gradient", "gradcheck", "invariants", "invalid input", "no derivative")
-IMPL_ORDER = ("numba", "torch-cpu", "torch-compile", "torch-cuda")
+IMPL_ORDER = ("numba", "torch-cpu", "torch-compile", "torch-cuda", "numba-cuda")
 COMPILED = "torch-compile"
 # How the benchmark says torch.compile captured a twin (extra_info.compiled): "one graph",
 # "N graphs, M breaks: ...", or "no graph (eager in disguise): ..." when dynamo made no graph,
@@ -676,7 +676,7 @@ class BenchRun:
 
 
 # test_bench[<algorithm>-<impl>-<size>-<dtype>-<pass>] when extra_info is missing (old files).
-_PARAM = re.compile(r"^(?P<algorithm>.+?)-(?P<impl>numba|torch-cpu|torch-cuda|[^-]+)-"
+_PARAM = re.compile(r"^(?P<algorithm>.+?)-(?P<impl>numba-cuda|numba|torch-cpu|torch-cuda|[^-]+)-"
                     r"(?P<size>small|medium|large|s\d+)-(?P<dtype>float\d+)-"
                     r"(?P<pass>forward|forward_backward)$")
 

@@ -1079,3 +1079,81 @@ def test_gate_judges_the_pair_not_the_group(tmp_path, pair_reasons, gated):
     quiet = any("not gated: noisy softmax large float32 forward:" in ln and "only 3 rounds" in ln
                 for ln in result.lines)
     assert (hit, quiet) == (gated, not gated), result.lines
+
+
+def _with_numba_cuda(doc: dict, timed: set[str], not_run: dict[str, str]) -> dict:
+    """``doc`` (a GPU run) with numba-cuda as the benchmark writes it: for the algorithms in
+    ``timed``, an entry beside each torch-cuda one, timed in the same rounds at 0.8x its times
+    (paired, as the CUDA-event group); for those in ``not_run``, a reason in every group."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    entries = []
+    for b in out["benchmarks"]:
+        e = b["extra_info"]
+        if e["implementation"] != "torch-cuda":
+            continue
+        if e["algorithm"] in not_run:
+            out["machine_info"].setdefault("refbench", {}).setdefault("not_run", []).append(
+                {"group": f"{e['algorithm']} {e['size']} {e['dtype']} {e['pass']}",
+                 "implementation": "numba-cuda", "reason": not_run[e["algorithm"]]})
+        if e["algorithm"] not in timed:
+            continue
+        nb = copy.deepcopy(b)
+        for key in ("name", "fullname", "param"):
+            nb[key] = nb[key].replace("torch-cuda", "numba-cuda")
+        nb["extra_info"]["implementation"] = "numba-cuda"
+        nb["extra_info"]["timer"] = "CUDA events on torch's current stream"
+        data = [0.8 * t for t in b["stats"]["data"]]
+        nb["stats"] = {**b["stats"], "data": data, "median": float(np.median(data)),
+                       "min": min(data), "max": max(data)}
+        rounds = len(data)
+        for entry, other, value in ((nb, "torch-cuda", 0.8), (b, "numba-cuda", 1.25)):
+            entry["extra_info"]["paired"] = {"rounds": rounds,
+                                             "partners": ["numba-cuda", "torch-cuda"]}
+            entry["extra_info"]["ratios"] = {other: {"value": value, "lo": value, "hi": value,
+                                                     "level": 0.95, "reasons": []}}
+        entries.append(nb)
+    out["benchmarks"] += entries
+    return out
+
+
+def test_numba_cuda_is_a_column_and_a_line_beside_torch_cuda(tmp_path):
+    """A GPU run with numba-cuda: its own column (time), the numba-cuda vs torch-cuda ratio
+    from their shared rounds, a line on the chart; where it was not run, the reason in its
+    cells and on the chart's legend."""
+    from reports.format import speed_text, time_text
+
+    reason = "numba-cuda: numba finds no usable CUDA device or driver (torch does)"
+    doc = _with_numba_cuda(json.loads((DATA / "gpu_bench.json").read_text()), {"relu"},
+                           {"gelu": reason})
+    path = tmp_path / "gpu_numba_cuda.json"
+    path.write_text(json.dumps(doc))
+    built = build(None, [str(path)], tmp_path / "out")
+    page = built.html.read_text()
+    ours = [b for b in doc["benchmarks"] if b["extra_info"]["implementation"] == "numba-cuda"]
+    assert ours
+    relu = _article(page, "algo-relu")
+    rows = _perf_rows(relu)
+    assert rows
+    for b in ours:
+        e = b["extra_info"]
+        row = _row_of(rows, e["size"], e["pass"])
+        assert _cell_text(row["numba-cuda"]).startswith(time_text(b["stats"]["median"]))
+        ratio = _cell_text(row["numba-cuda vs torch-cuda"])
+        assert ratio.startswith(speed_text(0.8)), ratio
+        assert "not run" not in ratio
+    # its line on the chart, in its own colour, with a legend entry
+    from reports.charts import COLORS
+
+    assert COLORS["numba-cuda"] in relu and "numba-cuda" in relu[relu.index("<figcaption"):]
+    # gelu: numba-cuda not run, with the benchmark's reason, in the table and the legend
+    gelu = _article(page, "algo-gelu")
+    for row in _perf_rows(gelu):
+        assert _cell_text(row["numba-cuda"]) == f"not run {reason}"
+        assert _cell_text(row["numba-cuda vs torch-cuda"]) == f"not run {reason}"
+    legend = html.unescape(gelu[gelu.index("<figcaption"):])
+    assert f"numba-cuda: not run: {reason.removeprefix('numba-cuda: ')}" in legend
+    # not a peer of numba (no "numba vs numba-cuda"); softmax never had it: no column
+    assert "numba vs numba-cuda" not in page
+    assert "numba-cuda" not in _article(page, "algo-softmax")
