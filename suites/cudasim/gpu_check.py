@@ -4,6 +4,12 @@ Not a test: a script for a session with a GPU (no simulator)::
 
     python suites/cudasim/gpu_check.py [--size large] [--dtype float32] [--reps 50]
 
+Also the optimizers' in-place steps (``reference.cuda.optim``: sgd_, adagrad_, rmsprop_,
+adam_, adamw_) against torch.optim's fastest path on CUDA (``fused=True``; Adagrad's fused
+step is CPU-only and RMSprop has none: ``foreach=True``), each stepping its own copy of the
+same tensors on at every call (forward only), with their share of the copy bandwidth too
+(they are memory-bound).
+
 Inputs are the catalog's benchmark sizes, made once as torch CUDA tensors and given to both
 sides (numba reads them in place through ``__cuda_array_interface__``; both run on the
 default stream). Each row is timed with CUDA events around one call, after warm-up (which
@@ -28,6 +34,9 @@ from suites import catalog
 from suites.catalog.spec import as_tuple
 
 ELEMENTWISE = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu")
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+_TORCH_OPTIM = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam",
+                "adamw": "AdamW"}
 
 
 def _event_time(fn) -> float:
@@ -83,6 +92,36 @@ def _pairs(name: str, case, pass_: str):
     return (numba_fwd, torch_fwd) if pass_ == "forward" else (numba_both, torch_both)
 
 
+def _optim_pair(name: str, case):
+    """(numba-cuda in-place step, torch.optim fused/foreach step), each on its own CUDA copies
+    of the case's tensors."""
+    from reference.cuda import optim
+
+    hyper = {k: v for k, v in case.params.items()
+             if k not in ("step", "initial_accumulator_value")}
+    step = case.params["step"]
+    ours = {k: torch.from_numpy(np.array(a)).cuda() for k, a in case.inputs.items()}
+    state = {k: t for k, t in ours.items() if k not in ("params", "grads")}
+    step_ = getattr(optim, f"{name}_")
+
+    def numba_step():
+        step_(ours["params"], ours["grads"], state, step, **hyper)
+
+    theirs = {k: torch.from_numpy(np.array(a)).cuda() for k, a in case.inputs.items()}
+    p = theirs["params"]
+    p.grad = theirs["grads"]
+    fused = name in ("sgd", "adam", "adamw")
+    flag = {"fused": True} if fused else {"foreach": True}
+    opt = getattr(torch.optim, _TORCH_OPTIM[name])([p], **flag, **hyper)
+    for k, t in theirs.items():
+        if k not in ("params", "grads"):
+            opt.state[p][k] = t
+    if name != "sgd":  # torch's step counter: on the device for the fused kernels
+        opt.state[p]["step"] = torch.tensor(float(step - 1), dtype=torch.float32,
+                                            device="cuda" if fused else "cpu")
+    return numba_step, opt.step
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="large", choices=("small", "medium", "large"))
@@ -103,11 +142,12 @@ def main() -> int:
     print("-" * len(head))
     from suites.cudasim.test_cuda_kernels import NAMES
 
-    for name in NAMES:
+    for name in (*NAMES, *OPTIMIZERS):
         spec = catalog.get(name)
         case = spec.sizes[args.size](dtype)
-        for pass_ in ("forward", "forward+backward"):
-            ours, theirs = _pairs(name, case, pass_)
+        for pass_ in ("forward",) if name in OPTIMIZERS else ("forward", "forward+backward"):
+            ours, theirs = (_optim_pair(name, case) if name in OPTIMIZERS
+                            else _pairs(name, case, pass_))
             for _ in range(3):  # warm-up: compiles, loads caches, settles clocks
                 ours()
                 theirs()
@@ -118,7 +158,8 @@ def main() -> int:
                 t_theirs.append(_event_time(theirs))
             mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
             gbs = spec.cost(case).bytes / (mo * 1e-6) / 1e9
-            share = f"{100 * gbs / bw:7.0f}%" if name in ELEMENTWISE and pass_ == "forward" else ""
+            memory_bound = name in ELEMENTWISE + OPTIMIZERS and pass_ == "forward"
+            share = f"{100 * gbs / bw:7.0f}%" if memory_bound else ""
             print(f"{name:<16}{pass_:<18}{mo:14.1f}{mt:14.1f}{mo / mt:8.2f}{gbs:9.0f}{share:>8}")
     return 0
 
