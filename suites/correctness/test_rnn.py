@@ -117,3 +117,56 @@ def test_weights_counted_for_the_options(cell):
     assert R.weight_names(2, True, False, 3) == [
         f"{k}_l{layer}{s}" for layer in range(2) for s in ("", "_reverse")
         for k in ("weight_ih", "weight_hh", "weight_hr")]
+
+
+def _variants(a):
+    """The battery's unusual layouts of one array (each holds a's values)."""
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    big[..., ::2] = a
+    ro = a.copy()
+    ro.flags.writeable = False
+    out = {"strided": big[..., ::2], "reversed": np.ascontiguousarray(a[::-1])[::-1],
+           "read-only": ro, "Fortran": np.asfortranarray(a)}
+    if a.dtype.itemsize > 1:
+        out["big-endian"] = a.astype(a.dtype.newbyteorder(">"))
+    if a.dtype.kind == "i":
+        out["int32"] = a.astype(np.int32)
+    return out
+
+
+def test_lengths_and_masks_in_any_layout_and_kept_private():
+    """lengths and dropout_mask are parameters of the catalog's cases, so the battery's layout
+    and mutation probes do not reach them: the same probes here. Every layout gives the
+    C-contiguous call's answer bit for bit; editing them between forward and backward does not
+    change the gradients."""
+    rng = np.random.default_rng(5)
+    steps, batch, feat, hidden = 4, 3, 2, 5
+    x = rng.standard_normal((steps, batch, feat))
+    weights = [rng.standard_normal(w.shape) * 0.4
+               for w in torch.nn.LSTM(feat, hidden, num_layers=2, bidirectional=True,
+                                      proj_size=2).parameters()]
+    lengths = np.array([4, 1, 3])
+    mask = rng.random((1, steps, batch, 4)) > 0.3
+    kw = dict(num_layers=2, bidirectional=True, proj_size=2, dropout=0.3)
+    ups = tuple(rng.standard_normal(s) for s in ((steps, batch, 4), (4, batch, 2),
+                                                 (4, batch, hidden)))
+
+    def run(lens, keep, edit=False):
+        out, ctx = R.lstm(x, None, None, weights, lengths=lens, dropout_mask=keep, **kw)
+        if edit:
+            lens[...] = 1
+            keep[...] = False
+        return out, R.lstm_backward(ctx, ups)
+
+    want = run(lengths.copy(), mask.copy())
+    for arg, base in (("lengths", lengths), ("dropout_mask", mask)):
+        for name, variant in _variants(base).items():
+            got = run(variant if arg == "lengths" else lengths,
+                      variant if arg == "dropout_mask" else mask)
+            for i, (a, b) in enumerate(zip(want[0] + want[1][:1] + want[1][3:],
+                                           got[0] + got[1][:1] + got[1][3:], strict=True)):
+                assert np.array_equal(a, b), f"{arg} {name}: result {i} differs"
+    edited = run(lengths.copy(), mask.copy(), edit=True)
+    for i, (a, b) in enumerate(zip(want[1][:1] + want[1][3:], edited[1][:1] + edited[1][3:],
+                                   strict=True)):
+        assert np.array_equal(a, b), f"editing lengths/mask after forward changed gradient {i}"
