@@ -20,9 +20,10 @@ Mutation after forward: the context keeps private copies of the arrays backward 
 input, or the output that is also returned to the caller), so editing either in place before
 backward does not change the gradient (torch refuses such a backward through its version
 counter; here it is simply unaffected). The copy is one more read and write of the array
-(sigmoid and tanh write it in the forward's own loop: one more store); backward is unchanged. Measured within one run (interleaved, 1M float32 elements, on a loaded
-2-core machine, so within noise of +-20%): relu, sigmoid, GELU and softmax forwards with the
-copy took 0.8-1.0x the time without it, i.e. the copy was not measurable there.
+(sigmoid and tanh write it in the forward's own loop: one more store); backward is
+unchanged. Measured within one run (interleaved, 1M float32 elements, on a loaded 2-core
+machine, so within noise of +-20%): relu, sigmoid, GELU and softmax forwards with the copy
+took 0.8-1.0x the time without it, i.e. the copy was not measurable there.
 """
 
 from __future__ import annotations

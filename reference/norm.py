@@ -250,7 +250,7 @@ class LayerNormCtx(NamedTuple):
 
 
 @kernel(reduce=True)
-def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single):
+def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single, xs):
     # One pass for the moments, shifted by the row's first value x0: a data point lies within
     # sqrt(D - 1) standard deviations of the mean, so E[t^2] - E[t]^2 with t = x - x0 loses at
     # most a factor D of float64's precision (no catastrophic cancellation).
@@ -279,17 +279,20 @@ def _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single):
     else:
         for j in range(d):
             y[r, j] = (x[r, j] - mu) * inv * w[j] + b[j]
+    for j in range(d):  # its own loop: in the one above it costs the vectoriser alias checks
+        xs[r, j] = x[r, j]
 
 
 @kernel(parallel=True)
-def _ln_fwd(x, y, w, b, eps, mean, invstd, single):
+def _ln_fwd(x, y, w, b, eps, mean, invstd, single, xs):
+    # xs: the ctx's private copy of x, copied row by row while the row is in cache
     rows = x.shape[0]
     if x.size < PARALLEL_MIN:
         for r in range(rows):
-            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single)
+            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single, xs)
     else:
         for r in prange(rows):
-            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single)
+            _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single, xs)
 
 
 @kernel(reduce=True)
@@ -298,19 +301,21 @@ def _ln_block_bwd(x, g, mean, invstd, w, dx, pw, pb, k, r0, r1):
     # g' = g * w;  dx = invstd * (g' - mean(g') - x_hat * mean(g' * x_hat))
     # g' and x_hat are stored once, so both loops use the same rounded values: for D = 1,
     # where the exact dx is 0, it is exactly 0.
+    # The sums run in the loop that stores g' and x_hat (one pass over the row, not two).
     d = x.shape[1]
     gw = np.empty(d)
     xh = np.empty(d)
     for r in range(r0, r1):
         mu, inv = mean[r], invstd[r]
-        for j in range(d):
-            gw[j] = np.float64(g[r, j]) * w[j]
-            xh[j] = (x[r, j] - mu) * inv
         a = 0.0
         bb = 0.0
         for j in range(d):
-            a += gw[j]
-            bb += gw[j] * xh[j]
+            gv = np.float64(g[r, j]) * w[j]
+            xv = (x[r, j] - mu) * inv
+            gw[j] = gv
+            xh[j] = xv
+            a += gv
+            bb += gv * xv
         a /= d
         bb /= d
         for j in range(d):
@@ -362,11 +367,10 @@ def layer_norm(x: np.ndarray, normalized_shape, weight: np.ndarray | None = None
     eps = v.real(eps, "eps", lo=0.0)
     d = math.prod(shape)
     x2 = x.reshape(-1, d)
-    y = np.empty_like(x2)
+    y, xs = np.empty_like(x2), np.empty_like(x2)
     mean, invstd = np.empty(x2.shape[0]), np.empty(x2.shape[0])
-    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), eps, mean, invstd, x.dtype == np.float32)
-    ctx = LayerNormCtx(_own(x2, given), mean, invstd, _own(w.reshape(-1), given), hw, hb,
-                       x.shape, shape)
+    _ln_fwd(x2, y, w.reshape(-1), b.reshape(-1), eps, mean, invstd, x.dtype == np.float32, xs)
+    ctx = LayerNormCtx(xs, mean, invstd, _own(w.reshape(-1), given), hw, hb, x.shape, shape)
     return y.reshape(x.shape), ctx
 
 
