@@ -2,7 +2,9 @@
 simulator: each algorithm of ``CUDA_KERNELS`` at the benchmark's small size (forward+backward,
 or the forward of an in-place optimizer step) gives the CPU reference's values, so the bench's
 argument plumbing (positional order, the layer-norm signature, the optimizers' state, upstream
-gradients) is right before a GPU machine times it.
+gradients) is right before a GPU machine times it. The row kernels' small cases keep only
+their first rows (``ROWS``): the simulator takes seconds per 64 rows, and the plumbing does
+not depend on how many there are.
 
 The torch CUDA tensors the bench shares with numba (``__cuda_array_interface__``) do not exist
 here: torch tensors stand in for them and ``numba.cuda.as_cuda_array`` becomes a copy to the
@@ -19,10 +21,16 @@ from numba import cuda
 from reference import optim as cpu_optim
 from reference.cuda import _launch as L
 from suites import catalog, twin
+from suites.catalog.spec import Case
+from suites.correctness.checks import upstream
 from suites.performance import test_bench as tb
 from suites.recording import compare
 
 SIMULATED = L.simulated()
+# algorithm -> rows kept (along axis 0) of the inputs named
+ROWS = {"softmax": (4, ("x",)), "log_softmax": (4, ("x",)), "layer_norm": (4, ("x",)),
+        "cross_entropy": (4, ("input", "target")), "linear": (3, ("x",)),
+        "batch_norm": (2, ("x",))}
 # forward+backward where there is a backward (its forward call is the forward pass's, with the
 # same arguments): one simulated run per algorithm
 CASES = [(name, "forward+backward" if bwd else "forward")
@@ -55,6 +63,11 @@ def test_bench_callable_matches_cpu(name, pass_, plumbing, record):
     dtype = spec.dtypes[0]
     record.bind(name, spec.family, "numba-cuda benchmark callable", dtype, "cuda-sim")
     case, grads = tb._case(name, "small", dtype)
+    if name in ROWS:
+        keep, names = ROWS[name]
+        case = Case({k: a[:keep] if k in names else a for k, a in case.inputs.items()},
+                    case.params)
+        grads = upstream(spec, spec.run_forward(case)[0], np.random.default_rng(0))
     fn = tb._numba_cuda_call(spec, case, grads, pass_)
     got = fn()
     record.examples += 1
