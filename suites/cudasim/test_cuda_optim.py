@@ -123,7 +123,7 @@ def _compare_all(name, params, state, d_params, d_state, record, desc):
 def test_flags_match_cpu(name, dtype, record):
     """Every flag combination, a list of tensors (0-d, empty, a matrix, one longer than the
     grid), one in-place step on the device and on the CPU: the same new params and buffers."""
-    record.bind(name, catalog.get(name).family, "numba-cuda in-place flags", dtype, DEVICE)
+    record.bind(name, catalog.get(name).family, "numba-cuda forward", dtype, DEVICE)
     step_gpu, step_cpu = getattr(gpu, f"{name}_"), getattr(cpu, f"{name}_")
     rng = np.random.default_rng(12)
     for flags in FLAGS[name]:
@@ -144,7 +144,7 @@ def test_catalog_cases_match_cpu(name, dtype, record):
     """The catalog's Hypothesis cases (one tensor: the CPU checks' parameter space, stress
     values, whole-tensor zero gradients), as one-array (not list) calls."""
     spec = catalog.get(name)
-    record.bind(name, spec.family, "numba-cuda in-place cases", dtype, DEVICE)
+    record.bind(name, spec.family, "numba-cuda forward", dtype, DEVICE)
     step_gpu, step_cpu = getattr(gpu, f"{name}_"), getattr(cpu, f"{name}_")
 
     @settings(max_examples=EXAMPLES)
@@ -268,7 +268,7 @@ def test_invalid_inputs(name, record):
     """Bad input raises TypeError/ValueError naming the argument (never a Numba error)."""
     cases = [c for c in INVALID if c[0] == name]
     assert cases, f"no invalid inputs listed for {name}"
-    record.bind(name, catalog.get(name).family, "numba-cuda in-place invalid inputs", None,
+    record.bind(name, catalog.get(name).family, "numba-cuda invalid inputs", None,
                 DEVICE)
     for _, description, call, error, match in cases:
         with pytest.raises(error, match=match):
