@@ -20,11 +20,15 @@ recomputed for the final centres. Inertia is :math:`\sum_i \lVert x_i - c_{l_i}\
 ``history[t]`` is the inertia of iteration t's assignment (before its update), so Lloyd's
 descent property reads: ``history`` does not increase.
 
-Assignment uses the expanded form :math:`\lVert c\rVert^2 - 2\,x\cdot c` (one float64 matrix
-product, as scikit-learn) and re-checks with directly summed distances any sample whose two best
+Assignment uses the expanded form :math:`\lVert c\rVert^2 - 2\,x\cdot c` (float64 matrix
+products, as scikit-learn) and re-checks with directly summed distances any sample whose two best
 centres are within the expanded form's error bound, so labels are those of the exact float64
 distances (ties: the lower centre index). All arithmetic is float64; outputs are rounded to the
-input's dtype once.
+input's dtype once. Work, as scikit-learn's Lloyd: fixed row ranges are assigned in parallel,
+each in chunks whose product ``(chunk, d) @ (d, k)`` stays under OpenBLAS's threading threshold
+(``reference._blas.SERIAL_MNK``: one BLAS thread inside each Numba thread), and each range adds
+its samples to its own partial sums of the clusters, which the update then adds up in range
+order (the same sums whatever the thread count).
 
 **Linkage** is ``scipy.cluster.hierarchy.linkage(X, method, metric="euclidean")``: row t of the
 (n-1, 4) matrix merges clusters ``Z[t, 0] < Z[t, 1]`` at height ``Z[t, 2]`` into cluster n+t of
@@ -43,12 +47,15 @@ from numba import prange
 
 from reference import _samples as s
 from reference import _validate as v
-from reference._jit import kernel
+from reference._blas import SERIAL_MNK
+from reference._jit import PARALLEL_MIN, kernel
 
 __all__ = ["kmeans_fit", "kmeans_predict", "linkage", "LINKAGE_METHODS"]
 
 _EPS64 = float(np.finfo(np.float64).eps)
-_CHUNK = 256  # samples per assignment chunk (the product is (256, d) @ (d, k))
+_CHUNK = 1024  # at most this many samples per screening product ((chunk, d) @ (d, k))
+_TASK_ROWS = 512  # least rows of a parallel assignment task
+_MAX_TASKS = 64  # most tasks (each keeps (k, d) partial sums for the mean update)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,37 +71,36 @@ def _sqdist(a, b):
     return acc
 
 
-@kernel(parallel=True)
-def _assign(x, x_sq, centers, labels, dist):
-    """labels[i] = argmin_c ||x_i - c||^2 (exact float64, lower index on ties); dist[i] that
-    squared distance."""
+@kernel()
+def _centre_norms(centers, c_sq):
+    for c in range(centers.shape[0]):
+        acc = 0.0
+        for f in range(centers.shape[1]):
+            acc += centers[c, f] * centers[c, f]
+        c_sq[c] = acc
+
+
+@kernel()
+def _assign_rows(x, x_sq, centers, c_sq, i0, i1, chunk, labels, dist, sums, counts):
+    """Assign samples i0..i1 (labels, exact squared distances) in chunks of ``chunk`` rows, each
+    screened by one product ``(chunk, d) @ (d, k)`` on the calling thread; add every sample to
+    ``sums[label]`` and ``counts[label]``. Returns the chunk's inertia."""
     n, d = x.shape
     k = centers.shape[0]
-    c_sq = np.empty(k)
-    for c in range(k):
-        c_sq[c] = _sqdist(centers[c], np.zeros(d))
-    ct = np.ascontiguousarray(centers.T)
-    n_chunks = (n + _CHUNK - 1) // _CHUNK
-    for ch in prange(n_chunks):
-        i0 = ch * _CHUNK
-        i1 = min(n, i0 + _CHUNK)
-        prod = np.empty((i1 - i0, k))
-        for r in range(i1 - i0):
-            for c in range(k):
-                prod[r, c] = 0.0
-            for f in range(d):
-                xf = x[i0 + r, f]
-                for c in range(k):
-                    prod[r, c] += xf * ct[f, c]
-        for r in range(i1 - i0):
-            i = i0 + r
+    max_c = c_sq.max()
+    buf = np.empty(min(chunk, i1 - i0) * k)
+    inertia = 0.0
+    for r0 in range(i0, i1, chunk):
+        r1 = min(i1, r0 + chunk)
+        prod = buf[: (r1 - r0) * k].reshape((r1 - r0, k))
+        np.dot(x[r0:r1], centers.T, prod)
+        for r in range(r1 - r0):
+            i = r0 + r
             best = 0
             second = np.inf
             best_v = c_sq[0] - 2.0 * prod[r, 0]
-            max_c = c_sq[0]
             for c in range(1, k):
                 val = c_sq[c] - 2.0 * prod[r, c]
-                max_c = max(max_c, c_sq[c])
                 if val < best_v:
                     second = best_v
                     best_v = val
@@ -112,21 +118,65 @@ def _assign(x, x_sq, centers, labels, dist):
                         best_d = dc
                         best = c
             labels[i] = best
-            dist[i] = _sqdist(x[i], centers[best])
+            dd = _sqdist(x[i], centers[best])
+            dist[i] = dd
+            inertia += dd
+            counts[best] += 1.0
+            for f in range(d):
+                sums[best, f] += x[i, f]
+    return inertia
+
+
+@kernel(parallel=True)
+def _assign_parallel(x, x_sq, centers, c_sq, task_rows, chunk, labels, dist, sums, counts,
+                     inertia):
+    n = x.shape[0]
+    for t in prange(sums.shape[0]):
+        sums[t] = 0.0
+        counts[t] = 0.0
+        inertia[t] = _assign_rows(x, x_sq, centers, c_sq, t * task_rows,
+                                  min(n, (t + 1) * task_rows), chunk, labels, dist, sums[t],
+                                  counts[t])
 
 
 @kernel()
-def _update(x, labels, dist, k, centers_old, centers_new):
-    """centers_new = cluster means (empty clusters relocated); returns the count of empty
-    clusters relocated."""
+def _assign(x, x_sq, centers, labels, dist, sums, counts, inertia):
+    """labels[i] = argmin_c ||x_i - c||^2 (exact float64, lower index on ties); dist[i] that
+    squared distance; per task t, sums[t, c] / counts[t, c] the sum / count of its samples
+    labelled c and inertia[t] their squared distances' sum. The tasks (fixed row ranges, so
+    the sums' order does not depend on the thread count) run in parallel when there are
+    several."""
     n, d = x.shape
+    k = centers.shape[0]
+    c_sq = np.empty(k)
+    _centre_norms(centers, c_sq)
+    n_tasks = sums.shape[0]
+    task_rows = (n + n_tasks - 1) // n_tasks
+    # rows per product: at most SERIAL_MNK multiply-adds, so OpenBLAS stays on this thread
+    chunk = max(1, min(_CHUNK, SERIAL_MNK // max(1, d * k)))
+    if n_tasks == 1:
+        sums[0] = 0.0
+        counts[0] = 0.0
+        inertia[0] = _assign_rows(x, x_sq, centers, c_sq, 0, n, chunk, labels, dist, sums[0],
+                                  counts[0])
+    else:
+        _assign_parallel(x, x_sq, centers, c_sq, task_rows, chunk, labels, dist, sums, counts,
+                         inertia)
+
+
+@kernel()
+def _update(x, labels, dist, part_sums, part_counts, centers_old, centers_new):
+    """centers_new = cluster means from the tasks' partial sums (empty clusters relocated);
+    returns the count of empty clusters relocated."""
+    n, d = x.shape
+    k = centers_new.shape[0]
     counts = np.zeros(k)
     centers_new[:] = 0.0
-    for i in range(n):
-        c = labels[i]
-        counts[c] += 1.0
-        for f in range(d):
-            centers_new[c, f] += x[i, f]
+    for t in range(part_sums.shape[0]):
+        for c in range(k):
+            counts[c] += part_counts[t, c]
+            for f in range(d):
+                centers_new[c, f] += part_sums[t, c, f]
     n_empty = 0
     for c in range(k):
         if counts[c] == 0.0:
@@ -164,19 +214,22 @@ def _row_sq(x, out):
 
 
 @kernel()
-def _lloyd(x, x_sq, init, max_iter, tol, labels, history):
+def _lloyd(x, x_sq, init, max_iter, tol, n_tasks, labels, history):
     n, d = x.shape
     k = init.shape[0]
     centers = init.copy()
     new = np.empty_like(centers)
     dist = np.empty(n)
+    sums = np.empty((n_tasks, k, d))
+    counts = np.empty((n_tasks, k))
+    inertia = np.empty(n_tasks)
     old_labels = np.full(n, -1, np.int64)
     strict = False
     it = 0
     for it in range(max_iter):
-        _assign(x, x_sq, centers, labels, dist)
-        history[it] = dist.sum()
-        _update(x, labels, dist, k, centers, new)
+        _assign(x, x_sq, centers, labels, dist, sums, counts, inertia)
+        history[it] = inertia.sum()
+        _update(x, labels, dist, sums, counts, centers, new)
         shift = 0.0
         for c in range(k):
             for f in range(d):
@@ -190,8 +243,16 @@ def _lloyd(x, x_sq, init, max_iter, tol, labels, history):
             break
         old_labels[:] = labels
     if not strict:
-        _assign(x, x_sq, centers, labels, dist)
-    return centers, dist.sum(), it + 1
+        _assign(x, x_sq, centers, labels, dist, sums, counts, inertia)
+    return centers, inertia.sum(), it + 1
+
+
+def _n_tasks(n: int, d: int, k: int) -> int:
+    """Row ranges assigned in parallel: one below PARALLEL_MIN multiply-adds per pass, else
+    ranges of at least _TASK_ROWS rows, at most _MAX_TASKS of them."""
+    if n * d * k < PARALLEL_MIN:
+        return 1
+    return max(1, min(_MAX_TASKS, n // _TASK_ROWS))
 
 
 def kmeans_fit(x: np.ndarray, init: np.ndarray, max_iter: int = 300, tol: float = 1e-4):
@@ -216,8 +277,9 @@ def kmeans_fit(x: np.ndarray, init: np.ndarray, max_iter: int = 300, tol: float 
     _row_sq(x64, x_sq)
     labels = np.empty(x.shape[0], np.int64)
     history = np.empty(max_iter)
-    centers, inertia, n_iter = _lloyd(x64, x_sq, s.as_f64(init), max_iter, scaled_tol, labels,
-                                      history)
+    n, d = x.shape
+    centers, inertia, n_iter = _lloyd(x64, x_sq, s.as_f64(init), max_iter, scaled_tol,
+                                      _n_tasks(n, d, init.shape[0]), labels, history)
     dt = x.dtype
     return (centers.astype(dt), labels, np.asarray(inertia, dt), np.asarray(n_iter, np.int64),
             history[:n_iter].astype(dt)), None
@@ -236,10 +298,14 @@ def kmeans_predict(x: np.ndarray, centers: np.ndarray):
     x64 = s.as_f64(x)
     x_sq = np.empty(x.shape[0])
     _row_sq(x64, x_sq)
-    labels = np.empty(x.shape[0], np.int64)
-    dist = np.empty(x.shape[0])
-    _assign(x64, x_sq, s.as_f64(centers), labels, dist)
-    return (labels, np.asarray(dist.sum(), x.dtype)), None
+    n, d = x.shape
+    k = centers.shape[0]
+    n_tasks = _n_tasks(n, d, k)
+    labels = np.empty(n, np.int64)
+    inertia = np.empty(n_tasks)
+    _assign(x64, x_sq, s.as_f64(centers), labels, np.empty(n), np.empty((n_tasks, k, d)),
+            np.empty((n_tasks, k)), inertia)
+    return (labels, np.asarray(inertia.sum(), x.dtype)), None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,15 +13,23 @@ Conventions::
 k-NN has no fit beyond keeping the training data, so only the prediction is timed.
 
 **Exact neighbours.** Candidates are screened with the expanded form
-:math:`\|y\|^2 - 2\,x\cdot y + \|x\|^2` (one float64 matrix product, as scikit-learn), whose
+:math:`\|y\|^2 - 2\,x\cdot y + \|x\|^2` (float64 matrix products, as scikit-learn), whose
 rounding error is at most :math:`B = 2(d+2)\,\varepsilon\,(\|q\|^2 + \max_j \|x_j\|^2)`
-(:math:`\gamma_d` bounds on the dot product and the norms). Every training point whose screened
-value is within :math:`2B` of the k-th smallest is a candidate; the true k nearest are among
-them (each true neighbour's screened value is at most its exact value plus B, and the exact k-th
-distance is at most the screened k-th plus B). Candidates then get their distance summed
-directly in float64, :math:`\sum_f (q_f - x_f)^2`, and the k smallest are kept, **ties broken
-by the lower training index**. So the neighbours are those of the exact float64 distances, and
-the returned distances are those sums' square roots rounded once to the input's dtype.
+(:math:`\gamma_d` bounds on the dot product and the norms). Each query sweeps the training
+points in index order, keeping its k best so far by the directly summed float64 distance
+:math:`\sum_f (q_f - x_f)^2`, **ties broken by the lower training index**. A point whose
+screened value exceeds the current k-th best exact distance plus B is skipped without being
+summed: its exact distance is then strictly above the current k-th, which is at least the final
+k-th, so it cannot be a neighbour. Every other point gets its exact distance and competes. So
+the neighbours are those of the exact float64 distances, and the returned distances are those
+sums' square roots rounded once to the input's dtype.
+
+Work: queries go in tasks of 32 (in parallel), training points in tiles sized so that each
+screening product makes at most ``reference._blas.SERIAL_MNK`` multiply-adds: OpenBLAS then
+runs it on the calling thread, so its threads never compete with Numba's (scikit-learn's
+brute-force search does the same: one-thread BLAS inside OpenMP). The k best are kept by
+insertion into a sorted list of k, no sort of the n distances.
+
 scikit-learn's ordering among equal distances is unspecified; its predictions can differ from
 these only where the k-th and (k+1)-th distances tie.
 
@@ -39,13 +47,15 @@ from numba import prange
 
 from reference import _samples as s
 from reference import _validate as v
+from reference._blas import SERIAL_MNK
 from reference._jit import PARALLEL_MIN, kernel
 
 __all__ = ["sq_distances", "sq_distances_backward", "kneighbors", "knn_classify", "knn_regress"]
 
 _EPS64 = float(np.finfo(np.float64).eps)
-# Screened distances are computed for blocks of queries of about this many entries (16 MiB).
-_BLOCK_ENTRIES = 1 << 21
+# Queries per parallel task (each task keeps its queries' k best while it sweeps the training
+# points).
+_QUERY_ROWS = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,55 +169,53 @@ def _insert(vals, idxs, count, val, idx):
 
 
 @kernel()
-def _refine_row(xt, q, screened, bound, k, dist_out, idx_out):
-    """Exact k nearest of one query from its screened row (see the module docstring)."""
-    n = screened.shape[0]
-    vals = np.empty(k)
-    idxs = np.empty(k, np.int64)
-    count = 0
-    for j in range(n):
-        count = _insert(vals, idxs, count, screened[j], j)
-    limit = vals[k - 1] + 2.0 * bound
-    n_cand = 0
-    for j in range(n):
-        if screened[j] <= limit:
-            n_cand += 1
-    cand = np.empty(n_cand, np.int64)
-    exact = np.empty(n_cand)
-    c = 0
-    for j in range(n):
-        if screened[j] <= limit:
-            cand[c] = j
-            exact[c] = _sqdist_row(q, xt[j])
-            c += 1
-    order = np.argsort(exact, kind="mergesort")  # stable: equal distances keep index order
-    for r in range(k):
-        dist_out[r] = np.sqrt(exact[order[r]])
-        idx_out[r] = cand[order[r]]
+def _knn_rows(xt, xt64, xt_sq, max_sq, xq, xq64, q0, q1, k, buf, dist, idx):
+    """Exact k nearest of queries q0..q1 (see the module docstring), training points taken in
+    tiles whose screening product stays on the calling thread."""
+    n, d = xt.shape
+    r = q1 - q0
+    tile = max(1, buf.shape[0] // max(r, 1))
+    coef = 2.0 * (d + 2) * _EPS64
+    vals = np.empty((r, k))
+    ids = np.empty((r, k), np.int64)
+    counts = np.zeros(r, np.int64)
+    q_sq = np.empty(r)
+    bound = np.empty(r)
+    limit = np.full(r, np.inf)
+    for a in range(r):
+        acc = 0.0
+        for f in range(d):
+            acc += xq64[q0 + a, f] * xq64[q0 + a, f]
+        q_sq[a] = acc
+        bound[a] = coef * (acc + max_sq)
+    for j0 in range(0, n, tile):
+        j1 = min(n, j0 + tile)
+        w = j1 - j0
+        prod = buf[: r * w].reshape((r, w))
+        np.dot(xq64[q0:q1], xt64[j0:j1].T, prod)  # (r, d) @ (d, w): under SERIAL_MNK
+        for a in range(r):
+            lim = limit[a]
+            for b in range(w):
+                screened = xt_sq[j0 + b] - 2.0 * prod[a, b] + q_sq[a]
+                if screened <= lim:
+                    exact = _sqdist_row(xq[q0 + a], xt[j0 + b])
+                    counts[a] = _insert(vals[a], ids[a], counts[a], exact, j0 + b)
+                    if counts[a] == k:
+                        lim = vals[a, k - 1] + bound[a]
+            limit[a] = lim
+    for a in range(r):
+        for c in range(k):
+            dist[q0 + a, c] = np.sqrt(vals[a, c])
+            idx[q0 + a, c] = ids[a, c]
 
 
 @kernel(parallel=True)
-def _kneighbors(xt, xt64, xt_sq, xq, xq64, k, dist, idx):
-    n, d = xt.shape
+def _kneighbors_parallel(xt, xt64, xt_sq, max_sq, xq, xq64, k, rows, tile, dist, idx):
     m = xq.shape[0]
-    block = max(1, min(m, _BLOCK_ENTRIES // max(n, 1)))
-    g = np.empty((block, n))
-    max_sq = 0.0
-    for j in range(n):
-        max_sq = max(max_sq, xt_sq[j])
-    coef = 2.0 * (d + 2) * _EPS64
-    for b0 in range(0, m, block):
-        b1 = min(m, b0 + block)
-        gb = g[: b1 - b0]
-        np.dot(xq64[b0:b1], xt64.T, gb)
-        for r in prange(b1 - b0):
-            i = b0 + r
-            q_sq = 0.0
-            for f in range(d):
-                q_sq += xq64[i, f] * xq64[i, f]
-            for j in range(n):
-                gb[r, j] = xt_sq[j] - 2.0 * gb[r, j]
-            _refine_row(xt, xq[i], gb[r], coef * (q_sq + max_sq), k, dist[i], idx[i])
+    for t in prange((m + rows - 1) // rows):
+        buf = np.empty(rows * tile)
+        _knn_rows(xt, xt64, xt_sq, max_sq, xq, xq64, t * rows, min(m, (t + 1) * rows), k, buf,
+                  dist, idx)
 
 
 @kernel(parallel=True)
@@ -222,11 +230,27 @@ def _row_sq_norms(x, out):
 def _neighbors(x_train, x_query, k):
     xt64 = s.as_f64(x_train)
     xq64 = s.as_f64(x_query)
-    xt_sq = np.empty(x_train.shape[0])
+    n, d = x_train.shape
+    m = x_query.shape[0]
+    xt_sq = np.empty(n)
     _row_sq_norms(xt64, xt_sq)
-    dist = np.empty((x_query.shape[0], k))
-    idx = np.empty((x_query.shape[0], k), np.int64)
-    _kneighbors(x_train, xt64, xt_sq, x_query, xq64, k, dist, idx)
+    max_sq = float(xt_sq.max())
+    dist = np.empty((m, k))
+    idx = np.empty((m, k), np.int64)
+    if m == 0:
+        return dist, idx
+    # Tiles of _QUERY_ROWS queries x `tile` training points: each screening product is at most
+    # SERIAL_MNK multiply-adds, so OpenBLAS runs it on the calling thread (no BLAS threads
+    # beside Numba's), and its operands ((rows + tile) d doubles) stay in L2.
+    serial = m * n * d < 16 * PARALLEL_MIN or m <= _QUERY_ROWS
+    rows = max(m, 1) if serial else _QUERY_ROWS
+    tile = min(n, max(8, SERIAL_MNK // (rows * d)))
+    if serial:
+        _knn_rows(x_train, xt64, xt_sq, max_sq, x_query, xq64, 0, m, k, np.empty(rows * tile),
+                  dist, idx)
+    else:
+        _kneighbors_parallel(x_train, xt64, xt_sq, max_sq, x_query, xq64, k, rows, tile, dist,
+                             idx)
     return dist, idx
 
 
