@@ -1,0 +1,212 @@
+"""The attention core that scaled dot-product attention, multi-head attention and the encoder
+layer share: the two kernels over N = batch * heads independent (L, S) problems, the dense row
+helpers (projections, head split and merge), and the checks of masks and dropout keep-masks.
+Private to ``reference.attention``; the conventions are in its docstring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reference import _validate as v
+from reference import _vmath as Vm
+from reference._blas import dot_serial
+from reference._jit import kernel
+
+_NO_BIAS = np.zeros((1, 1, 1))
+_NO_KEEP = np.ones((1, 1, 1), np.bool_)
+_NO_KEEP2 = np.ones((1, 1), np.bool_)
+_NO_DPROBS = np.zeros((1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: the attention core over N = batch * heads independent (L, S) problems
+
+
+@kernel()
+def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale, scale,
+              probs, kept, out):
+    # q (N, L, D), k (N, S, D), v (N, S, Dv); bias (N / bias_div, L, S) added to the scores;
+    # keep (N, L, S) dropout keep-mask. probs: softmax (N, L, S); kept: probs after dropout
+    # (the same array when there is no dropout); out (N, L, Dv) = kept @ v.
+    # Each softmax row is a few simple passes (map, max, map, sum, map) so that each vectorises:
+    # the max through maxnum, the sum through a reassociating float64 sum (reference/_vmath).
+    n_prob, n_q, n_k = probs.shape
+    dt = probs.dtype
+    scores = np.empty((n_q, n_k), q.dtype)
+    row = np.empty(n_k)
+    for n in range(n_prob):
+        dot_serial(q[n], k[n].T, scores)
+        for i in range(n_q):
+            sr, pr = scores[i], probs[n, i]
+            for j in range(n_k):
+                row[j] = np.float64(sr[j]) * scale
+            if has_bias:
+                br = bias[n // bias_div, i]
+                for j in range(n_k):
+                    row[j] += br[j]
+            if causal:
+                row[i + 1:] = -np.inf
+            m = -np.inf
+            for j in range(n_k):
+                m = Vm.maxnum(m, row[j])
+            if m == -np.inf:  # nothing to attend (torch's convention: zeros), or all NaN
+                nan = False
+                for j in range(n_k):
+                    nan |= row[j] != row[j]
+                pr[:] = np.nan if nan else 0.0
+            else:
+                for j in range(n_k):
+                    row[j] = Vm.exp(row[j] - m, dt)
+                total = Vm.fsum(row)
+                for j in range(n_k):
+                    pr[j] = row[j] / total
+            if has_keep:
+                kr, keep_r = kept[n, i], keep[n, i]
+                for j in range(n_k):
+                    kr[j] = np.float64(pr[j]) * keep_scale if keep_r[j] else 0.0
+        dot_serial(kept[n], v[n], out[n])
+
+
+@kernel()
+def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs, dp_div,
+              dp_scale, has_dprobs, dq, dk, dv, d_bias, has_dbias):
+    # d_probs (N / dp_div, L, S): an upstream gradient of the kept probabilities themselves
+    # (the attention weights an MHA returns, after dropout as torch's), times dp_scale.
+    # d_bias (N, L, S), when has_dbias:
+    # the gradient of the additive mask, dS before the scale.
+    n_prob, n_q, n_k = probs.shape
+    dp = np.empty((n_q, n_k), q.dtype)
+    ds = np.empty((n_q, n_k), q.dtype)
+    row = np.empty(n_k)
+    prow = np.empty(n_k)
+    tr = np.empty((n_k, n_q), q.dtype)          # transposes, for one-thread products
+    for n in range(n_prob):
+        tr[:, :] = kept[n].T
+        dot_serial(tr, d_out[n], dv[n])         # dV = P_kept^T dO
+        dot_serial(d_out[n], v[n].T, dp)        # d P_kept = dO V^T
+        for i in range(n_q):
+            dpr, pr, dsr = dp[i], probs[n, i], ds[i]
+            for j in range(n_k):
+                row[j] = dpr[j]
+                prow[j] = pr[j]
+            if has_dprobs:   # the returned weights are P after dropout, as torch's MHA
+                gr = d_probs[n // dp_div, i]
+                for j in range(n_k):
+                    row[j] += np.float64(gr[j]) * dp_scale
+            if has_keep:
+                keep_r = keep[n, i]
+                for j in range(n_k):
+                    row[j] = row[j] * keep_scale if keep_r[j] else 0.0
+            acc = Vm.fdot(row, prow)
+            for j in range(n_k):
+                dsr[j] = prow[j] * (row[j] - acc) * scale
+            if has_dbias:
+                dbr = d_bias[n, i]
+                for j in range(n_k):
+                    dbr[j] = prow[j] * (row[j] - acc)
+        dot_serial(ds, k[n], dq[n])             # dQ = dS K (scale folded into dS)
+        tr[:, :] = ds.T
+        dot_serial(tr, q[n], dk[n])             # dK = dS^T Q
+
+
+def _private(a, *given):
+    """``a`` as a context may keep it: a private copy if it shares memory with one of the
+    caller's arrays ``given`` (see the module docstring)."""
+    for g in given:
+        a = v.keep(a, g)
+    return a
+
+
+def _as_bias(mask, name, dtype, true_means: str) -> np.ndarray:
+    """A bool or float mask as an additive float64 bias of its own shape. ``true_means`` is
+    "allowed" (torch's scaled_dot_product_attention) or "masked" (nn.MultiheadAttention)."""
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of bool or {np.dtype(dtype)}, "
+                        f"got {type(mask).__name__}")
+    if not mask.dtype.isnative:
+        mask = mask.astype(mask.dtype.newbyteorder("="))
+    if mask.dtype != np.bool_ and mask.dtype != dtype:
+        raise TypeError(f"{name} must have dtype bool or the input's {np.dtype(dtype)}, "
+                        f"got {mask.dtype}")
+    if mask.dtype == np.bool_:
+        return np.where(mask if true_means == "masked" else ~mask, -np.inf, 0.0)
+    return mask.astype(np.float64)
+
+
+def _attn_dropout(dropout_p, dropout_mask, target):
+    """(keep (N, L, S) or None, keep_scale) from dropout_p and the explicit keep-mask."""
+    p = v.real(dropout_p, "dropout_p", lo=0.0, hi=1.0)
+    if p == 0.0 and dropout_mask is None:
+        return None, 1.0
+    if dropout_mask is None:
+        raise TypeError(f"dropout_mask must be a bool keep-mask of shape {target} when "
+                        f"dropout_p > 0 (True = keep; draw one with "
+                        f"reference.layers.dropout_mask), got None")
+    keep = v.bool_array(dropout_mask, "dropout_mask", shape=target,
+                        like=" (the attention weights' (..., L, S))")
+    return keep.reshape((-1,) + target[-2:]), (0.0 if p == 1.0 else 1.0 / (1.0 - p))
+
+
+# ---------------------------------------------------------------------------------------------
+# dense helpers (private: one matrix product over all rows, the bias in float64)
+
+
+@kernel()
+def _linear(x, w, b, y):
+    # y (R, O) = x (R, I) @ w^T (I, O) + b
+    np.dot(x, w.T, y)
+    for r in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            y[r, o] = np.float64(y[r, o]) + b[o]
+
+
+@kernel()
+def _matmul_t(x, w, y):
+    np.dot(x, w.T, y)  # y (R, O) = x (R, I) @ w^T
+
+
+@kernel()
+def _linear_bwd(x, w, g, dx, dw, db):
+    # g (R, O): dx = g w, dw = g^T x, db = sum_r g
+    np.dot(g, w, dx)
+    np.dot(g.T, x, dw)
+    acc = np.zeros(g.shape[1])
+    for r in range(g.shape[0]):
+        for o in range(g.shape[1]):
+            acc[o] += g[r, o]
+    for o in range(g.shape[1]):
+        db[o] = acc[o]
+
+
+def _project(x, w, b, out):
+    """out = x w^T (+ b): a projection with or without its bias."""
+    if b is None:
+        _matmul_t(x, w, out)
+    else:
+        _linear(x, w, b, out)
+    return out
+
+
+@kernel()
+def _split_rows(a, batch, heads, col0, out):
+    # a (B*T, *), rows b*T + t -> out[b*heads + h, t, d] = a[b*T + t, col0 + h*Dh + d] for
+    # t < T; out (B*heads, T', Dh) may have more rows (T' >= T), which are left alone.
+    n_t, hd = a.shape[0] // batch, out.shape[2]
+    for b in range(batch):
+        for h in range(heads):
+            for t in range(n_t):
+                for d in range(hd):
+                    out[b * heads + h, t, d] = a[b * n_t + t, col0 + h * hd + d]
+
+
+@kernel()
+def _merge_heads(parts, batch, heads, out, col0):
+    # out[b*T + t, col0 + h*Dh + d] = parts[b*heads + h, t, d] for t < T = rows(out) / B; the
+    # inverse of _split_rows (rows of parts beyond T are not read)
+    n_t, hd = out.shape[0] // batch, parts.shape[2]
+    for b in range(batch):
+        for h in range(heads):
+            for t in range(n_t):
+                for d in range(hd):
+                    out[b * n_t + t, col0 + h * hd + d] = parts[b * heads + h, t, d]

@@ -1,0 +1,401 @@
+"""The transformer encoder layer, as ``nn.TransformerEncoderLayer`` in training mode (post- and
+pre-norm, relu/gelu, dropout by explicit keep-masks), composed of the multi-head attention of
+``reference.attention.mha``, layer norm, the feed-forward and residual kernels below.
+Conventions: ``reference.attention``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from reference import _validate as v
+from reference import _vmath as Vm
+from reference._jit import inline, kernel
+from reference.attention._core import (
+    _NO_KEEP2,
+    _linear,
+    _linear_bwd,
+    _matmul_t,
+    _private,
+)
+from reference.attention.mha import (
+    MHACtx,
+    _batch_major,
+    _check_mha_params,
+    _mha_backward,
+    _mha_bias,
+    _mha_forward,
+    _to_layout,
+)
+
+__all__ = ["transformer_encoder_layer", "transformer_encoder_layer_backward",
+           "ENCODER_PARAMETERS", "ENCODER_DROPOUTS"]
+
+
+# ---------------------------------------------------------------------------------------------
+# layer norm over the last dimension and the feed-forward activations (private kernels)
+
+
+@kernel()
+def _ln_fwd(x, w, b, eps, y, xhat, rstd):
+    rows, n = x.shape
+    for r in range(rows):
+        mean = 0.0
+        for j in range(n):
+            mean += x[r, j]
+        mean /= n
+        var = 0.0
+        for j in range(n):
+            d = np.float64(x[r, j]) - mean
+            var += d * d
+        s = 1.0 / math.sqrt(var / n + eps)
+        rstd[r] = s
+        for j in range(n):
+            xh = (np.float64(x[r, j]) - mean) * s
+            xhat[r, j] = xh
+            y[r, j] = xh * w[j] + b[j]
+
+
+@kernel()
+def _ln_bwd(g, w, xhat, rstd, dx, dw, db):
+    rows, n = g.shape
+    acc_w = np.zeros(n)
+    acc_b = np.zeros(n)
+    for r in range(rows):
+        m1 = 0.0
+        m2 = 0.0
+        for j in range(n):
+            gh = np.float64(g[r, j]) * w[j]
+            m1 += gh
+            m2 += gh * xhat[r, j]
+            acc_w[j] += np.float64(g[r, j]) * xhat[r, j]
+            acc_b[j] += g[r, j]
+        m1 /= n
+        m2 /= n
+        for j in range(n):
+            gh = np.float64(g[r, j]) * w[j]
+            dx[r, j] = rstd[r] * (gh - m1 - xhat[r, j] * m2)
+    for j in range(n):
+        dw[j] = acc_w[j]
+        db[j] = acc_b[j]
+
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@inline()
+def _act(a, gelu, dt):
+    if gelu:
+        cdf, _ = Vm.ndtr(a, dt)        # exact GELU: a * Phi(a)
+        return a * cdf
+    return a if a > 0 else 0.0 * a + 0.0
+
+
+@inline()
+def _act_grad(a, gelu, dt):
+    if gelu:
+        cdf, gauss = Vm.ndtr(a, dt)    # Phi(a) and e^{-a^2/2}
+        return cdf + a * _INV_SQRT_2PI * gauss
+    return 1.0 if a > 0 else 0.0
+
+
+@kernel()
+def _bias_act_drop(z, b, gelu, keep, has_keep, keep_scale, pre, out):
+    # pre = z + b (saved for backward), out = act(pre) * mask / (1 - p); z, pre, out (R, F)
+    rows, n = z.shape
+    for r in range(rows):
+        for j in range(n):
+            a = np.float64(z[r, j]) + b[j]
+            pre[r, j] = a
+            y = _act(a, gelu, out.dtype)
+            if has_keep:
+                y = y * keep_scale if keep[r, j] else 0.0
+            out[r, j] = y
+
+
+@kernel()
+def _bias_act_drop_bwd(g, pre, gelu, keep, has_keep, keep_scale, dz):
+    rows, n = g.shape
+    for r in range(rows):
+        for j in range(n):
+            d = np.float64(g[r, j])
+            if has_keep:
+                d = d * keep_scale if keep[r, j] else 0.0
+            dz[r, j] = d * _act_grad(np.float64(pre[r, j]), gelu, dz.dtype)
+
+
+@kernel()
+def _residual_drop(x, a, keep, has_keep, keep_scale, out):
+    # out = x + a * mask / (1 - p)
+    rows, n = x.shape
+    for r in range(rows):
+        for j in range(n):
+            d = np.float64(a[r, j])
+            if has_keep:
+                d = d * keep_scale if keep[r, j] else 0.0
+            out[r, j] = np.float64(x[r, j]) + d
+
+
+@kernel()
+def _drop_bwd(g, keep, has_keep, keep_scale, out):
+    rows, n = g.shape
+    for r in range(rows):
+        for j in range(n):
+            d = np.float64(g[r, j])
+            if has_keep:
+                d = d * keep_scale if keep[r, j] else 0.0
+            out[r, j] = d
+
+
+# ---------------------------------------------------------------------------------------------
+# transformer encoder layer
+
+# Parameter order (after x), as the names of nn.TransformerEncoderLayer's state_dict
+# (``self_attn.in_proj_weight`` -> ``in_proj_weight``, ``linear1.weight`` -> ``linear1_weight``).
+ENCODER_PARAMETERS = (
+    "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias",
+    "linear1_weight", "linear1_bias", "linear2_weight", "linear2_bias",
+    "norm1_weight", "norm1_bias", "norm2_weight", "norm2_bias",
+)
+# Dropout keep-masks, in the order torch applies them: attention probabilities (B, heads, L, L)
+# inside self_attn; dropout1 on the attention block's output (x's shape); dropout in the
+# feed-forward after the activation (x's shape with F features); dropout2 on its output.
+ENCODER_DROPOUTS = ("attn_dropout_mask", "dropout1_mask", "dropout_mask", "dropout2_mask")
+
+
+class EncoderCtx(NamedTuple):
+    batch_first: bool
+    norm_first: bool
+    gelu: bool
+    shape: tuple            # (B, L, E)
+    params: list
+    mha: MHACtx
+    keeps: list             # (R, E), (R, F), (R, E) bool or None
+    keep_scale: float
+    saved: dict
+
+
+def _check_keep(mask, name, shape, p):
+    if mask is None:
+        if p > 0:
+            raise ValueError(f"{name} must be given when p > 0 (dropout takes explicit masks)")
+        return None
+    return v.bool_array(mask, name, shape=shape, like=" (see ENCODER_DROPOUTS)")
+
+
+def transformer_encoder_layer(
+        x: np.ndarray, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+        linear1_weight, linear1_bias, linear2_weight, linear2_bias,
+        norm1_weight, norm1_bias, norm2_weight, norm2_bias,
+        attn_dropout_mask=None, dropout1_mask=None, dropout_mask=None, dropout2_mask=None,
+        src_key_padding_mask=None, src_mask=None, *, num_heads: int, p: float = 0.0,
+        activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
+        batch_first: bool = False) -> tuple[np.ndarray, EncoderCtx]:
+    r"""One transformer encoder layer, as ``nn.TransformerEncoderLayer`` in training mode.
+
+    Post-norm (``norm_first=False``, the original) and pre-norm:
+
+    .. math::
+        \text{post:}\quad h &= \operatorname{LN}_1(x + D_1(\operatorname{MHA}(x))),\quad
+        y = \operatorname{LN}_2(h + D_2(\operatorname{FF}(h))) \\
+        \text{pre:}\quad h &= x + D_1(\operatorname{MHA}(\operatorname{LN}_1 x)),\quad
+        y = h + D_2(\operatorname{FF}(\operatorname{LN}_2 h)) \\
+        \operatorname{FF}(z) &= W_2\, D(\phi(W_1 z + b_1)) + b_2, \quad
+        \phi = \operatorname{relu} \text{ or exact } \operatorname{gelu}
+
+    :math:`D_\cdot(a) = a \odot m / (1 - p)` with the given keep-masks (``ENCODER_DROPOUTS``;
+    all may be None when ``p = 0``); self-attention also drops attention probabilities with
+    ``attn_dropout_mask``, as torch's ``self_attn`` does. ``src_mask`` (L, L) or
+    (B*heads, L, L) and ``src_key_padding_mask`` (B, L) as in ``multi_head_attention``.
+    :math:`\operatorname{LN}(z) = (z - \mu) / \sqrt{\sigma^2 + \epsilon} \odot w + b` over E
+    (biased variance). Backward chains the parts' vector-Jacobian products: layer norm's
+    :math:`\bar z = r(\bar{\hat z} - \operatorname{mean}\bar{\hat z} - \hat z
+    \operatorname{mean}(\bar{\hat z} \hat z))` with :math:`\bar{\hat z} = \bar y \odot w`,
+    relu'(0) = 0 as in PyTorch, gelu' = :math:`\Phi(a) + a \varphi(a)`.
+
+    Returns ``(y, ctx)``; backward gives the gradients of x and the twelve parameters, in
+    ``ENCODER_PARAMETERS`` order (the masks are not differentiable).
+    """
+    bf = v.boolean(batch_first, "batch_first")
+    nf = v.boolean(norm_first, "norm_first")
+    act = v.choice(activation, "activation", ("relu", "gelu"))
+    eps = v.real(layer_norm_eps, "layer_norm_eps", lo=0.0, lo_open=True)
+    p = v.real(p, "p", lo=0.0, hi=1.0)
+    x3 = _batch_major(x, "x", bf)
+    batch, length, embed = x3.shape
+    dt = x3.dtype
+    w_in, b_in, w_out, b_out, heads = _check_mha_params(
+        x3, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads)
+    w1 = v.float_array(linear1_weight, "linear1_weight", ndim=2, dtype=dt)
+    ff = w1.shape[0]
+    named = [("linear1_weight", w1, (ff, embed)),
+             ("linear1_bias", linear1_bias, (ff,)),
+             ("linear2_weight", linear2_weight, (embed, ff)),
+             ("linear2_bias", linear2_bias, (embed,)),
+             ("norm1_weight", norm1_weight, (embed,)), ("norm1_bias", norm1_bias, (embed,)),
+             ("norm2_weight", norm2_weight, (embed,)), ("norm2_bias", norm2_bias, (embed,))]
+    rest = []
+    for name, a, want in named:
+        a = v.float_array(a, name, dtype=dt)
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want} (E = {embed}, F = {ff}), "
+                             f"got {a.shape}")
+        rest.append(a)
+    w1, b1, w2, b2, n1w, n1b, n2w, n2b = rest
+    lay = (lambda f: (batch, length, f)) if bf else (lambda f: (length, batch, f))
+    k_attn = _check_keep(attn_dropout_mask, "attn_dropout_mask", (batch, heads, length, length),
+                         p)
+    keeps = []
+    for mask, name, f in ((dropout1_mask, "dropout1_mask", embed),
+                          (dropout_mask, "dropout_mask", ff),
+                          (dropout2_mask, "dropout2_mask", embed)):
+        k = _check_keep(mask, name, lay(f), p)
+        if k is not None and not bf:
+            k = k.transpose(1, 0, 2)
+        keeps.append(None if k is None else np.ascontiguousarray(k).reshape(-1, f))
+    keep_scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    bias, div, has_bias = _mha_bias(src_key_padding_mask, src_mask, batch, heads, length,
+                                    length, 0, dt)
+    if k_attn is not None:
+        k_attn = np.ascontiguousarray(k_attn).reshape(batch * heads, length, length)
+    given = (x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, linear1_weight,
+             linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
+             norm2_weight, norm2_bias, attn_dropout_mask, dropout1_mask, dropout_mask,
+             dropout2_mask)
+    x3, w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b, n2w, n2b = (
+        _private(a, *given) for a in (x3, w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b,
+                                      n2w, n2b))
+    keeps = [None if k is None else _private(k, *given) for k in keeps]
+    if k_attn is not None:
+        k_attn = _private(k_attn, *given)
+    rows = batch * length
+    x2 = x3.reshape(rows, embed)
+    s = {}
+
+    def ln(z, w, b, tag):
+        y = np.empty_like(z)
+        xhat = np.empty(z.shape)
+        rstd = np.empty(z.shape[0])
+        _ln_fwd(z, w, b, eps, y, xhat, rstd)
+        s[tag] = (xhat, rstd)
+        s[tag + "_in"] = z
+        return y
+
+    def attention_block(z):
+        out, ctx = _mha_forward(z, None, None, w_in, None, None, None, b_in, w_out, b_out,
+                                batch, heads, None, None, False, bias, div, has_bias, k_attn,
+                                keep_scale, "none")
+        return out, ctx
+
+    def feed_forward(z):
+        z1 = np.empty((rows, ff), dt)
+        _matmul_t(z, w1, z1)
+        pre = np.empty((rows, ff), dt)
+        hidden = np.empty((rows, ff), dt)
+        _bias_act_drop(z1, b1, act == "gelu", keeps[1] if keeps[1] is not None else _NO_KEEP2,
+                       keeps[1] is not None, keep_scale, pre, hidden)
+        out = np.empty((rows, embed), dt)
+        _linear(hidden, w2, b2, out)
+        s["ff_in"], s["ff_pre"], s["ff_hidden"] = z, pre, hidden
+        return out
+
+    def residual(base, branch, keep):
+        out = np.empty_like(base)
+        _residual_drop(base, branch, keep if keep is not None else _NO_KEEP2, keep is not None,
+                       keep_scale, out)
+        return out
+
+    if nf:
+        a_out, mha = attention_block(ln(x2, n1w, n1b, "ln1"))
+        h = residual(x2, a_out, keeps[0])
+        y = residual(h, feed_forward(ln(h, n2w, n2b, "ln2")), keeps[2])
+    else:
+        a_out, mha = attention_block(x2)
+        h = ln(residual(x2, a_out, keeps[0]), n1w, n1b, "ln1")
+        y = ln(residual(h, feed_forward(h), keeps[2]), n2w, n2b, "ln2")
+    params = [w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b, n2w, n2b]
+    ctx = EncoderCtx(bf, nf, act == "gelu", (batch, length, embed), params, mha, keeps,
+                     keep_scale, s)
+    return _to_layout(y.reshape(batch, length, embed), bf), ctx
+
+
+
+def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) -> tuple:
+    r"""Gradients ``(dx, *d parameters in ENCODER_PARAMETERS order)`` for ``grad_out``
+    :math:`\bar y`: the chain rule through the parts, in reverse.
+
+    .. math::
+        \text{post:}\quad \bar r_2 &= \operatorname{LN}_2'(\bar y),\quad
+        \bar h = \bar r_2 + \operatorname{FF}'(D_2 \bar r_2),\quad
+        \bar r_1 = \operatorname{LN}_1'(\bar h),\quad
+        \bar x = \bar r_1 + \operatorname{MHA}'(D_1 \bar r_1) \\
+        \text{pre:}\quad \bar h &= \bar y + \operatorname{LN}_2'(\operatorname{FF}'(D_2
+        \bar y)),\quad \bar x = \bar h + \operatorname{LN}_1'(\operatorname{MHA}'(D_1 \bar h))
+
+    with :math:`D_\cdot \bar a = \bar a \odot m / (1 - p)`; layer norm's
+    :math:`\operatorname{LN}'(\bar z) = r(\bar{\hat z} - \operatorname{mean}\bar{\hat z} -
+    \hat z \operatorname{mean}(\bar{\hat z} \hat z))`, :math:`\bar{\hat z} = \bar z \odot w`,
+    :math:`\bar w = \sum_{rows} \bar z \hat z`, :math:`\bar b = \sum_{rows} \bar z`;
+    the feed-forward's :math:`\bar H = D(\bar F W_2) \odot \phi'(A)`,
+    :math:`\bar W_2 = \bar F^T D(\phi(A))`, :math:`\bar W_1 = \bar H^T Z`,
+    :math:`\bar Z = \bar H W_1` (A the pre-activation, relu'(0) = 0); the attention's as in
+    ``multi_head_attention_backward`` (with its dropout keep-mask).
+    """
+    v.ctx_of(ctx, EncoderCtx, "transformer_encoder_layer")
+    batch, length, embed = ctx.shape
+    shape = (batch, length, embed) if ctx.batch_first else (length, batch, embed)
+    dt = ctx.params[0].dtype
+    g = v.float_array(grad_out, "grad_out", dtype=dt)
+    if g.shape != shape:
+        raise ValueError(f"grad_out must have the forward output's shape {shape}, got {g.shape}")
+    g2 = (g if ctx.batch_first else g.transpose(1, 0, 2).copy()).reshape(-1, embed)
+    w_in, b_in, w_out, b_out, w1, b1, w2, b2, n1w, n1b, n2w, n2b = ctx.params
+    s, ks = ctx.saved, ctx.keep_scale
+    grads = {}
+
+    def ln_bwd(gz, w, tag):
+        xhat, rstd = s[tag]
+        dz, dw, db = np.empty_like(gz), np.empty(w.shape, dt), np.empty(w.shape, dt)
+        _ln_bwd(gz, w, xhat, rstd, dz, dw, db)
+        grads[tag] = (dw, db)
+        return dz
+
+    def drop_bwd(gz, keep):
+        out = np.empty_like(gz)
+        _drop_bwd(gz, keep if keep is not None else _NO_KEEP2, keep is not None, ks, out)
+        return out
+
+    def ff_bwd(gy):
+        # gy: gradient of the FF output (before dropout2 was applied by the caller)
+        dh = np.empty_like(s["ff_hidden"])
+        dw2, db2 = np.empty_like(w2), np.empty(w2.shape[0], dt)
+        _linear_bwd(s["ff_hidden"], w2, gy, dh, dw2, db2)
+        dz1 = np.empty_like(dh)
+        keep = ctx.keeps[1]
+        _bias_act_drop_bwd(dh, s["ff_pre"], ctx.gelu, keep if keep is not None else _NO_KEEP2,
+                           keep is not None, ks, dz1)
+        dzin = np.empty_like(s["ff_in"])
+        dw1, db1 = np.empty_like(w1), np.empty(w1.shape[0], dt)
+        _linear_bwd(s["ff_in"], w1, dz1, dzin, dw1, db1)
+        grads["ff"] = (dw1, db1, dw2, db2)
+        return dzin
+
+    def attn_bwd(gy):
+        dz, dw_in, db_in, dw_out, db_out = _mha_backward(ctx.mha, gy, None)
+        grads["attn"] = (dw_in, db_in, dw_out, db_out)
+        return dz
+
+    if ctx.norm_first:
+        dh = g2 + ln_bwd(ff_bwd(drop_bwd(g2, ctx.keeps[2])), n2w, "ln2")
+        dx = dh + ln_bwd(attn_bwd(drop_bwd(dh, ctx.keeps[0])), n1w, "ln1")
+    else:
+        dr2 = ln_bwd(g2, n2w, "ln2")                        # d (h + D2 FF(h))
+        dh = dr2 + ff_bwd(drop_bwd(dr2, ctx.keeps[2]))
+        dr1 = ln_bwd(dh, n1w, "ln1")                        # d (x + D1 MHA(x))
+        dx = dr1 + attn_bwd(drop_bwd(dr1, ctx.keeps[0]))
+    dx = _to_layout(dx.astype(dt).reshape(batch, length, embed), ctx.batch_first)
+    dw1, db1, dw2, db2 = grads["ff"]
+    return (dx, *grads["attn"], dw1, db1, dw2, db2, *grads["ln1"], *grads["ln2"])
