@@ -807,20 +807,25 @@ def _gelu_tanh_grad1(x, dt):
 
 
 @kernel(parallel=True)
-def _gelu_fwd(x, y, approx):
+def _gelu_fwd(x, y, xs, approx):
+    # xs: the ctx's private copy of x, stored in the same loop
     n = x.size
     if approx:
         if n < _PARALLEL_MIN_HEAVY:
             for i in range(n):
+                xs[i] = x[i]
                 y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
         else:
             for i in prange(n):
+                xs[i] = x[i]
                 y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
     elif n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
+            xs[i] = x[i]
             y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
     else:
         for i in prange(n):
+            xs[i] = x[i]
             y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
 
 
@@ -855,8 +860,9 @@ def gelu(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, Saved]:
     """
     xc = v.float_array(x, "x")
     mode = v.choice(approximate, "approximate", ("none", "tanh"))
-    y = _unary(xc, _gelu_fwd, mode == "tanh")
-    return y, GeluCtx(v.keep(xc, x), None, 0.0, mode)
+    y, xs = np.empty_like(xc), np.empty_like(xc)
+    _gelu_fwd(_flat(xc), _flat(y), _flat(xs), mode == "tanh")
+    return y, GeluCtx(xs, None, 0.0, mode)
 
 
 def gelu_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:

@@ -302,15 +302,19 @@ def _ln_block_bwd(x, g, mean, invstd, w, dx, pw, pb, k, r0, r1):
     # g' and x_hat are stored once, so both loops use the same rounded values: for D = 1,
     # where the exact dx is 0, it is exactly 0.
     # The sums run in the loop that stores g' and x_hat (one pass over the row, not two).
+    # w is widened to float64 once per block, not once per row.
     d = x.shape[1]
     gw = np.empty(d)
     xh = np.empty(d)
+    w64 = np.empty(d)
+    for j in range(d):
+        w64[j] = w[j]
     for r in range(r0, r1):
         mu, inv = mean[r], invstd[r]
         a = 0.0
         bb = 0.0
         for j in range(d):
-            gv = np.float64(g[r, j]) * w[j]
+            gv = np.float64(g[r, j]) * w64[j]
             xv = (x[r, j] - mu) * inv
             gw[j] = gv
             xh[j] = xv
