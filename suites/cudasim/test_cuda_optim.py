@@ -168,6 +168,39 @@ def test_catalog_cases_match_cpu(name, dtype, record):
     run()
 
 
+@pytest.mark.skipif(SIMULATED, reason="torch's CUDA twin needs a real GPU; under the "
+                    "simulator the CPU reference is the oracle")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_catalog_cases_match_torch_cuda(name, dtype, record):
+    """On a GPU: the catalog's cases against torch.optim's step on CUDA (the catalog's twin),
+    with the spec's tolerance (torch's float32 step rounds after every operation; the spec
+    derives how far that takes it)."""
+    from suites import twin
+
+    spec = catalog.get(name)
+    record.bind(name, spec.family, "numba-cuda vs torch-cuda", dtype, "cuda")
+    step_gpu = getattr(gpu, f"{name}_")
+
+    @settings(max_examples=EXAMPLES)
+    @given(case=spec.cases(dtype))
+    def run(case: Case):
+        hyper = {k: v for k, v in case.params.items()
+                 if k not in ("step", "initial_accumulator_value")}
+        dev = {k: cuda.to_device(np.array(a)) for k, a in case.inputs.items()}
+        state = {k: a for k, a in dev.items() if k not in ("params", "grads")}
+        step_gpu(dev["params"], dev["grads"], state, case.params["step"], **hyper)
+        want = twin.forward(spec, case, "cuda")  # (params, *buffers), in the case's order
+        got = [dev["params"], *state.values()]
+        record.examples += 1
+        tol = spec.tolerance(dtype, case=case)
+        for label, a, e in zip(["params", *state], got, want, strict=True):
+            compare(a.copy_to_host(), np.asarray(e), tol.rtol, tol.atol,
+                    label=f"{name} {label}", record=record, case=case.describe())
+
+    run()
+
+
 @pytest.mark.skipif(SIMULATED, reason="torch CUDA tensors need a real GPU")
 def test_torch_tensors_are_updated_in_place():
     """On a GPU: torch CUDA tensors given through __cuda_array_interface__ are updated where
