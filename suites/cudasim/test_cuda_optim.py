@@ -10,7 +10,9 @@ Run in its own process: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest suites/cudasim
   state), and at step 1 SGD's momentum buffer holds NaN (it must not be read);
 - the catalog's Hypothesis cases (``spec.cases``: the CPU checks' parameter space, stress
   values), one tensor each;
-- invalid inputs: refused by name, before anything is written.
+- invalid inputs: refused by name, before anything is written;
+- on a GPU only: the catalog's cases against torch.optim on CUDA (the catalog's twin, with the
+  spec's tolerance), and torch CUDA tensors updated where they lie.
 
 Under the simulator the kernels do numpy's float64 arithmetic, as the CPU kernels do, so the
 results must be equal bit for bit (NaN where NaN). On a GPU, NVVM may fuse a multiply and an
