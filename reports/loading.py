@@ -17,7 +17,8 @@ Three kinds of file, told apart by their content, never by their name:
   ``method``) and ``not_run`` (``[{group, implementation, reason}]``: implementations that
   could not be timed, which have no entry). Every entry may carry ``first_call_s`` and
   ``compile_s``; a ``torch-compile`` entry also ``compiled`` (how dynamo captured the twin;
-  "no graph (eager in disguise): ..." means its time is torch's eager path). Files without these load as before (ratios of medians, stability unknown);
+  "no graph (eager in disguise): ..." means its time is torch's eager path). Files without
+  these load as before (ratios of medians, stability unknown);
 - baseline: ``{"schema": "refbench.baseline/1", ...}``, a compact summary of a benchmark file
   (quantiles instead of raw timings) written by ``python -m reports baseline``.
 
