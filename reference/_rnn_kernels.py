@@ -98,8 +98,7 @@ def carry(new, lens, t, state):
     for u in range(rows):
         nr, sr = new[u], state[u]
         for b in range(batch):
-            if t < lens[b]:
-                sr[b] = nr[b]
+            sr[b] = nr[b] if t < lens[b] else sr[b]  # a select: the loop vectorises
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,19 +217,18 @@ def gru_bwd(w_hh, lens, reverse, gates, hprev, dys, row0, dh, dgx, dgh):
             dr, dz, dn = dght[u], dght[hidden + u], dght[2 * hidden + u]
             xr, xz, xn = (dgx[u, c0:c0 + batch], dgx[hidden + u, c0:c0 + batch],
                           dgx[2 * hidden + u, c0:c0 + batch])
+            # Computed for every b, kept by selects (no branches: the loop vectorises).
             for b in range(batch):
-                if t < lens[b]:
-                    g = np.float64(hr[b]) + np.float64(gy[b])
-                    rb, zb, nb = np.float64(r[b]), np.float64(z[b]), np.float64(n[b])
-                    an = g * (1.0 - zb) * (1.0 - nb * nb)           # d pre_n
-                    az = g * (np.float64(hp[b]) - nb) * zb * (1.0 - zb)
-                    ar = an * np.float64(q[b]) * rb * (1.0 - rb)
-                    xr[b], xz[b], xn[b] = ar, az, an
-                    dr[b], dz[b], dn[b] = ar, az, an * rb         # r * d pre_n feeds W_hn
-                    hr[b] = g * zb                                 # the direct path z h_{t-1}
-                else:
-                    xr[b], xz[b], xn[b] = 0.0, 0.0, 0.0
-                    dr[b], dz[b], dn[b] = 0.0, 0.0, 0.0
+                on = t < lens[b]
+                hb = np.float64(hr[b])
+                g = hb + np.float64(gy[b])
+                rb, zb, nb = np.float64(r[b]), np.float64(z[b]), np.float64(n[b])
+                an = g * (1.0 - zb) * (1.0 - nb * nb) if on else 0.0  # d pre_n
+                az = g * (np.float64(hp[b]) - nb) * zb * (1.0 - zb) if on else 0.0
+                ar = an * np.float64(q[b]) * rb * (1.0 - rb) if on else 0.0
+                xr[b], xz[b], xn[b] = ar, az, an
+                dr[b], dz[b], dn[b] = ar, az, an * rb         # r * d pre_n feeds W_hn
+                hr[b] = g * zb if on else hb                  # the direct path z h_{t-1}
         dgh[:, c0:c0 + batch] = dght
         dot_serial(w_t, dght, back)
         dh += back
@@ -328,19 +326,18 @@ def lstm_bwd(w_hh, w_hr, c_init, lens, reverse, gates, cs, dys, row0, dh, dc, dg
             cp = c_init[u] if first else cs[u, tp * batch:tp * batch + batch]
             cr = dc[u]
             di, df, dgg, do = dgt[u], dgt[fu], dgt[gu], dgt[ou]
+            # Computed for every b, kept by selects (no branches: the loop vectorises).
             for b in range(batch):
-                if t < lens[b]:
-                    gh = np.float64(gm[b])
-                    ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
-                    ob, tb = np.float64(o[b]), np.float64(tc[b])
-                    gc = np.float64(cr[b]) + gh * ob * (1.0 - tb * tb)
-                    di[b] = gc * gb * ib * (1.0 - ib)
-                    df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb)
-                    dgg[b] = gc * ib * (1.0 - gb * gb)
-                    do[b] = gh * tb * ob * (1.0 - ob)
-                    cr[b] = gc * fb
-                else:
-                    di[b], df[b], dgg[b], do[b] = 0.0, 0.0, 0.0, 0.0
+                on = t < lens[b]
+                gh = np.float64(gm[b])
+                ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
+                ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
+                gc = dcb + gh * ob * (1.0 - tb * tb)
+                di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
+                df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
+                dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
+                do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
+                cr[b] = gc * fb if on else dcb
         dg[:, c0:c0 + batch] = dgt
         dot_serial(w_t, dgt, back)                 # d h_{t-1} = W_hh^T dg_t
         carry(back, lens, t, dh)
