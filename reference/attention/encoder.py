@@ -1,6 +1,7 @@
 """The transformer encoder layer, as ``nn.TransformerEncoderLayer`` in training mode (post- and
 pre-norm, relu/gelu, dropout by explicit keep-masks), composed of the multi-head attention of
-``reference.attention.mha``, layer norm, the feed-forward and residual kernels below.
+``reference.attention.mha``, the layer-norm kernels of ``reference.norm`` (``layer_norm``'s
+own), and the feed-forward, dropout and residual kernels below.
 Conventions: ``reference.attention``.
 """
 
@@ -30,57 +31,34 @@ from reference.attention.mha import (
     _mha_forward,
     _to_layout,
 )
+from reference.norm import LN_BLOCKS, _ln_block_bwd, _ln_row_fwd
 
 __all__ = ["transformer_encoder_layer", "transformer_encoder_layer_backward",
            "ENCODER_PARAMETERS", "ENCODER_DROPOUTS"]
 
 
 # ---------------------------------------------------------------------------------------------
-# layer norm over the last dimension and the feed-forward activations (private kernels)
+# the feed-forward activations, dropout and residual (private kernels)
 
 
 @kernel()
-def _ln_fwd(x, w, b, eps, y, xhat, rstd):
-    rows, n = x.shape
-    for r in range(rows):
-        mean = 0.0
-        for j in range(n):
-            mean += x[r, j]
-        mean /= n
-        var = 0.0
-        for j in range(n):
-            d = np.float64(x[r, j]) - mean
-            var += d * d
-        s = 1.0 / math.sqrt(var / n + eps)
-        rstd[r] = s
-        for j in range(n):
-            xh = (np.float64(x[r, j]) - mean) * s
-            xhat[r, j] = xh
-            y[r, j] = xh * w[j] + b[j]
+def _ln_fwd(x, y, w, b, eps, mean, invstd, single, xs):
+    # reference.norm's layer-norm row kernel (layer_norm's own) over every row, on the calling
+    # thread as the encoder's other kernels: norm's prange driver made the encoder layer
+    # 1.2-1.4x slower (medium, float32, paired in one process on this loaded 2-core machine;
+    # at parity with one Numba thread)
+    for r in range(x.shape[0]):
+        _ln_row_fwd(x, y, w, b, eps, mean, invstd, r, single, xs)
 
 
 @kernel()
-def _ln_bwd(g, w, xhat, rstd, dx, dw, db):
-    rows, n = g.shape
-    acc_w = np.zeros(n)
-    acc_b = np.zeros(n)
-    for r in range(rows):
-        m1 = 0.0
-        m2 = 0.0
-        for j in range(n):
-            gh = np.float64(g[r, j]) * w[j]
-            m1 += gh
-            m2 += gh * xhat[r, j]
-            acc_w[j] += np.float64(g[r, j]) * xhat[r, j]
-            acc_b[j] += g[r, j]
-        m1 /= n
-        m2 /= n
-        for j in range(n):
-            gh = np.float64(g[r, j]) * w[j]
-            dx[r, j] = rstd[r] * (gh - m1 - xhat[r, j] * m2)
-    for j in range(n):
-        dw[j] = acc_w[j]
-        db[j] = acc_b[j]
+def _ln_bwd(x, g, mean, invstd, w, dx, pw, pb):
+    # reference.norm's backward block kernel over its fixed row blocks (the same split, so the
+    # same dw, db partial sums as layer_norm_backward), on the calling thread
+    rows, blocks = x.shape[0], pw.shape[0]
+    for k in range(blocks):
+        _ln_block_bwd(x, g, mean, invstd, w, dx, pw, pb, k, k * rows // blocks,
+                      (k + 1) * rows // blocks)
 
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -275,13 +253,12 @@ def transformer_encoder_layer(
     x2 = x3.reshape(rows, embed)
     s = {}
 
-    def ln(z, w, b, tag):
-        y = np.empty_like(z)
-        xhat = np.empty(z.shape)
-        rstd = np.empty(z.shape[0])
-        _ln_fwd(z, w, b, eps, y, xhat, rstd)
-        s[tag] = (xhat, rstd)
-        s[tag + "_in"] = z
+    def ln(z, w, b, tag):  # reference.norm's layer-norm kernel (layer_norm's own)
+        y, zs = np.empty_like(z), np.empty_like(z)
+        mean, invstd = np.empty(z.shape[0]), np.empty(z.shape[0])
+        _ln_fwd(z, y, w, b, eps, mean, invstd, z.dtype == np.float32, zs)
+        s[tag] = (mean, invstd)
+        s[tag + "_in"] = zs      # the kernel's copy of z (stored row by row), for backward
         return y
 
     def attention_block(z):
@@ -356,11 +333,14 @@ def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) ->
     s, ks = ctx.saved, ctx.keep_scale
     grads = {}
 
-    def ln_bwd(gz, w, tag):
-        xhat, rstd = s[tag]
-        dz, dw, db = np.empty_like(gz), np.empty(w.shape, dt), np.empty(w.shape, dt)
-        _ln_bwd(gz, w, xhat, rstd, dz, dw, db)
-        grads[tag] = (dw, db)
+    def ln_bwd(gz, w, tag):  # reference.norm's backward kernel (layer_norm_backward's own)
+        mean, invstd = s[tag]
+        z = s[tag + "_in"]
+        blocks = max(1, min(z.shape[0], LN_BLOCKS))
+        pw, pb = np.zeros((blocks, z.shape[1])), np.zeros((blocks, z.shape[1]))
+        dz = np.empty_like(z)
+        _ln_bwd(z, np.ascontiguousarray(gz), mean, invstd, w, dz, pw, pb)
+        grads[tag] = (pw.sum(axis=0).astype(dt), pb.sum(axis=0).astype(dt))
         return dz
 
     def drop_bwd(gz, keep):
