@@ -6,7 +6,8 @@ r"""Kernels and checks shared by the linear models (``linear_models``, ``logisti
   :math:`G = X_c^\top X_c`, :math:`q = X_c^\top y_c`, :math:`y_c^\top y_c` and the means,
   in float64. Each block of rows is shifted by the first block's mean (any shift gives the
   same centred products exactly in real arithmetic; one near the mean avoids cancellation)
-  and multiplied on BLAS; the final centring is the rank-one correction
+  and multiplied on BLAS, one thread per product (row ranges in parallel for large X); the
+  final centring is the rank-one correction
   :math:`\sum (z-s)(z-s)^\top - n (\bar z - s)(\bar z - s)^\top`.
 - ``data_term``: one fused pass over the rows of ``X`` for a linear model's data term
   :math:`\sum_i \ell(f_i, y_i)`, :math:`f_i = W x_i + b` (``K`` scores per row), and, when
@@ -36,11 +37,15 @@ import numpy as np
 from numba import prange
 
 from reference import _validate as v
+from reference._blas import SERIAL_MNK
 from reference._jit import inline, kernel
 
 SQUARED, LOGISTIC, MULTINOMIAL, SQUARED_HINGE, HINGE = 0, 1, 2, 3, 4
 _CHUNK = 1024  # rows per parallel task (the partial sums of a chunk fit in L1/L2)
-_GRAM_BLOCK = 2048  # rows per BLAS product in ``gram``
+_GRAM_BLOCK = 2048  # rows whose mean is the shift in ``gram``
+_GRAM_MIN_ROWS = 16  # least rows per product in ``gram`` (wide X: above the BLAS threshold)
+_GRAM_PARALLEL = 1 << 26  # multiply-adds (~2 ms on one core) above which ``gram`` goes parallel
+_GRAM_TASKS = 16  # most parallel row ranges in ``gram`` (each keeps a (d+1)^2 partial sum)
 # Below this many multiply-adds a pass runs serially (~0.3 ms): an OpenMP launch costs a few
 # microseconds on an idle machine but measured 22 ms per call on this loaded 2-core one
 # (1257 x 64 rows: 0.22 ms serial), so small passes, which L-BFGS makes by the hundred, stay
@@ -139,39 +144,68 @@ def check_labels(y, X: np.ndarray, name: str = "y", *, n_classes: int | None = N
 
 
 @kernel()
-def _gram(X, y, center, shift, Z, acc):
-    """acc = sum over rows of (z - shift)(z - shift)^T, z = [x, y]; returns sum(z - shift)."""
-    n, d = X.shape
+def _gram_rows(X, y, shift, r0, r1, Z, prod, acc, sums):
+    """acc += sum over rows r0..r1 of (z - shift)(z - shift)^T, z = [x, y], and sums += the
+    rows' sum of (z - shift); in blocks of Z's rows, each product on the calling thread."""
+    d = X.shape[1]
     bsz = Z.shape[0]
-    sums = np.zeros(d + 1)
-    for r0 in range(0, n, bsz):
-        r1 = min(n, r0 + bsz)
-        m = r1 - r0
+    for b0 in range(r0, r1, bsz):
+        b1 = min(r1, b0 + bsz)
+        m = b1 - b0
         for i in range(m):
             for j in range(d):
-                Z[i, j] = np.float64(X[r0 + i, j]) - shift[j]
-            Z[i, d] = np.float64(y[r0 + i]) - shift[d]
+                Z[i, j] = np.float64(X[b0 + i, j]) - shift[j]
+            Z[i, d] = np.float64(y[b0 + i]) - shift[d]
+            for j in range(d + 1):
+                sums[j] += Z[i, j]
         blk = Z[:m]
-        acc += np.dot(blk.T, blk)
-        if center:
-            for i in range(m):
-                for j in range(d + 1):
-                    sums[j] += blk[i, j]
-    return sums
+        np.dot(blk.T, blk, prod)
+        for a in range(d + 1):
+            for b in range(d + 1):
+                acc[a, b] += prod[a, b]
+
+
+@kernel(parallel=True)
+def _gram_parallel(X, y, shift, bsz, task_rows, accs, sums):
+    n, d = X.shape
+    for t in prange(accs.shape[0]):
+        Z = np.empty((bsz, d + 1))
+        prod = np.empty((d + 1, d + 1))
+        accs[t] = 0.0
+        sums[t] = 0.0
+        _gram_rows(X, y, shift, t * task_rows, min(n, (t + 1) * task_rows), Z, prod, accs[t],
+                   sums[t])
 
 
 def gram(X: np.ndarray, y: np.ndarray, fit_intercept: bool):
     """(G, q, yy, x_mean, y_mean), all float64: the centred products when ``fit_intercept``,
-    else the raw ones (zero means). Raises when they overflow (finite input too large)."""
+    else the raw ones (zero means). Raises when they overflow (finite input too large).
+
+    Blocks of rows small enough that each product ``Z^T Z`` stays under OpenBLAS's threading
+    threshold run on the calling thread; row ranges run in parallel (Numba threads) above
+    ``_GRAM_PARALLEL`` multiply-adds. No OpenBLAS threads: on this loaded 2-core machine a
+    threaded X^T X per block stalled for scheduler slices (a 2 ms medium ridge fit had a
+    median of 166 ms), and one fork-join for the whole pass replaces one per block.
+    """
     n, d = X.shape
     shift = np.zeros(d + 1)
     if fit_intercept:
         head = min(n, _GRAM_BLOCK)
         shift[:d] = X[:head].mean(axis=0, dtype=np.float64)
         shift[d] = y[:head].mean(dtype=np.float64)
-    Z = np.empty((min(n, _GRAM_BLOCK), d + 1))
-    acc = np.zeros((d + 1, d + 1))
-    sums = _gram(X, y, fit_intercept, shift, Z, acc)
+    bsz = max(_GRAM_MIN_ROWS, SERIAL_MNK // ((d + 1) * (d + 1)))
+    n_tasks = 1
+    if n * (d + 1) * (d + 1) >= _GRAM_PARALLEL:
+        n_tasks = max(1, min(_GRAM_TASKS, n // (4 * bsz)))
+    accs = np.zeros((n_tasks, d + 1, d + 1))
+    part = np.zeros((n_tasks, d + 1))
+    if n_tasks == 1:
+        _gram_rows(X, y, shift, 0, n, np.empty((min(n, bsz), d + 1)), np.empty((d + 1, d + 1)),
+                   accs[0], part[0])
+    else:
+        _gram_parallel(X, y, shift, bsz, -(-n // n_tasks), accs, part)
+    acc = accs.sum(axis=0)
+    sums = part.sum(axis=0)
     mean = shift.copy()
     if fit_intercept:
         delta = sums / n
