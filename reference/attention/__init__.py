@@ -20,20 +20,24 @@ A query row that may attend to nothing gets all-zero weights and a zero output (
 ``scaled_dot_product_attention`` convention; ``nn.MultiheadAttention`` with ``need_weights=True``
 returns NaN there instead, with ``need_weights=False`` zeros: torch disagrees with itself, and
 zeros are what its fused path and its training path give). Dropout takes explicit keep-masks
-(bool, True = keep; kept values scaled by ``1/(1-p)``), drawn by the caller.
+(bool, True = keep; kept values scaled by ``1/(1-p)``), drawn by the caller; the attention
+weights multi-head attention returns are those after dropout, as torch's module returns them.
+Where ``add_bias_kv``/``add_zero_attn`` append keys, the masks are given for the key's own
+length and those keys are always allowed (torch pads both masks with 0).
 
 Implementation: per (batch, head) the two products ``Q K^T`` and ``P V`` go through BLAS on one
-thread (``reference/_blas.py``) in the input's dtype, as torch's do; softmax, layer norm and
-activations are float64 per element (row sums accumulate in float64) and rounded once. The
-projections are one matrix product over all batch rows and positions.
+thread (``reference/_blas.py``) in the input's dtype, as torch's do; softmax and the
+activations are float64 per element (row sums accumulate in float64) and rounded once; layer
+norm is ``reference.norm``'s row kernel. The self-attention projections are one matrix product
+over all batch rows and positions (three, one per input, with separate query, key, value).
 
 Contexts: each forward returns a context of its own type (``SDPACtx``, ``MHAPublicCtx``,
-``EncoderCtx``, ``PECtx``); each backward refuses any other (a TypeError naming ``ctx``) and a
-``grad_out`` without the forward output's shape and dtype. The contexts keep private copies
-of the caller's arrays backward reads (query/key/value, x, the weights, the dropout masks),
-so editing them in place between forward and backward does not change the gradients; the
-copies are a few passes over the inputs beside the O(L^2) attention and the projections
-(not measured separately).
+``MHAQKVCtx``, ``EncoderCtx``, ``PECtx``); each backward refuses any other (a TypeError
+naming ``ctx``) and a ``grad_out`` without the forward output's shape and dtype. The contexts
+keep private copies of the caller's arrays backward reads (query/key/value, x, the weights,
+the dropout masks), so editing them in place between forward and backward does not change the
+gradients; the copies are a few passes over the inputs beside the O(L^2) attention and the
+projections (not measured separately).
 """
 
 from reference.attention.encoder import (
