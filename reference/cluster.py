@@ -71,20 +71,27 @@ def _sqdist(a, b):
     return acc
 
 
+@kernel(reduce=True)
+def _sqnorm(a):
+    acc = 0.0
+    for f in range(a.shape[0]):
+        acc += a[f] * a[f]
+    return acc
+
+
 @kernel()
 def _centre_norms(centers, c_sq):
     for c in range(centers.shape[0]):
-        acc = 0.0
-        for f in range(centers.shape[1]):
-            acc += centers[c, f] * centers[c, f]
-        c_sq[c] = acc
+        c_sq[c] = _sqnorm(centers[c])
 
 
 @kernel()
 def _assign_rows(x, x_sq, centers, c_sq, i0, i1, chunk, labels, dist, sums, counts):
     """Assign samples i0..i1 (labels, exact squared distances) in chunks of ``chunk`` rows, each
     screened by one product ``(chunk, d) @ (d, k)`` on the calling thread; add every sample to
-    ``sums[label]`` and ``counts[label]``. Returns the chunk's inertia."""
+    ``sums[label]`` and ``counts[label]`` (not when ``sums`` has no rows: a prediction).
+    ``x_sq`` holds the samples' squared norms, or has no entries: then they are summed here,
+    while the row is in cache. Returns the range's inertia."""
     n, d = x.shape
     k = centers.shape[0]
     max_c = c_sq.max()
@@ -107,7 +114,11 @@ def _assign_rows(x, x_sq, centers, c_sq, i0, i1, chunk, labels, dist, sums, coun
                     best = c
                 elif val < second:
                     second = val
-            bound = 2.0 * (d + 2) * _EPS64 * (x_sq[i] + max_c)
+            if x_sq.shape[0] > 0:
+                xi_sq = x_sq[i]
+            else:
+                xi_sq = _sqnorm(x[i])
+            bound = 2.0 * (d + 2) * _EPS64 * (xi_sq + max_c)
             if second - best_v <= 2.0 * bound:
                 # near tie: decide on directly summed distances
                 best = 0
@@ -121,9 +132,10 @@ def _assign_rows(x, x_sq, centers, c_sq, i0, i1, chunk, labels, dist, sums, coun
             dd = _sqdist(x[i], centers[best])
             dist[i] = dd
             inertia += dd
-            counts[best] += 1.0
-            for f in range(d):
-                sums[best, f] += x[i, f]
+            if sums.shape[0] > 0:
+                counts[best] += 1.0
+                for f in range(d):
+                    sums[best, f] += x[i, f]
     return inertia
 
 
@@ -296,15 +308,14 @@ def kmeans_predict(x: np.ndarray, centers: np.ndarray):
     x = s.matrix(x, "X")
     centers = s.matrix(centers, "centers", dtype=x.dtype, n_features=x.shape[1])
     x64 = s.as_f64(x)
-    x_sq = np.empty(x.shape[0])
-    _row_sq(x64, x_sq)
     n, d = x.shape
     k = centers.shape[0]
     n_tasks = _n_tasks(n, d, k)
     labels = np.empty(n, np.int64)
     inertia = np.empty(n_tasks)
-    _assign(x64, x_sq, s.as_f64(centers), labels, np.empty(n), np.empty((n_tasks, k, d)),
-            np.empty((n_tasks, k)), inertia)
+    # no norms precomputed (each is summed beside its sample's distance) and no cluster sums
+    _assign(x64, np.empty(0), s.as_f64(centers), labels, np.empty(n),
+            np.empty((n_tasks, 0, d)), np.empty((n_tasks, 0)), inertia)
     return (labels, np.asarray(inertia.sum(), x.dtype)), None
 
 
