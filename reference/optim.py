@@ -23,8 +23,10 @@ Convention (the same for every optimizer)::
   ``step`` are constants.
 
 Every element is computed in float64 and rounded once to the input's dtype (torch's float32
-steps round after each operation). Hyper-parameters are checked as ``torch.optim`` checks them;
-bad input raises ``TypeError``/``ValueError`` naming the argument, e.g. ``state['exp_avg'][3]``.
+steps round after each operation). The in-place steps (``adam_`` ...) do the same by default;
+with ``opmath="dtype"`` they step float32 tensors in float32 arithmetic instead, as torch's
+fused CPU step does (twice the vector lanes; see their docstrings for the error bound).
+Hyper-parameters are checked as ``torch.optim`` checks them; bad input raises ``TypeError``/``ValueError`` naming the argument, e.g. ``state['exp_avg'][3]``.
 
 Conventions taken from torch where textbooks differ (each is restated where it applies):
 
@@ -950,6 +952,7 @@ def _work_items(sizes):
 # every optimizer (a parallel loop costs ~3.5 s to compile here, a serial one ~1 s).
 
 _SGD, _ADAGRAD, _RMSPROP, _ADAM_KIND = 0, 1, 2, 3
+_AS_F32 = 4  # kind + _AS_F32: the same optimizer in float32 arithmetic
 
 
 @kernel()
@@ -991,6 +994,124 @@ def _adam_span(p, g, m, vv, vmax, lr, b1, b2, eps, wd, decoupled, amsgrad, maxim
             vmax[i] = vm
 
 
+# float32 arithmetic (``opmath="dtype"`` on float32 tensors): every operation in float32
+# lanes, the hyper-parameters rounded once to float32, in torch's fused CPU order (its opmath
+# type for float is float). A flag that changes the arithmetic either multiplies by an exact
+# +-1 / 1 (maximize, AdamW's shrink when not decoupled) or selects (coupled decay), and
+# AMSGrad gets its own loop, so every loop vectorises with no masked loads.
+
+_F32 = np.float32
+
+
+@kernel()
+def _sgd_span32(p, g, b, first, lr, mu, damp, wd, nesterov, maximize):
+    sg, wdf, lrf = _F32(-1.0 if maximize else 1.0), _F32(wd), _F32(lr)
+    muf, keep = _F32(mu), _F32(1.0 - damp)
+    decay = wd != 0.0                       # torch adds no 0 * p (p may be inf)
+    if mu == 0.0:
+        for i in range(p.size):
+            gi = sg * g[i]
+            gi = gi + wdf * p[i] if decay else gi
+            p[i] = p[i] - lrf * gi
+    elif first:                             # step 1: the buffer is the gradient
+        for i in range(p.size):
+            gi = sg * g[i]
+            gi = gi + wdf * p[i] if decay else gi
+            u = gi + muf * gi if nesterov else gi
+            b[i] = gi
+            p[i] = p[i] - lrf * u
+    else:
+        for i in range(p.size):
+            gi = sg * g[i]
+            gi = gi + wdf * p[i] if decay else gi
+            bn = muf * b[i] + keep * gi
+            u = gi + muf * bn if nesterov else bn
+            b[i] = bn
+            p[i] = p[i] - lrf * u
+
+
+@kernel()
+def _adagrad_span32(p, g, s, clr, eps, wd, maximize):
+    sg, wdf, cf, ef = _F32(-1.0 if maximize else 1.0), _F32(wd), _F32(clr), _F32(eps)
+    decay = wd != 0.0
+    for i in range(p.size):
+        gi = sg * g[i]
+        gi = gi + wdf * p[i] if decay else gi
+        sn = s[i] + gi * gi
+        s[i] = sn
+        p[i] = p[i] - cf * (gi / (np.sqrt(sn) + ef))
+
+
+@kernel()
+def _rms_span32(p, g, sq, buf, ga, lr, alpha, eps, wd, mu, centered, maximize):
+    sg, wdf, lrf, ef = _F32(-1.0 if maximize else 1.0), _F32(wd), _F32(lr), _F32(eps)
+    af, bf, muf = _F32(alpha), _F32(1.0 - alpha), _F32(mu)
+    decay, has_b = wd != 0.0, mu > 0.0
+    for i in range(p.size):
+        gi = sg * g[i]
+        gi = gi + wdf * p[i] if decay else gi
+        sqn = af * sq[i] + bf * gi * gi
+        sq[i] = sqn
+        var = sqn
+        if centered:
+            gan = af * ga[i] + bf * gi
+            ga[i] = gan
+            var = sqn - gan * gan
+        den = np.sqrt(var) + ef
+        if has_b:
+            bn = muf * buf[i] + gi / den
+            buf[i] = bn
+            p[i] = p[i] - lrf * bn
+        else:
+            p[i] = p[i] - lrf * (gi / den)
+
+
+@inline()
+def _adam_moments32(p, g, m, vv, sg, wdf, coupled, shrink, b1f, a1, b2f, a2):
+    gi = sg * g
+    pi = shrink * p                         # AdamW: 1 - lr wd; Adam: exactly 1
+    gi = gi + wdf * pi if coupled else gi
+    return pi, b1f * m + a1 * gi, b2f * vv + a2 * gi * gi
+
+
+@kernel()
+def _adam_span32(p, g, m, vv, vmax, lr, b1, b2, eps, wd, decoupled, amsgrad, maximize, c, k):
+    sg, wdf = _F32(-1.0 if maximize else 1.0), _F32(wd)
+    coupled = wd != 0.0 and not decoupled
+    shrink = _F32(1.0 - lr * wd) if decoupled else _F32(1.0)
+    b1f, a1, b2f, a2 = _F32(b1), _F32(1.0 - b1), _F32(b2), _F32(1.0 - b2)
+    cf, kf, ef = _F32(c), _F32(k), _F32(eps)
+    if amsgrad:
+        for i in range(p.size):
+            pi, mn, vn = _adam_moments32(p[i], g[i], m[i], vv[i], sg, wdf, coupled, shrink,
+                                         b1f, a1, b2f, a2)
+            vm = max(vmax[i], vn)
+            m[i], vv[i], vmax[i] = mn, vn, vm
+            p[i] = pi - cf * mn / (np.sqrt(vm) / kf + ef)
+    else:
+        for i in range(p.size):
+            pi, mn, vn = _adam_moments32(p[i], g[i], m[i], vv[i], sg, wdf, coupled, shrink,
+                                         b1f, a1, b2f, a2)
+            m[i], vv[i] = mn, vn
+            p[i] = pi - cf * mn / (np.sqrt(vn) / kf + ef)
+
+
+@kernel()
+def _span32(kind, p, g, a, b, c, sc):
+    """:func:`_span`'s float32-arithmetic spans (on float32 tensors only)."""
+    if kind == _SGD:
+        _sgd_span32(p, g, a, sc[0] != 0.0, sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
+                    sc[6] != 0.0)
+    elif kind == _ADAGRAD:
+        _adagrad_span32(p, g, a, sc[0], sc[1], sc[2], sc[3] != 0.0)
+    elif kind == _RMSPROP:
+        _rms_span32(p, g, a, b, c, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
+                    sc[6] != 0.0)
+    else:
+        _adam_span32(p, g, a, b, c, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
+                     sc[6] != 0.0, sc[7] != 0.0, sc[8], sc[9])
+
+
 @kernel()
 def _span(kind, p, g, a, b, c, lo, hi, sc):
     """Elements [lo, hi) of one tensor: optimizer ``kind``'s step, scalars ``sc`` in the order
@@ -998,7 +1119,9 @@ def _span(kind, p, g, a, b, c, lo, hi, sc):
     empty, and so is its slice). The spans loop over slices from 0: a loop from ``lo`` would
     not vectorise (an index not known to be >= 0 goes through numba's wraparound)."""
     p, g, a, b, c = p[lo:hi], g[lo:hi], a[lo:hi], b[lo:hi], c[lo:hi]
-    if kind == _SGD:
+    if kind >= _AS_F32:
+        _span32(kind - _AS_F32, p, g, a, b, c, sc)
+    elif kind == _SGD:
         _sgd_span(p, g, a, sc[0] != 0.0, sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
                   sc[6] != 0.0)
     elif kind == _ADAGRAD:
@@ -1029,10 +1152,16 @@ def _inplace(kind, addr, size, like, sc):
                   _view(addr, size, 4, t, like), lo[j], min(lo[j] + _CHUNK, size[0, t]), sc)
 
 
-def _run(kind: int, tables, scal) -> None:
+def _opmath(opmath) -> bool:
+    """True: float32 tensors are stepped in float32 arithmetic."""
+    return v.choice(opmath, "opmath", ("float64", "dtype")) == "dtype"
+
+
+def _run(kind: int, tables, scal, f32: bool) -> None:
     sc = np.array(scal, dtype=np.float64)
     for addr, size, like in tables:
-        _inplace(kind, addr, size, like, sc)
+        _inplace(kind + _AS_F32 if f32 and like.dtype == np.float32 else kind, addr, size,
+                 like, sc)
 
 
 # ---- checks
@@ -1160,57 +1289,78 @@ def _inplace_tables(params, grads, state, buffers: tuple[str, ...], slots: tuple
 
 _INPLACE_NOTE = """
     In place: ``params`` and the state's buffers (the arrays ``state`` holds) are overwritten
-    with the new values, which equal the pure step's bit for bit (the same float64 arithmetic,
-    rounded once); the call returns None and allocates nothing of the tensors' size. Not
+    with the new values; the call returns None and allocates nothing of the tensors' size. Not
     differentiable (no ctx): use the pure step for that. params and the buffers must be
     writeable, aligned, C-contiguous arrays of their parameter's dtype and shape, each given
     once (overlapping views of one array are not detected); ``grads`` is only read. Checking
     costs a few attribute reads per array, and all the tensors of a call share one kernel
-    launch."""
+    launch.
+
+    ``opmath``: the arithmetic of float32 tensors (float64 ones are always stepped in float64).
+
+    - ``"float64"`` (default): every element in float64, rounded once to float32, as the pure
+      step: the new values equal the pure step's bit for bit.
+    - ``"dtype"``: float32 tensors in float32 arithmetic (16 lanes per vector instead of 8),
+      the hyper-parameters rounded once to float32, operations in the order of torch's fused
+      CPU step (whose opmath type for float is float): about as close to the float64 step as
+      torch's float32 step is. Each output then differs from the ``"float64"`` one by at most
+      the forward error bound of that order of float32 operations, accumulated from unit
+      roundoff ``u = 2^-24`` per operation (``|fl(a op b) - a op b| <= u |a op b|``) and
+      propagated through the later ones (sums add absolute errors, products and quotients add
+      relative ones, ``sqrt`` halves a relative error, ``max`` keeps the larger), plus the
+      ``"float64"`` result's own final rounding (``u |x|``);
+      suites/correctness/test_optim.py evaluates that bound element by element and checks it,
+      and checks the result against torch's float32 step with the forward-parity tolerance."""
 
 
 def sgd_(params, grads, state, step, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-         nesterov=False, maximize=False) -> None:
+         nesterov=False, maximize=False, opmath="float64") -> None:
     r"""One SGD step in place: :func:`sgd`'s update, same arguments (at step 1 the momentum
     buffer's old values are not read: it becomes the gradient)."""
     buffers, scal = _sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov,
                                  maximize)
-    _run(_SGD, _inplace_tables(params, grads, state, buffers, ("momentum_buffer",)), scal)
+    f32 = _opmath(opmath)
+    _run(_SGD, _inplace_tables(params, grads, state, buffers, ("momentum_buffer",)), scal, f32)
 
 
 def adagrad_(params, grads, state, step, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-             eps=1e-10, maximize=False) -> None:
+             eps=1e-10, maximize=False, opmath="float64") -> None:
     r"""One Adagrad step in place: :func:`adagrad`'s update, same arguments."""
     scal = _adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize)
-    _run(_ADAGRAD, _inplace_tables(params, grads, state, ("sum",), ("sum",)), scal)
+    f32 = _opmath(opmath)
+    _run(_ADAGRAD, _inplace_tables(params, grads, state, ("sum",), ("sum",)), scal, f32)
 
 
 def rmsprop_(params, grads, state, step, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
-             momentum=0.0, centered=False, maximize=False) -> None:
+             momentum=0.0, centered=False, maximize=False, opmath="float64") -> None:
     r"""One RMSprop step in place: :func:`rmsprop`'s update, same arguments."""
     buffers, scal = _rms_scalars(step, lr, alpha, eps, weight_decay, momentum, centered,
                                  maximize)
+    f32 = _opmath(opmath)
     slots = ("square_avg", "momentum_buffer", "grad_avg")
-    _run(_RMSPROP, _inplace_tables(params, grads, state, buffers, slots), scal)
+    _run(_RMSPROP, _inplace_tables(params, grads, state, buffers, slots), scal, f32)
 
 
 def adam_(params, grads, state, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-          weight_decay=0.0, amsgrad=False, maximize=False) -> None:
+          weight_decay=0.0, amsgrad=False, maximize=False, opmath="float64") -> None:
     r"""One Adam step in place: :func:`adam`'s update, same arguments."""
-    _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize, False)
+    _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize, False,
+           opmath)
 
 
 def adamw_(params, grads, state, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-           weight_decay=1e-2, amsgrad=False, maximize=False) -> None:
+           weight_decay=1e-2, amsgrad=False, maximize=False, opmath="float64") -> None:
     r"""One AdamW step in place: :func:`adamw`'s update, same arguments."""
-    _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize, True)
+    _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize, True,
+           opmath)
 
 
 def _adam_(params, grads, state, step, lr, betas, eps, weight_decay, amsgrad, maximize,
-           decoupled: bool) -> None:
+           decoupled: bool, opmath) -> None:
     buffers, scal = _adam_scalars(step, lr, betas, eps, weight_decay, amsgrad, maximize,
                                   decoupled)
-    _run(_ADAM_KIND, _inplace_tables(params, grads, state, buffers, _ADAM), scal)
+    f32 = _opmath(opmath)
+    _run(_ADAM_KIND, _inplace_tables(params, grads, state, buffers, _ADAM), scal, f32)
 
 
 for _f in (sgd_, adagrad_, rmsprop_, adam_, adamw_):
