@@ -683,3 +683,202 @@ def test_inplace_rejects_in_lists_and_bad_hyperparameters():
     with pytest.raises(ValueError, match="nesterov"):
         O.sgd_(ps, [np.ones(3), np.ones(2)], {}, 1, lr=0.1, nesterov=True)
     assert all(np.array_equal(p, np.ones(p.shape)) for p in ps)
+
+
+# ---------------------------------------------------------------------------------------------
+# the in-place steps' float32 arithmetic (opmath="dtype")
+#
+# The bound: each float32 program of the kernels (reference/optim.py, _*_span32) is replayed
+# here in float64 with a running error bound. A value carries (x, e): x the exact value of the
+# formula (float64, from the float32 inputs and the float64 hyper-parameters) and e a bound on
+# |computed float32 value - x|. With u = 2^-24 and eta = 2^-150 (the absolute rounding error of
+# a subnormal float32 result), for computed inputs a^ = a + da (|da| <= ea), b^ likewise:
+#   a^ + b^:  |da + db| + the rounding u |a^ + b^|          -> ea + eb + u(|a + b| + ea + eb)
+#   a^ * b^:  |a db + b da + da db| + rounding              -> |a| eb + |b| ea + ea eb + u(...)
+#   a^ / b^ (|b| > eb): |a^/b^ - a/b| = |b da - a db| / (|b| |b^|) <= (ea + |a/b| eb) / (|b| - eb)
+#   sqrt(a^): |sqrt(a^) - sqrt(a)| = |da| / (sqrt(a^) + sqrt(a)) <= min(sqrt(ea), ea / sqrt(a))
+#   max(a^, b^): max is 1-Lipschitz in each argument       -> max(ea, eb)
+# plus eta per rounding; a hyper-parameter rounded to float32 starts with e = |fl32(h) - h|,
+# and multiplying by an exact +-1 or 1 adds nothing. The "float64" step's result is x rounded
+# once (to within far less than a float32 ulp: float64 errors are 2^-29 times smaller), so
+#   |float32 step - float64 step| <= e (1 + 2^-20) + u |float64 step|.
+# Where the bound is infinite (a quotient whose divisor's error reaches the divisor) or the
+# float64 step is not finite, nothing is asserted.
+
+_U, _ETA = 2.0 ** -24, 2.0 ** -150
+
+
+class _Tracked:
+    """A float64 array of exact values and a bound on the float32 program's error."""
+
+    def __init__(self, x, e=0.0):
+        self.x = np.asarray(x, np.float64)
+        self.e = np.broadcast_to(np.asarray(e, np.float64), self.x.shape)
+
+    @staticmethod
+    def of(a):
+        return a if isinstance(a, _Tracked) else _Tracked(a)
+
+    def _round(self, x, e):
+        return _Tracked(x, e + _U * (np.abs(x) + e) + _ETA)
+
+    def __add__(self, other):
+        o = _Tracked.of(other)
+        return self._round(self.x + o.x, self.e + o.e)
+
+    def __sub__(self, other):
+        o = _Tracked.of(other)
+        return self._round(self.x - o.x, self.e + o.e)
+
+    def __mul__(self, other):
+        o = _Tracked.of(other)
+        return self._round(self.x * o.x, np.abs(self.x) * o.e + np.abs(o.x) * self.e
+                           + self.e * o.e)
+
+    def __truediv__(self, other):
+        o = _Tracked.of(other)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = self.x / o.x
+            room = np.abs(o.x) - o.e
+            e = np.where(room > 0, (self.e + np.abs(q) * o.e) / room, np.inf)
+        return self._round(q, e)
+
+    def sqrt(self):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.sqrt(self.x)
+            e = np.minimum(np.sqrt(self.e), np.where(r > 0, self.e / r, np.inf))
+        return self._round(r, e)
+
+    def max(self, other):
+        o = _Tracked.of(other)
+        return _Tracked(np.maximum(self.x, o.x), np.maximum(self.e, o.e))
+
+    def exact_scale(self, factor: float):
+        """times an exact +-1 or 1 (maximize; Adam's shrink): no rounding."""
+        return _Tracked(self.x * factor, self.e)
+
+
+def _h(value) -> _Tracked:
+    """A hyper-parameter rounded to float32 once."""
+    return _Tracked(value, abs(float(np.float32(value)) - value))
+
+
+def _bound_program(name, hyper, step, p, g, st):
+    """The float32 kernel's operations in order, tracked: {output name: _Tracked}."""
+    p, g = _Tracked(p), _Tracked(g)
+    st = {b: _Tracked(a) for b, a in st.items()}
+    sg = -1.0 if hyper.get("maximize") else 1.0
+    wd = hyper.get("weight_decay", 0.0)
+    gi = g.exact_scale(sg)
+    if name == "sgd":
+        _, (first, lr, mu, damp, wd, nesterov, _) = O._sgd_scalars(
+            step, hyper["lr"], hyper.get("momentum", 0.0), hyper.get("dampening", 0.0), wd,
+            hyper.get("nesterov", False), False)
+        gi = gi + _h(wd) * p if wd != 0.0 else gi
+        if mu == 0.0:
+            return {"params": p - _h(lr) * gi}
+        bn = gi if first else _h(mu) * st["momentum_buffer"] + _h(1.0 - damp) * gi
+        u = gi + _h(mu) * bn if nesterov else bn
+        return {"params": p - _h(lr) * u, "momentum_buffer": bn}
+    if name == "adagrad":
+        clr, eps, _, _ = O._adagrad_scalars(step, hyper["lr"], hyper.get("lr_decay", 0.0), wd,
+                                            hyper.get("eps", 1e-10), False)
+        gi = gi + _h(wd) * p if wd != 0.0 else gi
+        sn = st["sum"] + gi * gi
+        return {"params": p - _h(clr) * (gi / (sn.sqrt() + _h(eps))), "sum": sn}
+    if name == "rmsprop":
+        alpha, eps = hyper.get("alpha", 0.99), hyper.get("eps", 1e-8)
+        mu, lr = hyper.get("momentum", 0.0), hyper["lr"]
+        gi = gi + _h(wd) * p if wd != 0.0 else gi
+        sqn = _h(alpha) * st["square_avg"] + _h(1.0 - alpha) * gi * gi
+        out, var = {"square_avg": sqn}, sqn
+        if hyper.get("centered"):
+            gan = _h(alpha) * st["grad_avg"] + _h(1.0 - alpha) * gi
+            out["grad_avg"], var = gan, sqn - gan * gan
+        den = var.sqrt() + _h(eps)
+        if mu > 0.0:
+            bn = _h(mu) * st["momentum_buffer"] + gi / den
+            out["momentum_buffer"], out["params"] = bn, p - _h(lr) * bn
+        else:
+            out["params"] = p - _h(lr) * (gi / den)
+        return out
+    _, (lr, b1, b2, eps, wd, decoupled, amsgrad, _, c, k) = O._adam_scalars(
+        step, hyper.get("lr", 1e-3), hyper.get("betas", (0.9, 0.999)), hyper.get("eps", 1e-8),
+        hyper.get("weight_decay", 1e-2 if name == "adamw" else 0.0), hyper.get("amsgrad", False),
+        False, name == "adamw")
+    pi = p * _h(1.0 - lr * wd) if decoupled else p
+    gi = gi + _h(wd) * pi if wd != 0.0 and not decoupled else gi
+    mn = _h(b1) * st["exp_avg"] + _h(1.0 - b1) * gi
+    vn = _h(b2) * st["exp_avg_sq"] + _h(1.0 - b2) * gi * gi
+    out = {"exp_avg": mn, "exp_avg_sq": vn}
+    vm = vn
+    if amsgrad:
+        vm = out["max_exp_avg_sq"] = st["max_exp_avg_sq"].max(vn)
+    out["params"] = pi - _h(c) * mn / (vm.sqrt() / _h(k) + _h(eps))
+    return out
+
+
+def _f32_case(name, case):
+    params, grads, state, step, hyper = _split(name, case)
+    if name == "adamw":
+        hyper.setdefault("weight_decay", 1e-2)
+    return params, grads, state, step, hyper
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@given(data=st.data())
+def test_inplace_float32_arithmetic_within_its_error_bound(name, data, record):
+    """opmath="dtype" on float32 tensors vs the float64-arithmetic step: within the forward
+    error bound of the float32 program (derived above), element by element, every output."""
+    record.bind(f"{name}_", FAMILY, "in place, float32 arithmetic: error bound", np.float32,
+                "cpu")
+    case = data.draw(get(name).cases(np.dtype(np.float32)), label="case")
+    params, grads, state, step, hyper = _f32_case(name, case)
+    bound = _bound_program(name, hyper, step, params, np.asarray(grads), state)
+    ref_p, ref_s = params.copy(), _copy(state)
+    getattr(O, f"{name}_")(ref_p, grads, ref_s, step, **hyper)
+    got_p, got_s = params.copy(), _copy(state)
+    getattr(O, f"{name}_")(got_p, grads, got_s, step, **hyper, opmath="dtype")
+    record.examples += 1
+    for label, got, ref in [("params", got_p, ref_p)] + [(b, got_s[b], ref_s[b]) for b in ref_s]:
+        e = bound[label].e
+        ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+        sure = np.isfinite(e) & np.isfinite(ref64)
+        with np.errstate(invalid="ignore"):
+            ok = ~sure | (np.abs(got64 - ref64) <= e * (1 + 2.0 ** -20) + _U * np.abs(ref64))
+        assert ok.all(), (f"{name}_ {hyper} step={step}: {label} off by "
+                          f"{np.abs(got64 - ref64)[~ok]} > bound {e[~ok]} at {np.nonzero(~ok)}")
+        assert got.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@given(data=st.data())
+def test_inplace_float32_arithmetic_matches_torch(name, data, record):
+    """opmath="dtype" against torch's float32 step (the catalog's twin) with the forward-parity
+    tolerance, unchanged (the spec's case_tol: the default plus twice torch's own float32
+    deviation on the case)."""
+    spec = get(name)
+    record.bind(f"{name}_", FAMILY, "in place, float32 arithmetic vs torch", np.float32, "cpu")
+    case = data.draw(spec.cases(np.dtype(np.float32)), label="case")
+    params, grads, state, step, hyper = _split(name, case)
+    params, state = params.copy(), _copy(state)  # the case's arrays stay the twin's inputs
+    getattr(O, f"{name}_")(params, grads, state, step, **hyper, opmath="dtype")
+    want = twin_forward(spec, case)
+    tol = spec.tolerance(np.dtype(np.float32), case=case)
+    record.examples += 1
+    for label, got, e in zip(["params", *state], [params, *state.values()], want, strict=True):
+        compare(got, np.asarray(e), tol.rtol, tol.atol, label=f"{name}_ {label}",
+                record=record, case=case.describe())
+
+
+def twin_forward(spec, case):
+    from suites import twin
+
+    return twin.forward(spec, case, "cpu")
+
+
+def test_opmath_is_checked():
+    p = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="opmath"):
+        O.sgd_(p, p.copy(), {}, 1, lr=0.1, opmath="float32")
+    assert (p == 1).all()
