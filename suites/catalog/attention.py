@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reference import attention as A
 from reference import layers as L
+from reference import norm as N
 from suites import twin
 from suites.catalog import get, register
 from suites.catalog import strategies as S
@@ -1009,6 +1010,22 @@ def _normalised_rows(case: Case, outs) -> None:
     assert np.all(z.var(-1) <= 1 + tol), "post-norm output rows have variance above 1"
 
 
+def _shared_layer_norm(case: Case, outs) -> None:
+    """The layer is composed of the library's layer norm (issue 11's "composition, not
+    copies"): its output (post-norm) and its feed-forward input (pre-norm) are, bit for bit,
+    reference.norm.layer_norm of the input the layer saved for that norm."""
+    _, ctx = A.transformer_encoder_layer(*case.inputs.values(), **case.params)
+    eps = case.params["layer_norm_eps"]
+    embed = case.inputs["x"].shape[-1]
+    ln2 = N.layer_norm(ctx.saved["ln2_in"], (embed,), case.inputs["norm2_weight"],
+                       case.inputs["norm2_bias"], eps)[0]
+    if case.params["norm_first"]:
+        np.testing.assert_array_equal(ctx.saved["ff_in"], ln2)
+    else:
+        y = outs[0] if case.params["batch_first"] else outs[0].transpose(1, 0, 2)
+        np.testing.assert_array_equal(y.reshape(ln2.shape), ln2)
+
+
 _ENC_BASE = functools.partial(_encoder_case, np.random.default_rng(0), np.dtype(np.float64), 2,
                               4, 2, 3, 5, p=0.1, masks="bool")
 
@@ -1024,7 +1041,9 @@ register(Spec(
     cost=_encoder_cost,
     case_tol=_oracle_tol("transformer_encoder_layer"),
     smooth=_smooth_encoder,
-    invariants=(Invariant("post-norm rows are normalised", _normalised_rows),),
+    invariants=(Invariant("post-norm rows are normalised", _normalised_rows),
+                Invariant("its layer norm is reference.norm.layer_norm, bit for bit",
+                          _shared_layer_norm)),
     invalid=(
         Invalid("embed dim not divisible by num_heads", _with(_ENC_BASE, num_heads=4),
                 ValueError, "num_heads"),
