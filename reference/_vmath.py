@@ -10,10 +10,11 @@ Two families:
   (``exp(x, y.dtype)``): ``*_single`` evaluates a short polynomial whose error is far below a
   float32 ulp, so a float32 result is the exact value rounded once (measured <= 0.51 ulp, where
   torch's float32 exp and tanh are 0.57 ulp and its sigmoid and GELU much worse); ``*_double``
-  a longer one for float64 results (1-2.5 ulp; tanh stays libm's). Sigmoid, tanh, GELU and all
+  a longer one for float64 results (1-2.5 ulp; tanh stays libm's). Tanh, GELU and all
   float64 kernels use these.
-- float32 arithmetic, ``exp_f32`` and ``exp_f32_scaled``: 8 lanes per AVX2 register instead of
-  4, about 0.9 ulp. The float32 softmax rows use them, where speed against torch is the target.
+- float32 arithmetic, ``exp_f32``, ``exp_f32_scaled`` and ``sigmoid_f32``: 8 lanes per AVX2
+  register instead of 4, about 0.9 ulp (sigmoid 1.5, see its section). The float32 softmax rows
+  and sigmoid use them, where speed against torch is the target.
 
 exp: Cody-Waite range reduction ``x = n ln2 + r``, ``|r| <= ln2/2``, ``n`` rounded by the
 ``1.5 * 2**52`` shifter (its low bits are ``n``, no float-to-int conversion), a Taylor
