@@ -1,0 +1,143 @@
+"""Helpers the attention specs share (``attention``, ``attention_mha``, ``attention_encoder``):
+the float32 tolerance measured on the twin, the builder of invalid cases, the projections and
+masks of torch's multi-head attention, and its flop count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from suites import twin
+from suites.catalog import get
+from suites.catalog import strategies as S
+from suites.catalog.spec import (
+    DEFAULT_TOL,
+    FLOAT32,
+    Case,
+    Tol,
+    case_dtype,
+)
+
+FAMILY = "sequence"
+
+
+# float32 tolerance: the oracle's own float32 rounding error on this case. Attention's float32
+# error depends on the case far more than elementwise ops' (scores of size S = c |q||k| carry
+# absolute errors ~ sqrt(E) u S that softmax turns into relative errors of the weights; layer
+# norm divides by a row's spread, amplifying its input's errors by max|z| / std), and the
+# worst-case bounds of that chain are 1e3-1e6 times what happens. So we measure instead: the
+# twin in float32 against the twin in float64 (the exact answer to 1e-16 here) gives e, the
+# float32 error torch itself makes on this case with the same operations. The reference rounds
+# the same operations in the same precision (in other orders: BLAS blocking, float64 row sums),
+# so |reference - twin| <= |reference - exact| + e, and we allow |reference - exact| <= 3e:
+# DEFAULT_TOL + 4e in all. The reference is thereby held to torch's own float32 accuracy on
+# each case (within 3x), and the tolerance does not depend on the reference's output at all.
+
+
+def _as64(case: Case) -> Case:
+    return Case({k: (a.astype(np.float64) if a.dtype == FLOAT32 else a)
+                 for k, a in case.inputs.items()}, case.params)
+
+
+def _max_error(got, exact) -> float:
+    worst = 0.0
+    for a, e in zip(got, exact, strict=True):
+        a, e = a.astype(np.float64), e.astype(np.float64)
+        finite = np.isfinite(a) & np.isfinite(e)
+        if finite.any():
+            worst = max(worst, float(np.max(np.abs(a[finite] - e[finite]))))
+    return worst
+
+
+def _oracle_tol(name: str):
+    def tol(case: Case, upstream) -> Tol | None:
+        if case_dtype(case) != FLOAT32:
+            return None
+        spec = get(name)
+        if upstream is None:
+            err = _max_error(twin.forward(spec, case, "cpu"),
+                             twin.forward(spec, _as64(case), "cpu"))
+        else:
+            spec = dataclasses.replace(spec, grad_inputs=spec.grad_names(case))
+            up64 = tuple(g.astype(np.float64) for g in upstream)
+            err = _max_error(twin.gradients(spec, case, "cpu", upstream),
+                             twin.gradients(spec, _as64(case), "cpu", up64))
+        base = DEFAULT_TOL[FLOAT32]
+        return Tol(rtol=base.rtol, atol=base.atol + 4.0 * err)
+
+    return tol
+
+
+def _with(make, **changes):
+    def build():
+        case = make()
+        inputs, params = dict(case.inputs), dict(case.params)
+        for k, val in changes.items():
+            if k in inputs or k in ("attn_mask", "key_padding_mask", "src_key_padding_mask",
+                                    "src_mask"):
+                inputs[k] = val(inputs.get(k)) if callable(val) else val
+            else:
+                params[k] = val
+        return Case(inputs, params)
+    return build
+
+
+def _projections(rng, embed, dtype, ff=None):
+    k = 1.0 / math.sqrt(embed)
+    ws = {"in_proj_weight": S.normal(rng, (3 * embed, embed), dtype, k),
+          "in_proj_bias": S.normal(rng, (3 * embed,), dtype, 0.1),
+          "out_proj_weight": S.normal(rng, (embed, embed), dtype, k),
+          "out_proj_bias": S.normal(rng, (embed,), dtype, 0.1)}
+    if ff is not None:
+        ws.update({"linear1_weight": S.normal(rng, (ff, embed), dtype, k),
+                   "linear1_bias": S.normal(rng, (ff,), dtype, 0.1),
+                   "linear2_weight": S.normal(rng, (embed, ff), dtype, 1.0 / math.sqrt(ff)),
+                   "linear2_bias": S.normal(rng, (embed,), dtype, 0.1),
+                   "norm1_weight": (1.0 + S.normal(rng, (embed,), dtype, 0.2)).astype(dtype),
+                   "norm1_bias": S.normal(rng, (embed,), dtype, 0.1),
+                   "norm2_weight": (1.0 + S.normal(rng, (embed,), dtype, 0.2)).astype(dtype),
+                   "norm2_bias": S.normal(rng, (embed,), dtype, 0.1)})
+    return ws
+
+
+def _masks(rng, kind, batch, heads, length, dtype, kpm_name, am_name, src_len=None,
+           keep_first=True):
+    """torch MHA masks (bool: True = masked) over ``src_len`` keys (default ``length``). With
+    ``keep_first`` key 0 is never masked, so no query row is left with nothing to attend:
+    there torch's MHA gives NaN with need_weights=True but zeros with need_weights=False and
+    in its encoder layer (the reference gives zeros). Without it (when bias_k or the zero row
+    add keys that no mask reaches) whole rows of the given keys may be masked."""
+    src_len = length if src_len is None else src_len
+    out = {}
+    if kind == "none":
+        return out
+    if kind in ("bool", "both"):
+        kpm = rng.random((batch, src_len)) < (0.3 if keep_first else 0.6)
+    else:
+        kpm = rng.standard_normal((batch, src_len)) * 2.0
+        kpm[rng.random((batch, src_len)) < (0.2 if keep_first else 0.6)] = -np.inf
+        kpm = kpm.astype(dtype)
+    if keep_first:
+        kpm[:, 0] = False if kpm.dtype == np.bool_ else 0.0
+    out[kpm_name] = kpm
+    if kind in ("both", "float"):
+        shape = (length, src_len) if rng.random() < 0.5 else (batch * heads, length, src_len)
+        if kind == "both":
+            am = rng.random(shape) < 0.3
+            if keep_first:
+                am[..., 0] = False
+        else:
+            am = (rng.standard_normal(shape) * 2.0).astype(dtype)
+            if keep_first:
+                am[..., 0] = 0.0
+            else:
+                am[rng.random(shape) < 0.3] = -np.inf
+        out[am_name] = am
+    return out
+
+
+def _mha_flops(batch, length, embed):
+    return 2 * batch * length * embed * 4 * embed + batch * length * length * (4 * embed + 5)
