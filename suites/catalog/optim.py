@@ -185,6 +185,15 @@ def _tensors(draw, dtype, buffers: dict):
         out["grads"] = np.where(tiny, np.copysign(np.float32(1e-18), g), g).astype(dtype)
     for name, elements in buffers.items():
         out[name] = draw(S.arrays(dtype, shape, elements=elements))
+        if np.dtype(dtype) == np.float32:
+            # The same convention for a state value: with a zero second moment the derivative
+            # of sqrt is inf, and torch's float32 backward multiplies it by lr * exp_avg /
+            # eps^2, which underflows to 0 for exp_avg ~ 1e-45 (0 * inf: NaN) where the
+            # float64 reference's product is tiny but not 0 (inf). Buffer values below 1e-18
+            # in magnitude move to +-1e-18 too.
+            b = out[name]
+            tiny = (b != 0) & (np.abs(b) < 1e-18)
+            out[name] = np.where(tiny, np.copysign(np.float32(1e-18), b), b).astype(dtype)
     return out
 
 
@@ -330,7 +339,8 @@ def _cost(flops_per_element: float):
 
 def _inv_lr_zero(name: str) -> Invariant:
     def check(case: Case, outs) -> None:
-        got = _ADAPTED[name].forward(*case.inputs.values(), **dict(case.params, lr=0.0))[0][0]
+        forward = _SPECS[name].forward  # name: the spec's (a model spec's flat arrays too)
+        got = forward(*case.inputs.values(), **dict(case.params, lr=0.0))[0][0]
         p = case.inputs["params"]
         same = (got == p) | (np.isnan(got) & np.isnan(p))
         assert same.all(), f"lr = 0 moved the parameter: {got} != {p}"
@@ -506,3 +516,220 @@ _register("adam", "Adam step: bias corrections, amsgrad (max of the raw second m
 _register("adamw", "AdamW step: decay by lr * weight_decay before the Adam update",
           lambda dtype: _adam_cases(dtype, True), 15,
           _invalid("adamw", dict(lr=0.1)) + _betas_invalid("adamw"))
+
+
+# ---------------------------------------------------------------------------------------------
+# a model's worth of tensors: sgd_model, adam_model, adamw_model
+#
+# The same optimizers over a LIST of tensors, as a model is stepped: torch's steps (default,
+# foreach, fused) and the library's take the list in one call. A case holds each input as ONE
+# flat array, the concatenation of the tensors (the generic checks and benchmarks see arrays),
+# and ``sizes`` (a keyword parameter) splits it: the reference, the twin and the peers step
+# the list of pieces (views for the pure step, which only reads them; separate copies for the
+# torch optimizers and the in-place peer, as a model's parameters are separate tensors) and
+# the outputs are concatenated back. Hypothesis cases: 2-4 tensors of the catalog's shapes
+# (0-d included), one hyper-parameter set. Benchmark sizes: 50 tensors of mixed sizes, 25
+# weight matrices in relative sizes 4:1:2:8:1 (repeating) and 25 small vectors (biases, norm
+# scales) of n / 4096 elements each, n = 1K, 1M, 16.7M parameters in all.
+
+MODEL_TENSORS = 50
+_MODELS = ("sgd", "adam", "adamw")
+
+
+def _split_flat(a, sizes, name: str):
+    """One flat array -> its pieces (views), or a ValueError naming the argument."""
+    total = int(sum(sizes))
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size != total:
+        got = f"shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name} must be one flat array of {total} elements (the {len(sizes)} "
+                         f"tensors' sizes {tuple(sizes)}, concatenated), got {got}")
+    offsets = np.cumsum((0,) + tuple(sizes))
+    return [a[offsets[i]:offsets[i + 1]] for i in range(len(sizes))]
+
+
+def _flat_out(x):
+    return None if x is None else np.concatenate([np.reshape(a, -1) for a in x])
+
+
+class _Model:
+    """The optimizer's step over the pieces of flat arrays; outputs and gradients flat."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.inner = _ADAPTED[name]
+
+    def forward(self, params, grads, *buffers, step, sizes, **hyper):
+        names = _ALL_BUFFERS[self.name]
+        pieces = [_split_flat(a, sizes, n) for a, n in zip((params, grads, *buffers),
+                                                            ("params", "grads", *names))]
+        outs, ctx = self.inner.forward(*pieces, step=step, **hyper)
+        return tuple(_flat_out(o) for o in outs), (ctx, tuple(sizes))
+
+    def backward(self, ctx, grad_out):
+        if not (isinstance(ctx, tuple) and len(ctx) == 2):
+            return self.inner.backward(ctx, grad_out)  # the library names the bad ctx
+        inner, sizes = ctx
+        if not isinstance(grad_out, tuple):
+            return self.inner.backward(inner, grad_out)
+        names = ("params", *tuple(getattr(inner, "state", {})))
+        ups = tuple(_split_flat(np.asarray(g), sizes, f"grad_out[{i}] ({n})")
+                    for i, (g, n) in enumerate(zip(grad_out, names)))
+        return tuple(_flat_out(d) for d in self.inner.backward(inner, ups))
+
+
+def _model_twin(name: str):
+    def run(params, grads, *buffers, step, sizes, **hyper):
+        names = _BUFFERS[name](hyper)
+        diff = torch.is_grad_enabled()
+
+        def split(t):
+            return [x.clone() for x in torch.split(t, list(sizes))]
+
+        ps, gs = split(params), split(grads)
+        bufs = [split(t) for t in buffers]
+        for p, g in zip(ps, gs, strict=True):
+            p.grad = g
+        opt = _TORCH[name](ps, differentiable=diff, **hyper)
+        for i, p in enumerate(ps):
+            state = opt.state[p]
+            state.clear()
+            for b, pieces in zip(names, bufs, strict=True):
+                state[b] = pieces[i]
+            if name == "sgd" and step == 1:
+                state.pop("momentum_buffer", None)  # torch's first step: the gradient
+            elif name != "sgd":
+                state["step"] = torch.tensor(float(step - 1), dtype=torch.float64)
+        opt.step()
+        outs = [torch.cat([p.reshape(-1) for p in ps])]
+        outs += [torch.cat([opt.state[p][b].reshape(-1) for p in ps]) for b in names]
+        if name == "sgd" and step == 1 and names and diff:
+            outs = _sgd_first_buffer_derivative(params, grads, outs, hyper)
+        return tuple(outs)
+
+    return run
+
+
+@st.composite
+def _model_cases(draw, name: str, dtype):
+    first = draw(_CASES[name](dtype))
+    hyper = {k: val for k, val in first.params.items() if k != "step"}
+    names = _BUFFERS[name](hyper)
+    tensors = [first.inputs]
+    for _ in range(draw(st.integers(1, 3))):
+        elements = {b: _nonneg(dtype, 100.0) if b in _SECOND_MOMENTS else _values(dtype)
+                    for b in names}
+        tensors.append(draw(_tensors(dtype, elements)))
+    flat = {k: np.concatenate([np.reshape(np.asarray(t[k], dtype), -1) for t in tensors])
+            for k in first.inputs}
+    sizes = tuple(int(np.size(t["params"])) for t in tensors)
+    return Case(flat, dict(step=first.params["step"], sizes=sizes, **hyper))
+
+
+def model_sizes(n: int) -> tuple[int, ...]:
+    """50 tensor sizes summing to ``n``: 25 small vectors of ``max(1, n // 4096)`` elements,
+    25 matrices sharing the rest in relative sizes 4:1:2:8:1 (repeating)."""
+    small = max(1, n // 4096)
+    rel = [(4, 1, 2, 8, 1)[i % 5] for i in range(MODEL_TENSORS // 2)]
+    rest = n - small * len(rel)
+    big = [rest * r // sum(rel) for r in rel]
+    big[0] += rest - sum(big)
+    return tuple(x for pair in zip(big, [small] * len(rel)) for x in pair)
+
+
+def _model_size_case(name: str, n: int, dtype) -> Case:
+    case = _size_case(name, n, dtype)
+    return Case(case.inputs, dict(case.params, sizes=model_sizes(n)))
+
+
+def _pieces(case: Case, key: str):
+    """Separate copies of the case's tensors of input ``key`` (a model's separate tensors)."""
+    return [a.copy() for a in _split_flat(case.inputs[key], case.params["sizes"], key)]
+
+
+def _model_peer(name: str, **flags):
+    """One in-place torch step over the model's 50 tensors (forward only)."""
+
+    def factory(case: Case, pass_: str):
+        if pass_ != "forward":
+            return None
+        hyper = {k: val for k, val in case.params.items() if k not in ("step", "sizes")}
+        ps = [torch.from_numpy(a) for a in _pieces(case, "params")]
+        for p, g in zip(ps, _pieces(case, "grads"), strict=True):
+            p.grad = torch.from_numpy(g)
+        opt = _TORCH[name](ps, **flags, **hyper)
+        for b in _BUFFERS[name](hyper):
+            for p, a in zip(ps, _pieces(case, b), strict=True):
+                opt.state[p][b] = torch.from_numpy(a)
+        if name != "sgd":
+            for p in ps:
+                opt.state[p]["step"] = torch.tensor(float(case.params["step"] - 1))
+        return opt.step
+
+    return factory
+
+
+def _model_inplace_peer(name: str):
+    """The library's in-place step over copies of the model's 50 tensors, one call."""
+
+    def factory(case: Case, pass_: str):
+        if pass_ != "forward":
+            return None
+        hyper = {k: val for k, val in case.params.items() if k not in ("step", "sizes")}
+        ps, gs = _pieces(case, "params"), _pieces(case, "grads")
+        state = {b: _pieces(case, b) for b in _BUFFERS[name](hyper)}
+        step_, t = getattr(O, f"{name}_"), case.params["step"]
+        return lambda: step_(ps, gs, state, t, **hyper, opmath="dtype")
+
+    return factory
+
+
+def _model_invalid(name: str, base: dict) -> tuple[Invalid, ...]:
+    def case(**over):
+        def build():
+            inputs = {"params": np.ones(3), "grads": np.ones(3)}
+            inputs.update({b: np.ones(3) for b in _BUFFERS[name](base)})
+            params = dict(base, step=2, sizes=(1, 2))
+            for k, val in over.items():
+                (inputs if k in inputs else params)[k] = val
+            return Case(inputs, params)
+
+        return build
+
+    out = [Invalid("a negative lr", case(lr=-0.1), ValueError, r"\blr\b"),
+           Invalid("grads of another length", case(grads=np.ones(4)), ValueError, r"\bgrads\b"),
+           Invalid("params not flat", case(params=np.ones((3, 1))), ValueError, r"\bparams\b"),
+           Invalid("grads of another dtype", case(grads=np.ones(3, np.float32)), TypeError,
+                   r"\bgrads\b")]
+    for b in _BUFFERS[name](base):
+        out.append(Invalid(f"{b} of another length", case(**{b: np.ones(2)}), ValueError,
+                           rf"\b{b}\b"))
+    return tuple(out)
+
+
+_CASES = {"sgd": _sgd_cases, "adam": lambda dtype: _adam_cases(dtype, False),
+          "adamw": lambda dtype: _adam_cases(dtype, True)}
+_MODEL_HYPER = {"sgd": dict(lr=0.1, momentum=0.9), "adam": dict(lr=0.1),
+                "adamw": dict(lr=0.1)}
+_FLOPS = {"sgd": 6, "adam": 14, "adamw": 15}
+
+for _name in _MODELS:
+    _key = f"{_name}_model"
+    _model = _Model(_name)
+    _SPECS[_key] = register(Spec(
+        name=_key, family=FAMILY,
+        summary=f"{_SPECS[_name].summary.split(':')[0]} over a model's list of tensors "
+                f"(benchmarks: {MODEL_TENSORS} tensors of mixed sizes, one call)",
+        forward=_model.forward, backward=_model.backward,
+        grad_inputs=("params", "grads") + _ALL_BUFFERS[_name],
+        n_diff_outputs=1 + len(_ALL_BUFFERS[_name]),
+        torch=_model_twin(_name), cases=lambda dtype, n=_name: _model_cases(n, dtype),
+        sizes={k: (lambda dtype, n=n, o=_name: _model_size_case(o, n, dtype))
+               for k, n in _SIZES.items()},
+        cost=_cost(_FLOPS[_name]), invariants=(_inv_lr_zero(_key),),
+        invalid=_model_invalid(_name, _MODEL_HYPER[_name]),
+        peers={"torch-foreach": _model_peer(_name, foreach=True),
+               "torch-fused": _model_peer(_name, fused=True),
+               "numba-inplace": _model_inplace_peer(_name)},
+        smooth=None if _name == "sgd" else _off_kinks(_name),
+        case_tol=_twin_error_tol(_key),
+    ))
