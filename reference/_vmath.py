@@ -1,4 +1,4 @@
-r"""Elementary functions that vectorise inside Numba loops: exp, expm1, tanh, sigmoid, Phi.
+r"""Elementary functions that vectorise inside Numba loops: exp, expm1, tanh, sigmoid, Phi, log.
 
 The llvmlite wheel has no SVML, so ``math.exp`` in a loop is a scalar libm call (~10 ns) and
 the loop does not vectorise. The functions here are plain arithmetic (fused multiply-adds,
@@ -15,6 +15,9 @@ Two families:
 - float32 arithmetic, ``exp_f32``, ``exp_f32_scaled`` and ``sigmoid_f32``: 8 lanes per AVX2
   register instead of 4, about 0.9 ulp (sigmoid 1.5, see its section). The float32 softmax rows
   and sigmoid use them, where speed against torch is the target.
+
+log (``log_double``, ``log1m_double``, ``log1p_unit_double``): float64 only, about 1 ulp, so a
+float32 result rounded from them is the exact value rounded once.
 
 exp: Cody-Waite range reduction ``x = n ln2 + r``, ``|r| <= ln2/2``, ``n`` rounded by the
 ``1.5 * 2**52`` shifter (its low bits are ``n``, no float-to-int conversion), a Taylor
@@ -58,6 +61,7 @@ __all__ = [
     "exp", "expm1", "tanh", "sigmoid", "ndtr",
     "exp_single", "exp_double", "expm1_single", "expm1_double", "tanh_single", "tanh_double",
     "sigmoid_single", "sigmoid_double", "ndtr_single", "ndtr_double", "exp_f32", "exp_f32_scaled",
+    "log_double", "log1m_double", "log1p_unit_double",
 ]
 
 
@@ -467,6 +471,137 @@ def ndtr_double(x):
     hi = x * x
     lo = fma(x, x, -hi)
     return 0.5 * math.erfc(-x * _SQRT_HALF), exp_double(-0.5 * hi) * (1.0 - 0.5 * lo)
+
+
+# ---------------------------------------------------------------------------------------------
+# log, log(1 - x) and log(1 + u): float64 arithmetic and integer bit operations, no libm call
+#
+# All three reduce to k ln2 + log(1 + f) for a small f (-0.3 <= f <= 0.5) through
+# s = f / (2 + f) (|s| <= 0.2): log(1 + f) = 2 atanh(s) = 2s + s R(s^2), an odd series, and
+# since 2s = f - s f,
+#
+#     log(1 + f) = f - s (f - R).
+#
+# f is exact (m - 1, (u - 1) / 2; log1m carries its rounding error along), so the roundings
+# of 2 + f and of the division only touch the correction s (f - R), about f^2 / 2: the result
+# is within about an ulp (measured bounds in test_vmath). The losses use these (binary
+# cross-entropy's log x and log(1 - x), and log(1 + e^{-|x|}) for logits).
+
+_SQRT2 = math.sqrt(2.0)
+_MIN_NORMAL = 2.2250738585072014e-308
+_TWO54 = 18014398509481984.0  # 2^54: scales a subnormal into the normal range
+
+
+@_scalar
+def _atanh_rest(z):
+    # R(z) = 2 (z/3 + z^2/5 + ... + z^10/21), z = s^2, so that 2 atanh(s) = 2s + s R. For
+    # |s| <= 0.2 the first term left out, 2 s^23 / 23, is below (1/25)^11 / 23 * 25/24 < 2e-17
+    # of 2s.
+    p = 2.0 / 21.0
+    p = fma(p, z, 2.0 / 19.0)
+    p = fma(p, z, 2.0 / 17.0)
+    p = fma(p, z, 2.0 / 15.0)
+    p = fma(p, z, 2.0 / 13.0)
+    p = fma(p, z, 2.0 / 11.0)
+    p = fma(p, z, 2.0 / 9.0)
+    p = fma(p, z, 2.0 / 7.0)
+    p = fma(p, z, 2.0 / 5.0)
+    p = fma(p, z, 2.0 / 3.0)
+    return z * p
+
+
+@_scalar
+def _split(w):
+    # w = 2^k m with m in [sqrt(1/2), sqrt 2): (k as a float, k as an int, m); w >= 0 finite.
+    # Subnormals are scaled by 2^54 first.
+    sub = w < _MIN_NORMAL
+    bits = np.float64(w * _TWO54 if sub else w).view(np.int64)
+    k = (bits >> 52) - (1023 + 54 if sub else 1023)
+    m = np.int64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).view(np.float64)
+    big = m > _SQRT2
+    k = k + 1 if big else k
+    return np.float64(k), k, 0.5 * m if big else m
+
+
+@_scalar
+def _log1p_rest(f):
+    # log(1 + f) - f for -0.3 <= f <= 0.5: -s (f - R(s^2)), s = f / (2 + f) (|s| <= 0.2).
+    s = f / (2.0 + f)
+    return -s * (f - _atanh_rest(s * s))
+
+
+@_scalar
+def _log_k(kf, g, e):
+    # k ln2 + g + e, where g (|g| <= 1/2) is exact and e (small beside g) holds the rest of
+    # log(1 + f). For k = +-1 and g of the other sign, k ln2 and the log cancel in part, so
+    # k ln2_hi + g is summed first, its rounding error kept (Fast2Sum, |k ln2_hi| > |g|), and
+    # the small terms come last. Otherwise k ln2_hi is exact and g + e + k ln2_lo, rounded,
+    # is small beside it or nothing cancels.
+    hi = kf * _LN2_HI
+    lo = kf * _LN2_LO
+    head = hi + g
+    near = head + ((e + lo) + (g - (head - hi)))
+    far = hi + ((g + e) + lo)
+    return near if abs(kf) <= 1.0 and kf * g <= 0.0 else far
+
+
+@_scalar
+def log_double(x):
+    """``log x`` for any float64 ``x``, to about 1 ulp (libm's special values).
+
+    ``x = 2^k m`` with ``m`` in ``[sqrt(1/2), sqrt 2)``: ``log x = k ln2 + log(1 + f)``, ``f =
+    m - 1`` exact; ``k ln2`` in two parts (``k * _LN2_HI`` exact). ``log(+-0) = -inf``,
+    ``log(inf) = inf``, ``log`` of a negative number is NaN, NaN propagates.
+    """
+    kf, _, m = _split(x)
+    f = m - 1.0
+    r = _log_k(kf, f, _log1p_rest(f))
+    r = np.inf if x == np.inf else r
+    r = np.nan if x < 0.0 else r
+    r = -np.inf if x == 0.0 else r
+    return r if x == x else x
+
+
+@_scalar
+def log1m_double(x):
+    """``log(1 - x)`` for any float64 ``x``, to about 1 ulp, accurate for tiny ``x``.
+
+    ``1 - x = w + c`` exactly (Fast2Sum: ``w`` rounded, ``c`` its error), ``w = 2^k m`` as in
+    ``log_double``, so ``log(1 - x) = k ln2 + log(1 + F)`` with ``F = (m - 1) + c 2^-k`` held
+    exactly as ``f + f_lo`` (Fast2Sum again), and ``log(1 + F) = F + (log(1 + f) - f) -
+    f_lo f`` to far below an ulp. For ``k = 0`` the sum is ``-x`` itself, so tiny ``x`` keep
+    every digit. One division, as ``log_double``. ``log1m(1) = -inf``, ``log1m(-inf) = inf``,
+    ``x > 1`` gives NaN, ``x = +-0`` gives ``+0.0`` (``log 1``).
+    """
+    w = 1.0 - x
+    c_small = (1.0 - w) - x  # Fast2Sum takes the larger magnitude first
+    c_big = (-x - w) + 1.0
+    c = c_small if x >= -1.0 else c_big
+    kf, k, m = _split(w)
+    g = m - 1.0
+    # 2^-k for k in [-53, 1024] (w >= 2^-53 when not 0); 2^-1023 is built as +0.0, which also
+    # stands in for 2^-1024, where c is far below an ulp of the result.
+    cs = c * _pow2(max(-k, -1023))
+    f = g + cs
+    f_lo = cs - (f - g)  # |g| >= |cs|: g is a multiple of 2^-53, or 0 where cs = f exactly
+    r = _log_k(kf, g, (cs + _log1p_rest(f)) - f_lo * f)
+    r = np.inf if w == np.inf else r
+    r = np.nan if w < 0.0 else r
+    r = -np.inf if w == 0.0 else r
+    return r if w == w else w
+
+
+@_scalar
+def log1p_unit_double(u):
+    """``log(1 + u)`` for float64 ``u`` in ``[-0.3, 1]`` only (e.g. ``u = e^{-|x|}``), to about
+    1 ulp: ``u + (log(1 + u) - u)`` for ``u < 1/2``, else ``ln2 + log(1 + f)`` with ``f = (u -
+    1) / 2`` (exact). Cheaper than ``log1m_double(-u)``, which takes any ``u``. NaN
+    propagates; ``-0.0`` stays.
+    """
+    hi = u >= 0.5
+    f = (u - 1.0) * 0.5 if hi else u
+    r = _log_k(1.0 if hi else 0.0, f, _log1p_rest(f))
+    return r if u != 0.0 else u  # log1p(-0.0) = -0.0
 
 
 # ---------------------------------------------------------------------------------------------

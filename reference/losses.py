@@ -12,9 +12,9 @@ returning NaN (PyTorch returns NaN, or for ``multi_margin_loss`` uninitialised m
 Label arrays are integer (int64) inputs and class weights are float inputs; neither is
 differentiated. Each backward returns its gradients in the order its docstring lists.
 
-Speed: the elementwise loops vectorise. exp comes from ``reference._vmath``; log and log1p,
-which it lacks, are branch-free here (``_log01``, ``_log1m``, ``_log1p_unit``). Kernels that
-inline those must not carry ``reduce=True`` (``reassoc`` would also be free to regroup the
+Speed: the elementwise loops vectorise. exp and the logs (``log_double``, ``log1m_double``,
+``log1p_unit_double``) come from ``reference._vmath``, branch-free. Kernels that call those
+must not carry ``reduce=True`` (``reassoc`` would also be free to regroup the
 cancellation-free forms ``(m - x_y) + log s`` and ``(margin - x_y) + x_j`` used below), so
 their sums go through a float64 scratch block and ``_vmath.fsum``; only MSE, L1 and the hinge
 sum under ``reduce=True`` directly.
@@ -41,7 +41,6 @@ instead (one array) or a cheap mutation check would halve or remove that; not do
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -218,7 +217,13 @@ def mse_loss(input: np.ndarray, target: np.ndarray, *, reduction: str = "mean"):
 
 
 def mse_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
-    """``(d_input, d_target)`` = ``(2 g (x - t), -2 g (x - t))``."""
+    r"""``(d_input, d_target)`` of ``mse_loss``:
+
+    .. math:: \partial x_i = 2 g_i (x_i - t_i), \qquad \partial t_i = -\partial x_i
+
+    :math:`g_i` is ``grad_out`` per element ('none'), or ``grad_out`` divided by the element
+    count ('mean') or as it is ('sum') for every element.
+    """
     return _regression_backward(ctx, grad_out, False)
 
 
@@ -235,22 +240,20 @@ def l1_loss(input: np.ndarray, target: np.ndarray, *, reduction: str = "mean"):
 
 
 def l1_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
-    """``(d_input, d_target)`` = ``(g sign(x - t), -g sign(x - t))``."""
+    r"""``(d_input, d_target)`` of ``l1_loss``:
+
+    .. math:: \partial x_i = g_i \operatorname{sign}(x_i - t_i), \qquad
+              \partial t_i = -\partial x_i
+
+    with :math:`\operatorname{sign}(0) = 0` (PyTorch's); :math:`g_i` as in
+    ``mse_loss_backward``.
+    """
     return _regression_backward(ctx, grad_out, True)
 
 
 # ---------------------------------------------------------------------------------------------
-# logarithms that vectorise
-#
-# _vmath has exp but no log. These use only arithmetic, comparisons and integer bit operations
-# (no libm call), so a loop around them vectorises. Float64 throughout.
+# blocks of a vectorised reduction
 
-_LN2_HI = 6.93147180369123816490e-01  # ln 2 with 32 trailing zero bits: k * _LN2_HI is exact
-_LN2_LO = 1.90821492927058770002e-10  # ln 2 - _LN2_HI
-_LOG_1_5 = math.log(1.5)
-_SQRT2 = math.sqrt(2.0)
-_MIN_NORMAL = 2.2250738585072014e-308
-_TWO54 = 18014398509481984.0
 _CHUNK = 2048  # elements per block of a vectorised reduction (its float64 scratch stays in L1)
 
 
@@ -270,60 +273,6 @@ def _part_jit(a, i0, i1):
     return lambda a, i0, i1: a[i0:i1]
 
 
-@inline()
-def _atanh2(s):
-    # 2 atanh(s) = log((1 + s) / (1 - s)) for |s| <= 1/5: the series 2 (s + s^3/3 + ... +
-    # s^21/21) leaves a relative error below (1/25)^11 / 23 * 25/24 < 2e-17.
-    z = s * s
-    p = 1.0 / 21.0
-    p = p * z + 1.0 / 19.0
-    p = p * z + 1.0 / 17.0
-    p = p * z + 1.0 / 15.0
-    p = p * z + 1.0 / 13.0
-    p = p * z + 1.0 / 11.0
-    p = p * z + 1.0 / 9.0
-    p = p * z + 1.0 / 7.0
-    p = p * z + 1.0 / 5.0
-    p = p * z + 1.0 / 3.0
-    return 2.0 * s + 2.0 * s * (z * p)
-
-
-@inline()
-def _log1p_unit(u):
-    # log(1 + u) for u in [-0.3, 1]: 2 atanh(s) with s = u / (2 + u), or for u >= 1/2
-    # log(1.5) + 2 atanh(s) with s = (u - 1/2) / (u + 5/2); |s| <= 0.18 either way.
-    hi = u >= 0.5
-    s = (u - 0.5 if hi else u) / (u + 2.5 if hi else u + 2.0)  # one division, not two
-    r = _atanh2(s)
-    return _LOG_1_5 + r if hi else r
-
-
-@inline()
-def _log01(y):
-    # log y for y in [0, 1]: y = 2^k m with m in [sqrt(1/2), sqrt 2), log y = k ln 2 +
-    # 2 atanh((m - 1) / (m + 1)) (m - 1 exact; |s| <= 0.172); k ln 2 in two parts keeps the
-    # sum exact to an ulp. Subnormals are scaled by 2^54 first; log 0 = -inf; NaN propagates.
-    sub = y < _MIN_NORMAL
-    bits = np.float64(y * _TWO54 if sub else y).view(np.int64)
-    k = (bits >> 52) - (1023 + 54 if sub else 1023)
-    m = np.int64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).view(np.float64)
-    big = m > _SQRT2
-    m = 0.5 * m if big else m
-    kf = np.float64(k + 1 if big else k)
-    r = kf * _LN2_HI + (_atanh2((m - 1.0) / (m + 1.0)) + kf * _LN2_LO)
-    r = -np.inf if y == 0.0 else r
-    return r if y == y else y
-
-
-@inline()
-def _log1m(x):
-    # log(1 - x) for x in [0, 1], accurate for small x: 2 atanh(-x / (2 - x)) for x <= 0.3
-    # (|s| <= 0.18), else log(1 - x), where 1 - x loses at most half an ulp.
-    a = _atanh2(-x / (2.0 - x))
-    b = _log01(1.0 - x)
-    return a if x <= 0.3 else b
-
-
 # ---------------------------------------------------------------------------------------------
 # binary cross-entropy on probabilities
 
@@ -333,8 +282,8 @@ _BCE_EPS = 1e-12  # torch's floor on x (1 - x) in the input gradient
 
 @inline()
 def _bce1(x, t):
-    lx = max(_log01(x), _LOG_FLOOR)
-    l1x = max(_log1m(x), _LOG_FLOOR)
+    lx = max(vm.log_double(x), _LOG_FLOOR)
+    l1x = max(vm.log1m_double(x), _LOG_FLOOR)
     return (t - 1.0) * l1x - t * lx
 
 
@@ -346,20 +295,20 @@ def _unit(x):
 @kernel()
 def _bce_block(x, t, w, e, write, buf):
     # Losses of a block into buf (a loop that vectorises), then (their sum, number of x outside
-    # [0, 1], number of t outside [0, 1]). w: an array or None.
-    bad_x = 0
-    bad_t = 0
+    # [0, 1], number of t outside [0, 1]). w: an array or None. The range checks are a loop of
+    # their own: in the loss loop their counters crowd the vector registers (measured 1.5x).
     for i in range(x.size):
-        xi = np.float64(x[i])
-        ti = np.float64(t[i])
-        bad_x += 0 if _unit(xi) else 1
-        bad_t += 0 if _unit(ti) else 1
-        li = _bce1(xi, ti)
+        li = _bce1(np.float64(x[i]), np.float64(t[i]))
         if w is not None:
             li *= np.float64(w[i])
         buf[i] = li
         if write:
             e[i] = li
+    bad_x = 0
+    bad_t = 0
+    for i in range(x.size):
+        bad_x += 0 if _unit(np.float64(x[i])) else 1
+        bad_t += 0 if _unit(np.float64(t[i])) else 1
     return vm.fsum(buf[: x.size]), bad_x, bad_t
 
 
@@ -400,7 +349,7 @@ def _bce_grad1(x, t, w, g, c, each, dx, dt, i):
         gi *= np.float64(w[i])
     xi = np.float64(x[i])
     dx[i] = gi * ((xi - np.float64(t[i])) / max((1.0 - xi) * xi, _BCE_EPS))
-    dt[i] = gi * (_log1m(xi) - _log01(xi))
+    dt[i] = gi * (vm.log1m_double(xi) - vm.log_double(xi))
 
 
 @kernel(parallel=True)
@@ -452,7 +401,15 @@ def binary_cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarr
 
 
 def binary_cross_entropy_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
-    """``(d_input, d_target)``; the formulas in ``binary_cross_entropy``'s docstring."""
+    r"""``(d_input, d_target)`` of ``binary_cross_entropy``:
+
+    .. math::
+        \partial x_i = g_i w_i \frac{x_i - t_i}{\max(x_i (1 - x_i), 10^{-12})}, \qquad
+        \partial t_i = g_i w_i \left(\log(1 - x_i) - \log x_i\right)
+
+    (the denominator's floor is PyTorch's; the target's gradient is not clamped: ``+inf`` at
+    ``x = 0``, ``-inf`` at ``x = 1``); :math:`g_i` as in ``mse_loss_backward``.
+    """
     v.ctx_of(ctx, BCECtx, "binary_cross_entropy")
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
     dx = np.empty_like(ctx.x)
@@ -471,7 +428,7 @@ def _bcel1(x, t, pw, dtype):
     # u = log(1 + e^{-|x|}): no overflow for any finite x. For t in [0, 1] and pw >= 0 both
     # terms are >= 0, so unlike torch's equal (1 - t) x - (1 + (pw - 1) t) log sigma(x)
     # nothing cancels.
-    u = _log1p_unit(vm.exp(-abs(x), dtype))
+    u = vm.log1p_unit_double(vm.exp(-abs(x), dtype))
     return pw * t * (u - min(x, 0.0)) + (1.0 - t) * (u - min(-x, 0.0))
 
 
@@ -525,7 +482,7 @@ def _bcel_grad1(x, t, pw, gi, dx, dt, i, dtype, has_pw):
     sig_neg = small if pos else big
     dx[i] = gi * ((1.0 - t) * sig_pos - pw * t * sig_neg)
     if has_pw:  # a constant after inlining
-        u = _log1p_unit(e)
+        u = vm.log1p_unit_double(e)
         general = (min(-x, 0.0) - u) - pw * (min(x, 0.0) - u)
         dt[i] = gi * (-x if pw == 1.0 else general)
     else:
@@ -588,8 +545,15 @@ def binary_cross_entropy_with_logits(input: np.ndarray, target: np.ndarray,
 
 
 def binary_cross_entropy_with_logits_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
-    """``(d_input, d_target)``; the formulas in ``binary_cross_entropy_with_logits``'s
-    docstring."""
+    r"""``(d_input, d_target)`` of ``binary_cross_entropy_with_logits``:
+
+    .. math::
+        \partial x_i = g_i w_i \left((1 - t_i)\, \sigma(x_i) - p_i t_i\, \sigma(-x_i)\right),
+        \qquad \partial t_i = g_i w_i \left(\log\sigma(-x_i) - p_i \log\sigma(x_i)\right)
+
+    (no cancellation of :math:`\sigma(x) - 1` at large x; :math:`\partial t_i = -g_i w_i x_i`
+    exactly when :math:`p_i = 1`); :math:`g_i` as in ``mse_loss_backward``.
+    """
     v.ctx_of(ctx, BCELogitsCtx, "binary_cross_entropy_with_logits")
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
     dx = np.empty_like(ctx.x)
@@ -669,7 +633,13 @@ def hinge_loss(input: np.ndarray, target: np.ndarray, *, reduction: str = "mean"
 
 
 def hinge_loss_backward(ctx: PointwiseCtx, grad_out: np.ndarray):
-    """``(d_input,)``: ``-g_i y_i [1 - y_i f_i >= 0]``."""
+    r"""``(d_input,)`` of ``hinge_loss`` (labels are not differentiated):
+
+    .. math:: \partial f_i = -g_i\, y_i\, [1 - y_i f_i \ge 0]
+
+    (the kink passes the gradient, as ``torch.clamp``'s); :math:`g_i` as in
+    ``mse_loss_backward``.
+    """
     v.ctx_of(ctx, HingeCtx, "hinge_loss")
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.x.size)
     df = np.empty_like(ctx.x)
