@@ -1250,18 +1250,18 @@ def _inplace_tables(params, grads, state, buffers: tuple[str, ...], slots: tuple
         if type(p) is not np.ndarray or p.dtype not in v.FLOAT_DTYPES or not p.flags.carray:
             p = _written(p, f"params{where}")
         dt, shape = p.dtype, p.shape
-        flat_p.append(p.reshape(-1))
+        flat_p.append(p if p.ndim == 1 else p.reshape(-1))  # reshape: ~0.3 us an array
         g = gs[i]
         if (type(g) is not np.ndarray or g.dtype != dt or g.shape != shape
                 or not (g.flags.carray or g.flags.c_contiguous and g.flags.aligned)):
             g = _read(g, f"grads{where}", p, f"params{where}")
-        flat_g.append(g.reshape(-1))
+        flat_g.append(g if g.ndim == 1 else g.reshape(-1))
         for bl, fb, b in zip(bls, flat_b, buffers, strict=True):
             a = bl[i]
             if (type(a) is not np.ndarray or a.dtype != dt or a.shape != shape
                     or not a.flags.carray):
                 a = _written(a, f"state[{b!r}]{where}", p, f"params{where}")
-            fb.append(a.reshape(-1))
+            fb.append(a if a.ndim == 1 else a.reshape(-1))
     if len({id(a) for arrs in [ps, *bls] for a in arrs}) != n * (1 + len(bls)):
         raise ValueError("params and the state's buffers must be distinct arrays (each is "
                          "updated in place), got the same array twice")
