@@ -29,6 +29,7 @@ this module's arguments (``params[3]``, ``y``), before any layer sees them.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -46,7 +47,7 @@ from reference.pool import max_pool2d, max_pool2d_backward
 __all__ = [
     "mlp_init", "mlp", "mlp_backward", "cnn_init", "cnn", "cnn_backward",
     "classifier_loss", "classifier_loss_backward", "perceptron_epoch",
-    "OPTIMIZERS", "MODELS", "init_state", "optimizer_buffers", "train_step",
+    "OPTIMIZERS", "MODELS", "hyper_parameters", "init_state", "optimizer_buffers", "train_step",
     "train_step_backward", "mlp_param_names", "CNN_PARAM_NAMES", "check_params",
     "check_state",
 ]
@@ -430,10 +431,44 @@ def optimizer_buffers(optimizer: str, **hyper) -> tuple[str, ...]:
                                         else ())
 
 
-def init_state(optimizer: str, params, **init) -> dict:
-    """The optimizer's first state for ``params`` (``reference.optim``'s ``*_init_state``)."""
-    return OPTIMIZERS[v.choice(optimizer, "optimizer", tuple(OPTIMIZERS))][1](list(params),
-                                                                               **init)
+def hyper_parameters(optimizer: str) -> tuple[str, ...]:
+    """The keyword arguments ``optimizer``'s step of ``reference.optim`` accepts (``lr``,
+    ``momentum``, ``betas``, ``amsgrad``, ...), read from its signature, and those of its
+    ``*_init_state`` (``initial_accumulator_value`` for Adagrad)."""
+    step, init = OPTIMIZERS[v.choice(optimizer, "optimizer", tuple(OPTIMIZERS))]
+    names = []
+    for fn in (step, init):
+        names += [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY and p.name not in names]
+    return tuple(names)
+
+
+def _check_hyper(optimizer: str, hyper: dict) -> None:
+    """Refuse, by name, a keyword the optimizer does not take."""
+    known = hyper_parameters(optimizer)
+    unknown = [k for k in hyper if k not in known]
+    if unknown:
+        raise TypeError(f"{unknown[0]!r} is not a hyper-parameter of {optimizer} (it takes "
+                        f"{', '.join(known)}), got {sorted(hyper)}")
+
+
+def _split_hyper(optimizer: str, hyper: dict):
+    """(the step's keywords, the init_state's keywords) of the optimizer's ``hyper``."""
+    _check_hyper(optimizer, hyper)
+    step, init = OPTIMIZERS[optimizer]
+    sig_s, sig_i = inspect.signature(step).parameters, inspect.signature(init).parameters
+    return ({k: x for k, x in hyper.items() if k in sig_s},
+            {k: x for k, x in hyper.items() if k in sig_i and k != "params"})
+
+
+def init_state(optimizer: str, params, **hyper) -> dict:
+    """The optimizer's first state for ``params`` (``reference.optim``'s ``*_init_state``).
+    ``hyper`` may be all of the step's hyper-parameters (those that shape the state, such as
+    ``momentum``, ``amsgrad``, ``centered``, ``initial_accumulator_value``, are used), so the
+    same keywords serve ``init_state`` and ``train_step``; others are refused by name."""
+    init = OPTIMIZERS[v.choice(optimizer, "optimizer", tuple(OPTIMIZERS))][1]
+    _, init_kw = _split_hyper(optimizer, hyper)
+    return init(list(params), **init_kw)
 
 
 class TrainStepCtx(NamedTuple):
@@ -468,10 +503,22 @@ def train_step(model: str, inputs: tuple, params, state: dict, step: int, *,
     ``model`` names a loss in ``MODELS`` (or ``models_gen.MODELS``), called as
     ``loss(*inputs, params)``; ``params`` is a list of arrays; ``state`` the optimizer's
     buffers (``init_state``); ``step`` the 1-based step number; ``hyper`` the optimizer's
-    keyword arguments. Returns ``((loss, new_params, new_state), ctx)``; nothing is mutated.
+    keyword arguments, exactly those of ``reference.optim``'s step (``hyper_parameters``), each
+    forwarded to it unchanged; an unknown one is refused by name before any work. Returns
+    ``((loss, new_params, new_state), ctx)``; nothing is mutated.
     """
     loss_fn, loss_bwd, names = _model(model)
     opt = OPTIMIZERS[v.choice(optimizer, "optimizer", tuple(OPTIMIZERS))][0]
+    step_kw, _ = _split_hyper(optimizer, hyper)
+    if set(hyper) - set(step_kw):
+        extra = sorted(set(hyper) - set(step_kw))
+        raise TypeError(f"{extra[0]!r} configures {optimizer}'s initial state, not its step: "
+                        f"give it to init_state, got {sorted(hyper)} for train_step")
+    required = [p.name for p in inspect.signature(opt).parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in hyper]
+    if required:
+        raise TypeError(f"{required[0]} must be given for {optimizer} (it has no default), "
+                        f"got {sorted(hyper)}")
     buffers = optimizer_buffers(optimizer, **hyper)
     if not isinstance(inputs, tuple):
         raise TypeError(f"inputs must be a tuple of the model's data arrays, got "

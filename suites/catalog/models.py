@@ -498,6 +498,7 @@ def _invalid(small, first: str) -> tuple[Invalid, ...]:
         Invalid("an unknown optimizer", edit(optimizer="lbfgs"), ValueError, "optimizer"),
         Invalid("step 0", edit(step=0), ValueError, "step"),
         Invalid("a negative lr", edit(lr=-1.0), ValueError, "lr"),
+        Invalid("a hyper-parameter Adam lacks", edit(nesterov=True), TypeError, "nesterov"),
     )
 
 

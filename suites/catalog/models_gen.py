@@ -476,6 +476,8 @@ def _common_invalid(small, first: str, index: int = 0):
         Invalid("an unknown optimizer", _edit(small, optimizer="lbfgs"), ValueError, "optimizer"),
         Invalid("step 0", _edit(small, step=0), ValueError, "step"),
         Invalid("a negative lr", _edit(small, lr=-1.0), ValueError, "lr"),
+        Invalid("a hyper-parameter Adam lacks", _edit(small, nesterov=True), TypeError,
+                "nesterov"),
     )
 
 

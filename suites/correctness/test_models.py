@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from reference import models as M
 from suites.catalog import strategies as S
 from suites.catalog._layer_tools import gamma
-from suites.catalog.models import _cnn_module, _mlp_module
+from suites.catalog.models import _TORCH_OPT, _cnn_module, _mlp_module
 from suites.catalog.spec import DEFAULT_TOL, FLOAT32
 from suites.recording import compare
 
@@ -52,8 +52,7 @@ def _train(model: str, params, batches, optimizer: str, hyper: dict, epochs: int
     mod = _module(model, params)
     opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer](mod.parameters(),
                                                                          **hyper)
-    state = M.init_state(optimizer, params, **({"momentum": hyper["momentum"]}
-                                               if optimizer == "sgd" else {}))
+    state = M.init_state(optimizer, params, **hyper)
     ref, theirs, t = [], [], 0
     for _ in range(epochs):
         for xb, yb in batches:
@@ -166,6 +165,125 @@ def test_cnn_trajectory(optimizer, hyper, record, one_thread):
                 label=f"loss at step {i + 1} ({optimizer})", record=record)
     # Two batches of random labels, learnt in part: measured 1.62 -> 1.37 (SGD), 1.34 (Adam).
     assert ref[-1] < 0.9 * ref[0], f"the loss did not fall: {ref[0]} -> {ref[-1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# every optimizer's hyper-parameters reach it through train_step, for every model
+#
+# Each flag alone on top of a base setting, 4 float64 steps from the same weights: the
+# reference's parameters must equal torch.optim's (torch.testing's float64 defaults: four
+# steps of float64 rounding are ~1e-15 relative) AND differ from the reference's run without
+# the flag (so a flag dropped on the way, or replaced by its default, fails). AMSGrad only
+# acts where the second moment falls: beta2 = 0.1 makes that happen within 4 steps.
+
+HYPER_STEPS = 4
+FLAGS = [
+    ("sgd", dict(lr=0.1, momentum=0.9), dict(dampening=0.5)),
+    ("sgd", dict(lr=0.1, momentum=0.9), dict(nesterov=True)),
+    ("sgd", dict(lr=0.1), dict(weight_decay=0.5)),
+    ("sgd", dict(lr=0.1, momentum=0.9), dict(maximize=True)),
+    ("adam", dict(lr=0.01), dict(betas=(0.5, 0.9))),
+    ("adam", dict(lr=0.01), dict(eps=0.1)),
+    ("adam", dict(lr=0.01), dict(weight_decay=0.5)),
+    ("adam", dict(lr=0.01, betas=(0.9, 0.1)), dict(amsgrad=True)),
+    ("adam", dict(lr=0.01), dict(maximize=True)),
+    ("adamw", dict(lr=0.01), dict(weight_decay=0.5)),
+    ("adamw", dict(lr=0.01, betas=(0.9, 0.1)), dict(amsgrad=True)),
+    ("rmsprop", dict(lr=0.01), dict(alpha=0.5)),
+    ("rmsprop", dict(lr=0.01), dict(momentum=0.9)),
+    ("rmsprop", dict(lr=0.01), dict(centered=True)),
+    ("rmsprop", dict(lr=0.01), dict(maximize=True)),
+    ("adagrad", dict(lr=0.1), dict(lr_decay=0.5)),
+    ("adagrad", dict(lr=0.1), dict(initial_accumulator_value=1.0)),
+    ("adagrad", dict(lr=0.1), dict(eps=0.1)),
+]
+
+
+def _tiny_model(model: str, rng):
+    """``(train_step inputs, params, torch loss of leaf tensors)``, all float64."""
+    from reference import models_gen as G
+    from suites.catalog import models_gen as CG
+    from suites.catalog.models import cnn_torch, mlp_torch
+
+    t = torch.from_numpy
+    if model == "mlp":
+        params, x, y = M.mlp_init(rng, (5, 4, 3)), rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+        return (x, y), params, lambda ps: F.cross_entropy(mlp_torch(t(x), ps), t(y))
+    if model == "cnn":
+        params = M.cnn_init(rng, (1, 6, 6), (2, 3, 3), 3)
+        x, y = rng.standard_normal((2, 1, 6, 6)), rng.integers(0, 3, 2)
+        return (x, y), params, lambda ps: F.cross_entropy(cnn_torch(t(x), ps), t(y))
+    if model == "lm":
+        # moved off lm_init's zeros: the key bias has an exactly zero gradient (softmax is
+        # blind to a score shift per query), so at p = 0 Adam's decayed update
+        # lr lambda p / eps (x 5e5 a step here) blows rounding noise up to lr with either sign
+        params = [p + 0.1 * rng.standard_normal(p.shape)
+                  for p in G.lm_init(rng, 7, 4, 1, 6, tied=True)]
+        tok = rng.integers(0, 7, (2, 5))
+        return ((tok, G.LMConfig(num_heads=2)), params,
+                lambda ps: CG.lm_torch(t(tok), ps, 2, "relu", 1e-5))
+    gp, dp = G.gan_init(rng, 3, 2, (4,), (4,))
+    z = rng.standard_normal((4, 3))
+    if model == "gan_discriminator":
+        x = rng.standard_normal((5, 2))
+        return ((x, z, gp), dp,
+                lambda ps: CG._d_loss_torch(t(x), t(z), [t(p) for p in gp], ps))
+    return (z, dp), gp, lambda ps: CG._g_loss_torch(t(z), [t(p) for p in dp], ps)
+
+
+def _ref_run(model, inputs, params, optimizer, hyper):
+    step_kw = {k: x for k, x in hyper.items() if k != "initial_accumulator_value"}
+    state = M.init_state(optimizer, params, **hyper)
+    for t in range(1, HYPER_STEPS + 1):
+        (_, params, state), _ = M.train_step(model, inputs, params, state, t,
+                                             optimizer=optimizer, **step_kw)
+    return params
+
+
+def _torch_run(loss_of, params, optimizer, hyper):
+    leaves = [torch.tensor(p, requires_grad=True) for p in params]  # copies
+    opt = _TORCH_OPT[optimizer](leaves, **hyper)
+    for _ in range(HYPER_STEPS):
+        opt.zero_grad()
+        loss_of(leaves).backward()
+        opt.step()
+    return [p.detach().numpy() for p in leaves]
+
+
+ALGORITHMS = {"mlp": "mlp_train_step", "cnn": "cnn_train_step", "lm": "lm_train_step",
+              "gan_discriminator": "gan_discriminator_step",
+              "gan_generator": "gan_generator_step"}
+
+
+@pytest.mark.parametrize("model", list(ALGORITHMS))
+def test_hyper_parameters_reach_the_optimizer(model, record):
+    record.bind(ALGORITHMS[model], FAMILY, "optimizer flags (torch.optim parity)", np.float64,
+                "cpu")
+    tol = DEFAULT_TOL[np.dtype(np.float64)]
+    for optimizer, base, flag in FLAGS:
+        inputs, params, loss_of = _tiny_model(model, np.random.default_rng(7))
+        hyper = dict(base, **flag)
+        ref = _ref_run(model, inputs, params, optimizer, hyper)
+        without = _ref_run(model, inputs, params, optimizer, base)
+        theirs = _torch_run(loss_of, params, optimizer, hyper)
+        record.examples += 1
+        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, without, strict=True))
+        assert moved > 1e-6, f"{optimizer} {flag} changed nothing (max change {moved:.1e})"
+        for i, (a, b) in enumerate(zip(ref, theirs, strict=True)):
+            compare(a, b, tol.rtol, tol.atol, label=f"params[{i}] after {HYPER_STEPS} "
+                    f"{optimizer} steps with {flag}", record=record)
+
+
+@pytest.mark.parametrize(("optimizer", "bad"), [
+    ("adam", "momentum"), ("adam", "nesterov"), ("sgd", "betas"), ("sgd", "beta"),
+    ("rmsprop", "amsgrad"), ("adagrad", "alpha")])
+def test_unknown_hyper_parameter_refused(optimizer, bad):
+    inputs, params, _ = _tiny_model("mlp", np.random.default_rng(0))
+    state = M.init_state(optimizer, params)
+    with pytest.raises(TypeError, match=rf"'{bad}' is not a hyper-parameter of {optimizer}"):
+        M.train_step("mlp", inputs, params, state, 1, optimizer=optimizer, lr=0.1, **{bad: 0.9})
+    with pytest.raises(TypeError, match=rf"'{bad}'"):
+        M.init_state(optimizer, params, **{bad: 0.9})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_lm_trains_on_tiny_corpus(optimizer, hyper, label, record):
     params0 = G.lm_init(rng, vocab, D_MODEL, 1, FF, tied=True, dtype=np.float32)
     params = params0  # train_step returns new arrays and mutates none
     config = G.LMConfig(num_heads=HEADS)
-    state = M.init_state(optimizer, params, **_init_kw(optimizer, hyper))
+    state = M.init_state(optimizer, params, **hyper)
     ref = []
     for t, tok in enumerate(batches, 1):
         (loss, params, state), _ = M.train_step("lm", (tok, config), params, state, t,
@@ -100,13 +100,6 @@ def test_lm_trains_on_tiny_corpus(optimizer, hyper, label, record):
     assert t32[-3:].mean() < 0.85 * t32[:3].mean(), "torch's loss did not fall either"
 
 
-def _init_kw(optimizer: str, hyper: dict) -> dict:
-    """The keywords of ``models.init_state`` among the optimizer's hyper-parameters."""
-    keys = {"sgd": ("momentum",), "adam": ("amsgrad",), "adamw": ("amsgrad",),
-            "rmsprop": ("momentum", "centered"), "adagrad": ()}[optimizer]
-    return {k: hyper[k] for k in keys if k in hyper}
-
-
 # ---------------------------------------------------------------------------------------------
 # the GAN: 20 alternating discriminator and generator steps, explicit noise, float32
 #
@@ -129,8 +122,8 @@ def _gan_data(rng):
 
 
 def _gan_reference(gp, dp, data, optimizer, hyper):
-    s_g = M.init_state(optimizer, gp, **_init_kw(optimizer, hyper))
-    s_d = M.init_state(optimizer, dp, **_init_kw(optimizer, hyper))
+    s_g = M.init_state(optimizer, gp, **hyper)
+    s_d = M.init_state(optimizer, dp, **hyper)
     ld, lg = [], []
     for t, (x, zd, zg) in enumerate(zip(*data, strict=True), 1):
         (loss_d, dp, s_d), _ = M.train_step("gan_discriminator", (x, zd, gp), dp, s_d, t,
