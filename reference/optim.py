@@ -26,7 +26,8 @@ Every element is computed in float64 and rounded once to the input's dtype (torc
 steps round after each operation). The in-place steps (``adam_`` ...) do the same by default;
 with ``opmath="dtype"`` they step float32 tensors in float32 arithmetic instead, as torch's
 fused CPU step does (twice the vector lanes; see their docstrings for the error bound).
-Hyper-parameters are checked as ``torch.optim`` checks them; bad input raises ``TypeError``/``ValueError`` naming the argument, e.g. ``state['exp_avg'][3]``.
+Hyper-parameters are checked as ``torch.optim`` checks them; bad input raises
+``TypeError``/``ValueError`` naming the argument, e.g. ``state['exp_avg'][3]``.
 
 Conventions taken from torch where textbooks differ (each is restated where it applies):
 

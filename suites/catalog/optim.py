@@ -15,12 +15,13 @@ multi-tensor kernels), each one in-place step over the same tensors (forward onl
 made when the peer is built, the like-for-like partner of the torch peers (the ``numba`` row
 times the pure, differentiable step, which writes new arrays): with ``opmath="dtype"``, so a
 float32 case is stepped in float32 arithmetic as torch's fused and foreach steps are (its
-error bound against the float64 step is checked in suites/correctness/test_optim.py). Like the torch peers it steps
-the same arrays on at every call, with the same gradient. Measured over 20000 repeated steps
-of the small size: SGD, Adagrad, Adam and AdamW stay finite with no subnormal (SGD drifts
-linearly, to |p| ~ 6e3); centred RMSprop's variance v - g_avg^2 decays to 0 under a constant
-gradient and rounds below it within 1000 steps, after which its parameters are NaN, for every
-peer alike (a property of the repeated step, not of an implementation).
+error bound against the float64 step is checked in suites/correctness/test_optim.py). Like
+the torch peers it steps the same arrays on at every call, with the same gradient. Measured
+over 20000 repeated steps of the small size: SGD, Adagrad, Adam and AdamW stay finite with no
+subnormal (SGD drifts linearly, to |p| ~ 6e3); centred RMSprop's variance v - g_avg^2 decays
+to 0 under a constant gradient and rounds below it within 1000 steps, after which its
+parameters are NaN, for every peer alike (a property of the repeated step, not of an
+implementation).
 """
 
 from __future__ import annotations
@@ -560,8 +561,10 @@ class _Model:
 
     def forward(self, params, grads, *buffers, step, sizes, **hyper):
         names = _ALL_BUFFERS[self.name]
+        # zip stops at the buffers given: the library names a missing one
         pieces = [_split_flat(a, sizes, n) for a, n in zip((params, grads, *buffers),
-                                                            ("params", "grads", *names))]
+                                                            ("params", "grads", *names),
+                                                            strict=False)]
         outs, ctx = self.inner.forward(*pieces, step=step, **hyper)
         return tuple(_flat_out(o) for o in outs), (ctx, tuple(sizes))
 
@@ -573,7 +576,7 @@ class _Model:
             return self.inner.backward(inner, grad_out)
         names = ("params", *tuple(getattr(inner, "state", {})))
         ups = tuple(_split_flat(np.asarray(g), sizes, f"grad_out[{i}] ({n})")
-                    for i, (g, n) in enumerate(zip(grad_out, names)))
+                    for i, (g, n) in enumerate(zip(grad_out, names, strict=False)))
         return tuple(_flat_out(d) for d in self.inner.backward(inner, ups))
 
 
@@ -633,7 +636,7 @@ def model_sizes(n: int) -> tuple[int, ...]:
     rest = n - small * len(rel)
     big = [rest * r // sum(rel) for r in rel]
     big[0] += rest - sum(big)
-    return tuple(x for pair in zip(big, [small] * len(rel)) for x in pair)
+    return tuple(x for pair in zip(big, [small] * len(rel), strict=True) for x in pair)
 
 
 def _model_size_case(name: str, n: int, dtype) -> Case:
