@@ -130,14 +130,48 @@ NLLCtx = v.ctx_type(ClassCtx, "NLLCtx", "nll_loss")
 MultiMarginCtx = v.ctx_type(ClassCtx, "MultiMarginCtx", "multi_margin_loss")
 
 
-# Rows are processed in blocks of _CE_BLOCK, each with one float64 scratch row: the exps of a
-# row go there in a loop that vectorises (vm.exp is branch-free arithmetic), then vm.fsum adds
-# them (its own reduce=True kernel: a kernel that inlines vm.exp must not carry reassoc).
+# Rows are processed in blocks of _CE_BLOCK, each with one scratch row: the exps of a row go
+# there in a loop that vectorises (vm.exp is branch-free arithmetic), then vm.fsum adds them in
+# float64 (its own reduce=True kernel: a kernel that inlines vm.exp must not carry reassoc).
+# float32 logits take float32 lanes (twice as many per register) for the max and the exps, as
+# the float32 softmax rows do: e^(x - m) 2^64 by vm.exp_f32_scaled (<= 0.9 ulp), x - m rounded
+# to float32; the error this adds to log-sum-exp is bounded in the catalog's invariant
+# "float32 rows within the derived bound". float64 logits keep the float64 exp.
 _CE_BLOCK = 16
+_TWO_M64 = 2.0**-64
+_NO_ROWS = {np.dtype(np.float32): np.empty((0, 0), np.float32),  # xs when nothing is kept
+            np.dtype(np.float64): np.empty((0, 0), np.float64)}
 
 
 @inline()
-def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r):
+def _row_max_lse(x, r, buf, buf32, single, xs, keep):
+    # (m, log sum_c e^(x_c - m)) of row r; buf (float64) or buf32 (float32) is the scratch.
+    # keep: copy the row into xs, the ctx's private copy (cheaper here, from L1, than a copy
+    # of the whole input apart).
+    n_classes = x.shape[1]
+    xr = x[r]  # the row as a 1-d view: indices from range(C) need no wraparound test
+    if keep:
+        xsr = xs[r]
+        for c in range(n_classes):
+            xsr[c] = xr[c]
+    if single:
+        m32 = xr[0]
+        for c in range(n_classes):
+            m32 = vm.maxnum(m32, xr[c])  # ignores NaN; a NaN logit still gives NaN below
+        for c in range(n_classes):
+            buf32[c] = vm.exp_f32_scaled(xr[c] - m32)
+        return np.float64(m32), math.log(vm.fsum(buf32[:n_classes]) * _TWO_M64)
+    m = -np.inf
+    for c in range(n_classes):
+        m = vm.maxnum(m, np.float64(xr[c]))
+    for c in range(n_classes):
+        buf[c] = vm.exp(np.float64(xr[c]) - m, x.dtype)
+    return m, math.log(vm.fsum(buf[:n_classes]))
+
+
+@inline()
+def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, buf32, single, xs, keep,
+            r):
     # Returns (loss of row r, its weight in the mean's denominator, 1 if its label is bad).
     n_classes = x.shape[1]
     yr = y[r]
@@ -149,13 +183,8 @@ def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r):
     if yr < 0 or yr >= n_classes:
         rowloss[r] = 0.0
         return 0.0, 0.0, 1
-    xr = x[r]  # the row as a 1-d view: indices from range(C) need no wraparound test
-    m = -np.inf
-    for c in range(n_classes):
-        m = vm.maxnum(m, np.float64(xr[c]))  # ignores NaN; a NaN logit still gives NaN below
-    for c in range(n_classes):
-        buf[c] = vm.exp(np.float64(xr[c]) - m, x.dtype)
-    ls = math.log(vm.fsum(buf))
+    xr = x[r]
+    m, ls = _row_max_lse(x, r, buf, buf32, single, xs, keep)
     lse[r, 0] = m  # kept apart: x - (m + ls) would round m + ls to an ulp of m (1e-12 at 1e4)
     lse[r, 1] = ls
     wy = np.float64(w[yr]) if has_w else 1.0
@@ -170,13 +199,16 @@ def _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r):
 
 
 @kernel()
-def _ce_block(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, r0, r1):
-    buf = np.empty(x.shape[1])
+def _ce_block(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, xs, keep, r0, r1):
+    single = x.itemsize == 4
+    buf = np.empty(x.shape[1])  # float64 scratch (also label smoothing's, for float32 rows)
+    buf32 = np.empty(x.shape[1] if single else 0, np.float32)
     total = 0.0
     denom = 0.0
     bad = 0
     for r in range(r0, r1):
-        lr, dr, br = _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, r)
+        lr, dr, br = _ce_row(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, buf, buf32,
+                             single, xs, keep, r)
         total += lr
         denom += dr
         bad += br
@@ -194,16 +226,16 @@ def _class_weight_sum(w, has_w, n_classes):
 
 
 @kernel(parallel=True)
-def _ce_fwd(x, y, w, has_w, ignore, eps, rowloss, lse):
+def _ce_fwd(x, y, w, has_w, ignore, eps, rowloss, lse, xs, keep):
     rows, n_classes = x.shape
     wsum = _class_weight_sum(w, has_w, n_classes)
     if x.size < PARALLEL_MIN:
-        return _ce_block(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, 0, rows)
+        return _ce_block(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, xs, keep, 0, rows)
     total = 0.0
     denom = 0.0
     bad = 0
     for b in prange((rows + _CE_BLOCK - 1) // _CE_BLOCK):
-        lr, dr, br = _ce_block(x, y, w, has_w, wsum, ignore, eps, rowloss, lse,
+        lr, dr, br = _ce_block(x, y, w, has_w, wsum, ignore, eps, rowloss, lse, xs, keep,
                                b * _CE_BLOCK, min(rows, (b + 1) * _CE_BLOCK))
         total += lr
         denom += dr
@@ -412,7 +444,10 @@ def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | No
 
     With :math:`\log p_{ic} = x_{ic} - \operatorname{logsumexp}_c x_{ic}` (max-shifted, so
     logits of magnitude 1e4 stay finite), class weights :math:`w` (ones when absent), label
-    smoothing :math:`\varepsilon` and :math:`C` classes.
+    smoothing :math:`\varepsilon` and :math:`C` classes. With integer labels, float32 logits
+    take the max and the exps in float32 lanes (``vm.exp_f32_scaled``; sums, logs and the
+    rest in float64): log-sum-exp is then off by at most :math:`\sum_c p_c (0.9 \cdot 2^{-23}
+    + |x_c - m| 2^{-24})` before the final rounding (derived and checked in the catalog).
 
     **Integer labels** :math:`y`, for every sample whose label is not ``ignore_index``:
 
@@ -464,20 +499,40 @@ def cross_entropy(input: np.ndarray, target: np.ndarray, weight: np.ndarray | No
     xr = _rows(x)
     rowloss = np.empty(y.size)
     lse = np.empty((y.size, 2))
-    total, denom, bad = _ce_fwd(xr, y, w, has_w, ignore, eps, rowloss, lse)
+    # The ctx's private copy of the logits (see reference.losses on mutation after forward) is
+    # written by the kernel as it reads each row; rows the backward skips (ignored) are left
+    # unwritten. An (N, C, d...) input was already copied by _rows.
+    keep = xr is input or (isinstance(input, np.ndarray) and np.may_share_memory(xr, input))
+    xs = np.empty_like(xr) if keep else _NO_ROWS[xr.dtype]
+    total, denom, bad = _ce_fwd(xr, y, w, has_w, ignore, eps, rowloss, lse, xs, keep)
     if bad:
         _bad_label(y, n_classes, ignore)
     if r == "none":
         out = rowloss.astype(x.dtype).reshape(_out_shape(x))
     else:
         out = _reduced(total, denom, r, x.dtype)
-    return out, CrossEntropyCtx(_own(xr, input), _own(y, target), _own(w, weight), has_w,
-                                ignore, r, out, denom, x.shape, lse, eps)
+    return out, CrossEntropyCtx(xs if keep else xr, y.copy() if y is target else _own(y, target),
+                                _own(w, weight), has_w, ignore, r, out, denom, x.shape, lse, eps)
 
 
 def cross_entropy_backward(ctx, grad_out: np.ndarray):
-    """``(d_input,)`` after integer labels, ``(d_input, d_target)`` after class probabilities;
-    the formulas in ``cross_entropy``'s docstring."""
+    r"""``(d_input, d_target)`` of ``cross_entropy``; ``d_target`` is None after integer
+    labels. With :math:`p_{ic} = \operatorname{softmax}(x_i)_c` and :math:`W = \sum_c w_c`:
+
+    .. math::
+        \text{labels:}\quad \partial x_{ic} = g_i \left(\left((1 - \varepsilon) w_{y_i}
+            + \tfrac{\varepsilon}{C} W\right) p_{ic} - \tfrac{\varepsilon}{C} w_c
+            - (1 - \varepsilon) w_{y_i} [c = y_i]\right)
+
+        \text{probabilities:}\quad \partial x_{ic} = g_i (S_i p_{ic} - a_{ic}), \qquad
+            \partial t_{ic} = -g_i (1 - \varepsilon) w_c \log p_{ic}
+
+    with :math:`a_{ic} = w_c ((1 - \varepsilon) t_{ic} + \varepsilon / C)`, :math:`S_i =
+    \sum_c a_{ic}`; :math:`g_i` is ``grad_out`` per sample ('none'), or ``grad_out`` divided by
+    the 'mean' denominator (the weight of the non-ignored labels, or the number of samples
+    for probabilities). Ignored samples get 0. :math:`p_{iy} - 1` comes from ``expm1``, so
+    nothing cancels where the label's probability is near 1.
+    """
     if type(ctx) is CrossEntropyProbsCtx:
         g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
         dx = np.empty_like(ctx.x)
@@ -590,7 +645,13 @@ def nll_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray | None = 
 
 
 def nll_loss_backward(ctx: ClassCtx, grad_out: np.ndarray):
-    """``(d_input,)``: ``-g_i w_{y_i}`` at each sample's label, 0 elsewhere."""
+    r"""``(d_input,)`` of ``nll_loss`` (labels are not differentiated):
+
+    .. math:: \partial x_{ic} = -g_i\, w_{y_i} [c = y_i]
+
+    0 for ignored samples; :math:`g_i` is ``grad_out`` per sample ('none'), or ``grad_out``
+    divided by :math:`\sum_i w_{y_i}` ('mean') or as it is ('sum').
+    """
     v.ctx_of(ctx, NLLCtx, "nll_loss")
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
     sh = ctx.shape
@@ -713,7 +774,16 @@ def multi_margin_loss(input: np.ndarray, target: np.ndarray, weight: np.ndarray 
 
 
 def multi_margin_loss_backward(ctx: ClassCtx, grad_out: np.ndarray):
-    """``(d_input,)``; the formula in ``multi_margin_loss``'s docstring."""
+    r"""``(d_input,)`` of ``multi_margin_loss`` (labels are not differentiated). With
+    :math:`z_{ij} = \text{margin} - x_{i y_i} + x_{ij}`:
+
+    .. math::
+        \partial x_{ij} = g_i \frac{w_{y_i}}{C} p\, z_{ij}^{p-1} [z_{ij} > 0]\ (j \ne y_i),
+        \qquad \partial x_{i y_i} = -\sum_{j \ne y_i} \partial x_{ij}
+
+    (0 at the kink :math:`z = 0`, PyTorch's); :math:`g_i` is ``grad_out`` per sample ('none'),
+    or ``grad_out / N`` ('mean') or as it is ('sum').
+    """
     v.ctx_of(ctx, MultiMarginCtx, "multi_margin_loss")
     g, c, each = _upstream(grad_out, ctx.reduction, ctx.out, ctx.denom)
     dx = np.empty_like(ctx.x)

@@ -557,6 +557,54 @@ def _equals_nll_of_log_softmax(case: Case, outs) -> None:
     assert np.all(diff <= bound), f"cross_entropy != nll_loss(log_softmax) by {diff.max():.3g}"
 
 
+def _float32_rows_bound(case: Case, outs) -> None:
+    """float32 logits: per-sample losses within the derived bound of the exact loss.
+
+    The float32 rows take their max and exps in float32 lanes: e^(x_c - m) from
+    vm.exp_f32_scaled (<= 0.9 ulp, test_vmath) of x_c - m rounded to float32 (a relative
+    error |d_c| 2^-24 in e^(d_c)); the sum, the log and the rest run in float64. So
+    log-sum-exp is off by at most sum_c e^(d_c) (0.9 2^-23 + |d_c| 2^-24) / sum_c e^(d_c),
+    carried into the loss with the factor A = (1 - eps) w_y + eps W / C of its log-sum-exp
+    terms; then one rounding to float32 (2^-24 relative). The float64 arithmetic adds far
+    less (2^-40 of the terms' magnitudes covers it), exps below e^-130 are taken as e^-130
+    (C e^-130 is under float32's smallest subnormal, added too)."""
+    x = case.inputs["input"]
+    if x.dtype != np.float32 or x.size == 0:
+        return
+    params = {k: p for k, p in case.params.items() if k != "reduction"}
+    rest = tuple(case.inputs.values())[1:]
+    got = L.cross_entropy(x, *rest, reduction="none", **params)[0].astype(np.float64).reshape(-1)
+    axis = 0 if x.ndim == 1 else 1
+    n_classes = x.shape[axis]
+    rows = np.moveaxis(x, axis, -1).reshape(-1, n_classes).astype(np.longdouble)
+    y = case.inputs["target"].reshape(-1)
+    w = case.inputs.get("weight")
+    w = np.ones(n_classes) if w is None else w.astype(np.float64)
+    eps = float(case.params.get("label_smoothing", 0.0))
+    keep = (y != case.params.get("ignore_index", -100)) & np.all(np.isfinite(rows), axis=1)
+    if not np.any(keep):
+        return
+    rows, y, got = rows[keep], y[keep], got[keep]
+    d = rows - rows.max(axis=1, keepdims=True)
+    e = np.exp(d)
+    s = e.sum(axis=1)
+    logp = d - np.log(s)[:, None]
+    wy = w[y]
+    exact = (-(1 - eps) * wy * logp[np.arange(len(y)), y]
+             - eps / n_classes * (logp * w).sum(axis=1)).astype(np.float64)
+    lse_err = ((e * (0.9 * 2.0**-23 + np.abs(d) * 2.0**-24)).sum(axis=1) / s).astype(np.float64)
+    a = (1 - eps) * wy + eps * w.sum() / n_classes
+    scale = (a * np.abs(np.log(s)) + (1 - eps) * wy * np.abs(d[np.arange(len(y)), y])
+             + eps / n_classes * (np.abs(d) * w).sum(axis=1)).astype(np.float64)
+    bound = (a * lse_err + 2.0**-24 * np.abs(exact) + 2.0**-40 * scale
+             + float(np.finfo(np.float32).smallest_subnormal))
+    diff = np.abs(got - exact)
+    worst = int(np.argmax(diff - bound))
+    assert np.all(diff <= bound), (
+        f"float32 loss off by {diff[worst]:.3g} > bound {bound[worst]:.3g} "
+        f"(exact {exact[worst]!r})")
+
+
 def _all_ignored(forward, backward):
     """Every label ignored: 'sum' is 0, 'mean' is 0/0 = NaN (as torch), the gradient is 0."""
 
@@ -636,6 +684,7 @@ register(Spec(
     invariants=(Invariant("loss >= 0", _nonnegative),
                 _reduction_invariant(L.cross_entropy, _weight_of_labels),
                 Invariant("= nll_loss(log_softmax(x))", _equals_nll_of_log_softmax),
+                Invariant("float32 rows within the derived bound", _float32_rows_bound),
                 _all_ignored(L.cross_entropy, _ce_labels_backward)),
     invalid=_class_invalid("cross_entropy", float_target=ValueError) + (
         _bad("label_smoothing above 1", ValueError, "label_smoothing", input=np.zeros((2, 3)),

@@ -456,3 +456,19 @@ def test_log_loops_vectorise(name):
     fn(x, y)
     llvm = fn.inspect_llvm((numba.typeof(x), numba.typeof(y)))
     assert re.search(r"<\d+ x double>", llvm), f"{name}: the loop is scalar"
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (2048, 10)])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1e4])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_float32_cross_entropy_error_bound(shape, scale, smoothing):
+    # cross_entropy's float32 rows run on exp_f32_scaled: the bound derived in the catalog's
+    # invariant (suites/catalog/losses.py, _float32_rows_bound), on rows longer than its
+    # Hypothesis cases draw
+    from suites.catalog.losses import _float32_rows_bound
+    from suites.catalog.spec import Case
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, scale, shape).astype(np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    _float32_rows_bound(Case({"input": x, "target": y}, {"label_smoothing": smoothing}), None)
