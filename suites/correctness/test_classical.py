@@ -392,3 +392,52 @@ def test_real_data_clustering(name, record):
             label="GMM lower bound vs scikit-learn", record=record)
     compare(np.array([adjusted_rand_score(g_labels, gm.predict(x))]), np.array([1.0]), 0, 0,
             label="GMM partition vs scikit-learn", record=record)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parallel paths (Hypothesis' small data sets take the serial ones)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parallel_paths_match_sklearn(dtype, record):
+    """KNN above its parallel threshold (m n d >= 16 PARALLEL_MIN, more than one task of
+    queries) and k-means above its own (n d k >= PARALLEL_MIN): the tiled, per-task code that
+    the property tests' small data never reach, against scikit-learn on blob data."""
+    record.bind("knn_kneighbors", FAMILY, "sklearn oracle (parallel path)", dtype, "cpu")
+    rng = np.random.default_rng(7)
+    x, _ = blobs(rng, 3000, 8, 6, dtype, spread=1.0)
+    xt, xq = x[:2500], x[2500:]
+    assert xq.shape[0] * xt.shape[0] * 8 >= 16 * (1 << 16) and xq.shape[0] > 64
+    (dist, idx), _ = N.kneighbors(xt, xq, 5)
+    exact = _exact_sq(xq, xt)
+    order = np.argsort(exact, axis=1, kind="stable")[:, :6]
+    ranked = np.take_along_axis(exact, order, 1)
+    eps = float(np.finfo(dtype).eps)
+    norm = float(np.abs(x.astype(np.float64)).sum(1).max()) + 1.0
+    # where the 5th and 6th exact distances are apart by more than rounding, the neighbour
+    # sets are unambiguous (see test_knn_matches_sklearn for the bound)
+    clear = ranked[:, 5] - ranked[:, 4] > 16 * 10 * eps * (ranked[:, 5] + norm ** 2)
+    record.examples += 1
+    assert clear.mean() > 0.9
+    compare(np.sort(idx[clear], 1), np.sort(order[clear, :5], 1), 0, 0,
+            label="k-NN indices vs exact (parallel path)", record=record)
+    sk_dist, _ = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(xt).kneighbors(xq)
+    compare(dist, sk_dist.astype(dtype), _tol(dtype)[0], np.sqrt(8 * 10 * eps) * norm,
+            label="k-NN distances vs scikit-learn (parallel path)", record=record)
+
+    record.bind("kmeans_fit", FAMILY, "sklearn oracle (parallel path)", dtype, "cpu")
+    x, _ = blobs(rng, 6000, 8, 4, dtype)
+    init = x[rng.choice(6000, 4, replace=False)].copy()
+    (centers, labels, inertia, n_iter, _), _ = C.kmeans_fit(x, init, tol=0.0)
+    sk = KMeans(4, init=init, n_init=1, algorithm="lloyd", tol=0.0).fit(x)
+    record.examples += 1
+    compare(np.array([adjusted_rand_score(labels, sk.labels_)]), np.array([1.0]), 0, 0,
+            label="ARI vs scikit-learn (parallel path)", record=record)
+    rtol, atol = _tol(dtype)
+    if dtype == FLOAT32:  # as in test_kmeans_matches_sklearn: float32 sums of n samples
+        atol = 6000 * eps * 10
+    compare(centers, sk.cluster_centers_.astype(dtype), rtol, atol, label="centres (parallel)",
+            record=record)
+    (pred, _), _ = C.kmeans_predict(x, centers)
+    compare(pred, labels, 0, 0, label="predict = the fit's final labels (parallel path)",
+            record=record)
