@@ -54,7 +54,7 @@ import numpy as np
 from llvmlite import ir
 from numba import carray, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from reference import _validate as v
 from reference._jit import PARALLEL_MIN, inline, kernel
@@ -1097,9 +1097,21 @@ def _adam_span32(p, g, m, vv, vmax, lr, b1, b2, eps, wd, decoupled, amsgrad, max
             p[i] = pi - cf * mn / (np.sqrt(vn) / kf + ef)
 
 
-@kernel()
 def _span32(kind, p, g, a, b, c, sc):
-    """:func:`_span`'s float32-arithmetic spans (on float32 tensors only)."""
+    """:func:`_span`'s float32-arithmetic spans: compiled for float32 tensors only (on float64
+    ones a no-op, never reached: _run picks them for float32 tables), which keeps the float64
+    driver's compilation as it was."""
+
+
+@overload(_span32, jit_options={"cache": True, "error_model": "numpy"})
+def _span32_typed(kind, p, g, a, b, c, sc):
+    if p.dtype != types.float32:
+        return lambda kind, p, g, a, b, c, sc: None
+    return lambda kind, p, g, a, b, c, sc: _span32_f32(kind, p, g, a, b, c, sc)
+
+
+@kernel()
+def _span32_f32(kind, p, g, a, b, c, sc):
     if kind == _SGD:
         _sgd_span32(p, g, a, sc[0] != 0.0, sc[1], sc[2], sc[3], sc[4], sc[5] != 0.0,
                     sc[6] != 0.0)
