@@ -29,6 +29,7 @@ this module's arguments (``params[3]``, ``y``), before any layer sees them.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -431,34 +432,38 @@ def optimizer_buffers(optimizer: str, **hyper) -> tuple[str, ...]:
                                         else ())
 
 
+@functools.lru_cache(maxsize=None)
+def _signature(optimizer: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(the step's keywords, the init_state's keywords, the step's keywords without a
+    default) of an optimizer, read once from ``reference.optim``'s signatures."""
+    step, init = OPTIMIZERS[optimizer]
+
+    def keywords(fn):
+        return [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    return (tuple(p.name for p in keywords(step)), tuple(p.name for p in keywords(init)),
+            tuple(p.name for p in keywords(step) if p.default is p.empty))
+
+
 def hyper_parameters(optimizer: str) -> tuple[str, ...]:
     """The keyword arguments ``optimizer``'s step of ``reference.optim`` accepts (``lr``,
     ``momentum``, ``betas``, ``amsgrad``, ...), read from its signature, and those of its
     ``*_init_state`` (``initial_accumulator_value`` for Adagrad)."""
-    step, init = OPTIMIZERS[v.choice(optimizer, "optimizer", tuple(OPTIMIZERS))]
-    names = []
-    for fn in (step, init):
-        names += [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind is p.KEYWORD_ONLY and p.name not in names]
-    return tuple(names)
+    step, init, _ = _signature(v.choice(optimizer, "optimizer", tuple(OPTIMIZERS)))
+    return step + tuple(k for k in init if k not in step)
 
 
-def _check_hyper(optimizer: str, hyper: dict) -> None:
-    """Refuse, by name, a keyword the optimizer does not take."""
+def _split_hyper(optimizer: str, hyper: dict):
+    """(the step's keywords, the init_state's keywords) of the optimizer's ``hyper``; a
+    keyword neither takes is refused by name."""
     known = hyper_parameters(optimizer)
     unknown = [k for k in hyper if k not in known]
     if unknown:
         raise TypeError(f"{unknown[0]!r} is not a hyper-parameter of {optimizer} (it takes "
                         f"{', '.join(known)}), got {sorted(hyper)}")
-
-
-def _split_hyper(optimizer: str, hyper: dict):
-    """(the step's keywords, the init_state's keywords) of the optimizer's ``hyper``."""
-    _check_hyper(optimizer, hyper)
-    step, init = OPTIMIZERS[optimizer]
-    sig_s, sig_i = inspect.signature(step).parameters, inspect.signature(init).parameters
-    return ({k: x for k, x in hyper.items() if k in sig_s},
-            {k: x for k, x in hyper.items() if k in sig_i and k != "params"})
+    step, init, _ = _signature(optimizer)
+    return ({k: x for k, x in hyper.items() if k in step},
+            {k: x for k, x in hyper.items() if k in init})
 
 
 def init_state(optimizer: str, params, **hyper) -> dict:
@@ -514,8 +519,7 @@ def train_step(model: str, inputs: tuple, params, state: dict, step: int, *,
         extra = sorted(set(hyper) - set(step_kw))
         raise TypeError(f"{extra[0]!r} configures {optimizer}'s initial state, not its step: "
                         f"give it to init_state, got {sorted(hyper)} for train_step")
-    required = [p.name for p in inspect.signature(opt).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in hyper]
+    required = [k for k in _signature(optimizer)[2] if k not in hyper]
     if required:
         raise TypeError(f"{required[0]} must be given for {optimizer} (it has no default), "
                         f"got {sorted(hyper)}")
