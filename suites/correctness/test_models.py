@@ -8,6 +8,7 @@ weights copied in, trained by ``torch.optim`` in the usual loop (``zero_grad``, 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -37,7 +38,8 @@ def _module(model: str, params):
     else:
         meta, names = _cnn_module(1, tuple(p.shape[0] for p in params[0:6:2]),
                                   params[0].shape[2], params[6].shape[1], params[6].shape[0])
-    mod = meta.to_empty(device="cpu").to(torch.from_numpy(params[0]).dtype)
+    # a copy: to_empty works in place, and the catalog caches its meta modules
+    mod = copy.deepcopy(meta).to_empty(device="cpu").to(torch.from_numpy(params[0]).dtype)
     with torch.no_grad():
         for name, p in zip(names, params, strict=True):
             mod.get_parameter(name).copy_(torch.from_numpy(np.ascontiguousarray(p)))
