@@ -347,6 +347,9 @@ def cross_entropy_backward(ctx: CrossEntropyCtx, grad_out):
     .. math::
         \partial x_{ic} = g_i \left(\left((1 - \varepsilon) w_{y_i} + \frac{\varepsilon}{C} W
         \right) p_{ic} - \frac{\varepsilon}{C} w_c - (1 - \varepsilon) w_{y_i} [c = y_i]\right)
+
+    Returns ``(d_input, None)``, as the CPU ``cross_entropy_backward`` does after class-index
+    targets (they have no gradient).
     """
     g = L.grad_like(grad_out, "grad_out", ctx.out)
     x = ctx.x
@@ -360,4 +363,4 @@ def cross_entropy_backward(ctx: CrossEntropyCtx, grad_out):
         _ce_bwd[L.grid(rows), L.threads()](L.flat(x), ctx.y, ctx.w, ctx.has_w, ctx.ignore_index,
                                            ctx.smoothing, n, inner, rows, ctx.lse, ctx.total,
                                            L.flat(g), mode, L.flat(dx))
-    return (dx,)
+    return dx, None
