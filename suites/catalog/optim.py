@@ -27,6 +27,7 @@ implementation).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -537,19 +538,42 @@ MODEL_TENSORS = 50
 _MODELS = ("sgd", "adam", "adamw")
 
 
+def _check_sizes(sizes) -> tuple[int, ...]:
+    """``sizes`` as a tuple of non-negative ints, or a TypeError/ValueError naming it."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)):
+        raise TypeError(f"sizes must be a tuple of non-negative integers (one per tensor), got "
+                        f"{type(sizes).__name__}")
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in sizes):
+        raise TypeError(f"sizes must hold integers, got {tuple(type(n).__name__ for n in sizes)}")
+    if any(n < 0 for n in sizes):
+        raise ValueError(f"sizes must be non-negative, got {tuple(sizes)}")
+    return tuple(int(n) for n in sizes)
+
+
 def _split_flat(a, sizes, name: str):
-    """One flat array -> its pieces (views), or a ValueError naming the argument."""
+    """One flat array -> its pieces (views), or a TypeError/ValueError naming the argument."""
+    sizes = _check_sizes(sizes)
     total = int(sum(sizes))
-    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size != total:
-        got = f"shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (the {len(sizes)} tensors, flat and "
+                        f"concatenated), got {type(a).__name__}")
+    if a.ndim != 1 or a.size != total:
         raise ValueError(f"{name} must be one flat array of {total} elements (the {len(sizes)} "
-                         f"tensors' sizes {tuple(sizes)}, concatenated), got {got}")
+                         f"tensors' sizes {tuple(sizes)}, concatenated), got shape {a.shape}")
     offsets = np.cumsum((0,) + tuple(sizes))
     return [a[offsets[i]:offsets[i + 1]] for i in range(len(sizes))]
 
 
 def _flat_out(x):
     return None if x is None else np.concatenate([np.reshape(a, -1) for a in x])
+
+
+class _ModelCtx(NamedTuple):
+    """What a model-wide step keeps: the library step's context and the tensors' sizes."""
+
+    inner: object
+    sizes: tuple[int, ...]
+    name: str
 
 
 class _Model:
@@ -561,23 +585,25 @@ class _Model:
 
     def forward(self, params, grads, *buffers, step, sizes, **hyper):
         names = _ALL_BUFFERS[self.name]
+        sizes = _check_sizes(sizes)
         # zip stops at the buffers given: the library names a missing one
         pieces = [_split_flat(a, sizes, n) for a, n in zip((params, grads, *buffers),
                                                             ("params", "grads", *names),
                                                             strict=False)]
         outs, ctx = self.inner.forward(*pieces, step=step, **hyper)
-        return tuple(_flat_out(o) for o in outs), (ctx, tuple(sizes))
+        return tuple(_flat_out(o) for o in outs), _ModelCtx(ctx, sizes, self.name)
 
     def backward(self, ctx, grad_out):
-        if not (isinstance(ctx, tuple) and len(ctx) == 2):
-            return self.inner.backward(ctx, grad_out)  # the library names the bad ctx
-        inner, sizes = ctx
+        if type(ctx) is not _ModelCtx or ctx.name != self.name:
+            got = type(ctx).__name__ if type(ctx) is not _ModelCtx else f"{ctx.name}_model's"
+            raise TypeError(f"ctx must be the context returned by {self.name}_model's forward, "
+                            f"got {got}")
         if not isinstance(grad_out, tuple):
-            return self.inner.backward(inner, grad_out)
-        names = ("params", *tuple(getattr(inner, "state", {})))
-        ups = tuple(_split_flat(np.asarray(g), sizes, f"grad_out[{i}] ({n})")
+            return self.inner.backward(ctx.inner, grad_out)  # the library names it
+        names = ("params", *tuple(getattr(ctx.inner, "state", {})))
+        ups = tuple(_split_flat(g, ctx.sizes, f"grad_out[{i}] ({n})")
                     for i, (g, n) in enumerate(zip(grad_out, names, strict=False)))
-        return tuple(_flat_out(d) for d in self.inner.backward(inner, ups))
+        return tuple(_flat_out(d) for d in self.inner.backward(ctx.inner, ups))
 
 
 def _model_twin(name: str):
