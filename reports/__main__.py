@@ -67,7 +67,15 @@ BASELINE = """\
 Write a compact baseline from a pytest-benchmark JSON file, for `gate --baseline` or
 [tool.refbench.gate] baseline: per benchmark the quantiles of its timings, whether it was stable,
 and per implementation it was timed with in interleaved rounds the within-run ratio, its interval
-and the quantiles of the per-round ratios (what the gate compares). A few KB per algorithm."""
+and the quantiles of the per-round ratios (what the gate compares). A few KB per algorithm.
+
+Give several benchmark files of the same commit, each from its own process (`nox -s ci` run
+N times): the first is the baseline, and each pair also keeps its ratio in every file
+("replicates"). A within-run ratio drifts between processes of one machine (measured here:
+up to 1.4x at small sizes, from code and memory placement, however quiet the machine), which
+no interval of a single run can show. The gate then allows a pair max_slowdown beyond the
+highest of its replicates, and leaves a pair whose replicates spread wider than
+max_replicate_spread ungated, with that reason."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("baseline", help="write a compact baseline from a benchmark file",
                        description=BASELINE, formatter_class=raw)
-    s.add_argument("bench", metavar="BENCH.json")
+    s.add_argument("bench", metavar="BENCH.json", nargs="+",
+                   help="one run, or several runs of one commit in separate processes")
     s.add_argument("--out", metavar="FILE", required=True, help="where to write it")
     return p
 
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "baseline":
-            path = jobs.write_baseline(args.bench, args.out)
+            path = jobs.write_baseline(args.bench[0], args.out, args.bench[1:])
             print(path)
             return EXIT_OK
         config = load_config(args.config)

@@ -4,6 +4,7 @@ compact baseline). Each takes paths and returns what the CLI prints; bad input r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,13 +162,28 @@ def run_gate(correctness: str | list[str], bench: str | list[str] | None, baseli
     return gate(corr, run, base, config, note)
 
 
-def write_baseline(bench: str, out: str | Path) -> Path:
+def write_baseline(bench: str, out: str | Path, more: Sequence[str] = ()) -> Path:
+    """A compact baseline of ``bench``; ``more``: other runs of the same commit, each from its
+    own process, whose within-run ratios become each pair's ``replicates``."""
     import json
 
     run = load_file(bench, ("benchmark",))
     if not run.benchmarks:
         raise InputError(f"{bench}: holds no benchmarks; a baseline needs some")
+    others = [load_file(m, ("benchmark",)) for m in more]
     doc = baseline_doc(run, str(bench))
+    if others:
+        doc["replicate_sources"] = [str(m) for m in more]
+        for entry, b in zip(doc["benchmarks"], run.benchmarks, strict=True):
+            for other_impl, r in (entry.get("ratios") or {}).items():
+                reps = [r["value"]]
+                for o in others:
+                    ob = o.find(b.key)
+                    den = o.find((b.algorithm, other_impl, b.size, b.dtype, b.pass_))
+                    pr = ob.ratio_to(den) if ob is not None and den is not None else None
+                    if pr is not None:
+                        reps.append(float(f"{pr.value:.5g}"))
+                r["replicates"] = reps
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=None, separators=(",", ":")).replace(

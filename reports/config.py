@@ -4,6 +4,8 @@
 [tool.refbench.gate]
 max_slowdown = 1.25      # a within-run ratio may grow by this factor before it is a regression
 alpha = 0.01             # significance level of the test on raw timings
+max_replicate_spread = 1.2   # a pair whose ratio spreads wider across the baseline's runs
+                             # (separate processes) is not gated
 baseline = "reports/baseline/cpu.json"   # default --baseline, relative to pyproject.toml
 
 [tool.refbench.gate.overrides]
@@ -23,6 +25,7 @@ from reports.loading import InputError
 
 DEFAULT_MAX_SLOWDOWN = 1.25
 DEFAULT_ALPHA = 0.01
+DEFAULT_MAX_REPLICATE_SPREAD = 1.2
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Threshold:
 class GateConfig:
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN
     alpha: float = DEFAULT_ALPHA
+    max_replicate_spread: float = DEFAULT_MAX_REPLICATE_SPREAD
     baseline: Path | None = None
     overrides: dict[str, Threshold] = field(default_factory=dict)
     source: Path | None = None
@@ -89,6 +93,8 @@ def load_config(path: str | Path | None = None) -> GateConfig:
         raise InputError(f"{where} should be a table")
     max_slowdown = _number(gate, "max_slowdown", where, DEFAULT_MAX_SLOWDOWN, 1.0, math.inf)
     alpha = _number(gate, "alpha", where, DEFAULT_ALPHA, 0.0, 0.5)
+    spread = _number(gate, "max_replicate_spread", where, DEFAULT_MAX_REPLICATE_SPREAD, 1.0,
+                     math.inf)
     overrides = {}
     raw = gate.get("overrides", {})
     if not isinstance(raw, dict):
@@ -106,4 +112,5 @@ def load_config(path: str | Path | None = None) -> GateConfig:
     if baseline is not None and not isinstance(baseline, str):
         raise InputError(f"{where}: baseline should be a path (string), got {baseline!r}")
     return GateConfig(max_slowdown=max_slowdown, alpha=alpha, overrides=overrides, source=p,
+                      max_replicate_spread=spread,
                       baseline=(p.parent / baseline) if baseline else None)

@@ -107,7 +107,7 @@ def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
             for c in sorted(result.regressions, key=lambda c: -c.change.value):
                 lines.append(f"  - REGRESSION {c.label}: numba/torch-cpu {c.base_ratio:.3g} -> "
                              f"{c.cand_ratio:.3g}, {ratio_text(c.change)} "
-                             f"(limit {c.max_slowdown:g}x)")
+                             f"(limit {c.max_slowdown:.3g}x)")
             if noisy:
                 lines.append(f"  not gated: noisy ({len(noisy)}): never a failure; re-run on a "
                              f"quieter machine to judge them")

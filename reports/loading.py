@@ -506,6 +506,9 @@ class PairRatio:
     # sound); None when the file does not judge pairs (older files: each side's own
     # ``stable`` then stands for the pair).
     reasons: tuple[str, ...] | None = None
+    # A baseline from several runs of one commit (separate processes): this ratio in each of
+    # them, this one's first (None: a single run).
+    replicates: tuple[float, ...] | None = None
 
     @property
     def paired(self) -> bool:
@@ -514,7 +517,9 @@ class PairRatio:
     def inverse(self) -> PairRatio:
         return PairRatio(1.0 / self.value, None if self.hi is None else 1.0 / self.hi,
                          None if self.lo is None else 1.0 / self.lo, self.level, self.method,
-                         self.rounds, self.dist.inverse() if self.dist else None, self.reasons)
+                         self.rounds, self.dist.inverse() if self.dist else None, self.reasons,
+                         None if self.replicates is None else
+                         tuple(1.0 / x for x in self.replicates))
 
     def describe(self) -> str:
         if not self.paired:
@@ -846,6 +851,16 @@ def _bench_run(doc: dict, path: str, kind: str) -> BenchRun:
 
 # -- the compact baseline -----------------------------------------------------------------------
 
+def _replicates(value, where: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+            for x in value):
+        raise _FieldError(f"{where}: replicates should be a list of positive numbers")
+    return tuple(float(x) for x in value)
+
+
 def _baseline(doc: dict, path: str) -> BenchRun:
     env = _environment(doc.get("environment"), "'environment'")
     env.node = env.node or _opt_str(doc.get("node"))
@@ -888,7 +903,8 @@ def _baseline(doc: dict, path: str) -> BenchRun:
                 _get(r, "hi", float, w, None), _get(r, "level", float, w, None),
                 "paired" if r.get("paired", True) else "medians",
                 int(rounds) if isinstance(rounds, (int, float)) else None, dist,
-                None if reasons is None else tuple(_text(str(x), 500) for x in reasons))
+                None if reasons is None else tuple(_text(str(x), 500) for x in reasons),
+                _replicates(r.get("replicates"), w))
         out.append(Bench(
             ratios=ratios, stable=_get(b, "stable", bool, where, None),
             noise={"reasons": [str(x) for x in b.get("noise_reasons") or []]},
@@ -921,6 +937,8 @@ def baseline_doc(run: BenchRun, source: str) -> dict:
              "paired": r.paired}
         if r.reasons is not None:
             d["reasons"] = list(r.reasons)
+        if r.replicates is not None:
+            d["replicates"] = list(r.replicates)
         if r.dist is not None:
             d["quantiles"] = [sig(x) for x in np.maximum.accumulate(r.dist.quantiles)]
         return d

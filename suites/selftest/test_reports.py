@@ -1157,3 +1157,43 @@ def test_numba_cuda_is_a_column_and_a_line_beside_torch_cuda(tmp_path):
     # not a peer of numba (no "numba vs numba-cuda"); softmax never had it: no column
     assert "numba vs numba-cuda" not in page
     assert "numba-cuda" not in _article(page, "algo-softmax")
+
+
+def _paired_doc(src: str, scale: float = 1.0) -> dict:
+    """``src`` with a within-run ratio numba/torch-cpu (times ``scale``) on softmax large
+    float32 forward, as refbench's benchmarks write it."""
+    doc = json.loads((DATA / src).read_text())
+    by_name = {b["name"]: b for b in doc["benchmarks"]}
+    num = by_name["test_bench[softmax-numba-large-float32-forward]"]
+    den = by_name["test_bench[softmax-torch-cpu-large-float32-forward]"]
+    value = num["stats"]["median"] / den["stats"]["median"] * scale
+    num.setdefault("extra_info", {})["ratios"] = {"torch-cpu": {
+        "value": value, "lo": value * 0.99, "hi": value * 1.01, "level": 0.95, "reasons": []}}
+    return doc
+
+
+@pytest.mark.parametrize("drift, verdict", [(1.0, "regression"), (1.1, "regression"),
+                                            (1.5, "not gated")])
+def test_gate_allows_the_baseline_replicates_drift(tmp_path, drift, verdict):
+    """A baseline of two runs of one commit: the slowed candidate (1.6x) is judged against the
+    highest replicate; replicates spread beyond max_replicate_spread leave the pair ungated."""
+    files = []
+    for i, (src, scale) in enumerate([("cpu_bench.json", 1.0), ("cpu_bench.json", drift),
+                                      ("slower_bench.json", 1.0)]):
+        files.append(tmp_path / f"run{i}.json")
+        files[-1].write_text(json.dumps(_paired_doc(src, scale)))
+    base = write_baseline(str(files[0]), tmp_path / "base.json", [str(files[1])])
+    reps = [r["ratios"]["torch-cpu"]["replicates"] for r in json.loads(base.read_text())[
+        "benchmarks"] if r["name"] == "test_bench[softmax-numba-large-float32-forward]"][0]
+    assert reps[1] == pytest.approx(reps[0] * drift, rel=1e-4)
+    result = run_gate(f("cpu_correctness.json"), str(files[2]), str(base),
+                      load_config(DATA / "no_baseline.toml"))
+    lines = [ln for ln in result.lines if "softmax large float32 forward:" in ln
+             or "softmax large float32 forward " in ln and "forward+backward" not in ln]
+    if verdict == "regression":
+        limit = f"limit {1.25 * drift:.3g}x"
+        assert any("REGRESSION" in ln and limit in ln for ln in lines), result.lines
+    else:
+        assert not [c for c in result.regressions if c.pass_ == "forward"], result.lines
+        assert any("not gated: noisy" in ln and "moves 1.5x between its 2 runs" in ln
+                   for ln in lines), result.lines
