@@ -109,8 +109,8 @@ def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
                              f"{c.cand_ratio:.3g}, {ratio_text(c.change)} "
                              f"(limit {c.max_slowdown:.3g}x)")
             if noisy:
-                lines.append(f"  not gated: noisy ({len(noisy)}): never a failure; re-run on a "
-                             f"quieter machine to judge them")
+                lines.append(f"  not gated: noisy ({len(noisy)}): unstable in a run, or drifting "
+                             f"between the baseline's runs; never a failure")
                 for c in noisy[:15]:
                     lines.append(f"  - not gated: noisy {c.label}: {'; '.join(c.noisy)}")
                 if len(noisy) > 15:
