@@ -21,7 +21,7 @@ Twins: ``nn.Sequential`` MLPs / an ``nn.Module`` of ``nn.Embedding``, ``nn.Trans
 (batch_first, the same bool causal mask) and ``nn.Linear`` (tied: its weight is the embedding's),
 run by ``torch.func.functional_call`` with the case's tensors, then ``torch.optim`` on clones
 (``models.torch_optimizer_step``). float32 tolerance: the twin's own float32 error on the case
-(``attention._oracle_tol``; its derivation is in the comment above it there): worst-case
+(``_attention_tools._oracle_tol``; its derivation is in the comment above it there): worst-case
 bounds through attention and layer norm are 1e3-1e6 times what happens.
 """
 

@@ -51,7 +51,7 @@ def _torch_curve(params, vocab, batches, dtype, optimizer="adam", hyper=None):
 
 
 # Tolerance of the loss curves, measured rather than bounded (the rule of
-# ``suites/catalog/attention.py``'s ``_oracle_tol``): the same torch training run in float64
+# ``suites/catalog/_attention_tools.py``'s ``_oracle_tol``): the same torch training run in float64
 # is the exact trajectory to ~1e-12, so e_t = |torch32_t - torch64_t| is torch's own float32
 # error at step t, compounded through the steps before it. The reference rounds the same
 # operations in float32 in other orders, so |ref_t - torch32_t| <= |ref_t - exact_t| + e_t, and
