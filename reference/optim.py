@@ -1212,18 +1212,34 @@ def _read(g, name: str, p, p_name: str):
     return np.require(g, requirements=("C", "A")).view(np.ndarray)
 
 
-def _same_structure(x, name: str, single: bool, n: int):
-    if single:
-        if not isinstance(x, (np.ndarray, np.generic)):
-            raise ValueError(f"{name} must have the structure of params (one array), got "
-                             f"{type(x).__name__}")
-        return [x]
+def _list_like_params(x, name: str, n: int):
+    """``x`` when it is a list or tuple of ``n`` (the list form of params), else ValueError.
+    Shared with the numba-cuda steps (``reference.cuda.optim``)."""
     if not isinstance(x, (list, tuple)) or len(x) != n:
         got = (f"a {type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple))
                else type(x).__name__)
         raise ValueError(f"{name} must have the structure of params (a list of {n} arrays), "
                          f"got {got}")
     return x
+
+
+def _check_state_keys(state, buffers) -> None:
+    """``state`` is a dict with exactly ``buffers`` (shared with ``reference.cuda.optim``)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of buffers {list(buffers)}, got "
+                        f"{type(state).__name__}")
+    if len(state) != len(buffers) or any(b not in state for b in buffers):
+        raise ValueError(f"state must have exactly the buffers {list(buffers)} for these "
+                         f"hyper-parameters, got {list(state)}")
+
+
+def _same_structure(x, name: str, single: bool, n: int):
+    if single:
+        if not isinstance(x, (np.ndarray, np.generic)):
+            raise ValueError(f"{name} must have the structure of params (one array), got "
+                             f"{type(x).__name__}")
+        return [x]
+    return _list_like_params(x, name, n)
 
 
 def _inplace_tables(params, grads, state, buffers: tuple[str, ...], slots: tuple[str, ...]):
@@ -1249,12 +1265,7 @@ def _inplace_tables(params, grads, state, buffers: tuple[str, ...], slots: tuple
                         f"{type(params).__name__}")
     n = len(ps)
     gs = _same_structure(grads, "grads", single, n)
-    if not isinstance(state, dict):
-        raise TypeError(f"state must be a dict of buffers {list(buffers)}, got "
-                        f"{type(state).__name__}")
-    if len(state) != len(buffers) or any(b not in state for b in buffers):
-        raise ValueError(f"state must have exactly the buffers {list(buffers)} for these "
-                         f"hyper-parameters, got {list(state)}")
+    _check_state_keys(state, buffers)
     bls = [_same_structure(state[b], f"state[{b!r}]", single, n) for b in buffers]
     flat_p, flat_g, flat_b = [], [], [[] for _ in buffers]
     for i in range(n):

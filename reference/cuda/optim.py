@@ -142,11 +142,7 @@ def _same_structure(x, name: str, single: bool, n: int) -> list:
             raise ValueError(f"{name} must have the structure of params (one array), got "
                              f"{type(x).__name__}")
         return [x]
-    if not _is_list(x) or len(x) != n:
-        got = f"a {type(x).__name__} of {len(x)}" if _is_list(x) else type(x).__name__
-        raise ValueError(f"{name} must have the structure of params (a list of {n} arrays), "
-                         f"got {got}")
-    return list(x)
+    return list(_cpu._list_like_params(x, name, n))
 
 
 def _address(a) -> int:
@@ -166,12 +162,7 @@ def _tensors(params, grads, state, buffers: tuple[str, ...]):
     ps = [params] if single else list(params)
     n = len(ps)
     gs = _same_structure(grads, "grads", single, n)
-    if not isinstance(state, dict):
-        raise TypeError(f"state must be a dict of buffers {list(buffers)}, got "
-                        f"{type(state).__name__}")
-    if len(state) != len(buffers) or any(b not in state for b in buffers):
-        raise ValueError(f"state must have exactly the buffers {list(buffers)} for these "
-                         f"hyper-parameters, got {list(state)}")
+    _cpu._check_state_keys(state, buffers)
     bls = {b: _same_structure(state[b], f"state[{b!r}]", single, n) for b in buffers}
     out, written = [], []
     for i in range(n):
