@@ -304,6 +304,11 @@ def polynomial_features(X: np.ndarray, *, degree: int = 2, include_bias: bool = 
 
 
 def polynomial_features_backward(ctx: PolyCtx, grad_out: np.ndarray):
+    r"""``(d_X,)`` for ``grad_out`` :math:`g` (n, n_out): each monomial's upstream value times
+    the product of its other factors, summed into each factor's feature.
+
+    .. math:: \partial x_j = \sum_c g_c \sum_{p:\, c_p = j} \prod_{t \ne p} x_{c_t}
+    """
     ctx = _ctx(ctx, PolyCtx, "polynomial_features")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.X.dtype)
     if g.shape != ctx.out_shape:
@@ -405,6 +410,11 @@ def ridge_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *
 
 
 def ridge_objective_backward(ctx: RidgeCtx, grad_out):
+    r"""``(d_coef, d_intercept)`` for the 0-d ``grad_out`` :math:`g`.
+
+    .. math:: \partial w = g\,(2 X^\top (X w + b - y) + 2 \alpha w), \qquad
+              \partial b = g\, 2 \textstyle\sum_i (x_i^\top w + b - y_i)
+    """
     ctx = _ctx(ctx, RidgeCtx, "ridge_objective")
     g, gW, gb = _data_grad(ctx, grad_out)
     dw = g * (gW[0] + 2.0 * ctx.strength * ctx.W[0])
@@ -431,6 +441,11 @@ def lasso_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *
 
 
 def lasso_objective_backward(ctx: LassoCtx, grad_out):
+    r"""``(d_coef, d_intercept)`` for the 0-d ``grad_out`` :math:`g` (``sign(0) = 0``).
+
+    .. math:: \partial w = g\,(\tfrac1n X^\top (X w + b - y) + \alpha \operatorname{sign} w),
+              \qquad \partial b = g\, \tfrac1n \textstyle\sum_i (x_i^\top w + b - y_i)
+    """
     ctx = _ctx(ctx, LassoCtx, "lasso_objective")
     g, gW, gb = _data_grad(ctx, grad_out)
     n = ctx.X.shape[0]

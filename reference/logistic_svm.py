@@ -136,6 +136,12 @@ def logistic_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept
 
 
 def logistic_objective_backward(ctx: LogisticCtx, grad_out):
+    r"""``(d_coef, d_intercept)`` for the 0-d ``grad_out`` :math:`g` (p and e as in
+    ``logistic_objective``).
+
+    .. math:: \partial W = g\,(W + C \textstyle\sum_i (p_i - e_{y_i}) x_i^\top), \qquad
+              \partial b = g\, C \textstyle\sum_i (p_i - e_{y_i})
+    """
     return _objective_backward(ctx, grad_out, LogisticCtx, "logistic_objective")
 
 
@@ -164,6 +170,13 @@ def linear_svm_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, interce
 
 
 def linear_svm_objective_backward(ctx: SvmCtx, grad_out):
+    r"""``(d_coef, d_intercept)`` for the 0-d ``grad_out`` :math:`g` (s, p and
+    :math:`s_{ik}` as in ``linear_svm_objective``; 0 at the hinge's kink).
+
+    .. math:: \partial W = g\,(W + C \textstyle\sum_i \delta_i x_i^\top), \qquad
+              \partial b = g\,(b / s^2 + C \textstyle\sum_i \delta_i), \qquad
+              \delta_{ik} = -p\, s_{ik} \max(0, 1 - s_{ik} f_{ik})^{p - 1}
+    """
     return _objective_backward(ctx, grad_out, SvmCtx, "linear_svm_objective")
 
 
