@@ -4,6 +4,7 @@ Options:
   --device auto|cpu|cuda   where torch twins run (auto: CUDA when available)
   --results-json PATH      write one record per correctness check (see suites/recording.py)
   --bench-sizes, --bench-impls, --bench-dtypes   narrow the benchmark matrix
+  --bench-budget SECONDS   share a total timing budget among the benchmark groups
 
 Hypothesis profiles (``--hypothesis-profile NAME`` or ``REFBENCH_PROFILE=NAME``):
   ci        deterministic and quick: what CI and ``nox -s tests`` run
@@ -55,6 +56,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-dtypes", default="default",
                 help="comma-separated dtypes to benchmark: float32, float64, or default (each "
                      "spec's first dtype: float32, float64 for classical ML) (default: default)")
+    g.addoption("--bench-budget", type=float, default=None,
+                help="total seconds of timed rounds for the whole benchmark run: each group "
+                     "gets an equal share of what is left (never more than "
+                     "--benchmark-max-time per implementation, never fewer than "
+                     "--benchmark-min-rounds rounds); first calls, compilation and calibration "
+                     "are outside it (default: none, --benchmark-max-time alone)")
 
 
 _CONFIG: pytest.Config | None = None

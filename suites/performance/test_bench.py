@@ -400,6 +400,65 @@ def _group_of(item: pytest.Item) -> tuple | None:
 
 _RESULTS: dict[tuple, timing.Result] = {}
 _COMPILE_TIMES: list[tuple[float, float]] = []
+
+
+class _Budget:
+    """``--bench-budget``: the run's seconds of measurement, shared among its groups.
+
+    A group's share is what is left of the budget divided by the groups left; the rounds get
+    that share less the measuring overhead the groups so far needed (calibration, stall probes,
+    retries: their mean), split among the implementations, never more than
+    ``--benchmark-max-time`` each and never less than ``MIN_SHARE`` of it (a budget too small
+    for the run is overrun rather than leaving groups too few rounds to judge), and
+    ``timing.measure`` runs ``--benchmark-min-rounds`` rounds whatever the share. First calls
+    (compilation, cache loads) are not counted: a cold run measures as many rounds as a warm
+    one and takes longer by its compile time.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[tuple] | None = None
+        self.spent = 0.0        # seconds measured so far, first calls excluded
+        self.overhead = 0.0     # of which not in the timed budget (probes, calibration, ...)
+        self.done = 0
+        self.wall = 0.0         # everything, first calls included
+
+    def eta(self, config, session) -> float:
+        """Seconds the groups left should take, from the budget or the pace so far."""
+        left = len(self.groups(session)) - self.done
+        pace = self.wall / max(self.done, 1) * left
+        total = config.getoption("--bench-budget")
+        if total is None:
+            return pace
+        first_calls = (self.wall - self.spent) / max(self.done, 1) * left
+        return min(pace, max(total - self.spent, 0.0) + first_calls) if left else 0.0
+
+    def groups(self, session) -> list[tuple]:
+        if self.keys is None:
+            self.keys = list(dict.fromkeys(k for k in map(_group_of, session.items) if k))
+        return self.keys
+
+    def max_time(self, config, session, default: float, n_impls: int) -> float:
+        total = config.getoption("--bench-budget")
+        if total is None or n_impls == 0:
+            return default
+        left = max(len(self.groups(session)) - self.done, 1)
+        share = max(total - self.spent, 0.0) / left
+        per_impl = max(share - (self.overhead / self.done if self.done else 0.0), 0.0) / n_impls
+        return min(default, max(per_impl, default * MIN_SHARE))
+
+    def add(self, result: timing.Result) -> None:
+        measured = max(result.wall_s - sum(result.first_call_s.values()), 0.0)
+        timed = sum(sum(t) * result.iterations[n] for n, t in result.times.items())
+        self.spent += measured
+        self.wall += result.wall_s
+        self.overhead += max(measured - timed, 0.0)
+        self.done += 1
+
+
+# The least share of --benchmark-max-time a group gets under --bench-budget: the report's 0.2 s
+# becomes at worst CI's 0.05 s per implementation.
+MIN_SHARE = 0.25
+_BUDGET = _Budget()
 # Implementations that could not be timed, with the reason: conftest.py puts them in the
 # benchmark JSON's machine_info (pytest-benchmark writes no entry for a skipped test).
 NOT_RUN: list[dict] = []
@@ -458,9 +517,10 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
     cuda_fns = _cuda_group(fns, spec, case, grads, pass_)
     # A recompilation while timing would be a compile timed as a slow call: it is an error.
     stance = torch.compiler.set_stance("fail_on_recompile") if COMPILED in fns else None
+    max_time = _BUDGET.max_time(request.config, request.session, benchmark._max_time, len(fns))
     try:
         result = timing.measure(
-            fns, max_time=benchmark._max_time, min_time=benchmark._min_time,
+            fns, max_time=max_time, min_time=benchmark._min_time,
             min_rounds=benchmark._min_rounds, timer=benchmark._timer,
             disable_gc=benchmark._disable_gc, probes=stalls.for_group(fns),
             serial=stalls.single_threaded, serial_names=stalls.SERIAL_NAMES)
@@ -478,6 +538,7 @@ def _measure_group(request, key: tuple, benchmark) -> timing.Result:
                         "reason": reason})
     result.skipped = skipped  # type: ignore[attr-defined]
     result.compiled = {COMPILED: how} if COMPILED in fns else {}  # type: ignore[attr-defined]
+    _BUDGET.add(result)
     _RESULTS.clear()  # groups run one after another: keep only the current one
     _RESULTS[key] = result
     _progress(request, key, result)
@@ -489,7 +550,7 @@ def _progress(request, key, result: timing.Result) -> None:
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     if tr is None:
         return
-    keys = list(dict.fromkeys(k for k in map(_group_of, request.session.items) if k))
+    keys = _BUDGET.groups(request.session)
     n = keys.index(key) + 1 if key in keys else 0
     name, size, dtype, pass_ = key
     parts = []
@@ -511,7 +572,12 @@ def _progress(request, key, result: timing.Result) -> None:
         tr.ensure_newline()
         tr.write_line(f"bench [{n}/{len(keys)}] {name} {size} {dtype} {pass_}: "
                   f"{'; '.join(parts) or ', '.join(result.timed)} ({rounds} rounds, "
-                      f"{result.attempts} attempt(s), {state}, {result.wall_s:.1f} s)")
+                      f"{result.attempts} attempt(s), {state}, {result.wall_s:.1f} s; "
+                      f"about {_minutes(_BUDGET.eta(request.config, request.session))} left)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def test_bench(benchmark, bench, request):

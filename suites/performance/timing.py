@@ -63,6 +63,9 @@ MAX_CI_SPREAD = 1.21
 # on the rounds it has): on a busy machine calls calibrated when quiet can each take
 # milliseconds, and min_rounds rounds of them would stretch a run without bound.
 HARD_LIMIT = 4.0
+# ... but never sooner than this: one time slice lost to another process on a busy machine is
+# tens of milliseconds, which would end a budget of a few milliseconds after a round or two.
+HARD_FLOOR_S = 0.25
 # Rounds in a stall phase are dropped when an implementation's median in them is more than this
 # times its median in the clean rounds (a stalled pool costs 100-1000x; time-sharing a core
 # with a busy process, which pairing cancels, at most ~2x).
@@ -179,8 +182,8 @@ class Result:
         return out
 
 
-def _calibrate(fn: Callable[[], object], min_time: float, timer) -> int:
-    """Calls per round so that a round lasts at least ``min_time``.
+def _calibrate(fn: Callable[[], object], min_time: float, timer) -> tuple[int, float]:
+    """Calls per round so that a round lasts at least ``min_time``, and the per-call time.
 
     The per-call time is the fastest of a few trials, so that one stalled trial on a busy
     machine does not make the rounds too short to time (or the budget look spent).
@@ -192,7 +195,7 @@ def _calibrate(fn: Callable[[], object], min_time: float, timer) -> int:
             fn()
         best = min(best, (timer() - t0) / n)
         n = int(min(max(1.0, math.ceil(min_time / max(best, 1e-9))), 1 << 20))
-    return n
+    return n, best
 
 
 def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: float,
@@ -230,10 +233,15 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
     if not live:
         res.wall_s = time.perf_counter() - start
         return res
+    round_s = 0.0  # one round of every implementation: its timed calls and the untimed one
     for name, fn in live.items():
-        res.iterations[name] = _calibrate(fn, min_time, timer)
+        res.iterations[name], per_call = _calibrate(fn, min_time, timer)
+        round_s += (res.iterations[name] + 1) * per_call
     rng = np.random.default_rng(seed)
-    budget = max_time * len(live)
+    # The budget never starves min_rounds: a small max_time (a share of --bench-budget) still
+    # gets min_rounds rounds, and HARD_LIMIT stays a multiple of what they need on a quiet
+    # machine.
+    budget = max(max_time * len(live), min_rounds * round_s)
 
     best: tuple[float, dict[str, list[float]], dict] | None = None
     for attempt in range(1 + retries):
@@ -279,14 +287,14 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
     if disable_gc:
         gc.disable()
     start = time.perf_counter()
-    deadline, hard = start + budget, start + HARD_LIMIT * budget
+    deadline, hard = start + budget, start + max(HARD_LIMIT * budget, HARD_FLOOR_S)
     total = clean = 0
     flags: list[bool] = []  # per round: no stalled probe before or after it
     try:
         ok_before = _probe(probes, timer, seen)
         while clean < max_rounds:
             now = time.perf_counter()
-            if now >= hard or (clean >= min_rounds and now >= deadline):
+            if total and (now >= hard or (clean >= min_rounds and now >= deadline)):
                 break
             this: dict[str, float] = {}
             for j in rng.permutation(len(names)):

@@ -204,3 +204,43 @@ def test_pytest_benchmark_receives_the_rounds(pytester):
     assert bench["stats"]["data"] == pytest.approx([1e-3, 2e-3, 3e-3])
     assert bench["stats"]["iterations"] == 4
     assert bench["stats"]["rounds"] == 3
+
+
+def test_small_budget_still_gets_min_rounds():
+    # A share of --bench-budget can be far below one round: min_rounds rounds are still run
+    # (timing.measure sizes the budget to fit them), so the group can be judged.
+    res = timing.measure({"a": lambda: _busy(200e-6), "b": lambda: _busy(200e-6)},
+                         max_time=1e-6, min_time=1e-4, min_rounds=12, retries=0)
+    assert len(res.times["a"]) >= 12 and len(res.times["b"]) >= 12
+
+
+class _FakeConfig:
+    def __init__(self, budget):
+        self.budget = budget
+
+    def getoption(self, name):
+        assert name == "--bench-budget"
+        return self.budget
+
+
+def test_bench_budget_shares_what_is_left_among_the_groups_left():
+    from suites.performance.test_bench import MIN_SHARE, _Budget
+
+    b = _Budget()
+    b.keys = [("g", i) for i in range(10)]
+    # No budget: --benchmark-max-time alone.
+    assert b.max_time(_FakeConfig(None), None, 0.2, 2) == 0.2
+    # 10 groups, 3 s: 0.3 s per group, 0.15 s per implementation; never above max_time.
+    assert b.max_time(_FakeConfig(3.0), None, 0.2, 2) == pytest.approx(0.15)
+    assert b.max_time(_FakeConfig(30.0), None, 0.2, 2) == 0.2
+    # 4 groups done in 2.0 s, 0.4 s of it overhead (first calls not counted): of 4 s, 2.0 s
+    # left for 6 groups, less the 0.1 s mean overhead, over 2 implementations.
+    res = timing.Result(names=["a", "b"], times={"a": [0.05] * 4, "b": [0.05] * 4},
+                        iterations={"a": 1, "b": 1}, first_call_s={"a": 0.5, "b": 0.5})
+    res.wall_s = 1.5  # 0.5 s measured: 0.4 s of timed calls and 0.1 s of overhead
+    for _ in range(4):
+        b.add(res)
+    assert b.spent == pytest.approx(2.0) and b.overhead == pytest.approx(0.4)
+    assert b.max_time(_FakeConfig(4.0), None, 0.2, 2) == pytest.approx((2.0 / 6 - 0.1) / 2)
+    # Budget overrun: the floor, a quarter of max_time, not zero.
+    assert b.max_time(_FakeConfig(1.0), None, 0.2, 2) == pytest.approx(0.2 * MIN_SHARE)
