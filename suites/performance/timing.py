@@ -189,12 +189,14 @@ def _calibrate(fn: Callable[[], object], min_time: float, timer) -> tuple[int, f
     machine does not make the rounds too short to time (or the budget look spent).
     """
     n, best = 1, float("inf")
-    for _ in range(5):
+    for trial in range(5):
         t0 = timer()
         for _ in range(n):
             fn()
         best = min(best, (timer() - t0) / n)
         n = int(min(max(1.0, math.ceil(min_time / max(best, 1e-9))), 1 << 20))
+        if n == 1 and trial:  # two calls each longer than a round: one call per round
+            break
     return n, best
 
 
