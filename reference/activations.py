@@ -35,6 +35,7 @@ import numpy as np
 from numba import prange
 
 from reference import _validate as v
+from reference import _prims as P
 from reference import _vmath as vm
 from reference._jit import PARALLEL_MIN, kernel
 
@@ -197,15 +198,15 @@ def tanh_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 
 @kernel(parallel=True)
 def _leaky_fwd(x, y, slope):
-    # NaN fails ``x > 0`` and falls through to ``slope * x``: NaN propagates. ``+ 0.0`` turns
-    # the -0.0 of ``-1 * 0`` into +0.0, as torch.relu returns.
+    # P.leaky_relu: NaN fails ``x > 0`` and falls through to ``slope * x``: NaN propagates.
+    # ``+ 0.0`` turns the -0.0 of ``-1 * 0`` into +0.0, as torch.relu returns.
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
-            y[i] = x[i] if x[i] > 0 else x[i] * slope + 0.0
+            y[i] = P.leaky_relu(x[i], slope)
     else:
         for i in prange(n):
-            y[i] = x[i] if x[i] > 0 else x[i] * slope + 0.0
+            y[i] = P.leaky_relu(x[i], slope)
 
 
 @kernel(parallel=True)
@@ -213,10 +214,10 @@ def _leaky_bwd(x, g, dx, slope):
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
-            dx[i] = g[i] if x[i] > 0 else g[i] * slope
+            dx[i] = g[i] * P.leaky_relu_grad(x[i], slope)
     else:
         for i in prange(n):
-            dx[i] = g[i] if x[i] > 0 else g[i] * slope
+            dx[i] = g[i] * P.leaky_relu_grad(x[i], slope)
 
 
 def relu(x: np.ndarray) -> tuple[np.ndarray, Saved]:
@@ -771,39 +772,8 @@ log_softmax.__doc__ += _DTYPE_DOC
 # ---------------------------------------------------------------------------------------------
 # GELU, exact (erf) and tanh approximation
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_K = math.sqrt(2.0 / math.pi)
-_C = 0.044715
-
-
-@kernel()
-def _gelu_erf1(x, dt):
-    return x * vm.ndtr(x, dt)[0]
-
-
-@kernel()
-def _gelu_erf_grad1(x, dt):
-    cdf, gauss = vm.ndtr(x, dt)  # Phi(x), e^{-x^2/2}
-    return cdf + x * (gauss * _INV_SQRT_2PI)
-
-
-@kernel()
-def _gelu_tanh1(x, dt):
-    # (1 + tanh u) / 2 = sigmoid(2u): the same function without the cancellation at x < 0.
-    u = _K * (x + _C * (x * x * x))
-    return x * vm.sigmoid(2.0 * u, dt)
-
-
-@kernel()
-def _gelu_tanh_grad1(x, dt):
-    # With s = sigmoid(2u): (1 + tanh u) / 2 = s and (1 - tanh^2 u) / 2 = 2 s (1 - s).
-    x2 = x * x
-    u = _K * (x + _C * (x2 * x))
-    e = vm.exp(-2.0 * abs(u), dt)
-    inv = 1.0 / (1.0 + e)
-    s = (1.0 if u >= 0.0 else e) * inv
-    sc = (e if u >= 0.0 else 1.0) * inv  # 1 - s
-    return s + 2.0 * x * (s * sc) * (_K * (1.0 + 3.0 * _C * x2))
+# The element functions are reference._prims's, shared with the encoder layer's fused
+# feed-forward kernels (so the two GELUs are one).
 
 
 @kernel(parallel=True)
@@ -814,19 +784,19 @@ def _gelu_fwd(x, y, xs, approx):
         if n < _PARALLEL_MIN_HEAVY:
             for i in range(n):
                 xs[i] = x[i]
-                y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
+                y[i] = P.gelu_tanh(np.float64(x[i]), y.dtype)
         else:
             for i in prange(n):
                 xs[i] = x[i]
-                y[i] = _gelu_tanh1(np.float64(x[i]), y.dtype)
+                y[i] = P.gelu_tanh(np.float64(x[i]), y.dtype)
     elif n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
             xs[i] = x[i]
-            y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
+            y[i] = P.gelu_erf(np.float64(x[i]), y.dtype)
     else:
         for i in prange(n):
             xs[i] = x[i]
-            y[i] = _gelu_erf1(np.float64(x[i]), y.dtype)
+            y[i] = P.gelu_erf(np.float64(x[i]), y.dtype)
 
 
 @kernel(parallel=True)
@@ -835,16 +805,16 @@ def _gelu_bwd(x, g, dx, approx):
     if approx:
         if n < _PARALLEL_MIN_HEAVY:
             for i in range(n):
-                dx[i] = g[i] * _gelu_tanh_grad1(np.float64(x[i]), dx.dtype)
+                dx[i] = g[i] * P.gelu_tanh_grad(np.float64(x[i]), dx.dtype)
         else:
             for i in prange(n):
-                dx[i] = g[i] * _gelu_tanh_grad1(np.float64(x[i]), dx.dtype)
+                dx[i] = g[i] * P.gelu_tanh_grad(np.float64(x[i]), dx.dtype)
     elif n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
-            dx[i] = g[i] * _gelu_erf_grad1(np.float64(x[i]), dx.dtype)
+            dx[i] = g[i] * P.gelu_erf_grad(np.float64(x[i]), dx.dtype)
     else:
         for i in prange(n):
-            dx[i] = g[i] * _gelu_erf_grad1(np.float64(x[i]), dx.dtype)
+            dx[i] = g[i] * P.gelu_erf_grad(np.float64(x[i]), dx.dtype)
 
 
 def gelu(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, Saved]:

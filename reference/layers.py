@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
+from reference import _prims as P
 from reference import _validate as v
 from reference._jit import PARALLEL_MIN, kernel
 
@@ -157,16 +158,18 @@ def _dropout_p(p) -> tuple[float, bool]:
 
 @kernel()
 def _scale_block(x, mask, scale, all_dropped, inner, y, i0, i1):
-    # mask entries [i0, i1), each covering ``inner`` consecutive elements of x and y.
+    # mask entries [i0, i1), each covering ``inner`` consecutive elements of x and y; the
+    # element op is reference._prims.dropout (the encoder's and attention's dropout too).
     # p = 1 gives x * 0 (NaN and inf stay NaN), as torch.nn.functional.dropout does.
+    s = 0.0 if all_dropped else scale
     if inner == 1:
         for i in range(i0, i1):
-            y[i] = np.float64(x[i]) * (scale if mask[i] and not all_dropped else 0.0)
+            y[i] = P.dropout(x[i], mask[i], s)
     else:
         for i in range(i0, i1):
-            s = 0.0 if all_dropped or not mask[i] else scale
+            keep = mask[i]
             for j in range(i * inner, (i + 1) * inner):
-                y[j] = np.float64(x[j]) * s
+                y[j] = P.dropout(x[j], keep, s)
 
 
 @kernel(parallel=True)
