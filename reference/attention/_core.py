@@ -1,6 +1,8 @@
 """The attention core that scaled dot-product attention, multi-head attention and the encoder
-layer share: the two kernels over N = batch * heads independent (L, S) problems, the dense row
-helpers (projections, head split and merge), and the checks of masks and dropout keep-masks.
+layer share: the two kernels over N = batch * heads independent (L, S) problems (their dropout
+of probabilities is ``reference._prims.dropout``, ``layers.dropout``'s element op), the dense
+row helpers (projections through ``reference.layers.linear``'s own kernels, head split and
+merge), and the checks of masks and dropout keep-masks.
 Private to ``reference.attention``; the conventions are in its docstring.
 """
 
@@ -12,6 +14,8 @@ from reference import _validate as v
 from reference import _vmath as Vm
 from reference._blas import dot_serial
 from reference._jit import kernel
+from reference._prims import dropout as drop
+from reference.layers import _linear_bwd, _linear_fwd
 
 _NO_BIAS = np.zeros((1, 1, 1))
 _NO_KEEP = np.ones((1, 1, 1), np.bool_)
@@ -64,7 +68,7 @@ def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_sc
             if has_keep:
                 kr, keep_r = kept[n, i], keep[n, i]
                 for j in range(n_k):
-                    kr[j] = np.float64(pr[j]) * keep_scale if keep_r[j] else 0.0
+                    kr[j] = drop(pr[j], keep_r[j], keep_scale)
         dot_serial(kept[n], v[n], out[n])
 
 
@@ -97,7 +101,7 @@ def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_
             if has_keep:
                 keep_r = keep[n, i]
                 for j in range(n_k):
-                    row[j] = row[j] * keep_scale if keep_r[j] else 0.0
+                    row[j] = drop(row[j], keep_r[j], keep_scale)
             acc = Vm.fdot(row, prow)
             for j in range(n_k):
                 dsr[j] = prow[j] * (row[j] - acc) * scale
@@ -149,43 +153,31 @@ def _attn_dropout(dropout_p, dropout_mask, target):
 
 
 # ---------------------------------------------------------------------------------------------
-# dense helpers (private: one matrix product over all rows, the bias in float64)
-
-
-@kernel()
-def _linear(x, w, b, y):
-    # y (R, O) = x (R, I) @ w^T (I, O) + b
-    np.dot(x, w.T, y)
-    for r in range(y.shape[0]):
-        for o in range(y.shape[1]):
-            y[r, o] = np.float64(y[r, o]) + b[o]
-
-
-@kernel()
-def _matmul_t(x, w, y):
-    np.dot(x, w.T, y)  # y (R, O) = x (R, I) @ w^T
-
-
-@kernel()
-def _linear_bwd(x, w, g, dx, dw, db):
-    # g (R, O): dx = g w, dw = g^T x, db = sum_r g
-    np.dot(g, w, dx)
-    np.dot(g.T, x, dw)
-    acc = np.zeros(g.shape[1])
-    for r in range(g.shape[0]):
-        for o in range(g.shape[1]):
-            acc[o] += g[r, o]
-    for o in range(g.shape[1]):
-        db[o] = acc[o]
+# dense helpers: the projections are reference.layers.linear's own kernels (one matrix product
+# over all rows on BLAS, the bias added after it)
 
 
 def _project(x, w, b, out):
-    """out = x w^T (+ b): a projection with or without its bias."""
-    if b is None:
-        _matmul_t(x, w, out)
-    else:
-        _linear(x, w, b, out)
+    """out (R, O) = x (R, I) w^T (+ b): ``linear``'s forward kernel, with or without bias."""
+    _linear_fwd(x, w, _no_bias(x.dtype) if b is None else b, b is not None, out)
     return out
+
+
+def _project_bwd(x, w, g, has_bias):
+    """``(dx, dw, db)`` of ``_project`` for ``g`` (R, O): ``g w``, ``g^T x`` and, when
+    ``has_bias``, the float64 column sums of ``g`` (else None): ``linear_backward``'s kernel."""
+    dx, dw = np.empty_like(x), np.empty_like(w)
+    db = np.empty(w.shape[0] if has_bias else 0, w.dtype)
+    _linear_bwd(x, w, g, dx, dw, db, has_bias)
+    return dx, dw, (db if has_bias else None)
+
+
+_NO_BIAS_1D = {np.dtype(np.float32): np.empty(0, np.float32),
+               np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _no_bias(dtype):
+    return _NO_BIAS_1D[np.dtype(dtype)]
 
 
 @kernel()

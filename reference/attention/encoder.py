@@ -1,26 +1,25 @@
 """The transformer encoder layer, as ``nn.TransformerEncoderLayer`` in training mode (post- and
 pre-norm, relu/gelu, dropout by explicit keep-masks), composed of the multi-head attention of
 ``reference.attention.mha``, the layer-norm kernels of ``reference.norm`` (``layer_norm``'s
-own), and the feed-forward, dropout and residual kernels below.
+own), ``reference.layers``' linear and dropout kernels, and the activation element functions
+of ``reference._prims`` (``activations.relu``/``gelu``'s own) fused with dropout below.
 Conventions: ``reference.attention``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
+from reference import _prims as P
 from reference import _validate as v
-from reference import _vmath as Vm
-from reference._jit import inline, kernel
+from reference._jit import kernel
 from reference.attention._core import (
     _NO_KEEP2,
-    _linear,
-    _linear_bwd,
-    _matmul_t,
     _private,
+    _project,
+    _project_bwd,
 )
 from reference.attention.mha import (
     MHACtx,
@@ -31,6 +30,7 @@ from reference.attention.mha import (
     _mha_forward,
     _to_layout,
 )
+from reference.layers import _scale_block
 from reference.norm import LN_BLOCKS, _ln_block_bwd, _ln_row_fwd
 
 __all__ = ["transformer_encoder_layer", "transformer_encoder_layer_backward",
@@ -61,71 +61,52 @@ def _ln_bwd(x, g, mean, invstd, w, dx, pw, pb):
                       (k + 1) * rows // blocks)
 
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@inline()
-def _act(a, gelu, dt):
-    if gelu:
-        cdf, _ = Vm.ndtr(a, dt)        # exact GELU: a * Phi(a)
-        return a * cdf
-    return a if a > 0 else 0.0 * a + 0.0
-
-
-@inline()
-def _act_grad(a, gelu, dt):
-    if gelu:
-        cdf, gauss = Vm.ndtr(a, dt)    # Phi(a) and e^{-a^2/2}
-        return cdf + a * _INV_SQRT_2PI * gauss
-    return 1.0 if a > 0 else 0.0
+# The feed-forward's activation and dropout, fused in one pass over the hidden (R, F) rows
+# (and the residual's dropout and sum in one over (R, E)), compute exactly what the public ops
+# compute in sequence: the element math is reference._prims's, which activations.relu/gelu
+# and layers.dropout call too, and each step's result is rounded to the dtype where the public
+# op would return it (so hidden == dropout(gelu(pre)) bit for bit).
 
 
 @kernel()
-def _bias_act_drop(z, b, gelu, keep, has_keep, keep_scale, pre, out):
-    # pre = z + b (saved for backward), out = act(pre) * mask / (1 - p); z, pre, out (R, F)
-    rows, n = z.shape
+def _act_drop(pre, gelu, keep, has_keep, keep_scale, out):
+    # out = D(phi(pre)); pre, out (R, F): linear1's output and the hidden activations
+    rows, n = pre.shape
+    dt = out.dtype
     for r in range(rows):
         for j in range(n):
-            a = np.float64(z[r, j]) + b[j]
-            pre[r, j] = a
-            y = _act(a, gelu, out.dtype)
+            out[r, j] = (P.gelu_erf(np.float64(pre[r, j]), dt) if gelu
+                         else P.leaky_relu(pre[r, j], 0.0))
             if has_keep:
-                y = y * keep_scale if keep[r, j] else 0.0
-            out[r, j] = y
+                out[r, j] = P.dropout(out[r, j], keep[r, j], keep_scale)
 
 
 @kernel()
-def _bias_act_drop_bwd(g, pre, gelu, keep, has_keep, keep_scale, dz):
+def _act_drop_bwd(g, pre, gelu, keep, has_keep, keep_scale, dz):
+    # dz = phi'(pre) * D(g): gelu_backward(dropout_backward(g)) (relu'(0) = 0)
     rows, n = g.shape
+    dt = dz.dtype
     for r in range(rows):
         for j in range(n):
-            d = np.float64(g[r, j])
+            d = g[r, j]
             if has_keep:
-                d = d * keep_scale if keep[r, j] else 0.0
-            dz[r, j] = d * _act_grad(np.float64(pre[r, j]), gelu, dz.dtype)
+                dz[r, j] = P.dropout(d, keep[r, j], keep_scale)
+                d = dz[r, j]
+            dz[r, j] = d * (P.gelu_erf_grad(np.float64(pre[r, j]), dt) if gelu
+                            else P.leaky_relu_grad(pre[r, j], 0.0))
 
 
 @kernel()
 def _residual_drop(x, a, keep, has_keep, keep_scale, out):
-    # out = x + a * mask / (1 - p)
+    # out = x + D(a), D(a) rounded as dropout returns it
     rows, n = x.shape
     for r in range(rows):
         for j in range(n):
-            d = np.float64(a[r, j])
             if has_keep:
-                d = d * keep_scale if keep[r, j] else 0.0
-            out[r, j] = np.float64(x[r, j]) + d
-
-
-@kernel()
-def _drop_bwd(g, keep, has_keep, keep_scale, out):
-    rows, n = g.shape
-    for r in range(rows):
-        for j in range(n):
-            d = np.float64(g[r, j])
-            if has_keep:
-                d = d * keep_scale if keep[r, j] else 0.0
-            out[r, j] = d
+                out[r, j] = P.dropout(a[r, j], keep[r, j], keep_scale)
+                out[r, j] = np.float64(x[r, j]) + out[r, j]
+            else:
+                out[r, j] = np.float64(x[r, j]) + a[r, j]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,15 +248,12 @@ def transformer_encoder_layer(
                                 keep_scale, "none")
         return out, ctx
 
-    def feed_forward(z):
-        z1 = np.empty((rows, ff), dt)
-        _matmul_t(z, w1, z1)
-        pre = np.empty((rows, ff), dt)
+    def feed_forward(z):  # linear, activation, dropout, linear: the public ops' kernels
+        pre = _project(z, w1, b1, np.empty((rows, ff), dt))
         hidden = np.empty((rows, ff), dt)
-        _bias_act_drop(z1, b1, act == "gelu", keeps[1] if keeps[1] is not None else _NO_KEEP2,
-                       keeps[1] is not None, keep_scale, pre, hidden)
-        out = np.empty((rows, embed), dt)
-        _linear(hidden, w2, b2, out)
+        _act_drop(pre, act == "gelu", keeps[1] if keeps[1] is not None else _NO_KEEP2,
+                  keeps[1] is not None, keep_scale, hidden)
+        out = _project(hidden, w2, b2, np.empty((rows, embed), dt))
         s["ff_in"], s["ff_pre"], s["ff_hidden"] = z, pre, hidden
         return out
 
@@ -343,23 +321,23 @@ def transformer_encoder_layer_backward(ctx: EncoderCtx, grad_out: np.ndarray) ->
         grads[tag] = (pw.sum(axis=0).astype(dt), pb.sum(axis=0).astype(dt))
         return dz
 
-    def drop_bwd(gz, keep):
+    def drop_bwd(gz, keep):  # dropout_backward's kernel, on the calling thread
+        if keep is None:
+            return gz
+        gz = np.ascontiguousarray(gz)
         out = np.empty_like(gz)
-        _drop_bwd(gz, keep if keep is not None else _NO_KEEP2, keep is not None, ks, out)
+        _scale_block(gz.reshape(-1), keep.reshape(-1), ks, False, 1, out.reshape(-1), 0,
+                     keep.size)
         return out
 
     def ff_bwd(gy):
-        # gy: gradient of the FF output (before dropout2 was applied by the caller)
-        dh = np.empty_like(s["ff_hidden"])
-        dw2, db2 = np.empty_like(w2), np.empty(w2.shape[0], dt)
-        _linear_bwd(s["ff_hidden"], w2, gy, dh, dw2, db2)
+        # gy: gradient of the FF output (after dropout2's backward by the caller)
+        dh, dw2, db2 = _project_bwd(s["ff_hidden"], w2, gy, True)
         dz1 = np.empty_like(dh)
         keep = ctx.keeps[1]
-        _bias_act_drop_bwd(dh, s["ff_pre"], ctx.gelu, keep if keep is not None else _NO_KEEP2,
-                           keep is not None, ks, dz1)
-        dzin = np.empty_like(s["ff_in"])
-        dw1, db1 = np.empty_like(w1), np.empty(w1.shape[0], dt)
-        _linear_bwd(s["ff_in"], w1, dz1, dzin, dw1, db1)
+        _act_drop_bwd(dh, s["ff_pre"], ctx.gelu, keep if keep is not None else _NO_KEEP2,
+                      keep is not None, ks, dz1)
+        dzin, dw1, db1 = _project_bwd(s["ff_in"], w1, dz1, True)
         grads["ff"] = (dw1, db1, dw2, db2)
         return dzin
 

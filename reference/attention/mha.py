@@ -22,10 +22,10 @@ from reference.attention._core import (
     _attn_bwd,
     _attn_dropout,
     _attn_fwd,
-    _linear_bwd,
     _merge_heads,
     _private,
     _project,
+    _project_bwd,
     _split_rows,
 )
 
@@ -159,10 +159,7 @@ def _mha_backward(ctx: MHACtx, d_out2, d_weights):
     batch, heads = ctx.batch, ctx.heads
     embed = ctx.w_out.shape[0]
     dt = ctx.xq.dtype
-    do2 = np.empty_like(ctx.o2)
-    dw_out, db_out = np.empty_like(ctx.w_out), np.empty(embed, dt)
-    _linear_bwd(ctx.o2, ctx.w_out, d_out2, do2, dw_out, db_out)
-    db_out = db_out if ctx.out_bias else None
+    do2, dw_out, db_out = _project_bwd(ctx.o2, ctx.w_out, d_out2, ctx.out_bias)
     dattn = np.empty_like(ctx.q)
     _split_rows(do2, batch, heads, 0, dattn)
     dq, dk, dv = np.empty_like(ctx.q), np.empty_like(ctx.k), np.empty_like(ctx.v)
@@ -180,16 +177,13 @@ def _mha_backward(ctx: MHACtx, d_out2, d_weights):
         dqkv = np.empty((ctx.xq.shape[0], 3 * embed), dt)
         for part, col in ((dq, 0), (dk, embed), (dv, 2 * embed)):
             _merge_heads(part, batch, heads, dqkv, col)
-        dx2 = np.empty_like(ctx.xq)
-        dw_in, db_in = np.empty_like(ctx.w_in), np.empty(3 * embed, dt)
-        _linear_bwd(ctx.xq, ctx.w_in, dqkv, dx2, dw_in, db_in)
-        return dx2, dw_in, db_in if ctx.in_bias else None, dw_out, db_out
+        dx2, dw_in, db_in = _project_bwd(ctx.xq, ctx.w_in, dqkv, ctx.in_bias)
+        return dx2, dw_in, db_in, dw_out, db_out
     dxs, dws, dbs = [], [], []
     for part, x, w in ((dq, ctx.xq, ctx.wq), (dk, ctx.xk, ctx.wk), (dv, ctx.xv, ctx.wv)):
         dy = np.empty((x.shape[0], embed), dt)
         _merge_heads(part, batch, heads, dy, 0)      # rows past S (bias_k, zeros) dropped
-        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(embed, dt)
-        _linear_bwd(x, w, dy, dx, dw, db)
+        dx, dw, db = _project_bwd(x, w, dy, ctx.in_bias)
         dxs.append(dx)
         dws.append(dw)
         dbs.append(db)
