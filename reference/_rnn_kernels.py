@@ -1,12 +1,25 @@
-"""Kernels of ``reference/rnn.py``: one layer, one direction, all time steps, forward and back.
+"""Kernels of ``reference/rnn.py``: one layer, all time steps, forward and back.
 
 Layout (see ``reference/rnn.py``'s docstring): a layer's input and output sequences are
 matrices with one row per step and batch element (row ``t*B + b``); inside a layer the states
-and gates are feature-major, ``(features, T*B)``, step ``t`` at columns ``t*B .. t*B + B``.
-The input product of all steps, ``xw = W_ih @ inp^T`` (G*H, T*B), is made by the caller, one
-product per layer and direction; a step makes one recurrent product for all its gates
-(``W_hh @ h``, G*H rows) and then one fused pass over the units computes every gate, the
-cell and the new state (the LSTM's five transcendentals in one loop over the batch).
+and gates are feature-major, ``(features, T*B)``, step ``t`` at columns ``t*B .. t*B + B``,
+stacked over the layer's directions (a leading axis ``D``). The input product of all steps,
+``xw = W_ih @ inp^T`` (G*H, T*B) per direction, is made by the caller; a step makes one
+recurrent product for all its gates (``W_hh @ h``, G*H rows) and then one fused pass over the
+units computes every gate, the cell and the new state (the LSTM's five transcendentals in one
+loop over the batch).
+
+Tasks: the recurrences of different batch elements, and of the two directions, are
+independent, so a layer's work splits into tasks, one per direction and block of batch
+columns (``*_chunk`` kernels: the block's state lives in a private contiguous array for the
+whole sequence). The ``*_tasks`` drivers run a layer's tasks in one Numba parallel region:
+one launch per layer and pass, no synchronisation per step (a per-step barrier would cost a
+thread wake-up each step, and a stall when the other core is busy). Inside a task, products
+run on the calling thread (``dot_one_thread``); a single task called from Python may use
+OpenBLAS's threads for a large step (``dot_serial``). ``reference/rnn.py`` (``_chunk``) picks
+the blocks from the shapes alone, never from the thread count, so a result does not depend on
+the machine's cores; at present a block is a whole batch (why: see there), so the parallel
+tasks are the two directions of a bidirectional layer.
 
 Variable lengths: ``lens[b]`` is element b's length; step t is *active* for b when
 ``t < lens[b]``. An inactive step leaves b's state as it is (so the forward direction stops
@@ -22,9 +35,10 @@ state's dtype and read back from there, so backward sees exactly the values forw
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from reference import _vmath as Vm
-from reference._blas import dot_serial
+from reference._blas import dot_one_thread, dot_serial
 from reference._jit import inline, kernel
 
 
@@ -34,24 +48,34 @@ def step_of(s, n_steps, reverse):
     return n_steps - 1 - s if reverse else s
 
 
+@inline()
+def product(a, b, out, threaded):
+    """``out = a @ b``: OpenBLAS's threads allowed for a large product when ``threaded``
+    (a lone task), else on the calling thread (a task among others in a parallel region)."""
+    if threaded:
+        dot_serial(a, b, out)
+    else:
+        dot_one_thread(a, b, out)
+
+
 @kernel()
-def put_outputs(h, lens, t, ys, row0):
-    """ys[t*B + b, row0:row0 + P] = h[:, b] for the active b, zeros for the others."""
-    hout, batch = h.shape
-    for b in range(batch):
-        row = ys[t * batch + b, row0:row0 + hout]
-        if t < lens[b]:
+def put_outputs(h, lens, t, ys, r0, row0):
+    """ys[r0 + j, row0:row0 + P] = h[:, j] where step t is active for column j, else zeros."""
+    hout, nb = h.shape
+    for j in range(nb):
+        row = ys[r0 + j, row0:row0 + hout]
+        if t < lens[j]:
             for p in range(hout):
-                row[p] = h[p, b]
+                row[p] = h[p, j]
         else:
             row[:] = 0.0
 
 
 @kernel()
-def upstream_block(dys, c0, row0, out):
-    """This step's upstream gradient, feature-major: out (P, B) = dys[c0:c0+B, row0:row0+P]^T."""
-    hout, batch = out.shape
-    out[:, :] = dys[c0:c0 + batch, row0:row0 + hout].T
+def upstream_block(dys, r0, row0, out):
+    """This step's upstream gradient, feature-major: out (P, nb) = dys[r0:r0+nb, row0:row0+P]^T."""
+    hout, nb = out.shape
+    out[:, :] = dys[r0:r0 + nb, row0:row0 + hout].T
 
 
 @kernel()
@@ -93,12 +117,12 @@ def weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh):
 
 @kernel()
 def carry(new, lens, t, state):
-    """state[:, b] = new[:, b] where step t is active for b (else b keeps its state)."""
-    rows, batch = state.shape
+    """state[:, j] = new[:, j] where step t is active for column j (else j keeps its state)."""
+    rows, nb = state.shape
     for u in range(rows):
         nr, sr = new[u], state[u]
-        for b in range(batch):
-            sr[b] = nr[b] if t < lens[b] else sr[b]  # a select: the loop vectorises
+        for j in range(nb):
+            sr[j] = nr[j] if t < lens[j] else sr[j]  # a select: the loop vectorises
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,58 +130,86 @@ def carry(new, lens, t, state):
 
 
 @kernel()
-def rnn_fwd(xw, w_hh, bias, h, lens, relu, reverse, hs, ys, row0):
-    """h (H, B) in: h0, out: h_n; bias (H,) float64 = b_ih + b_hh; hs (H, T*B): every step's
-    state."""
-    dt = h.dtype
-    hidden, batch = h.shape
+def rnn_fwd_chunk(xw, w_hh, bias, h_all, lens, relu, reverse, hs, ys, row0, b0, nb, threaded):
+    """Columns b0 .. b0+nb of one direction. h_all (H, B): in h0, out h_n; bias (H,) float64 =
+    b_ih + b_hh; hs (H, T*B): every step's state."""
+    dt = h_all.dtype
+    hidden, batch = h_all.shape
     n_steps = xw.shape[1] // batch
-    hw = np.empty((hidden, batch), dt)
+    ln = lens[b0:b0 + nb]
+    h = h_all[:, b0:b0 + nb].copy()
+    hw = np.empty((hidden, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, reverse)
-        c0 = t * batch
-        dot_serial(w_hh, h, hw)
+        c0 = t * batch + b0
+        product(w_hh, h, hw, threaded)
         for u in range(hidden):
-            xr, hr, hh, yr = xw[u, c0:c0 + batch], hw[u], h[u], hs[u, c0:c0 + batch]
+            xr, hr, hh, yr = xw[u, c0:c0 + nb], hw[u], h[u], hs[u, c0:c0 + nb]
             bu = bias[u]
-            for b in range(batch):
+            for b in range(nb):
                 pre = np.float64(xr[b]) + np.float64(hr[b]) + bu
                 if relu:
                     new = pre if pre > 0 else 0.0 * pre + 0.0  # NaN stays NaN
                 else:
                     new = Vm.tanh(pre, dt)
-                yr[b] = new if t < lens[b] else hh[b]
+                yr[b] = new if t < ln[b] else hh[b]
             hh[:] = yr
-        put_outputs(h, lens, t, ys, row0)
-    return h
+        put_outputs(h, ln, t, ys, c0, row0)
+    h_all[:, b0:b0 + nb] = h
 
 
 @kernel()
-def rnn_bwd(w_hh, relu, lens, reverse, hs, dys, row0, dh, dg):
-    """dh (H, B): on entry d h_n, on exit d h0. dg (H, T*B): d pre-activation, all steps."""
-    hidden, batch = dh.shape
+def rnn_bwd_chunk(w_t, relu, lens, reverse, hs, dys, row0, dh_all, dg, b0, nb, threaded):
+    """w_t = W_hh^T. dh_all (H, B): on entry d h_n, on exit d h0. dg (H, T*B): d
+    pre-activation, all steps."""
+    dt = dh_all.dtype
+    hidden, batch = dh_all.shape
     n_steps = dg.shape[1] // batch
-    dgt = np.empty((hidden, batch), dh.dtype)
-    dyt = np.empty((hidden, batch), dh.dtype)
-    back = np.empty((hidden, batch), dh.dtype)
-    w_t = w_hh.T.copy()
+    ln = lens[b0:b0 + nb]
+    dh = dh_all[:, b0:b0 + nb].copy()
+    dgt = np.empty((hidden, nb), dt)
+    dyt = np.empty((hidden, nb), dt)
+    back = np.empty((hidden, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, not reverse)  # backward runs time backwards
-        c0 = t * batch
+        c0 = t * batch + b0
         upstream_block(dys, c0, row0, dyt)
         for u in range(hidden):
-            yr, gr, hr, out = hs[u, c0:c0 + batch], dyt[u], dh[u], dgt[u]
-            for b in range(batch):
+            yr, gr, hr, out = hs[u, c0:c0 + nb], dyt[u], dh[u], dgt[u]
+            for b in range(nb):
                 g = np.float64(hr[b]) + np.float64(gr[b])
                 y = np.float64(yr[b])
                 if relu:
                     d = g if y > 0 else 0.0
                 else:
                     d = g * (1.0 - y * y)
-                out[b] = d if t < lens[b] else 0.0
-            dg[u, c0:c0 + batch] = out
-        dot_serial(w_t, dgt, back)                # d h_{t-1} = W_hh^T dg_t
-        carry(back, lens, t, dh)
+                out[b] = d if t < ln[b] else 0.0
+            dg[u, c0:c0 + nb] = out
+        product(w_t, dgt, back, threaded)           # d h_{t-1} = W_hh^T dg_t
+        carry(back, ln, t, dh)
+    dh_all[:, b0:b0 + nb] = dh
+
+
+@kernel(parallel=True)
+def rnn_fwd_tasks(xw, w_hh, bias, h, lens, relu, hs, ys, chunk):
+    """Every direction (leading axis) and block of ``chunk`` batch columns, in parallel."""
+    dirs, hout, batch = h.shape
+    per = (batch + chunk - 1) // chunk
+    for task in prange(dirs * per):
+        d, b0 = task // per, (task % per) * chunk
+        rnn_fwd_chunk(xw[d], w_hh[d], bias[d], h[d], lens, relu, d == 1, hs[d], ys, d * hout,
+                      b0, min(chunk, batch - b0), False)
+
+
+@kernel(parallel=True)
+def rnn_bwd_tasks(w_t, relu, lens, hs, dys, dh, dg, chunk):
+    """Every direction and block of batch columns of ``rnn_bwd_chunk``, in parallel."""
+    dirs, hout, batch = dh.shape
+    per = (batch + chunk - 1) // chunk
+    for task in prange(dirs * per):
+        d, b0 = task // per, (task % per) * chunk
+        rnn_bwd_chunk(w_t[d], relu, lens, d == 1, hs[d], dys, d * hout, dh[d], dg[d], b0,
+                      min(chunk, batch - b0), False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,25 +217,28 @@ def rnn_bwd(w_hh, relu, lens, reverse, hs, dys, row0, dh, dg):
 
 
 @kernel()
-def gru_fwd(xw, w_hh, b_ih, b_hh, h, lens, reverse, hs, ys, row0, gates):
+def gru_fwd_chunk(xw, w_hh, b_ih, b_hh, h_all, lens, reverse, hs, ys, row0, gates, b0, nb,
+                  threaded):
     """gates (4H, T*B): r, z, n and q = W_hn h + b_hn, per step."""
-    dt = h.dtype
-    hidden, batch = h.shape
+    dt = h_all.dtype
+    hidden, batch = h_all.shape
     n_steps = xw.shape[1] // batch
-    hw = np.empty((3 * hidden, batch), dt)
+    ln = lens[b0:b0 + nb]
+    h = h_all[:, b0:b0 + nb].copy()
+    hw = np.empty((3 * hidden, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, reverse)
-        c0 = t * batch
-        dot_serial(w_hh, h, hw)
+        c0 = t * batch + b0
+        product(w_hh, h, hw, threaded)
         for u in range(hidden):
             zu, nu = hidden + u, 2 * hidden + u
             br = np.float64(b_ih[u]) + np.float64(b_hh[u])
             bz = np.float64(b_ih[zu]) + np.float64(b_hh[zu])
             bx, bh = np.float64(b_ih[nu]), np.float64(b_hh[nu])
-            rr, zr = gates[u, c0:c0 + batch], gates[zu, c0:c0 + batch]
-            nr, qr = gates[nu, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
-            hh, yr = h[u], hs[u, c0:c0 + batch]
-            for b in range(batch):
+            rr, zr = gates[u, c0:c0 + nb], gates[zu, c0:c0 + nb]
+            nr, qr = gates[nu, c0:c0 + nb], gates[3 * hidden + u, c0:c0 + nb]
+            hh, yr = h[u], hs[u, c0:c0 + nb]
+            for b in range(nb):
                 rr[b] = Vm.sigmoid(np.float64(xw[u, c0 + b]) + np.float64(hw[u, b]) + br, dt)
                 zr[b] = Vm.sigmoid(np.float64(xw[zu, c0 + b]) + np.float64(hw[zu, b]) + bz, dt)
                 qr[b] = np.float64(hw[nu, b]) + bh
@@ -191,47 +246,73 @@ def gru_fwd(xw, w_hh, b_ih, b_hh, h, lens, reverse, hs, ys, row0, gates):
                                 + np.float64(rr[b]) * np.float64(qr[b]), dt)
                 z = np.float64(zr[b])
                 new = (1.0 - z) * np.float64(nr[b]) + z * np.float64(hh[b])
-                yr[b] = new if t < lens[b] else hh[b]
+                yr[b] = new if t < ln[b] else hh[b]
             hh[:] = yr
-        put_outputs(h, lens, t, ys, row0)
-    return h
+        put_outputs(h, ln, t, ys, c0, row0)
+    h_all[:, b0:b0 + nb] = h
 
 
 @kernel()
-def gru_bwd(w_hh, lens, reverse, gates, hprev, dys, row0, dh, dgx, dgh):
-    """dgx: d of the input pre-activations (3H, T*B); dgh: d of W_hh h + b_hh."""
-    hidden, batch = dh.shape
+def gru_bwd_chunk(w_t, lens, reverse, gates, hprev, dys, row0, dh_all, dgx, dgh, b0, nb,
+                  threaded):
+    """w_t = W_hh^T. dgx: d of the input pre-activations (3H, T*B); dgh: d of W_hh h + b_hh."""
+    dt = dh_all.dtype
+    hidden, batch = dh_all.shape
     n_steps = dgx.shape[1] // batch
-    dght = np.empty((3 * hidden, batch), dh.dtype)
-    back = np.empty((hidden, batch), dh.dtype)
-    dyt = np.empty((hidden, batch), dh.dtype)
-    w_t = w_hh.T.copy()
+    ln = lens[b0:b0 + nb]
+    dh = dh_all[:, b0:b0 + nb].copy()
+    dght = np.empty((3 * hidden, nb), dt)
+    back = np.empty((hidden, nb), dt)
+    dyt = np.empty((hidden, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, not reverse)
-        c0 = t * batch
+        c0 = t * batch + b0
         upstream_block(dys, c0, row0, dyt)
         for u in range(hidden):
-            r, z = gates[u, c0:c0 + batch], gates[hidden + u, c0:c0 + batch]
-            n, q = gates[2 * hidden + u, c0:c0 + batch], gates[3 * hidden + u, c0:c0 + batch]
-            hp, gy, hr = hprev[u, c0:c0 + batch], dyt[u], dh[u]
+            r, z = gates[u, c0:c0 + nb], gates[hidden + u, c0:c0 + nb]
+            n, q = gates[2 * hidden + u, c0:c0 + nb], gates[3 * hidden + u, c0:c0 + nb]
+            hp, gy, hr = hprev[u, c0:c0 + nb], dyt[u], dh[u]
             dr, dz, dn = dght[u], dght[hidden + u], dght[2 * hidden + u]
-            xr, xz, xn = (dgx[u, c0:c0 + batch], dgx[hidden + u, c0:c0 + batch],
-                          dgx[2 * hidden + u, c0:c0 + batch])
+            xr, xz, xn = (dgx[u, c0:c0 + nb], dgx[hidden + u, c0:c0 + nb],
+                          dgx[2 * hidden + u, c0:c0 + nb])
             # Computed for every b, kept by selects (no branches: the loop vectorises).
-            for b in range(batch):
-                on = t < lens[b]
+            for b in range(nb):
+                on = t < ln[b]
                 hb = np.float64(hr[b])
                 g = hb + np.float64(gy[b])
-                rb, zb, nb = np.float64(r[b]), np.float64(z[b]), np.float64(n[b])
-                an = g * (1.0 - zb) * (1.0 - nb * nb) if on else 0.0  # d pre_n
-                az = g * (np.float64(hp[b]) - nb) * zb * (1.0 - zb) if on else 0.0
+                rb, zb, nb_ = np.float64(r[b]), np.float64(z[b]), np.float64(n[b])
+                an = g * (1.0 - zb) * (1.0 - nb_ * nb_) if on else 0.0  # d pre_n
+                az = g * (np.float64(hp[b]) - nb_) * zb * (1.0 - zb) if on else 0.0
                 ar = an * np.float64(q[b]) * rb * (1.0 - rb) if on else 0.0
                 xr[b], xz[b], xn[b] = ar, az, an
                 dr[b], dz[b], dn[b] = ar, az, an * rb         # r * d pre_n feeds W_hn
                 hr[b] = g * zb if on else hb                  # the direct path z h_{t-1}
-        dgh[:, c0:c0 + batch] = dght
-        dot_serial(w_t, dght, back)
+        dgh[:, c0:c0 + nb] = dght
+        product(w_t, dght, back, threaded)
         dh += back
+    dh_all[:, b0:b0 + nb] = dh
+
+
+@kernel(parallel=True)
+def gru_fwd_tasks(xw, w_hh, b_ih, b_hh, h, lens, hs, ys, gates, chunk):
+    """Every direction and block of batch columns of ``gru_fwd_chunk``, in parallel."""
+    dirs, hout, batch = h.shape
+    per = (batch + chunk - 1) // chunk
+    for task in prange(dirs * per):
+        d, b0 = task // per, (task % per) * chunk
+        gru_fwd_chunk(xw[d], w_hh[d], b_ih[d], b_hh[d], h[d], lens, d == 1, hs[d], ys, d * hout,
+                      gates[d], b0, min(chunk, batch - b0), False)
+
+
+@kernel(parallel=True)
+def gru_bwd_tasks(w_t, lens, gates, hprev, dys, dh, dgx, dgh, chunk):
+    """Every direction and block of batch columns of ``gru_bwd_chunk``, in parallel."""
+    dirs, hout, batch = dh.shape
+    per = (batch + chunk - 1) // chunk
+    for task in prange(dirs * per):
+        d, b0 = task // per, (task % per) * chunk
+        gru_bwd_chunk(w_t[d], lens, d == 1, gates[d], hprev[d], dys, d * hout, dh[d], dgx[d],
+                      dgh[d], b0, min(chunk, batch - b0), False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,96 +320,106 @@ def gru_bwd(w_hh, lens, reverse, gates, hprev, dys, row0, dh, dgx, dgh):
 
 
 @kernel()
-def lstm_fwd(xw, w_hh, w_hr, bias, h, cell, lens, reverse, hs, ms, ys, row0, gates, cs):
-    """h (P, B) and cell (H, B): in h0, c0, out h_n, c_n; bias (4H,) float64 = b_ih + b_hh.
-    gates (5H, T*B): i, f, g, o and tanh(c_t); cs (H, T*B): c_t; hs (P, T*B): h_t. With a
-    projection (``w_hr`` (P, H), P >= 1), ms (H, T*B) keeps m_t = o tanh c_t and h = W_hr m;
+def lstm_fwd_chunk(xw, w_hh, w_hr, bias, h_all, cell_all, lens, reverse, hs, ms, ys, row0,
+                   gates, cs, b0, nb, threaded):
+    """h_all (P, B) and cell_all (H, B): in h0, c0, out h_n, c_n; bias (4H,) float64 = b_ih +
+    b_hh. gates (5H, T*B): i, f, g, o and tanh(c_t); cs (H, T*B): c_t; hs (P, T*B): h_t. With
+    a projection (``w_hr`` (P, H), P >= 1), ms (H, T*B) keeps m_t = o tanh c_t and h = W_hr m;
     without (``w_hr`` of shape (0, H)) h = m and ms is not written."""
-    dt = h.dtype
-    hout, batch = h.shape
-    hidden = cell.shape[0]
+    dt = h_all.dtype
+    hout, batch = h_all.shape
+    hidden = cell_all.shape[0]
     n_steps = xw.shape[1] // batch
     proj = w_hr.shape[0] > 0
-    hw = np.empty((4 * hidden, batch), dt)
-    m = np.empty((hidden, batch), dt)
-    hp = np.empty((hout, batch), dt)
+    ln = lens[b0:b0 + nb]
+    h = h_all[:, b0:b0 + nb].copy()
+    cell = cell_all[:, b0:b0 + nb].copy()
+    hw = np.empty((4 * hidden, nb), dt)
+    m = np.empty((hidden, nb), dt)
+    hp = np.empty((hout, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, reverse)
-        c0 = t * batch
-        dot_serial(w_hh, h, hw)
+        c0 = t * batch + b0
+        product(w_hh, h, hw, threaded)
         # One pass per unit: the four gates, the cell, tanh of the cell and the output.
         for u in range(hidden):
             fu, gu, ou = hidden + u, 2 * hidden + u, 3 * hidden + u
             bi, bf, bg, bo = bias[u], bias[fu], bias[gu], bias[ou]
-            ir, fr = gates[u, c0:c0 + batch], gates[fu, c0:c0 + batch]
-            gr, orow = gates[gu, c0:c0 + batch], gates[ou, c0:c0 + batch]
-            tr, cr = gates[4 * hidden + u, c0:c0 + batch], cs[u, c0:c0 + batch]
-            xi, xf = xw[u, c0:c0 + batch], xw[fu, c0:c0 + batch]
-            xg, xo = xw[gu, c0:c0 + batch], xw[ou, c0:c0 + batch]
+            ir, fr = gates[u, c0:c0 + nb], gates[fu, c0:c0 + nb]
+            gr, orow = gates[gu, c0:c0 + nb], gates[ou, c0:c0 + nb]
+            tr, cr = gates[4 * hidden + u, c0:c0 + nb], cs[u, c0:c0 + nb]
+            xi, xf = xw[u, c0:c0 + nb], xw[fu, c0:c0 + nb]
+            xg, xo = xw[gu, c0:c0 + nb], xw[ou, c0:c0 + nb]
             hi, hf, hg, ho = hw[u], hw[fu], hw[gu], hw[ou]
             cc, mr = cell[u], m[u]
-            for b in range(batch):
+            for b in range(nb):
                 ir[b] = Vm.sigmoid(np.float64(xi[b]) + np.float64(hi[b]) + bi, dt)
                 fr[b] = Vm.sigmoid(np.float64(xf[b]) + np.float64(hf[b]) + bf, dt)
                 gr[b] = Vm.tanh(np.float64(xg[b]) + np.float64(hg[b]) + bg, dt)
                 orow[b] = Vm.sigmoid(np.float64(xo[b]) + np.float64(ho[b]) + bo, dt)
                 cnew = (np.float64(fr[b]) * np.float64(cc[b])
                         + np.float64(ir[b]) * np.float64(gr[b]))
-                cr[b] = cnew if t < lens[b] else cc[b]
+                cr[b] = cnew if t < ln[b] else cc[b]
                 cc[b] = cr[b]
                 tr[b] = Vm.tanh(np.float64(cr[b]), dt)          # of the stored (rounded) c_t
                 mr[b] = np.float64(orow[b]) * np.float64(tr[b])
         if proj:
-            ms[:, c0:c0 + batch] = m
-            dot_serial(w_hr, m, hp)
-            carry(hp, lens, t, h)
+            ms[:, c0:c0 + nb] = m
+            product(w_hr, m, hp, threaded)
+            carry(hp, ln, t, h)
         else:
-            carry(m, lens, t, h)
-        hs[:, c0:c0 + batch] = h
-        put_outputs(h, lens, t, ys, row0)
-    return h, cell
+            carry(m, ln, t, h)
+        hs[:, c0:c0 + nb] = h
+        put_outputs(h, ln, t, ys, c0, row0)
+    h_all[:, b0:b0 + nb] = h
+    cell_all[:, b0:b0 + nb] = cell
 
 
 @kernel()
-def lstm_bwd(w_hh, w_hr, c_init, lens, reverse, gates, cs, dys, row0, dh, dc, dg, dhs):
-    """dh (P, B), dc (H, B): on entry d h_n, d c_n; on exit d h0, d c0. dg (4H, T*B): d of the
-    gate pre-activations. With a projection, dhs (P, T*B) receives each step's total d h_t
+def lstm_bwd_chunk(w_t, w_hr_t, c_init, lens, reverse, gates, cs, dys, row0, dh_all, dc_all,
+                   dg, dhs, b0, nb, threaded):
+    """w_t = W_hh^T (P, 4H); w_hr_t = W_hr^T (H, P), or (0, P) without a projection.
+    dh_all (P, B), dc_all (H, B): on entry d h_n, d c_n; on exit d h0, d c0. dg (4H, T*B): d of
+    the gate pre-activations. With a projection, dhs (P, T*B) receives each step's total d h_t
     (zero where inactive), for d W_hr."""
-    hout, batch = dh.shape
-    hidden = dc.shape[0]
+    dt = dh_all.dtype
+    hout, batch = dh_all.shape
+    hidden = dc_all.shape[0]
     n_steps = dg.shape[1] // batch
-    proj = w_hr.shape[0] > 0
-    dgt = np.empty((4 * hidden, batch), dh.dtype)
-    dyt = np.empty((hout, batch), dh.dtype)
-    dht = np.empty((hout, batch), dh.dtype)
-    dm = np.empty((hidden, batch), dh.dtype) if proj else dht
-    back = np.empty((hout, batch), dh.dtype)
-    w_t = w_hh.T.copy()
-    w_hr_t = w_hr.T.copy()
+    proj = w_hr_t.shape[0] > 0
+    ln = lens[b0:b0 + nb]
+    dh = dh_all[:, b0:b0 + nb].copy()
+    dc = dc_all[:, b0:b0 + nb].copy()
+    dgt = np.empty((4 * hidden, nb), dt)
+    dyt = np.empty((hout, nb), dt)
+    dht = np.empty((hout, nb), dt)
+    dm = np.empty((hidden, nb), dt) if proj else dht
+    back = np.empty((hout, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, not reverse)
-        c0 = t * batch
+        c0 = t * batch + b0
         upstream_block(dys, c0, row0, dyt)
         tp = t + 1 if reverse else t - 1
         first = tp < 0 or tp >= n_steps
+        cp0 = tp * batch + b0
         for p in range(hout):                      # the total gradient of h_t
-            for b in range(batch):
+            for b in range(nb):
                 dht[p, b] = (np.float64(dh[p, b]) + np.float64(dyt[p, b])
-                             if t < lens[b] else 0.0)
+                             if t < ln[b] else 0.0)
         if proj:
-            dhs[:, c0:c0 + batch] = dht
-            dot_serial(w_hr_t, dht, dm)            # d m_t = W_hr^T d h_t
+            dhs[:, c0:c0 + nb] = dht
+            product(w_hr_t, dht, dm, threaded)     # d m_t = W_hr^T d h_t
         for u in range(hidden):
             fu, gu, ou = hidden + u, 2 * hidden + u, 3 * hidden + u
-            i, f = gates[u, c0:c0 + batch], gates[fu, c0:c0 + batch]
-            g, o = gates[gu, c0:c0 + batch], gates[ou, c0:c0 + batch]
-            tc, gm = gates[4 * hidden + u, c0:c0 + batch], dm[u]
-            cp = c_init[u] if first else cs[u, tp * batch:tp * batch + batch]
+            i, f = gates[u, c0:c0 + nb], gates[fu, c0:c0 + nb]
+            g, o = gates[gu, c0:c0 + nb], gates[ou, c0:c0 + nb]
+            tc, gm = gates[4 * hidden + u, c0:c0 + nb], dm[u]
+            cp = c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb]
             cr = dc[u]
             di, df, dgg, do = dgt[u], dgt[fu], dgt[gu], dgt[ou]
             # Computed for every b, kept by selects (no branches: the loop vectorises).
-            for b in range(batch):
-                on = t < lens[b]
+            for b in range(nb):
+                on = t < ln[b]
                 gh = np.float64(gm[b])
                 ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
                 ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
@@ -338,6 +429,30 @@ def lstm_bwd(w_hh, w_hr, c_init, lens, reverse, gates, cs, dys, row0, dh, dc, dg
                 dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
                 do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
                 cr[b] = gc * fb if on else dcb
-        dg[:, c0:c0 + batch] = dgt
-        dot_serial(w_t, dgt, back)                 # d h_{t-1} = W_hh^T dg_t
-        carry(back, lens, t, dh)
+        dg[:, c0:c0 + nb] = dgt
+        product(w_t, dgt, back, threaded)          # d h_{t-1} = W_hh^T dg_t
+        carry(back, ln, t, dh)
+    dh_all[:, b0:b0 + nb] = dh
+    dc_all[:, b0:b0 + nb] = dc
+
+
+@kernel(parallel=True)
+def lstm_fwd_tasks(xw, w_hh, w_hr, bias, h, cell, lens, hs, ms, ys, gates, cs, chunk):
+    """Every direction and block of batch columns of ``lstm_fwd_chunk``, in parallel."""
+    dirs, hout, batch = h.shape
+    per = (batch + chunk - 1) // chunk
+    for task in prange(dirs * per):
+        d, b0 = task // per, (task % per) * chunk
+        lstm_fwd_chunk(xw[d], w_hh[d], w_hr[d], bias[d], h[d], cell[d], lens, d == 1, hs[d],
+                       ms[d], ys, d * hout, gates[d], cs[d], b0, min(chunk, batch - b0), False)
+
+
+@kernel(parallel=True)
+def lstm_bwd_tasks(w_t, w_hr_t, c_init, lens, gates, cs, dys, dh, dc, dg, dhs, chunk):
+    """Every direction and block of batch columns of ``lstm_bwd_chunk``, in parallel."""
+    dirs, hout, batch = dh.shape
+    per = (batch + chunk - 1) // chunk
+    for task in prange(dirs * per):
+        d, b0 = task // per, (task % per) * chunk
+        lstm_bwd_chunk(w_t[d], w_hr_t[d], c_init[d], lens, d == 1, gates[d], cs[d], dys,
+                       d * hout, dh[d], dc[d], dg[d], dhs[d], b0, min(chunk, batch - b0), False)

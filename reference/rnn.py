@@ -70,6 +70,7 @@ import numpy as np
 
 from reference import _rnn_kernels as K
 from reference import _validate as v
+from reference._blas import SERIAL_MNK
 from reference.layers import _scale_by_mask
 
 __all__ = [
@@ -213,10 +214,43 @@ def _unrows(a, steps, batch, batch_first):
     return a3.transpose(1, 0, 2).copy() if batch_first else a3
 
 
-def _state(s, k, size, shape):
+def _states(s, layer, size, shape):
+    """A layer's initial states, (D, size, B), a fresh array: kernels update it in place."""
+    d = shape.directions
     if s is None:
-        return np.zeros((size, shape.batch), shape.dtype)
-    return s[k].T.copy()  # kernels update the state in place: never a view of the input
+        return np.zeros((d, size, shape.batch), shape.dtype)
+    return s[layer * d:(layer + 1) * d].transpose(0, 2, 1).copy()
+
+
+def _stack(arrays):
+    """(D, ...) from D arrays of one shape: a view for one direction."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
+def _transposed(arrays):
+    """(D, n, m) from D (m, n) matrices: W^T contiguous, per direction."""
+    return np.ascontiguousarray(_stack(arrays).transpose(0, 2, 1))
+
+
+# Blocks of batch columns per task (see reference/_rnn_kernels.py). Measured here (medium
+# LSTM, one thread's CPU time): cutting a batch of 32 into two blocks of 16 made the two tasks
+# together 1.4x the work of one, because a step touches one row segment of every (rows, T*B)
+# array (gates, cells, xw: ~10 H rows, each on its own page) and each block pays that again.
+# On a loaded machine that is a loss, so a task is a whole direction: the two directions of a
+# bidirectional layer run in parallel, a one-directional layer runs alone (with OpenBLAS's
+# threads for a large step). The kernels take any block; a step-major layout of those arrays
+# would make the split pay (not done). Fixed by shapes, never by cores.
+def _chunk(sh: _Shape) -> int:
+    return sh.batch
+
+
+def _parallel(sh: _Shape, chunk: int, gates: int) -> bool:
+    """Run a layer's tasks in one parallel region (else one after the other, each allowed
+    OpenBLAS's threads): when there are several, and a task's products keep one row under
+    OpenBLAS's one-thread limit (``reference/_blas.py``) so they stay on the task's thread."""
+    tasks = sh.directions * -(-sh.batch // chunk)
+    widest = chunk * max(gates * sh.hidden, sh.out)
+    return tasks > 1 and widest <= SERIAL_MNK
 
 
 def _dropped(a, mask_rows, scale, all_dropped):
@@ -232,18 +266,71 @@ class RNNCtx(NamedTuple):
     batch_first: bool
     weights: list[np.ndarray]
     layer_inputs: list[np.ndarray]   # per layer, (T*B, I_l), after dropout
-    states: list[np.ndarray]         # per layer and direction, h_t at columns t*B.., (P, T*B)
-    h0: list[np.ndarray]             # per layer and direction, (P, B)
-    c0: list[np.ndarray] | None
-    gates: list[np.ndarray | None]   # per layer and direction
-    cells: list[np.ndarray | None]   # LSTM cell states, per layer and direction
-    ms: list[np.ndarray | None]      # LSTM with projection: o tanh c per step, (H, T*B)
+    states: list[np.ndarray]         # per layer, h_t at columns t*B.., (D, P, T*B)
+    h0: list[np.ndarray]             # per layer, (D, P, B)
+    c0: list[np.ndarray] | None      # per layer, (D, H, B)
+    gates: list[np.ndarray | None]   # per layer, (D, rows, T*B)
+    cells: list[np.ndarray | None]   # LSTM cell states, per layer, (D, H, T*B)
+    ms: list[np.ndarray | None]      # LSTM with projection: o tanh c per step, (D, H, T*B)
     lens: np.ndarray                 # (B,) int64, T for every element when not packed
     masks: list[np.ndarray]          # per layer but the last, its keep-mask as rows (T*B, D*P)
     scale: float                     # 1 / (1 - dropout)
     all_dropped: bool                # dropout = 1
     h0_given: bool
     c0_given: bool
+
+
+def _layer_forward(mode, sh: _Shape, wl, inp, h, cell, lens, proj):
+    """One layer, every direction: kernels on the stacked (D, ...) arrays. Returns the layer's
+    output rows ys (T*B, D*P) and what backward keeps: hs, gates, cs, ms."""
+    cols, dirs, dt = sh.steps * sh.batch, sh.directions, sh.dtype
+    gh = _GATES[mode] * sh.hidden
+    xw = np.empty((dirs, gh, cols), dt)
+    for d in range(dirs):
+        np.dot(wl[d][0], inp.T, xw[d])                 # every step's input product at once
+    w_hh = _stack([wk[1] for wk in wl])
+    if sh.bias:
+        b_ih, b_hh = _stack([wk[2] for wk in wl]), _stack([wk[3] for wk in wl])
+    else:
+        b_ih = b_hh = np.zeros((dirs, gh), dt)
+    ys = np.empty((cols, dirs * sh.out), dt)
+    hs = np.empty((dirs, sh.out, cols), dt)
+    chunk = _chunk(sh)
+    par = _parallel(sh, chunk, _GATES[mode])
+    gates = cs = ms = None
+    if mode == "lstm":
+        bsum = b_ih.astype(np.float64) + b_hh.astype(np.float64)
+        w_hr = (_stack([wk[-1] for wk in wl]) if proj else
+                np.zeros((dirs, 0, sh.hidden), dt))
+        gates = np.empty((dirs, 5 * sh.hidden, cols), dt)
+        cs = np.empty((dirs, sh.hidden, cols), dt)
+        ms = np.empty((dirs, sh.hidden, cols) if proj else (dirs, 0, 0), dt)
+        if par:
+            K.lstm_fwd_tasks(xw, w_hh, w_hr, bsum, h, cell, lens, hs, ms, ys, gates, cs, chunk)
+        else:
+            for d in range(dirs):
+                K.lstm_fwd_chunk(xw[d], w_hh[d], w_hr[d], bsum[d], h[d], cell[d], lens, d == 1,
+                                 hs[d], ms[d], ys, d * sh.out, gates[d], cs[d], 0, sh.batch,
+                                 True)
+        ms = ms if proj else None
+    elif mode == "gru":
+        gates = np.empty((dirs, 4 * sh.hidden, cols), dt)
+        if par:
+            K.gru_fwd_tasks(xw, w_hh, b_ih, b_hh, h, lens, hs, ys, gates, chunk)
+        else:
+            for d in range(dirs):
+                K.gru_fwd_chunk(xw[d], w_hh[d], b_ih[d], b_hh[d], h[d], lens, d == 1, hs[d], ys,
+                                d * sh.out, gates[d], 0, sh.batch, True)
+    else:
+        bsum = b_ih.astype(np.float64) + b_hh.astype(np.float64)
+        relu = mode == "rnn_relu"
+        if par:
+            K.rnn_fwd_tasks(xw, w_hh, bsum, h, lens, relu, hs, ys, chunk)
+        else:
+            for d in range(dirs):
+                K.rnn_fwd_chunk(xw[d], w_hh[d], bsum[d], h[d], lens, relu, d == 1, hs[d], ys,
+                                d * sh.out, 0, sh.batch, True)
+    return ys, hs, gates, cs, ms
 
 
 def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first, bias=True,
@@ -258,59 +345,38 @@ def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first, b
     packed = lens is not None
     if not packed:
         lens = np.full(sh.batch, sh.steps, np.int64)
-    cols = sh.steps * sh.batch
     inp = _rows(x, batch_first)
     if packed and (lens < sh.steps).any():
         # padding is never read: zero it, so that no NaN there reaches a weight gradient
         inp = inp.copy()
         inp.reshape(sh.steps, sh.batch, -1)[np.arange(sh.steps)[:, None] >= lens[None, :]] = 0
     masks = [] if mask is None else [_rows(m, batch_first) for m in mask]
-    zeros = np.zeros(_GATES[mode] * sh.hidden, sh.dtype)
-    no_proj = np.zeros((0, sh.hidden), sh.dtype)
     ins, states, h0s, c0s, gates, cells, ms, hn, cn = [], [], [], [], [], [], [], [], []
     for layer in range(sh.layers):
-        ys = np.empty((cols, sh.directions * sh.out), sh.dtype)
-        for d in range(sh.directions):
-            k = layer * sh.directions + d
-            wk = w[sh.per * k: sh.per * (k + 1)]
-            w_ih, w_hh = wk[0], wk[1]
-            b_ih, b_hh = (wk[2], wk[3]) if sh.bias else (zeros, zeros)
-            xw = np.dot(w_ih, inp.T)                   # (G*H, T*B): every step's input at once
-            h = _state(h0, k, sh.out, sh)
-            h0s.append(h.copy())
-            rev, row0 = d == 1, d * sh.out
-            hs = np.empty((sh.out, cols), sh.dtype)
-            g = cs = m = None
-            if mode == "lstm":
-                cell = _state(c0, k, sh.hidden, sh)
-                c0s.append(cell.copy())
-                g = np.empty((5 * sh.hidden, cols), sh.dtype)
-                cs = np.empty((sh.hidden, cols), sh.dtype)
-                w_hr = wk[-1] if proj_size else no_proj
-                m = np.empty((sh.hidden, cols) if proj_size else (0, 0), sh.dtype)
-                bsum = b_ih.astype(np.float64) + b_hh.astype(np.float64)
-                h, cell = K.lstm_fwd(xw, w_hh, w_hr, bsum, h, cell, lens, rev, hs, m, ys, row0,
-                                     g, cs)
-                cn.append(cell.T)
-            elif mode == "gru":
-                g = np.empty((4 * sh.hidden, cols), sh.dtype)
-                h = K.gru_fwd(xw, w_hh, b_ih, b_hh, h, lens, rev, hs, ys, row0, g)
-            else:
-                bsum = b_ih.astype(np.float64) + b_hh.astype(np.float64)
-                h = K.rnn_fwd(xw, w_hh, bsum, h, lens, mode == "rnn_relu", rev, hs, ys, row0)
-            hn.append(h.T)
-            states.append(hs)
-            gates.append(g)
-            cells.append(cs)
-            ms.append(m if proj_size else None)
+        ks = range(layer * sh.directions, (layer + 1) * sh.directions)
+        wl = [w[sh.per * k: sh.per * (k + 1)] for k in ks]
+        h = _states(h0, layer, sh.out, sh)
+        h0s.append(h.copy())
+        cell = None
+        if mode == "lstm":
+            cell = _states(c0, layer, sh.hidden, sh)
+            c0s.append(cell.copy())
+        ys, hs, g, cs, m = _layer_forward(mode, sh, wl, inp, h, cell, lens, proj_size > 0)
+        hn.append(h.transpose(0, 2, 1))
+        if mode == "lstm":
+            cn.append(cell.transpose(0, 2, 1))
+        states.append(hs)
+        gates.append(g)
+        cells.append(cs)
+        ms.append(m)
         ins.append(inp)
         inp = ys
         if masks and layer < sh.layers - 1:
             inp = _dropped(ys, masks[layer], scale, all_dropped)
     out = _unrows(ys, sh.steps, sh.batch, batch_first)
-    results = [out, np.ascontiguousarray(np.stack(hn))]
+    results = [out, np.ascontiguousarray(np.concatenate(hn))]
     if mode == "lstm":
-        results.append(np.ascontiguousarray(np.stack(cn)))
+        results.append(np.ascontiguousarray(np.concatenate(cn)))
     # Private copies of what backward reads of the caller's: the weights, the first layer's
     # input (a view of x when time-major) and the masks; see the module docstring.
     w = [v.keep(a, g) for a, g in zip(w, weights, strict=True)]
@@ -324,6 +390,54 @@ def _forward(mode, x, h0, c0, weights, num_layers, bidirectional, batch_first, b
 
 
 _FORWARD_OF = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "gru": "gru", "lstm": "lstm"}
+
+
+def _layer_backward(ctx: RNNCtx, layer, wl, dys, dh, dc, proj):
+    """The recurrences of one layer backward, every direction: fills dh (D, P, B) and dc with
+    d h0, d c0 and returns (dg_x, dg_h, hprev, dhs), each (D, rows, T*B)."""
+    sh, dt = ctx.shape, ctx.shape.dtype
+    cols, dirs = sh.steps * sh.batch, sh.directions
+    gh = _GATES[ctx.mode] * sh.hidden
+    hs = ctx.states[layer]
+    hprev = np.empty_like(hs)
+    for d in range(dirs):
+        hprev[d] = K.shifted(hs[d], ctx.h0[layer][d], d == 1, sh.batch)
+    w_t = _transposed([wk[1] for wk in wl])            # W_hh^T, (D, P, G*H)
+    chunk = _chunk(sh)
+    par = _parallel(sh, chunk, _GATES[ctx.mode])
+    dg_x = np.empty((dirs, gh, cols), dt)
+    dg_h, dhs = dg_x, None
+    if ctx.mode == "lstm":
+        w_hr_t = (_transposed([wk[-1] for wk in wl]) if proj else
+                  np.zeros((dirs, 0, sh.out), dt))
+        dhs = np.empty((dirs, sh.out, cols) if proj else (dirs, 0, 0), dt)
+        c_init, gates, cs = ctx.c0[layer], ctx.gates[layer], ctx.cells[layer]
+        if par:
+            K.lstm_bwd_tasks(w_t, w_hr_t, c_init, ctx.lens, gates, cs, dys, dh, dc, dg_x, dhs,
+                             chunk)
+        else:
+            for d in range(dirs):
+                K.lstm_bwd_chunk(w_t[d], w_hr_t[d], c_init[d], ctx.lens, d == 1, gates[d],
+                                 cs[d], dys, d * sh.out, dh[d], dc[d], dg_x[d], dhs[d], 0,
+                                 sh.batch, True)
+    elif ctx.mode == "gru":
+        dg_h = np.empty((dirs, gh, cols), dt)
+        gates = ctx.gates[layer]
+        if par:
+            K.gru_bwd_tasks(w_t, ctx.lens, gates, hprev, dys, dh, dg_x, dg_h, chunk)
+        else:
+            for d in range(dirs):
+                K.gru_bwd_chunk(w_t[d], ctx.lens, d == 1, gates[d], hprev[d], dys, d * sh.out,
+                                dh[d], dg_x[d], dg_h[d], 0, sh.batch, True)
+    else:
+        relu = ctx.mode == "rnn_relu"
+        if par:
+            K.rnn_bwd_tasks(w_t, relu, ctx.lens, hs, dys, dh, dg_x, chunk)
+        else:
+            for d in range(dirs):
+                K.rnn_bwd_chunk(w_t[d], relu, ctx.lens, d == 1, hs[d], dys, d * sh.out, dh[d],
+                                dg_x[d], 0, sh.batch, True)
+    return dg_x, dg_h, hprev, dhs
 
 
 def _backward(ctx: RNNCtx, grad_out, forward: str):
@@ -356,52 +470,36 @@ def _backward(ctx: RNNCtx, grad_out, forward: str):
     dweights = [None] * len(ctx.weights)
     dh0 = np.empty(h_shape, sh.dtype)
     dc0 = np.empty(c_shape, sh.dtype)
-    cols = sh.steps * sh.batch
-    no_proj = np.zeros((0, sh.hidden), sh.dtype)
+    dirs = sh.directions
     for layer in reversed(range(sh.layers)):
         if layer < sh.layers - 1 and ctx.masks:
             dys = _dropped(dys, ctx.masks[layer], ctx.scale, ctx.all_dropped)
         inp = ctx.layer_inputs[layer]
+        ks = range(layer * dirs, (layer + 1) * dirs)
+        wl = [ctx.weights[sh.per * k: sh.per * (k + 1)] for k in ks]
+        dh = _states(grads[1], layer, sh.out, sh)
+        dc = _states(grads[2], layer, sh.hidden, sh) if ctx.mode == "lstm" else None
+        dg_x, dg_h, hprev, dhs = _layer_backward(ctx, layer, wl, dys, dh, dc, proj)
         dinp = np.zeros_like(inp)
-        for d in range(sh.directions):
-            k = layer * sh.directions + d
-            wk = ctx.weights[sh.per * k: sh.per * (k + 1)]
-            w_ih, w_hh = wk[0], wk[1]
-            gh = w_ih.shape[0]
-            dh = grads[1][k].T.copy()
-            rev, row0, hs = d == 1, d * sh.out, ctx.states[k]
-            hprev = K.shifted(hs, ctx.h0[k], rev, sh.batch)
-            dg_x = np.empty((gh, cols), sh.dtype)
-            dg_h = dg_x
-            dw_hr = None
-            if ctx.mode == "lstm":
-                dc = grads[2][k].T.copy()
-                w_hr = wk[-1] if proj else no_proj
-                dhs = np.empty((sh.out, cols) if proj else (0, 0), sh.dtype)
-                K.lstm_bwd(w_hh, w_hr, ctx.c0[k], ctx.lens, rev, ctx.gates[k], ctx.cells[k],
-                           dys, row0, dh, dc, dg_x, dhs)
-                dc0[k] = dc.T
-                if proj:
-                    dw_hr = np.dot(dhs, ctx.ms[k].T)   # sum_t d h_t m_t^T
-            elif ctx.mode == "gru":
-                dg_h = np.empty((gh, cols), sh.dtype)
-                K.gru_bwd(w_hh, ctx.lens, rev, ctx.gates[k], hprev, dys, row0, dh, dg_x, dg_h)
-            else:
-                K.rnn_bwd(w_hh, ctx.mode == "rnn_relu", ctx.lens, rev, hs, dys, row0, dh, dg_x)
+        for d, k in enumerate(ks):
+            w_ih, w_hh = wl[d][0], wl[d][1]
             dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
-            K.weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh)
+            K.weight_grads(dg_x[d], dg_h[d], inp, w_ih, hprev[d], dinp, dw_ih, dw_hh)
             dk = [dw_ih, dw_hh]
             if sh.bias:
+                gh = w_ih.shape[0]
                 db_ih, db_hh = np.empty(gh, sh.dtype), np.empty(gh, sh.dtype)
-                K.row_sums(dg_x, db_ih)
+                K.row_sums(dg_x[d], db_ih)
                 if dg_h is dg_x:
                     db_hh[:] = db_ih
                 else:
-                    K.row_sums(dg_h, db_hh)
+                    K.row_sums(dg_h[d], db_hh)
                 dk += [db_ih, db_hh]
             if proj:
-                dk.append(dw_hr)
-            dh0[k] = dh.T
+                dk.append(np.dot(dhs[d], ctx.ms[layer][d].T))   # sum_t d h_t m_t^T
+            dh0[k] = dh[d].T
+            if ctx.mode == "lstm":
+                dc0[k] = dc[d].T
             dweights[sh.per * k: sh.per * (k + 1)] = dk
         dys = dinp
     dx = _unrows(dys, sh.steps, sh.batch, ctx.batch_first)
