@@ -30,6 +30,7 @@ from numba import prange
 
 from reference import _prims as P
 from reference import _validate as v
+from reference._blas import dot_serial
 from reference._jit import PARALLEL_MIN, kernel
 
 __all__ = [
@@ -46,6 +47,10 @@ __all__ = [
 # float32 sgemm, which accumulates in float32 as torch does; the spec derives its float32
 # tolerance from the length K of these sums. BLAS threads itself, so these kernels are not
 # parallel: np.dot inside a prange region makes OpenBLAS and numba's threads fight for the cores.
+# The products go through ``_blas.dot_serial``: a small one (a CNN's classifier head, 64 x 1568
+# by 1568 x 10) stays on the calling thread, where OpenBLAS's own threads cost more than the
+# product (measured on this loaded 2-core machine, that head's backward: 56 ms through np.dot,
+# 0.63 ms on one thread); a large one (over 2^22 multiply-adds) still uses BLAS's threads.
 
 
 class LinearCtx(NamedTuple):
@@ -57,7 +62,7 @@ class LinearCtx(NamedTuple):
 
 @kernel()
 def _linear_fwd(x2, w, b, has_bias, y2):
-    np.dot(x2, w.T, y2)                        # (M, K) @ (K, N) -> (M, N)
+    dot_serial(x2, w.T, y2)                    # (M, K) @ (K, N) -> (M, N)
     if has_bias:
         for i in range(y2.shape[0]):
             for j in range(y2.shape[1]):
@@ -66,8 +71,8 @@ def _linear_fwd(x2, w, b, has_bias, y2):
 
 @kernel()
 def _linear_bwd(x2, w, g2, dx2, dw, db, has_bias):
-    np.dot(g2, w, dx2)                         # (M, N) @ (N, K) -> (M, K)
-    np.dot(g2.T, x2, dw)                       # (N, M) @ (M, K) -> (N, K)
+    dot_serial(g2, w, dx2)                     # (M, N) @ (N, K) -> (M, K)
+    dot_serial(np.ascontiguousarray(g2.T), x2, dw)  # (N, M) @ (M, K) -> (N, K)
     if has_bias:
         acc = np.zeros(g2.shape[1])            # float64 accumulator
         for i in range(g2.shape[0]):

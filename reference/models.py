@@ -183,11 +183,15 @@ def mlp(x: np.ndarray, params) -> tuple[np.ndarray, MLPCtx]:
     return a, MLPCtx(lins, relus, x.dtype)
 
 
-def mlp_backward(ctx: MLPCtx, grad_out: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def mlp_backward(ctx: MLPCtx, grad_out: np.ndarray, *, input_grad: bool = True,
+                 ) -> tuple[np.ndarray | None, list[np.ndarray]]:
     r"""``(dx, [dW1, db1, ...])``: from the top, :math:`dW_l = \delta_l^T a_{l-1}`,
     :math:`db_l = \sum_n \delta_l`, :math:`\delta_{l-1} = (\delta_l W_l) \odot [z_{l-1} > 0]`
-    (relu'(0) = 0) and :math:`dx = \delta_1 W_1`, with :math:`\delta_L` = ``grad_out``."""
+    (relu'(0) = 0) and :math:`dx = \delta_1 W_1`, with :math:`\delta_L` = ``grad_out``.
+    ``input_grad=False``: dx is None (``cnn_backward``'s keyword; here dx is still computed by
+    ``linear_backward``, a small product, and dropped)."""
     v.ctx_of(ctx, MLPCtx, "mlp")
+    input_grad = v.boolean(input_grad, "input_grad")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     grads: list[np.ndarray] = []
     for layer in range(len(ctx.linears) - 1, -1, -1):
@@ -195,7 +199,7 @@ def mlp_backward(ctx: MLPCtx, grad_out: np.ndarray) -> tuple[np.ndarray, list[np
         grads = [dw, db] + grads
         if layer:
             (g,) = relu_backward(ctx.relus[layer - 1], g)
-    return g, grads
+    return (g if input_grad else None), grads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,11 +303,14 @@ def cnn(x: np.ndarray, params) -> tuple[np.ndarray, CNNCtx]:
     return z, CNNCtx(convs, relus, pools, fc, flat_shape, x.dtype)
 
 
-def cnn_backward(ctx: CNNCtx, grad_out: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def cnn_backward(ctx: CNNCtx, grad_out: np.ndarray, *, input_grad: bool = True,
+                 ) -> tuple[np.ndarray | None, list[np.ndarray]]:
     """``(dx, [dW1, db1, dW2, db2, dW3, db3, dW_fc, db_fc])``: the chain rule through
     ``linear_backward``, ``relu_backward``, ``max_pool2d_backward`` and ``conv2d_backward``
-    (each one's formula in its docstring), from the top."""
+    (each one's formula in its docstring), from the top. ``input_grad=False``: dx is None,
+    not computed (the first convolution's ``col2im``, which a training step does not need)."""
     v.ctx_of(ctx, CNNCtx, "cnn")
+    input_grad = v.boolean(input_grad, "input_grad")
     g = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     g, dw, db = linear_backward(ctx.fc, g)
     grads = [dw, db]
@@ -312,7 +319,7 @@ def cnn_backward(ctx: CNNCtx, grad_out: np.ndarray) -> tuple[np.ndarray, list[np
         if i < 2:
             (g,) = max_pool2d_backward(ctx.pools[i], g)
         (g,) = relu_backward(ctx.relus[i], g)
-        g, dw, db = conv2d_backward(ctx.convs[i], g)
+        g, dw, db = conv2d_backward(ctx.convs[i], g, input_grad=input_grad or i > 0)
         grads = [dw, db] + grads
     return g, grads
 
@@ -350,12 +357,15 @@ def classifier_loss(model: str, x: np.ndarray, y: np.ndarray, params,
     return loss.copy(), ClassifierCtx(bwd, mctx, cctx, z.dtype)
 
 
-def classifier_loss_backward(ctx: ClassifierCtx, grad_out) -> tuple[tuple, list[np.ndarray]]:
-    """``((dx, None), d_params)``: the loss's gradient times ``grad_out`` (labels: None)."""
+def classifier_loss_backward(ctx: ClassifierCtx, grad_out, *, input_grad: bool = True,
+                             ) -> tuple[tuple, list[np.ndarray]]:
+    """``((dx, None), d_params)``: the loss's gradient times ``grad_out`` (labels: None);
+    ``input_grad=False``: dx is None (the model backward's keyword, see ``cnn_backward``)."""
     v.ctx_of(ctx, ClassifierCtx, "classifier_loss")
     g = v.float_array(grad_out, "grad_out", ndim=0, dtype=ctx.dtype)
+    input_grad = v.boolean(input_grad, "input_grad")
     dz, _ = cross_entropy_backward(ctx.ce_ctx, g)  # labels: no gradient (None)
-    dx, dps = ctx.backward(ctx.model_ctx, dz)
+    dx, dps = ctx.backward(ctx.model_ctx, dz, input_grad=input_grad)
     return (dx, None), dps
 
 
@@ -500,6 +510,12 @@ MODELS: dict[str, tuple[Callable, Callable, Callable]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_input_grad(backward: Callable) -> bool:
+    """Whether a model loss's backward accepts ``input_grad`` (read once from its signature)."""
+    return "input_grad" in inspect.signature(backward).parameters
+
+
 def train_step(model: str, inputs: tuple, params, state: dict, step: int, *,
                optimizer: str = "sgd", **hyper):
     r"""One training step: :math:`\ell, \nabla_\theta \ell` by the model's forward and backward,
@@ -530,7 +546,10 @@ def train_step(model: str, inputs: tuple, params, state: dict, step: int, *,
     loss, lctx = loss_fn(*inputs, params)
     state = check_state(state, buffers, [np.shape(p) for p in params], loss.dtype,
                         names(len(params)))
-    _, grads = loss_bwd(lctx, np.ones((), loss.dtype))
+    # the step needs the parameters' gradients only: a backward that can skip the inputs'
+    # (classifier_loss_backward: the first convolution's col2im) is told so
+    skip = {"input_grad": False} if _takes_input_grad(loss_bwd) else {}
+    _, grads = loss_bwd(lctx, np.ones((), loss.dtype), **skip)
     (new_params, new_state), _ = opt(list(params), grads, state, step, **hyper)
     return (loss, new_params, new_state), TrainStepCtx(model, loss_bwd, lctx, loss.dtype)
 
