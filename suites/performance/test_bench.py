@@ -73,6 +73,11 @@ CUDA_KERNELS = {
 # compiles each graph for seconds to tens of seconds on 2 cores, beyond CI's and the main
 # job's time budgets.
 COMPILED = "torch-compile"
+# A twin inductor has not compiled after this long is not timed: the report says so. Most of
+# the catalog's graphs compile in seconds to a minute on 2 cores; polynomial_features' (a
+# Python loop over 286 monomials unrolled into one graph of 287 operations) took 221 s for the
+# forward and over 17 minutes with its backward on a loaded 2-core machine.
+COMPILE_TIMEOUT_S = 180.0
 # Backward costs about twice the forward's flops and bytes (one product per input of each
 # forward product): the usual rule for forward+backward = 3x forward.
 BACKWARD_FACTOR = 2.0
@@ -464,11 +469,46 @@ _BUDGET = _Budget()
 NOT_RUN: list[dict] = []
 
 
+class _CompileTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Raise ``_CompileTimeout`` in the main thread after ``seconds`` (SIGALRM; elsewhere, or
+    where there is no SIGALRM, no deadline)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not \
+            threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _CompileTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _compile_first(fn, how: str) -> str | None:
-    """Compile (first call, timed) and warm; the reason as a string when inductor fails."""
+    """Compile (first call, timed) and warm; the reason as a string when inductor fails or
+    takes longer than ``COMPILE_TIMEOUT_S``."""
     try:
         t0 = time.perf_counter()
-        fn()
+        try:
+            with _deadline(COMPILE_TIMEOUT_S):
+                fn()
+        except _CompileTimeout:
+            torch._dynamo.reset()
+            return (f"{COMPILED}: inductor had not compiled the twin after "
+                    f"{COMPILE_TIMEOUT_S:.0f} s (dynamo's capture: {how}); not timed")
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
         fn()

@@ -169,3 +169,30 @@ def test_failure_message_is_actionable():
                  "case: x: float32[2, 2]", "replay: python -m pytest"):
         assert part in msg, f"{part!r} missing from: {msg}"
     assert rec.worst > 1 and rec.message == msg
+
+
+
+def test_a_compile_past_its_deadline_is_not_timed(monkeypatch):
+    """A twin inductor has not compiled after COMPILE_TIMEOUT_S is reported as not timed, with
+    the reason, instead of stalling the run (polynomial_features once took over 17 minutes)."""
+    import time
+
+    from suites.performance import test_bench as tb
+
+    monkeypatch.setattr(tb, "COMPILE_TIMEOUT_S", 0.2)
+    calls = []
+
+    def slow():
+        calls.append(1)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 5.0:  # a compile that would take 5 s
+            sum(range(1000))
+
+    t0 = time.perf_counter()
+    reason = tb._compile_first(slow, "one graph")
+    # stopped well before the 5 s (the first torch._dynamo.reset() imports dynamo: ~2 s)
+    assert time.perf_counter() - t0 < 4.5
+    assert reason is not None and "had not compiled the twin after 0 s" in reason, reason
+    assert calls == [1]  # not called again to warm it
+    assert tb._compile_first(lambda: None, "one graph") is None  # a quick one is timed
+    tb._COMPILE_TIMES.pop()
