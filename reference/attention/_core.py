@@ -12,7 +12,7 @@ import numpy as np
 
 from reference import _validate as v
 from reference import _vmath as Vm
-from reference._blas import dot_serial
+from reference._blas import SERIAL_MNK
 from reference._jit import kernel
 from reference._prims import dropout as drop
 from reference.layers import _linear_bwd, _linear_fwd
@@ -25,24 +25,38 @@ _NO_DPROBS = np.zeros((1, 1, 1))
 
 # ---------------------------------------------------------------------------------------------
 # kernels: the attention core over N = batch * heads independent (L, S) problems
+#
+# Each head runs in blocks of query rows, each product of a block at most SERIAL_MNK
+# multiply-adds, so OpenBLAS runs it on the calling thread (reference/_blas.py): the block's
+# scores, softmax rows and output in the forward; dP, dS, dQ of the block, and its share of dK
+# and dV added in, in the backward, so no (L, S) matrix is copied or transposed: a block's P^T
+# and dS^T are transposed views that BLAS reads as they are (the strided (S, L) copies they
+# replace took a third of the backward). The heads run one after another: a parallel=True
+# driver shared them among threads, but cost ~17 s more cold compile (CPU, both dtypes) and
+# was no faster on this loaded 2-core machine.
 
 
 @kernel()
-def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale, scale,
-              probs, kept, out):
-    # q (N, L, D), k (N, S, D), v (N, S, Dv); bias (N / bias_div, L, S) added to the scores;
-    # keep (N, L, S) dropout keep-mask. probs: softmax (N, L, S); kept: probs after dropout
-    # (the same array when there is no dropout); out (N, L, Dv) = kept @ v.
+def _block_rows(n_k, d, dv):
+    # query rows per block: each of the block's products within SERIAL_MNK multiply-adds
+    return max(1, SERIAL_MNK // max(1, n_k * max(d, dv)))
+
+
+@kernel()
+def _attn_fwd_head(n, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale,
+                   scale, probs, kept, out, scores, row):
+    # One head n; scores (rows per block, S) and row (S,) float64 are scratch.
     # Each softmax row is a few simple passes (map, max, map, sum, map) so that each vectorises:
     # the max through maxnum, the sum through a reassociating float64 sum (reference/_vmath).
-    n_prob, n_q, n_k = probs.shape
+    n_q, n_k = probs.shape[1], probs.shape[2]
     dt = probs.dtype
-    scores = np.empty((n_q, n_k), q.dtype)
-    row = np.empty(n_k)
-    for n in range(n_prob):
-        dot_serial(q[n], k[n].T, scores)
-        for i in range(n_q):
-            sr, pr = scores[i], probs[n, i]
+    rb = scores.shape[0]
+    for i0 in range(0, n_q, rb):
+        i1 = min(n_q, i0 + rb)
+        sc = scores[:i1 - i0]
+        np.dot(q[n, i0:i1], k[n].T, sc)                     # s_b = Q_b K^T
+        for i in range(i0, i1):
+            sr, pr = sc[i - i0], probs[n, i]
             for j in range(n_k):
                 row[j] = np.float64(sr[j]) * scale
             if has_bias:
@@ -69,30 +83,48 @@ def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_sc
                 kr, keep_r = kept[n, i], keep[n, i]
                 for j in range(n_k):
                     kr[j] = drop(pr[j], keep_r[j], keep_scale)
-        dot_serial(kept[n], v[n], out[n])
+        np.dot(kept[n, i0:i1], v[n], out[n, i0:i1])         # O_b = P_b V
 
 
 @kernel()
-def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs, dp_div,
-              dp_scale, has_dprobs, dq, dk, dv, d_bias, has_dbias):
-    # d_probs (N / dp_div, L, S): an upstream gradient of the kept probabilities themselves
-    # (the attention weights an MHA returns, after dropout as torch's), times dp_scale.
-    # d_bias (N, L, S), when has_dbias:
-    # the gradient of the additive mask, dS before the scale.
+def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale, scale,
+              probs, kept, out):
+    # q (N, L, D), k (N, S, D), v (N, S, Dv); bias (N / bias_div, L, S) added to the scores;
+    # keep (N, L, S) dropout keep-mask. probs: softmax (N, L, S); kept: probs after dropout
+    # (the same array when there is no dropout); out (N, L, Dv) = kept @ v.
     n_prob, n_q, n_k = probs.shape
-    dp = np.empty((n_q, n_k), q.dtype)
-    ds = np.empty((n_q, n_k), q.dtype)
-    row = np.empty(n_k)
-    prow = np.empty(n_k)
-    tr = np.empty((n_k, n_q), q.dtype)          # transposes, for one-thread products
+    rb = min(n_q, _block_rows(n_k, q.shape[2], v.shape[2]))
+    scores, row = np.empty((rb, n_k), q.dtype), np.empty(n_k)
     for n in range(n_prob):
-        tr[:, :] = kept[n].T
-        dot_serial(tr, d_out[n], dv[n])         # dV = P_kept^T dO
-        dot_serial(d_out[n], v[n].T, dp)        # d P_kept = dO V^T
-        for i in range(n_q):
-            dpr, pr, dsr = dp[i], probs[n, i], ds[i]
+        _attn_fwd_head(n, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale,
+                       scale, probs, kept, out, scores, row)
+
+
+@kernel()
+def _add_to(acc, part):
+    # acc += part (2-d, the same shape)
+    for a in range(acc.shape[0]):
+        for b in range(acc.shape[1]):
+            acc[a, b] += part[a, b]
+
+
+@kernel()
+def _attn_bwd_head(n, q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs,
+                   dp_div, dp_scale, has_dprobs, dq, dk, dv, d_bias, has_dbias, ds, tk, tv,
+                   row, prow):
+    # One head n; ds (rows per block, S), tk (S, D), tv (S, Dv), row and prow (S,) float64 are
+    # scratch. Per block b of query rows: dP_b = dO_b V^T, dS_b (the softmax backward, row by
+    # row, in place), dQ_b = dS_b K, and dK += dS_b^T Q_b, dV += P_kept,b^T dO_b.
+    n_q, n_k = probs.shape[1], probs.shape[2]
+    rb = ds.shape[0]
+    for i0 in range(0, n_q, rb):
+        i1 = min(n_q, i0 + rb)
+        dsb = ds[:i1 - i0]
+        np.dot(d_out[n, i0:i1], v[n].T, dsb)               # d P_kept,b = dO_b V^T
+        for i in range(i0, i1):
+            dsr, pr = dsb[i - i0], probs[n, i]
             for j in range(n_k):
-                row[j] = dpr[j]
+                row[j] = dsr[j]
                 prow[j] = pr[j]
             if has_dprobs:   # the returned weights are P after dropout, as torch's MHA
                 gr = d_probs[n // dp_div, i]
@@ -109,9 +141,39 @@ def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_
                 dbr = d_bias[n, i]
                 for j in range(n_k):
                     dbr[j] = prow[j] * (row[j] - acc)
-        dot_serial(ds, k[n], dq[n])             # dQ = dS K (scale folded into dS)
-        tr[:, :] = ds.T
-        dot_serial(tr, q[n], dk[n])             # dK = dS^T Q
+        np.dot(dsb, k[n], dq[n, i0:i1])                     # dQ_b = dS_b K (scale in dS)
+        if i0 == 0:
+            np.dot(dsb.T, q[n, i0:i1], dk[n])               # dK = sum_b dS_b^T Q_b
+            np.dot(kept[n, i0:i1].T, d_out[n, i0:i1], dv[n])  # dV = sum_b P_kept,b^T dO_b
+        else:
+            np.dot(dsb.T, q[n, i0:i1], tk)
+            _add_to(dk[n], tk)
+            np.dot(kept[n, i0:i1].T, d_out[n, i0:i1], tv)
+            _add_to(dv[n], tv)
+
+
+@kernel()
+def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs, dp_div,
+              dp_scale, has_dprobs, dq, dk, dv, d_bias, has_dbias):
+    # d_probs (N / dp_div, L, S): an upstream gradient of the kept probabilities themselves
+    # (the attention weights an MHA returns, after dropout as torch's), times dp_scale.
+    # d_bias (N, L, S), when has_dbias: the gradient of the additive mask, dS before the scale.
+    n_prob, n_q, n_k = probs.shape
+    d, d_v = q.shape[2], v.shape[2]
+    rb = min(n_q, _block_rows(n_k, d, d_v))
+    # the scratch in two allocations, not five: on this machine five small ones left the heap
+    # so that glibc returned the caller's large arrays to the OS and each call page-faulted
+    # them back in (~1500 faults, a fifth of the forward + backward)
+    buf = np.empty(rb * n_k + n_k * (d + d_v), q.dtype)
+    ds = buf[:rb * n_k].reshape((rb, n_k))
+    tk = buf[rb * n_k:rb * n_k + n_k * d].reshape((n_k, d))
+    tv = buf[rb * n_k + n_k * d:].reshape((n_k, d_v))
+    rows = np.empty((2, n_k))
+    row, prow = rows[0], rows[1]
+    for n in range(n_prob):
+        _attn_bwd_head(n, q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_probs,
+                       dp_div, dp_scale, has_dprobs, dq, dk, dv, d_bias, has_dbias, ds, tk, tv,
+                       row, prow)
 
 
 def _private(a, *given):
