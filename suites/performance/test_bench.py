@@ -430,12 +430,14 @@ class _Budget:
     def eta(self, config, session) -> float:
         """Seconds the groups left should take, from the budget or the pace so far."""
         left = len(self.groups(session)) - self.done
-        pace = self.wall / max(self.done, 1) * left
+        done = max(self.done, 1)
         total = config.getoption("--bench-budget")
-        if total is None:
-            return pace
-        first_calls = (self.wall - self.spent) / max(self.done, 1) * left
-        return min(pace, max(total - self.spent, 0.0) + first_calls) if left else 0.0
+        if total is None or not left:
+            return self.wall / done * left
+        # what is left of the budget, but at least each group's overhead so far (min_rounds,
+        # probes: the floor), plus the first calls at the pace so far
+        first_calls = (self.wall - self.spent) / done * left
+        return max(total - self.spent, self.overhead / done * left) + first_calls
 
     def groups(self, session) -> list[tuple]:
         if self.keys is None:

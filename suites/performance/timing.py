@@ -15,9 +15,9 @@ How:
    ``min_rounds``, at most ``max_rounds``.
 3. Rounds: in every round the implementations run in a fresh random order; each runs one
    untimed call (it absorbs the switch from the other runtime: the measured cost of the first
-   small torch call after a numba parallel kernel is ~0.4 us, see ``threads.py``) and then
-   its ``iterations`` timed calls. Round ``i`` of every implementation was thus measured
-   within the same few milliseconds, so their ratio is paired: drift hits both sides alike.
+   small torch call after a numba parallel kernel is ~0.4 us, see ``threads.py``; a call over
+   ``WARM_UP_BELOW_S`` skips it) and then its ``iterations`` timed calls. Round ``i`` of every
+   implementation was thus measured within the same few milliseconds, so their ratio is paired: drift hits both sides alike.
 4. Stalls: between rounds, a short call into each parallel runtime of the group (``Probe``:
    torch's and numba's thread pools, see ``stalls.py``) is timed. On an oversubscribed machine
    a parallel region waits for a descheduled worker thread, and then EVERY call that enters
@@ -63,6 +63,13 @@ MAX_CI_SPREAD = 1.21
 # on the rounds it has): on a busy machine calls calibrated when quiet can each take
 # milliseconds, and min_rounds rounds of them would stretch a run without bound.
 HARD_LIMIT = 4.0
+# A call slower than this gets no untimed call before its timed ones in a round: the switch
+# from the other runtime costs ~0.4 us (threads.py), under 0.05% of it, and the untimed call
+# would double the cost of a large group's rounds.
+WARM_UP_BELOW_S = 1e-3
+# An unstable group is measured again only if its attempt took less than this (a large group
+# whose calls take a second spends minutes on min_rounds rounds; its verdict stands).
+RETRY_WITHIN_S = 5.0
 # ... but never sooner than this: one time slice lost to another process on a busy machine is
 # tens of milliseconds, which would end a budget of a few milliseconds after a round or two.
 HARD_FLOOR_S = 0.25
@@ -236,9 +243,12 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
         res.wall_s = time.perf_counter() - start
         return res
     round_s = 0.0  # one round of every implementation: its timed calls and the untimed one
+    warm_up = set()
     for name, fn in live.items():
         res.iterations[name], per_call = _calibrate(fn, min_time, timer)
-        round_s += (res.iterations[name] + 1) * per_call
+        if per_call < WARM_UP_BELOW_S:
+            warm_up.add(name)
+        round_s += (res.iterations[name] + (name in warm_up)) * per_call
     rng = np.random.default_rng(seed)
     # The budget never starves min_rounds: a small max_time (a share of --bench-budget) still
     # gets min_rounds rounds, and HARD_LIMIT stays a multiple of what they need on a quiet
@@ -249,7 +259,7 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
     for attempt in range(1 + retries):
         t_attempt = time.perf_counter()
         times, stall = _rounds(live, res.iterations, budget, min_rounds, max_rounds, rng,
-                               timer, disable_gc, probes or {})
+                               timer, disable_gc, probes or {}, warm_up)
         if stall.get("all_stalled") and serial is not None:
             _check_serial(live, times, stall, serial, serial_names, timer)
         res.stall = stall
@@ -257,8 +267,11 @@ def measure(fns: dict[str, Callable[[], object]], *, max_time: float, min_time: 
         res.attempts = attempt + 1
         if best is None or score < best[0]:
             best = (score, times, stall)
-        if res.stable or time.perf_counter() - t_attempt > 2 * budget:
-            break  # stable; or so slow a machine that another attempt would not be quieter
+        spent = time.perf_counter() - t_attempt
+        if res.stable or spent > 2 * budget or spent > RETRY_WITHIN_S:
+            # stable; or so slow a machine that another attempt would not be quieter; or an
+            # attempt so long that a second one would double a run's length for one group
+            break
     assert best is not None
     if best[1] is not res.times:
         res.stall = best[2]
@@ -280,7 +293,7 @@ def _probe(probes: dict[str, Probe], timer, seen: dict[str, list[float]]) -> boo
 
 
 def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disable_gc,
-            probes: dict[str, Probe]) -> tuple[dict[str, list[float]], dict]:
+            probes: dict[str, Probe], warm_up: set[str]) -> tuple[dict[str, list[float]], dict]:
     names = list(live)
     times: dict[str, list[float]] = {n: [] for n in names}
     every: dict[str, list[float]] = {n: [] for n in names}
@@ -302,7 +315,8 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
             for j in rng.permutation(len(names)):
                 name = names[j]
                 fn, k = live[name], iterations[name]
-                fn()  # untimed: absorbs the switch from the other implementation
+                if name in warm_up:
+                    fn()  # untimed: absorbs the switch from the other implementation
                 t0 = timer()
                 for _ in range(k):
                     fn()
