@@ -7,6 +7,8 @@ the pytest hook in ``conftest.py`` adds the verdict and writes all records to JS
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -107,7 +109,7 @@ class Mismatch(AssertionError):
 
 
 def compare(actual, expected: np.ndarray, rtol: float, atol: float, *, label: str,
-            record: CheckRecord | None = None, case: str = "") -> None:
+            record: CheckRecord | None = None, case: str | Callable[[], str] = "") -> None:
     """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise, and more.
 
     - shapes and dtypes must match (the reference keeps the input's dtype);
@@ -115,9 +117,13 @@ def compare(actual, expected: np.ndarray, rtol: float, atol: float, *, label: st
     - a reference that is all zeros where the twin is not is a failure even when the twin's
       values are below ``atol`` (guards against a backward that returns zeros).
     On failure raises ``Mismatch`` naming the worst element, both values and the error against
-    the tolerance; the record keeps the message and the case.
+    the tolerance; the record keeps the message and the case. ``case`` may be a function
+    that describes it, called only on failure (describing every passing case took a tenth of
+    the correctness suite's time).
     """
     def fail(msg: str) -> None:
+        nonlocal case
+        case = case() if callable(case) else case
         full = f"{label}: {msg}"
         if case:
             full += f"\n  case: {case}"

@@ -63,7 +63,7 @@ def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | Non
             ref = np.zeros_like(ref)
         label = f"{spec.name} forward, {dtype}, output {i + 1} of {len(outs)}, on {device}"
         compare(mine, ref, tol.rtol, tol.atol, label=label, record=record,
-                case=case.describe())
+                case=case.describe)
 
 
 def present_gradients(spec: Spec, case: Case, result: tuple) -> tuple[np.ndarray, ...]:
@@ -102,7 +102,7 @@ def check_gradient(spec: Spec, case: Case, rng: np.random.Generator, device: str
             t = np.zeros_like(t)
         label = (f"{spec.name} backward, {dtype}, gradient of {name!r} ({i + 1} of {n}), "
                  f"on {device}")
-        compare(m, t, tol.rtol, tol.atol, label=label, record=record, case=case.describe())
+        compare(m, t, tol.rtol, tol.atol, label=label, record=record, case=case.describe)
 
 
 # Central differences, in float64, of phi(t) = <g, f(x + t v)> against <grad, v>.

@@ -868,7 +868,7 @@ def test_inplace_float32_arithmetic_matches_torch(name, data, record):
     record.examples += 1
     for label, got, e in zip(["params", *state], [params, *state.values()], want, strict=True):
         compare(got, np.asarray(e), tol.rtol, tol.atol, label=f"{name}_ {label}",
-                record=record, case=case.describe())
+                record=record, case=case.describe)
 
 
 def twin_forward(spec, case):

@@ -196,3 +196,17 @@ def test_a_compile_past_its_deadline_is_not_timed(monkeypatch):
     assert calls == [1]  # not called again to warm it
     assert tb._compile_first(lambda: None, "one graph") is None  # a quick one is timed
     tb._COMPILE_TIMES.pop()
+
+
+def test_the_case_is_described_only_when_a_comparison_fails():
+    calls = []
+
+    def describe():
+        calls.append(1)
+        return "x: float64[2] [1, 2]"
+
+    compare(np.ones(2), np.ones(2), 1e-7, 0.0, label="ok", case=describe)
+    assert calls == []
+    with pytest.raises(Mismatch, match=r"case: x: float64\[2\] \[1, 2\]"):
+        compare(np.ones(2), np.zeros(2), 1e-7, 0.0, label="bad", case=describe)
+    assert calls == [1]
