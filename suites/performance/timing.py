@@ -63,6 +63,10 @@ MAX_CI_SPREAD = 1.21
 # on the rounds it has): on a busy machine calls calibrated when quiet can each take
 # milliseconds, and min_rounds rounds of them would stretch a run without bound.
 HARD_LIMIT = 4.0
+# No attempt runs longer than this: a twin that takes seconds per call (torch's autograd
+# through gaussian_log_likelihood at the large size) would spend minutes on min_rounds rounds;
+# it gets the rounds that fit and is judged on those (as HARD_LIMIT's groups are).
+MAX_ATTEMPT_S = 20.0
 # A call slower than this gets no untimed call before its timed ones in a round: the switch
 # from the other runtime costs ~0.4 us (threads.py), under 0.05% of it, and the untimed call
 # would double the cost of a large group's rounds.
@@ -302,7 +306,8 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
     if disable_gc:
         gc.disable()
     start = time.perf_counter()
-    deadline, hard = start + budget, start + max(HARD_LIMIT * budget, HARD_FLOOR_S)
+    deadline = start + budget
+    hard = start + min(max(HARD_LIMIT * budget, HARD_FLOOR_S), MAX_ATTEMPT_S)
     total = clean = 0
     flags: list[bool] = []  # per round: no stalled probe before or after it
     try:

@@ -244,3 +244,16 @@ def test_bench_budget_shares_what_is_left_among_the_groups_left():
     assert b.max_time(_FakeConfig(4.0), None, 0.2, 2) == pytest.approx((2.0 / 6 - 0.1) / 2)
     # Budget overrun: the floor, a quarter of max_time, not zero.
     assert b.max_time(_FakeConfig(1.0), None, 0.2, 2) == pytest.approx(0.2 * MIN_SHARE)
+
+
+def test_an_attempt_stops_at_its_time_limit(monkeypatch):
+    # Rounds of 0.2 s with min_rounds 10 would take 2 s; with a 1 s limit the group stops
+    # after the rounds that fit.
+    monkeypatch.setattr(timing, "MAX_ATTEMPT_S", 1.0)
+    t0 = time.perf_counter()
+    res = timing.measure({"a": lambda: _busy(0.1), "b": lambda: _busy(0.1)},
+                         max_time=0.01, min_time=1e-4, min_rounds=10, retries=0)
+    # 1 s of rounds, plus the first calls and calibration (8 calls of 0.1 s) and one round
+    # begun before the limit (0.2 s)
+    assert time.perf_counter() - t0 < 2.5
+    assert 1 <= len(res.times["a"]) < 10
