@@ -34,8 +34,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
-from reference import _validate as v
 from reference import _prims as P
+from reference import _validate as v
 from reference import _vmath as vm
 from reference._jit import PARALLEL_MIN, kernel
 

@@ -769,7 +769,8 @@ def conv2d_backward(ctx: ConvCtx, grad_out: np.ndarray, *, input_grad: bool = Tr
     db = np.empty(geo.c_out if ctx.has_bias else 0, ctx.x.dtype)
     g_out = geo.c_out // geo.groups
     kc, plane = dw[0].size, geo.hp * geo.wp
-    x3, dx3, threaded = ctx.x.reshape(n, c, -1), dx.reshape(len(dx), c, geo.h * geo.w), _threaded(geo)
+    x3, threaded = ctx.x.reshape(n, c, -1), _threaded(geo)
+    dx3 = dx.reshape(len(dx), c, geo.h * geo.w)
     if geo.path == DEPTHWISE:
         planes, dplanes, accs = _carve(
             _workspace(n * c * (2 * plane + geo.ncols), ctx.x.dtype), n * c,

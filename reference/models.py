@@ -39,7 +39,8 @@ import numpy as np
 
 from reference import _validate as v
 from reference import optim as O
-from reference.activations import relu, relu_backward, step as heaviside
+from reference.activations import relu, relu_backward
+from reference.activations import step as heaviside
 from reference.conv import conv2d, conv2d_backward, conv_output_size
 from reference.layers import linear, linear_backward
 from reference.losses import cross_entropy, cross_entropy_backward

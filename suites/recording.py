@@ -8,7 +8,6 @@ the pytest hook in ``conftest.py`` adds the verdict and writes all records to JS
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from dataclasses import asdict, dataclass, field
 
 import numpy as np

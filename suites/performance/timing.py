@@ -17,7 +17,8 @@ How:
    untimed call (it absorbs the switch from the other runtime: the measured cost of the first
    small torch call after a numba parallel kernel is ~0.4 us, see ``threads.py``; a call over
    ``WARM_UP_BELOW_S`` skips it) and then its ``iterations`` timed calls. Round ``i`` of every
-   implementation was thus measured within the same few milliseconds, so their ratio is paired: drift hits both sides alike.
+   implementation was thus measured within the same few milliseconds, so their ratio is
+   paired: drift hits both sides alike.
 4. Stalls: between rounds, a short call into each parallel runtime of the group (``Probe``:
    torch's and numba's thread pools, see ``stalls.py``) is timed. On an oversubscribed machine
    a parallel region waits for a descheduled worker thread, and then EVERY call that enters
