@@ -82,11 +82,16 @@ def _pytest_status(code: int, what: str) -> str | None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Correctness checks (ci Hypothesis profile), the harness's own tests, and the numba-cuda
-    kernels under the CUDA simulator; on all cores (pytest-xdist)."""
+    """Correctness checks (ci Hypothesis profile) and the harness's own tests on all cores
+    (pytest-xdist), then the timing harness's statistical tests alone, then the numba-cuda
+    kernels under the CUDA simulator."""
     _install(session, "test")
     session.run("python", "-m", "pytest", "suites/correctness", "suites/selftest",
-                "--hypothesis-profile=ci", "-n", "auto", f"--results-json={CORRECTNESS}",
+                "--hypothesis-profile=ci", "-n", "auto", "-m", "not alone",
+                f"--results-json={CORRECTNESS}", *session.posargs, env=_env())
+    # The timing harness's statistical tests (A/A, planted slow-downs, the gate end to end)
+    # need the machine to themselves: one process, after the parallel run.
+    session.run("python", "-m", "pytest", "suites/selftest", "-m", "alone", "-q",
                 *session.posargs, env=_env())
     cudasim(session)
 

@@ -21,6 +21,10 @@ from pathlib import Path
 
 import pytest
 
+# Beside other tests on 2 cores, "quiet" is not quiet: an A/A ratio measured next to an xdist
+# worker running gradient checks came out 2% biased in CI (the 99.9% interval [1.005, 1.041]).
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSING = ROOT / "suites/selftest/data/reports/cpu_correctness.json"
 # Elementwise ops on 64 floats: serial on both sides (below torch's and numba's parallel

@@ -26,6 +26,10 @@ from suites.catalog import get
 from suites.performance import timing
 from suites.performance.test_bench import planted
 
+# Beside other tests on 2 cores, "quiet" is not quiet: an A/A ratio measured next to an xdist
+# worker running gradient checks came out 2% biased in CI (the 99.9% interval [1.005, 1.041]).
+pytestmark = pytest.mark.alone
+
 
 def _kernel():
     """A numba parallel kernel of medium size: the kind of call that stalls under load."""
