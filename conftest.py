@@ -132,7 +132,34 @@ def _shard_key(item: pytest.Item) -> str:
     return item.nodeid
 
 
+# pytest-xdist (``--dist loadgroup``): the tests that compile the same Numba kernels run on one
+# worker, so that a kernel is compiled once and the other tests load it from the cache. Without
+# this, the forward check of an algorithm ran on one worker while its gradient check ran on the
+# other, both compiling the same kernels at once: in a cold run of the correctness suite on 2
+# workers, 103 of 302 compiled functions were compiled by both, 1073 of 1753 compile-seconds
+# (numba's compile events, reference/ kernels and what they call). Families whose algorithms
+# share kernels (the convolutions of the layers and blocks, the RNN and attention kernels of the
+# sequence models, the optimizers, the models) are one group each; an algorithm of any other
+# family is its own group. Files of tests that are not per algorithm join their family's group.
+_SHARED_KERNEL_FAMILIES = ("layers", "sequence", "optim", "models")
+_FILE_GROUPS = {"test_conv.py": "layers", "test_rnn.py": "sequence",
+                "test_composition.py": "sequence", "test_optim.py": "optim",
+                "test_models.py": "models", "test_models_gen.py": "models"}
+
+
+def _compile_group(item: pytest.Item) -> str | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    spec = params.get("spec")
+    if spec is not None and hasattr(spec, "family"):
+        return spec.family if spec.family in _SHARED_KERNEL_FAMILIES else spec.name
+    return _FILE_GROUPS.get(item.path.name)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = _compile_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(name=f"kernels-{group}"))
     text = config.getoption("--shard")
     if not text:
         return

@@ -87,7 +87,7 @@ def tests(session: nox.Session) -> None:
     kernels under the CUDA simulator."""
     _install(session, "test")
     session.run("python", "-m", "pytest", "suites/correctness", "suites/selftest",
-                "--hypothesis-profile=ci", "-n", "auto", "-m", "not alone",
+                "--hypothesis-profile=ci", "-n", "auto", "--dist", "loadgroup", "-m", "not alone",
                 f"--results-json={CORRECTNESS}", *session.posargs, env=_env())
     # The timing harness's statistical tests (A/A, planted slow-downs, the gate end to end)
     # need the machine to themselves: one process, after the parallel run.
@@ -120,7 +120,7 @@ def report(session: nox.Session) -> None:
     _install(session, "test")
     problems = [
         _pytest_status(_run(session, "python", "-m", "pytest", "suites/correctness",
-                            "--hypothesis-profile=ci", "-q", "-n", "auto",
+                            "--hypothesis-profile=ci", "-q", "-n", "auto", "--dist", "loadgroup",
                             f"--results-json={CORRECTNESS}"), "correctness checks"),
         _pytest_status(_run(session, "python", "-m", "pytest", "suites/performance",
                             f"--benchmark-json={BENCH}", "-q", *REPORT_BENCH,
@@ -143,7 +143,7 @@ def ci(session: nox.Session) -> None:
     # run the checks here only when there are none.
     if not CORRECTNESS.exists():
         _run(session, "python", "-m", "pytest", "suites/correctness", "--hypothesis-profile=ci",
-             "-q", "-n", "auto", f"--results-json={CORRECTNESS}")
+             "-q", "-n", "auto", "--dist", "loadgroup", f"--results-json={CORRECTNESS}")
     # Small sizes and short timing: CI checks that every benchmark runs and records what it
     # must, and gates the within-run ratios against the checked-in baseline (measured with
     # these same options); the full-size figures come from `nox -s report` / `nox -s bench`.

@@ -51,6 +51,15 @@ def _kernel_ready(x: np.ndarray) -> np.ndarray:
     return x if x.flags.writeable else x.copy()
 
 
+def broadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` broadcast to ``shape``, C-contiguous and writeable. ``np.broadcast_to`` returns a
+    read-only view, and where no axis is repeated (equal shapes, or only axes of length 1
+    added) that view is already C-contiguous, so ``np.ascontiguousarray`` hands it on read-only
+    and the kernel it reaches compiles once more for that type (BCE's weights and the
+    attention inputs did: 12 specialisations of one kernel where 4 are needed)."""
+    return _kernel_ready(np.broadcast_to(x, shape))
+
+
 def _describe(x) -> str:
     if isinstance(x, np.ndarray):
         return f"an array of dtype {x.dtype} and shape {x.shape}"

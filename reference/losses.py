@@ -91,7 +91,7 @@ def _elementwise_weight(weight, name: str, like: np.ndarray) -> np.ndarray | Non
         if not ok:
             raise ValueError(f"{name} must broadcast to the input's shape {like.shape}, "
                              f"got shape {w.shape}")
-        w = np.ascontiguousarray(np.broadcast_to(w, like.shape))
+        w = v.broadcast(w, like.shape)
     return w.reshape(-1)
 
 

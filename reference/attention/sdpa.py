@@ -86,8 +86,8 @@ def _expand(a: np.ndarray, lead: tuple, gqa: bool) -> np.ndarray:
     (N, T, D) C-contiguous array."""
     if gqa and a.shape[-3] != lead[-1]:
         a = np.repeat(a, lead[-1] // a.shape[-3], axis=-3)
-    a = np.broadcast_to(a, lead + a.shape[-2:])
-    return np.ascontiguousarray(a).reshape((math.prod(lead),) + a.shape[-2:])
+    a = v.broadcast(a, lead + a.shape[-2:])
+    return a.reshape((math.prod(lead),) + a.shape[-2:])
 
 
 def _reduce_to(g: np.ndarray, shape: tuple, gqa_heads: bool = False) -> np.ndarray:
