@@ -8,6 +8,7 @@ Options:
 
 Hypothesis profiles (``--hypothesis-profile NAME`` or ``REFBENCH_PROFILE=NAME``):
   ci        deterministic and quick: what CI and ``nox -s tests`` run
+  report    deterministic, a third of ci's examples: the main job, ``nox -s report``
   dev       random, a few more examples: the default for local runs
   thorough  thousands of examples per check, for nightly runs
 """
@@ -33,6 +34,9 @@ _COMMON = dict(
                            HealthCheck.function_scoped_fixture],
 )
 settings.register_profile("ci", derandomize=True, max_examples=30, database=None, **_COMMON)
+# The main job's checks (`nox -s report`): CI's deterministic examples, fewer of them, so that the
+# job is quick enough to run after every change; its report shows how many each check tried.
+settings.register_profile("report", derandomize=True, max_examples=10, database=None, **_COMMON)
 settings.register_profile("dev", max_examples=60, **_COMMON)
 settings.register_profile("thorough", max_examples=2000, **_COMMON)
 settings.load_profile(os.environ.get("REFBENCH_PROFILE", "dev"))

@@ -120,7 +120,8 @@ def report(session: nox.Session) -> None:
     _install(session, "test")
     problems = [
         _pytest_status(_run(session, "python", "-m", "pytest", "suites/correctness",
-                            "--hypothesis-profile=ci", "-q", "-n", "auto", "--dist", "loadgroup",
+                            "--hypothesis-profile=report", "-q", "-n", "auto", "--dist",
+                            "loadgroup",
                             f"--results-json={CORRECTNESS}"), "correctness checks"),
         _pytest_status(_run(session, "python", "-m", "pytest", "suites/performance",
                             f"--benchmark-json={BENCH}", "-q", *REPORT_BENCH,
