@@ -197,6 +197,17 @@ def tanh_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 
 
 @kernel(parallel=True)
+def _relu_fwd(x, y, zero):
+    n = x.size
+    if n < PARALLEL_MIN:
+        for i in range(n):
+            y[i] = P.relu(x[i], zero)
+    else:
+        for i in prange(n):
+            y[i] = P.relu(x[i], zero)
+
+
+@kernel(parallel=True)
 def _leaky_fwd(x, y, slope):
     # P.leaky_relu: NaN fails ``x > 0`` and falls through to ``slope * x``: NaN propagates.
     # ``+ 0.0`` turns the -0.0 of ``-1 * 0`` into +0.0, as torch.relu returns.
@@ -228,7 +239,7 @@ def relu(x: np.ndarray) -> tuple[np.ndarray, Saved]:
     At the kink ``relu'(0) = 0`` (PyTorch's convention). NaN propagates.
     """
     xc = v.float_array(x, "x")
-    y = _unary(xc, _leaky_fwd, 0.0)
+    y = _unary(xc, _relu_fwd, xc.dtype.type(0))
     return y, ReluCtx(v.keep(xc, x), None, 0.0)
 
 

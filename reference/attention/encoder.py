@@ -73,10 +73,11 @@ def _act_drop(pre, gelu, keep, has_keep, keep_scale, out):
     # out = D(phi(pre)); pre, out (R, F): linear1's output and the hidden activations
     rows, n = pre.shape
     dt = out.dtype
+    zero = dt.type(0)
     for r in range(rows):
         for j in range(n):
             out[r, j] = (P.gelu_erf(np.float64(pre[r, j]), dt) if gelu
-                         else P.leaky_relu(pre[r, j], 0.0))
+                         else P.relu(pre[r, j], zero))
             if has_keep:
                 out[r, j] = P.dropout(out[r, j], keep[r, j], keep_scale)
 
