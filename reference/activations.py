@@ -197,7 +197,8 @@ def tanh_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 
 
 @kernel(parallel=True)
-def _relu_fwd(x, y, zero):
+def _relu_fwd(x, y):
+    zero = x.dtype.type(0)  # a constant of x's type: the loop stays in x's precision
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
@@ -239,7 +240,7 @@ def relu(x: np.ndarray) -> tuple[np.ndarray, Saved]:
     At the kink ``relu'(0) = 0`` (PyTorch's convention). NaN propagates.
     """
     xc = v.float_array(x, "x")
-    y = _unary(xc, _relu_fwd, xc.dtype.type(0))
+    y = _unary(xc, _relu_fwd)
     return y, ReluCtx(v.keep(xc, x), None, 0.0)
 
 
