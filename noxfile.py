@@ -93,8 +93,9 @@ def tests(session: nox.Session) -> None:
                 f"--results-json={CORRECTNESS}", *session.posargs, env=_env())
     # The timing harness's statistical tests (A/A, planted slow-downs, the gate end to end)
     # need the machine to themselves: one process, after the parallel run.
+    # (Exit status 5, nothing collected, is fine: `-- -k softmax` selects none of them.)
     session.run("python", "-m", "pytest", "suites/selftest", "-m", "alone", "-q",
-                *session.posargs, env=_env())
+                *session.posargs, env=_env(), success_codes=[0, 5])
     cudasim(session)
 
 
