@@ -59,7 +59,8 @@ def relu(x, zero):
 
 @_scalar
 def leaky_relu(x, slope):
-    """``x`` if ``x > 0`` else ``slope * x + 0.0`` (relu: ``slope = 0``; NaN propagates)."""
+    """``x`` if ``x > 0`` else ``slope * x + 0.0`` (NaN propagates). Not relu with
+    ``slope = 0``: ``0 * -inf`` is NaN where relu(-inf) is 0 (``relu`` above)."""
     return x if x > 0 else x * slope + 0.0
 
 

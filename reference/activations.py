@@ -211,7 +211,8 @@ def _relu_fwd(x, y):
 @kernel(parallel=True)
 def _leaky_fwd(x, y, slope):
     # P.leaky_relu: NaN fails ``x > 0`` and falls through to ``slope * x``: NaN propagates.
-    # ``+ 0.0`` turns the -0.0 of ``-1 * 0`` into +0.0, as torch.relu returns.
+    # ``+ 0.0`` makes a zero result +0.0 (the reference's convention; torch's sign of a zero
+    # result depends on its code path, see suites/correctness/test_activation_edges.py).
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
