@@ -1,4 +1,4 @@
-"""``python -m reports build | compare | gate | baseline``: see ``--help`` of each."""
+"""``python -m reports build | compare | gate | confirm | baseline``: see ``--help`` of each."""
 
 from __future__ import annotations
 
@@ -61,7 +61,24 @@ a regression; when both runs timed the pair in interleaved rounds, the change co
 runs' per-round ratios. A pair with noisy timings in either run is listed as "not gated: noisy"
 and never fails the gate. Several --correctness files are merged as for `build` (shards of a
 run into one; other runs side by side), and every check of every run counts; several --bench
-files must be the shards of one run. Prints a summary; exits 0 when everything passed."""
+files must be the shards of one run. Prints a summary; exits 0 when everything passed.
+
+A within-run ratio also moves between processes of one commit (at the small CI sizes by up to
+~1.3x, however quiet the machine), which no single run can see. --confirm FILE... gives later
+runs of the same benchmarks, each from a fresh process: a regression then stands unless one of
+them, not noisy there, measured the change within the limit (it is listed as "not confirmed",
+with every run's figure); `confirm` uses it to judge this tree's runs against the baseline
+code's runs measured beside them. --summary FILE writes the verdict as JSON (passed, correctness_failures,
+regressions, not_confirmed) for such scripts."""
+
+CONFIRM = """\
+After `gate --summary FILE` failed on slow-downs alone: measure each regressed pair again on this
+machine, at the baseline's own commit (checked out as a git worktree in a temporary directory)
+and in this tree, in fresh processes that alternate, with the pytest options given after `--`
+(the ones the baseline was measured with). This tree's runs are gated against the baseline
+commit's runs: a pair fails only when it is slower than its own baseline code measured beside
+it, in every run that could judge it. Exits 0 when no regression stands, 1 when one does, 2 when
+the baseline's code cannot be measured (then the gate's first verdict stands)."""
 
 BASELINE = """\
 Write a compact baseline from a pytest-benchmark JSON file, for `gate --baseline` or
@@ -123,6 +140,27 @@ def _parser() -> argparse.ArgumentParser:
                         "[tool.refbench.gate] baseline)")
     g.add_argument("--config", metavar="PYPROJECT", help="pyproject.toml with "
                    "[tool.refbench.gate] (default: the nearest one)")
+    g.add_argument("--confirm", metavar="FILE", nargs="+", action="extend", default=[],
+                   help="later runs of the same benchmarks, one file per fresh process: a "
+                        "regression stands unless one of them measured it within the limit")
+    g.add_argument("--summary", metavar="FILE", help="also write the verdict as JSON")
+
+    k = sub.add_parser("confirm", help="measure the gate's regressions against the baseline's "
+                       "own commit, here", description=CONFIRM, formatter_class=raw)
+    k.add_argument("--summary", metavar="FILE", required=True, help="the gate's --summary file")
+    k.add_argument("--correctness", metavar="FILE", nargs="+", action="extend", required=True,
+                   help="correctness JSON, gated again as by `gate`")
+    k.add_argument("--baseline", metavar="FILE", help="the baseline the gate used (default: "
+                   "[tool.refbench.gate] baseline)")
+    k.add_argument("--out", metavar="DIR", required=True, help="where the runs' files go")
+    k.add_argument("--runs", type=int, default=3, help="fresh processes per side (default 3)")
+    k.add_argument("--base-tree", metavar="DIR", help="measure this tree as the baseline's "
+                   "code instead of checking out the baseline's commit")
+    k.add_argument("--head-env", metavar="NAME=VALUE", action="append", default=[],
+                   help="environment for this tree's runs only (the selftest plants a "
+                        "slow-down with it)")
+    k.add_argument("--config", metavar="PYPROJECT", help="pyproject.toml with "
+                   "[tool.refbench.gate] (default: the nearest one)")
 
     s = sub.add_parser("baseline", help="write a compact baseline from a benchmark file",
                        description=BASELINE, formatter_class=raw)
@@ -133,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if argv[:1] == ["confirm"] and "--" in argv:  # what follows "--" goes to pytest
+        argv, rest = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = _parser().parse_args(argv)
     from reports import build as jobs
     from reports.config import load_config
@@ -159,8 +201,37 @@ def main(argv: list[str] | None = None) -> int:
             if done.html:
                 print(f"\n{done.html}")
             return EXIT_OK
-        result = jobs.run_gate(args.correctness, args.bench, args.baseline, config)
+        if args.command == "confirm":
+            from reports.confirm import confirm
+
+            env = {}
+            for item in args.head_env:
+                name, eq, value = item.partition("=")
+                if not eq or not name:
+                    raise InputError(f"--head-env: expected NAME=VALUE, got {item!r}")
+                env[name] = value
+            baseline = args.baseline or config.baseline
+            if baseline is None:
+                raise InputError("confirm: no baseline (pass --baseline FILE or set "
+                                 "[tool.refbench.gate] baseline in pyproject.toml)")
+            result, said = confirm(args.summary, args.correctness, baseline, rest, args.out,
+                                   config, args.runs, args.base_tree, env,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+            print("refbench confirm: " + ("no regression stands" if result.ok else
+                                          "the regression stands" if len(result.regressions)
+                                          == 1 else "regressions stand"))
+            print("\n".join(["  " + ln for ln in said] + result.lines[1:]))
+            return EXIT_OK if result.ok else EXIT_FAILED
+        result = jobs.run_gate(args.correctness, args.bench, args.baseline, config,
+                               args.confirm)
         print("\n".join(result.lines))
+        if args.summary:
+            import json
+            from pathlib import Path
+
+            out = Path(args.summary)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result.summary(), indent=1) + "\n")
         return EXIT_OK if result.ok else EXIT_FAILED
     except InputError as exc:
         print(f"python -m reports {args.command}: error: {exc}", file=sys.stderr)

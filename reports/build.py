@@ -136,9 +136,12 @@ def compare(base: str, cand: str, out: str | Path | None = None,
 
 
 def run_gate(correctness: str | list[str], bench: str | list[str] | None, baseline: str | None,
-             config: GateConfig | None = None) -> GateResult:
+             config: GateConfig | None = None,
+             confirm: Sequence[str] = ()) -> GateResult:
     """Gate every check of the correctness files (merged as for a report) and the within-run
-    ratios of one benchmark run (its shards merged) against the baseline."""
+    ratios of one benchmark run (its shards merged) against the baseline; ``confirm``: later
+    runs of the same benchmarks (one file each, each from its own process) that a regression
+    must also show (gate.py)."""
     config = config or load_config()
     corr = load_correctness(correctness)
     if corr is None:
@@ -159,7 +162,19 @@ def run_gate(correctness: str | list[str], bench: str | list[str] | None, baseli
             base = load_file(config.baseline, ("benchmark", "baseline"))
         else:
             note = f"the configured baseline {config.baseline} does not exist"
-    return gate(corr, run, base, config, note)
+    confirmations = []
+    for path in confirm:
+        other = load_file(path, ("benchmark",))
+        if run is not None and (other.env.commit, other.env.dirty) != (run.env.commit,
+                                                                        run.env.dirty):
+            raise InputError(f"{path}: a confirmation run must measure the same code as the "
+                             f"run it confirms (commit {run.env.commit}, dirty "
+                             f"{run.env.dirty}), but it measured commit {other.env.commit}, "
+                             f"dirty {other.env.dirty}")
+        confirmations.append(other)
+    if confirmations and run is None:
+        raise InputError("gate: --confirm needs the --bench run it confirms")
+    return gate(corr, run, base, config, note, confirmations)
 
 
 def write_baseline(bench: str, out: str | Path, more: Sequence[str] = ()) -> Path:

@@ -14,6 +14,7 @@ pairs noisy, and a noisy pair is never gated (it cannot fail, so it cannot show 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,38 @@ def test_planted_slowdown_fails_naming_it(baseline, tmp_path):
     lines = [ln for ln in gate.stdout.splitlines() if "REGRESSION" in ln]
     assert lines and all(PLANTED in ln for ln in lines), gate.stdout
     assert not any(a in ln for a in ALGOS if a != PLANTED for ln in lines), gate.stdout
+
+
+def _confirm(tmp: Path, head_env: list[str]) -> subprocess.CompletedProcess:
+    """`python -m reports confirm` on the planted algorithm's pair, with this tree standing in
+    for the baseline's commit (--base-tree): the same code on both sides unless ``head_env``
+    plants a slow-down in this tree's runs."""
+    summary = tmp / "gate.json"
+    summary.write_text(json.dumps({"regressed_pairs": [
+        {"algorithm": PLANTED, "size": "small", "dtype": "float32", "pass": "forward"}]}))
+    return subprocess.run(
+        [sys.executable, "-m", "reports", "confirm", "--summary", str(summary),
+         "--correctness", str(PASSING), "--baseline", str(PASSING), "--out", str(tmp / "runs"),
+         "--runs", "2", "--base-tree", str(ROOT), *(a for e in head_env for a in ("--head-env", e)),
+         "--", "--bench-sizes=small", "--benchmark-max-time=0.1", "--benchmark-min-time=0.0005",
+         "--benchmark-min-rounds=10", "--benchmark-disable-gc"],
+        cwd=ROOT, capture_output=True, text=True, env=_own_session_env())
+
+
+def test_confirm_dismisses_what_the_baseline_code_also_measures(tmp_path):
+    """The same code measured beside itself: whatever the first gate saw, nothing stands."""
+    run = _confirm(tmp_path, [])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("refbench confirm: no regression stands"), run.stdout
+    assert f"{PLANTED} small float32 forward: numba/torch-cpu" in run.stdout, run.stdout
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 5  # 2 + 2 runs and the baseline
+
+
+def test_confirm_keeps_a_real_slowdown(tmp_path):
+    """A slow-down of this tree's code (planted 1.5x) is slower than the baseline's code
+    measured beside it, in every run: it stands and is named."""
+    run = _confirm(tmp_path, [f"REFBENCH_PLANT={PLANTED}=1.5"])
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = [ln for ln in run.stdout.splitlines() if "REGRESSION" in ln]
+    assert len(lines) == 1 and f"REGRESSION {PLANTED} small float32 forward" in lines[0], (
+        run.stdout)

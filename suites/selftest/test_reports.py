@@ -1197,3 +1197,85 @@ def test_gate_allows_the_baseline_replicates_drift(tmp_path, drift, verdict):
         assert not [c for c in result.regressions if c.pass_ == "forward"], result.lines
         assert any("not gated: noisy" in ln and "moves 1.5x between its 2 runs" in ln
                    for ln in lines), result.lines
+
+
+def _as_commit_of(doc: dict, other: dict) -> dict:
+    """``doc`` as if measured at ``other``'s commit (a later run of the same code)."""
+    doc["commit_info"] = dict(other["commit_info"])
+    doc["machine_info"]["refbench"]["commit"] = other["machine_info"]["refbench"]["commit"]
+    doc["machine_info"]["refbench"]["dirty"] = other["machine_info"]["refbench"]["dirty"]
+    return doc
+
+
+def _noisy(doc: dict) -> dict:
+    """``doc`` with softmax's pairs judged noisy in that run."""
+    for b in doc["benchmarks"]:
+        if b["name"].startswith("test_bench[softmax-numba-large-float32"):
+            for r in b.get("extra_info", {}).get("ratios", {}).values():
+                r["reasons"] = ["3 of 30 rounds stalled (planted in the test)"]
+            b["extra_info"]["stable"] = False
+            b["extra_info"].setdefault("noise", {})["reasons"] = ["planted noise"]
+    return doc
+
+
+@pytest.mark.parametrize("confirming, stands", [
+    (["slower"], True),            # every re-run measures the slow-down: it stands
+    (["slower", "same"], False),   # one re-run measures it within the limit: drift, dismissed
+    (["same"], False),
+    (["noisy"], True),             # a noisy re-run judges nothing: the first verdict stands
+    (["noisy", "same"], False),
+])
+def test_gate_confirmation_runs(tmp_path, confirming, stands):
+    """A regression of the first run stands unless a later run of the same code, in another
+    process, judged the pair and measured its change within the limit."""
+    slower = _paired_doc("slower_bench.json")
+    docs = {"slower": lambda: _paired_doc("slower_bench.json"),
+            "same": lambda: _as_commit_of(_paired_doc("cpu_bench.json"), slower),
+            "noisy": lambda: _noisy(_paired_doc("slower_bench.json"))}
+    (tmp_path / "base.json").write_text(json.dumps(_paired_doc("cpu_bench.json")))
+    (tmp_path / "cand.json").write_text(json.dumps(slower))
+    confirm = []
+    for i, kind in enumerate(confirming):
+        confirm.append(str(tmp_path / f"re{i}.json"))
+        Path(confirm[-1]).write_text(json.dumps(docs[kind]()))
+    config = load_config(DATA / "no_baseline.toml")
+    first = run_gate(f("cpu_correctness.json"), str(tmp_path / "cand.json"),
+                     str(tmp_path / "base.json"), config)
+    assert {c.label for c in first.regressions} == {"softmax large float32 forward",
+                                                     "softmax large float32 forward+backward"}
+    result = run_gate(f("cpu_correctness.json"), str(tmp_path / "cand.json"),
+                      str(tmp_path / "base.json"), config, confirm)
+    fwd = [ln for ln in result.lines if "softmax large float32 forward:" in ln]
+    assert len(fwd) == 1, result.lines
+    assert result.ok is not stands
+    if stands:
+        assert fwd[0].startswith("  - REGRESSION"), fwd
+        assert ("noisy, not judged" in fwd[0]) == (confirming == ["noisy"]), fwd
+    else:
+        assert fwd[0].startswith("  - not confirmed"), fwd
+        assert "re-run" in fwd[0] and "drift between processes" in fwd[0], fwd
+        assert "softmax large float32 forward" in result.summary()["not_confirmed"]
+    summary = result.summary()
+    assert summary["passed"] is result.ok
+    assert [p["algorithm"] for p in summary["regressed_pairs"]] == ["softmax"] * (2 * stands)
+
+
+def test_gate_summary_and_confirmation_of_other_code(tmp_path):
+    """--summary writes the verdict as JSON; a --confirm file of another commit is refused
+    (a confirmation must measure the same code), naming the file."""
+    summary = tmp_path / "gate.json"
+    (tmp_path / "base.json").write_text(json.dumps(_paired_doc("cpu_bench.json")))
+    (tmp_path / "cand.json").write_text(json.dumps(_paired_doc("slower_bench.json")))
+    run = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+              str(tmp_path / "cand.json"), "--baseline", str(tmp_path / "base.json"),
+              "--summary", str(summary))
+    assert run.returncode == 1, run.stdout + run.stderr
+    got = json.loads(summary.read_text())
+    assert got["passed"] is False and got["correctness_failures"] == 0
+    assert {"algorithm": "softmax", "size": "large", "dtype": "float32",
+            "pass": "forward"} in got["regressed_pairs"]
+    other = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+                str(tmp_path / "cand.json"), "--baseline", str(tmp_path / "base.json"),
+                "--confirm", str(tmp_path / "base.json"))
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "base.json" in other.stderr and "same code" in other.stderr
