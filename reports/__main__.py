@@ -68,8 +68,8 @@ A within-run ratio also moves between processes of one commit (at the small CI s
 runs of the same benchmarks, each from a fresh process: a regression then stands unless one of
 them, not noisy there, measured the change within the limit (it is listed as "not confirmed",
 with every run's figure); `confirm` uses it to judge this tree's runs against the baseline
-code's runs measured beside them. --summary FILE writes the verdict as JSON (passed, correctness_failures,
-regressions, not_confirmed) for such scripts."""
+code's runs measured beside them. --summary FILE writes the verdict as JSON (passed,
+correctness_failures, regressions, regressed_pairs, not_confirmed) for such scripts."""
 
 CONFIRM = """\
 After `gate --summary FILE` failed on slow-downs alone: measure each regressed pair again on this

@@ -138,17 +138,19 @@ def confirm(summary: str | Path, correctness: Sequence[str], baseline: str | Pat
                  f"alternating; this tree's first run judged against the baseline code's runs "
                  f"(their spread allowed as drift), its other runs confirming")
     loaded = {f: load_file(f, ("benchmark",)) for f in bases + heads}
+    def ratios(pair: dict, files: list[str]) -> str:
+        said = []
+        for f in files:
+            num, den = (loaded[f].find((pair["algorithm"], impl, pair["size"], pair["dtype"],
+                                        pair["pass"])) for impl in PAIR)
+            r = num.ratio_to(den) if num is not None and den is not None else None
+            said.append("-" if r is None else f"{r.value:.3g}")
+        return ", ".join(said)
+
     for p in pairs:
-        def ratios(files: list[str]) -> str:
-            said = []
-            for f in files:
-                num, den = (loaded[f].find((p["algorithm"], impl, p["size"], p["dtype"],
-                                            p["pass"])) for impl in PAIR)
-                r = num.ratio_to(den) if num is not None and den is not None else None
-                said.append("-" if r is None else f"{r.value:.3g}")
-            return ", ".join(said)
         lines.append(f"{p['algorithm']} {p['size']} {p['dtype']} {p['pass']}: numba/torch-cpu "
-                     f"{ratios(bases)} with the baseline's code; {ratios(heads)} with this tree")
+                     f"{ratios(p, bases)} with the baseline's code; {ratios(p, heads)} with "
+                     f"this tree")
     own = write_baseline(bases[0], out / "base.json", bases[1:])
     result = run_gate(list(correctness), heads[0], str(own), config, heads[1:])
     return result, lines
