@@ -122,3 +122,28 @@ def test_confirm_keeps_a_real_slowdown(tmp_path):
     lines = [ln for ln in run.stdout.splitlines() if "REGRESSION" in ln]
     assert len(lines) == 1 and f"REGRESSION {PLANTED} small float32 forward" in lines[0], (
         run.stdout)
+
+
+def test_confirm_without_the_baseline_code_reruns_this_tree(baseline, tmp_path):
+    """A baseline whose commit this clone lacks (a shallow checkout): the flagged pair is
+    judged against the checked-in baseline in fresh runs of this tree instead, and says so."""
+    doc = json.loads(baseline.read_text())
+    doc["environment"].update(commit="f" * 40, dirty=False)
+    lost = tmp_path / "lost.json"
+    lost.write_text(json.dumps(doc))
+    summary = tmp_path / "gate.json"
+    summary.write_text(json.dumps({"regressed_pairs": [
+        {"algorithm": PLANTED, "size": "small", "dtype": "float32", "pass": "forward"}]}))
+    run = subprocess.run(
+        [sys.executable, "-m", "reports", "confirm", "--summary", str(summary),
+         "--correctness", str(PASSING), "--baseline", str(lost), "--out", str(tmp_path / "runs"),
+         "--runs", "2", "--", "-k", f"{PLANTED} and small and float32 and not backward and not "
+         "leaky", "--bench-sizes=small", "--benchmark-max-time=0.1",
+         "--benchmark-min-time=0.0005", "--benchmark-min-rounds=10", "--benchmark-disable-gc"],
+        cwd=ROOT, capture_output=True, text=True, env=_own_session_env())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "baseline code: not measured (cannot check out the baseline's commit ffff" in (
+        run.stdout), run.stdout
+    # judged on the flagged pair only (gated, or listed as noisy), not on the other algorithm
+    assert f"{PLANTED} small float32 forward" in run.stdout, run.stdout
+    assert not [a for a in ALGOS if a != PLANTED and a in run.stdout], run.stdout
