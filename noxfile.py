@@ -142,7 +142,9 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def ci(session: nox.Session) -> None:
-    """What CI gates on: quick benchmarks, the report and the gate (after `nox -s tests`)."""
+    """What CI gates on: quick benchmarks, the report and the gate (after `nox -s tests`). A
+    slow-down the gate flags is measured again beside the baseline's own code before it fails
+    (reports/confirm.py). Arguments after ``--`` go to the gate."""
     _install(session, "test")
     # `nox -s tests` has just written the correctness results in CI (.ci/run runs it first);
     # run the checks here only when there are none.
