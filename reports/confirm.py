@@ -44,6 +44,21 @@ def node_ids(pairs: Sequence[dict]) -> list[str]:
             f"{p['pass'].replace('+', '_')}]" for p in pairs for impl in PAIR]
 
 
+def _label(pair: dict) -> str:
+    return f"{pair['algorithm']} {pair['size']} {pair['dtype']} {pair['pass']}"
+
+
+def _ratios(loaded: dict, pair: dict, files: list[str]) -> str:
+    """The pair's within-run ratio in each file, "-" where it was not measured."""
+    said = []
+    for f in files:
+        num, den = (loaded[f].find((pair["algorithm"], impl, pair["size"], pair["dtype"],
+                                    pair["pass"])) for impl in PAIR)
+        r = num.ratio_to(den) if num is not None and den is not None else None
+        said.append("-" if r is None else f"{r.value:.3g}")
+    return ", ".join(said)
+
+
 def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
 
@@ -144,19 +159,9 @@ def confirm(summary: str | Path, correctness: Sequence[str], baseline: str | Pat
                  f"alternating; this tree's first run judged against the baseline code's runs "
                  f"(their spread allowed as drift), its other runs confirming")
     loaded = {f: load_file(f, ("benchmark",)) for f in bases + heads}
-    def ratios(pair: dict, files: list[str]) -> str:
-        said = []
-        for f in files:
-            num, den = (loaded[f].find((pair["algorithm"], impl, pair["size"], pair["dtype"],
-                                        pair["pass"])) for impl in PAIR)
-            r = num.ratio_to(den) if num is not None and den is not None else None
-            said.append("-" if r is None else f"{r.value:.3g}")
-        return ", ".join(said)
-
     for p in pairs:
-        lines.append(f"{p['algorithm']} {p['size']} {p['dtype']} {p['pass']}: numba/torch-cpu "
-                     f"{ratios(p, bases)} with the baseline's code; {ratios(p, heads)} with "
-                     f"this tree")
+        lines.append(f"{_label(p)}: numba/torch-cpu {_ratios(loaded, p, bases)} with the "
+                     f"baseline's code; {_ratios(loaded, p, heads)} with this tree")
     own = write_baseline(bases[0], out / "base.json", bases[1:])
     result = run_gate(list(correctness), heads[0], str(own), config, heads[1:])
     return result, lines
@@ -186,5 +191,8 @@ def _here_only(pairs, correctness, baseline, pytest_args, out: Path, config: Gat
              f"measured instead: this tree's benchmarks in {runs} more fresh processes, the "
              f"flagged pair(s) judged against the checked-in baseline {baseline} in each; this "
              f"tells drift between processes from a slow-down, not a change of the machine"]
+    loaded = {f: load_file(f, ("benchmark",)) for f in heads}
+    lines += [f"{_label(p)}: numba/torch-cpu {_ratios(loaded, p, heads)} in this tree's runs"
+              for p in pairs]
     result = run_gate(list(correctness), heads[0], str(baseline), config, heads[1:])
     return result, lines

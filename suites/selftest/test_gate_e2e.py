@@ -145,5 +145,5 @@ def test_confirm_without_the_baseline_code_reruns_this_tree(baseline, tmp_path):
     assert "baseline code: not measured (cannot check out the baseline's commit ffff" in (
         run.stdout), run.stdout
     # judged on the flagged pair only (gated, or listed as noisy), not on the other algorithm
-    assert f"{PLANTED} small float32 forward" in run.stdout, run.stdout
+    assert f"{PLANTED} small float32 forward: numba/torch-cpu" in run.stdout, run.stdout
     assert not [a for a in ALGOS if a != PLANTED and a in run.stdout], run.stdout
