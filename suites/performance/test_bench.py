@@ -515,6 +515,23 @@ def _compile_first(fn, how: str) -> str | None:
         t0 = time.perf_counter()
         fn()
         second = time.perf_counter() - t0
+        # A twin that builds new objects dynamo guards on (torch.optim's optimizers, a train
+        # step around one) compiles again on every call: no steady state to time. Found here,
+        # it is "not run" with the reason rather than a failure in the timed rounds.
+        torch.compiler.set_stance("fail_on_recompile")
+        try:
+            fn()
+        except RuntimeError as exc:
+            if "recompile" not in str(exc):
+                raise
+            msg = str(exc)
+            where = msg[msg.find("filename:"):].splitlines()[0][:200] if "filename:" in msg \
+                else ""
+            return (f"{COMPILED}: the twin compiles again on every call (dynamo's guards fail "
+                    f"on objects it builds per call{': ' + where if where else ''}), so "
+                    f"there is no steady state to time; not timed")
+        finally:
+            torch.compiler.set_stance("default")
     except Exception as exc:  # noqa: BLE001 - the reason is what the report shows
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         return f"{COMPILED}: inductor could not compile the twin: {type(exc).__name__}: {msg}"

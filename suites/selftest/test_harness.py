@@ -210,3 +210,28 @@ def test_the_case_is_described_only_when_a_comparison_fails():
     with pytest.raises(Mismatch, match=r"case: x: float64\[2\] \[1, 2\]"):
         compare(np.ones(2), np.zeros(2), 1e-7, 0.0, label="bad", case=describe)
     assert calls == [1]
+
+
+def test_compile_first_reports_a_twin_that_recompiles_every_call():
+    """A compiled twin that dynamo compiles again on each call (torch.optim builds new objects
+    per call) is not run, with that reason, instead of failing in the timed rounds."""
+    import torch
+
+    from suites.performance import test_bench as tb
+
+    calls = []
+
+    def recompiling():
+        calls.append(torch._dynamo.eval_frame._stance.stance)
+        if torch._dynamo.eval_frame._stance.stance == "fail_on_recompile":
+            raise RuntimeError("Detected recompile when torch.compile stance is "
+                               "'fail_on_recompile'. filename: 'x.py', function name: 'step', "
+                               "line number: 1")
+
+    reason = tb._compile_first(recompiling, "one graph")
+    assert reason is not None and "compiles again on every call" in reason, reason
+    assert "function name: 'step'" in reason
+    assert calls == ["default", "default", "fail_on_recompile"]
+    assert torch._dynamo.eval_frame._stance.stance == "default"  # put back
+    assert tb._compile_first(lambda: None, "one graph") is None  # a steady twin is timed
+    tb._COMPILE_TIMES.pop()
