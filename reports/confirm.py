@@ -3,9 +3,9 @@
 The checked-in baseline was measured on another day, maybe on another host of the same kind,
 and at the small CI sizes (calls of ~10-100 us, where both numba and torch are bound by call
 overhead) a within-run ratio moves with the machine's state. Measured: logistic_objective
-small float64 forward+backward read 0.205-0.211 in the baseline's four runs and 0.25-0.29 a
+small float64 forward+backward read 0.192-0.219 in the baseline's four runs and 0.25-0.29 a
 day later on the same kind of machine, both at the baseline's own commit and at a commit that
-changed only docstrings; cross_entropy small float32 forward read 0.85 then 0.97-1.07. No run
+changed only docstrings; cross_entropy small float32 forward read 0.76-0.85 then 0.96-1.07. No run
 of this tree alone can tell that from a slow-down.
 
 So each pair the gate flagged is measured again on this machine, against the code the baseline
