@@ -37,8 +37,8 @@ import math
 from reference import _vmath as vm
 from reference._jit import kernel
 
-__all__ = ["relu", "leaky_relu", "leaky_relu_grad", "gelu_erf", "gelu_erf_grad", "gelu_tanh",
-           "gelu_tanh_grad", "dropout"]
+__all__ = ["relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "gelu_erf", "gelu_erf_grad",
+           "gelu_tanh", "gelu_tanh_grad", "dropout"]
 
 # Ordinary cached functions: LLVM inlines them into the calling loop (inlining at Numba's IR
 # level instead recompiles the body at every call site; see reference/_vmath.py).
@@ -55,6 +55,13 @@ def relu(x, zero):
     included (``0 * x`` would make it NaN), +0.0 for -0.0; NaN fails ``x <= 0`` and propagates.
     In ``x``'s own precision, so a float32 loop vectorises 8 lanes wide."""
     return zero if x <= zero else x
+
+
+@_scalar
+def relu_grad(x):
+    """d relu / dx as torch's backward: 0 where ``x <= 0`` (relu'(0) = 0), else 1, NaN
+    included (torch passes dy where the output is not ``<= 0``, and relu(NaN) is NaN)."""
+    return 0.0 if x <= 0 else 1.0
 
 
 @_scalar

@@ -21,9 +21,8 @@ input, or the output that is also returned to the caller), so editing either in 
 backward does not change the gradient (torch refuses such a backward through its version
 counter; here it is simply unaffected). The copy is one more read and write of the array
 (sigmoid and tanh write it in the forward's own loop: one more store); backward is
-unchanged. Measured within one run (interleaved, 1M float32 elements, on a loaded 2-core
-machine, so within noise of +-20%): relu, sigmoid, GELU and softmax forwards with the copy
-took 0.8-1.0x the time without it, i.e. the copy was not measurable there.
+unchanged. relu and leaky_relu keep no copy: their backward needs only [x > 0], which the
+forward's loop stores as one byte an element. MEASURED_RELU
 """
 
 from __future__ import annotations
@@ -53,6 +52,8 @@ class Saved(NamedTuple):
     y: np.ndarray | None
     param: float = 0.0
     mode: str = ""
+    mask: np.ndarray | None = None  # relu, leaky_relu: the identity branch, one byte an element
+    dtype: np.dtype | None = None   # relu, leaky_relu: the output's (the mask has its shape)
 
 
 SigmoidCtx = v.ctx_type(Saved, "SigmoidCtx", "sigmoid")
@@ -196,20 +197,26 @@ def tanh_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 # relu and leaky relu
 
 
+# relu and leaky_relu keep which branch each element took, written in the forward's own loop: one
+# byte an element stored, where a private copy of x (the mutation rule above) was a second read
+# and write of the whole array. At NaN the branch is torch's: relu passes dy (its backward tests
+# the output, ``y <= 0``, which NaN fails), leaky_relu takes ``slope * dy`` (it tests ``x > 0``).
 @kernel(parallel=True)
-def _relu_fwd(x, y):
+def _relu_fwd(x, y, mask):
     zero = x.dtype.type(0)  # a constant of x's type: the loop stays in x's precision
     n = x.size
     if n < PARALLEL_MIN:
         for i in range(n):
             y[i] = P.relu(x[i], zero)
+            mask[i] = P.relu_grad(x[i]) != 0.0
     else:
         for i in prange(n):
             y[i] = P.relu(x[i], zero)
+            mask[i] = P.relu_grad(x[i]) != 0.0
 
 
 @kernel(parallel=True)
-def _leaky_fwd(x, y, slope):
+def _leaky_fwd(x, y, mask, slope):
     # P.leaky_relu: NaN fails ``x > 0`` and falls through to ``slope * x``: NaN propagates.
     # ``+ 0.0`` makes a zero result +0.0 (the reference's convention; torch's sign of a zero
     # result depends on its code path, see suites/correctness/test_activation_edges.py).
@@ -217,20 +224,38 @@ def _leaky_fwd(x, y, slope):
     if n < PARALLEL_MIN:
         for i in range(n):
             y[i] = P.leaky_relu(x[i], slope)
+            mask[i] = x[i] > 0
     else:
         for i in prange(n):
             y[i] = P.leaky_relu(x[i], slope)
+            mask[i] = x[i] > 0
 
 
 @kernel(parallel=True)
-def _leaky_bwd(x, g, dx, slope):
-    n = x.size
+def _leaky_bwd(mask, g, dx, slope):
+    # g * 1 or g * slope, as ``g * leaky_relu'(x)``: a NaN or inf of g propagates (times 0: NaN)
+    n = mask.size
     if n < PARALLEL_MIN:
         for i in range(n):
-            dx[i] = g[i] * P.leaky_relu_grad(x[i], slope)
+            dx[i] = g[i] * (1.0 if mask[i] else slope)
     else:
         for i in prange(n):
-            dx[i] = g[i] * P.leaky_relu_grad(x[i], slope)
+            dx[i] = g[i] * (1.0 if mask[i] else slope)
+
+
+def _masked(x, kern, *args) -> tuple[np.ndarray, np.ndarray]:
+    y, mask = np.empty_like(x), np.empty(x.shape, np.bool_)
+    kern(_flat(x), _flat(y), _flat(mask), *args)
+    return y, mask
+
+
+def _mask_grad(ctx: Saved, grad_out: np.ndarray) -> np.ndarray:
+    # (dtype.name would cost 2.8 us a call here, more than the 16K-element loop)
+    grad_out = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
+    v.same_shape(ctx.mask, "the forward output", grad_out, "grad_out")
+    dx = np.empty_like(grad_out)
+    _leaky_bwd(_flat(ctx.mask), _flat(grad_out), _flat(dx), ctx.param)
+    return dx
 
 
 def relu(x: np.ndarray) -> tuple[np.ndarray, Saved]:
@@ -238,17 +263,18 @@ def relu(x: np.ndarray) -> tuple[np.ndarray, Saved]:
 
     .. math:: y = \max(x, 0), \qquad dx = dy \cdot [x > 0]
 
-    At the kink ``relu'(0) = 0`` (PyTorch's convention). NaN propagates.
+    At the kink ``relu'(0) = 0`` (PyTorch's convention). NaN propagates; at a NaN input the
+    gradient is ``dy``, as torch's (its backward passes dy where the output is not ``<= 0``).
     """
-    xc = v.float_array(x, "x")
-    y = _unary(xc, _relu_fwd)
-    return y, ReluCtx(v.keep(xc, x), None, 0.0)
+    x = v.float_array(x, "x")
+    y, mask = _masked(x, _relu_fwd)
+    return y, ReluCtx(None, None, 0.0, "", mask, x.dtype)
 
 
 def relu_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
     """``dx = dy * [x > 0]``."""
     v.ctx_of(ctx, ReluCtx, "relu")
-    return (_binary(ctx.x, grad_out, _leaky_bwd, 0.0),)
+    return (_mask_grad(ctx, grad_out),)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray, Saved]:
@@ -259,16 +285,16 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray,
 
     At the kink the derivative is ``a`` (PyTorch's convention: ``x > 0`` selects the identity).
     """
-    xc = v.float_array(x, "x")
+    x = v.float_array(x, "x")
     a = v.real(negative_slope, "negative_slope")
-    y = _unary(xc, _leaky_fwd, a)
-    return y, LeakyReluCtx(v.keep(xc, x), None, a)
+    y, mask = _masked(x, _leaky_fwd, a)
+    return y, LeakyReluCtx(None, None, a, "", mask, x.dtype)
 
 
 def leaky_relu_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
     """``dx = dy`` where ``x > 0``, else ``a dy``."""
     v.ctx_of(ctx, LeakyReluCtx, "leaky_relu")
-    return (_binary(ctx.x, grad_out, _leaky_bwd, ctx.param),)
+    return (_mask_grad(ctx, grad_out),)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def _act_drop_bwd(g, pre, gelu, keep, has_keep, keep_scale, dz):
                 dz[r, j] = P.dropout(d, keep[r, j], keep_scale)
                 d = dz[r, j]
             dz[r, j] = d * (P.gelu_erf_grad(np.float64(pre[r, j]), dt) if gelu
-                            else P.leaky_relu_grad(pre[r, j], 0.0))
+                            else P.relu_grad(pre[r, j]))
 
 
 @kernel()
