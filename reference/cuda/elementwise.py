@@ -80,7 +80,9 @@ def _gelu_tanh_grad1(x):
 
 # ---------------------------------------------------------------------------------------------
 # kernels: one grid-stride loop each. op: 0 sigmoid, 1 tanh, 2 leaky relu (slope a), 3 GELU
-# exact, 4 GELU tanh. Backward reads the saved array s (y for 0 and 1, x otherwise) and g.
+# exact, 4 GELU tanh, 5 relu. Backward reads the saved array s (y for 0 and 1, x otherwise) and
+# g. relu is not leaky relu with slope 0: 0 * -inf is NaN where relu(-inf) = 0, and its
+# gradient at NaN is dy, as torch's (its backward passes dy where the output is not <= 0).
 
 
 @cuda.jit(cache=True)
@@ -96,8 +98,10 @@ def _forward(x, y, op, a):
             y[i] = xi if xi > 0.0 else xi * a + 0.0
         elif op == 3:
             y[i] = _gelu_erf1(xi)
-        else:
+        elif op == 4:
             y[i] = _gelu_tanh1(xi)
+        else:
+            y[i] = 0.0 if xi <= 0.0 else xi  # NaN fails xi <= 0 and propagates
 
 
 @cuda.jit(cache=True)
@@ -113,8 +117,10 @@ def _backward(s, g, dx, op, a):
             dx[i] = gi if si > 0.0 else gi * a
         elif op == 3:
             dx[i] = gi * _gelu_erf_grad1(si)
-        else:
+        elif op == 4:
             dx[i] = gi * _gelu_tanh_grad1(si)
+        else:
+            dx[i] = gi * (0.0 if si <= 0.0 else 1.0)
 
 
 def _unary(x, op: int, a: float = 0.0):
@@ -161,12 +167,12 @@ def tanh_backward(ctx: Saved, grad_out):
 def relu(x):
     r""":math:`y = \max(x, 0)`; NaN propagates."""
     x = L.float_array(x, "x")
-    return _unary(x, 2, 0.0), Saved(x, None, 0.0)
+    return _unary(x, 5), Saved(x, None, 0.0)
 
 
 def relu_backward(ctx: Saved, grad_out):
-    r""":math:`dx = dy \cdot [x > 0]` (``relu'(0) = 0``, PyTorch's convention)."""
-    return _binary(ctx.x, grad_out, 2, 0.0)
+    r""":math:`dx = dy \cdot [x > 0]` (``relu'(0) = 0``, PyTorch's convention); ``dy`` at NaN."""
+    return _binary(ctx.x, grad_out, 5)
 
 
 def leaky_relu(x, negative_slope: float = 0.01):

@@ -284,6 +284,28 @@ def test_matches_torch_cuda(name, dtype, record):
     run()
 
 
+@pytest.mark.parametrize("slope", [None, 0.0, 0.01])  # None: relu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_relu_edges_as_the_cpu_reference(dtype, slope):
+    """relu and leaky_relu, forward and gradient, on -inf, inf, NaN, signed zeros and
+    subnormals: as the CPU reference (which suites/correctness/test_activation_edges.py holds
+    to torch): relu(-inf) = 0, relu's gradient at NaN is dy, leaky_relu's slope * dy."""
+    from reference import activations as A
+
+    x = np.array([-np.inf, np.inf, np.nan, -0.0, 0.0, -1e-40, 1e-40, -3.5, 2.25], dtype)
+    dy = np.linspace(-1.5, 2.0, x.size).astype(dtype)
+    if slope is None:
+        (y, ctx), (want, wctx) = E.relu(_d(x)), A.relu(x)
+        (dx,), (want_dx,) = E.relu_backward(ctx, _d(dy)), A.relu_backward(wctx, dy)
+    else:
+        (y, ctx), (want, wctx) = E.leaky_relu(_d(x), slope), A.leaky_relu(x, slope)
+        (dx,), (want_dx,) = (E.leaky_relu_backward(ctx, _d(dy)),
+                             A.leaky_relu_backward(wctx, dy))
+    # both compute in float64 and round once to dtype: the same bits, NaN where NaN
+    np.testing.assert_array_equal(y.copy_to_host(), want)
+    np.testing.assert_array_equal(dx.copy_to_host(), want_dx)
+
+
 def test_torch_tensors_are_shared_without_copies():
     """On a GPU: a torch CUDA tensor is read in place and a result is a numba device array."""
     if SIMULATED:
