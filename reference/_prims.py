@@ -24,9 +24,11 @@ stores. ``dt`` (the output's dtype) picks the precision of the transcendental pa
     \operatorname{drop}(x; m, s) &= x \cdot (s \text{ if } m \text{ else } 0), \quad
     s = 1 / (1 - p) \ (0 \text{ when } p = 1)
 
-Conventions (PyTorch's): relu'(0) = 0 (``x > 0`` selects the identity, so NaN takes the other
-branch and propagates); ``+ 0`` turns relu's ``-0.0`` into ``+0.0``; dropout multiplies by the
-mask, so a dropped NaN or inf stays NaN (``0 * x``), forward and backward alike, as
+Conventions (PyTorch's): relu'(0) = 0 and leaky'(0) = a (only ``x > 0`` takes the identity).
+leaky_relu's ``x > 0`` test sends NaN to the other branch, where it propagates, and its gradient
+there is ``a dy``; relu's gradient is 0 only where ``x <= 0``, so it is ``dy`` at NaN (torch's
+backward tests the output ``<= 0``, which NaN fails); ``+ 0`` turns leaky's ``-0.0`` into
+``+0.0``; dropout multiplies by the mask, so a dropped NaN or inf stays NaN (``0 * x``), forward and backward alike, as
 ``F.dropout``. The dropout backward is the same element op on the upstream gradient.
 """
 
@@ -37,8 +39,8 @@ import math
 from reference import _vmath as vm
 from reference._jit import kernel
 
-__all__ = ["relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "gelu_erf", "gelu_erf_grad",
-           "gelu_tanh", "gelu_tanh_grad", "dropout"]
+__all__ = ["relu", "relu_grad", "leaky_relu", "gelu_erf", "gelu_erf_grad", "gelu_tanh",
+           "gelu_tanh_grad", "dropout"]
 
 # Ordinary cached functions: LLVM inlines them into the calling loop (inlining at Numba's IR
 # level instead recompiles the body at every call site; see reference/_vmath.py).
@@ -69,12 +71,6 @@ def leaky_relu(x, slope):
     """``x`` if ``x > 0`` else ``slope * x + 0.0`` (NaN propagates). Not relu with
     ``slope = 0``: ``0 * -inf`` is NaN where relu(-inf) is 0 (``relu`` above)."""
     return x if x > 0 else x * slope + 0.0
-
-
-@_scalar
-def leaky_relu_grad(x, slope):
-    """d leaky_relu / dx: 1 if ``x > 0`` else ``slope`` (relu'(0) = 0)."""
-    return 1.0 if x > 0 else slope
 
 
 @_scalar

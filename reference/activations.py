@@ -21,8 +21,11 @@ input, or the output that is also returned to the caller), so editing either in 
 backward does not change the gradient (torch refuses such a backward through its version
 counter; here it is simply unaffected). The copy is one more read and write of the array
 (sigmoid and tanh write it in the forward's own loop: one more store); backward is
-unchanged. relu and leaky_relu keep no copy: their backward needs only [x > 0], which the
-forward's loop stores as one byte an element. MEASURED_RELU
+unchanged. relu and leaky_relu keep no copy: their backward needs only which branch each
+element took, which the forward's loop stores as one byte an element. Measured (paired against
+torch-cpu, float32, the copying code and this one run one after the other): relu forward at 64K
+elements went from 1.96x torch's time to 0.96x, at 1M from 2.66x to 1.05x; leaky_relu at 64K
+from 1.80x to 1.25x; unchanged at 64 and 16K elements.
 """
 
 from __future__ import annotations
@@ -250,7 +253,7 @@ def _masked(x, kern, *args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mask_grad(ctx: Saved, grad_out: np.ndarray) -> np.ndarray:
-    # (dtype.name would cost 2.8 us a call here, more than the 16K-element loop)
+    # ctx.dtype is the dtype object: a dtype's name costs ~3 us a call in numpy, more than the loop
     grad_out = v.float_array(grad_out, "grad_out", dtype=ctx.dtype)
     v.same_shape(ctx.mask, "the forward output", grad_out, "grad_out")
     dx = np.empty_like(grad_out)
