@@ -28,8 +28,9 @@ Conventions (PyTorch's): relu'(0) = 0 and leaky'(0) = a (only ``x > 0`` takes th
 leaky_relu's ``x > 0`` test sends NaN to the other branch, where it propagates, and its gradient
 there is ``a dy``; relu's gradient is 0 only where ``x <= 0``, so it is ``dy`` at NaN (torch's
 backward tests the output ``<= 0``, which NaN fails); ``+ 0`` turns leaky's ``-0.0`` into
-``+0.0``; dropout multiplies by the mask, so a dropped NaN or inf stays NaN (``0 * x``), forward and backward alike, as
-``F.dropout``. The dropout backward is the same element op on the upstream gradient.
+``+0.0``; dropout multiplies by the mask, so a dropped NaN or inf stays NaN (``0 * x``), forward
+and backward alike, as ``F.dropout``. The dropout backward is the same element op on the
+upstream gradient.
 """
 
 from __future__ import annotations
