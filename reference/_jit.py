@@ -1,6 +1,11 @@
 """Numba options for every kernel, in one place.
 
 - ``cache=True``: a cold compile costs 0.1-1 s per kernel and signature; a cached load ~3 ms.
+  Numba keys a cached kernel on its own source file only, yet a kernel inlines what it calls
+  from other modules (``_vmath``, ``_prims``, ``_blas``): after an edit there, the cache would
+  keep serving the old code. So each module's kernels are cached in a directory named by a
+  digest of the sources of every ``reference`` module it reaches through its globals
+  (``_cache_dir``); an edit anywhere in that closure starts a fresh directory.
 - ``error_model='numpy'``: division by zero gives inf/nan as numpy does instead of raising,
   which also lets loops containing a division vectorise.
 - No blanket ``fastmath``: it assumes no NaN/inf and would change results at the edges a
@@ -10,6 +15,13 @@
 """
 
 from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+import types
+from pathlib import Path
 
 import numba
 
@@ -23,14 +35,93 @@ PARALLEL_MIN = 1 << 16
 
 def kernel(*, parallel: bool = False, reduce: bool = False):
     """Decorator for a private kernel: ``@kernel()`` or ``@kernel(parallel=True, reduce=True)``."""
-    return numba.njit(
+    return _cached(numba.njit(
         cache=True,
         error_model="numpy",
         parallel=parallel,
         fastmath=set(REDUCE) if reduce else False,  # numba accepts a set, not a frozenset
-    )
+    ))
 
 
 def inline():
     """Decorator for a scalar helper inlined into kernels (no call, vectorises with the loop)."""
-    return numba.njit(inline="always", error_model="numpy", cache=True)
+    return _cached(numba.njit(inline="always", error_model="numpy", cache=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache directory of a module's kernels
+
+_PACKAGE = "reference"
+_ROOT = Path(__file__).resolve().parent
+_STALE_S = 86400.0  # another digest's directory untouched this long is removed
+_digests: dict[str, str] = {}
+
+
+def _reached(module: types.ModuleType) -> set[str]:
+    """The ``reference`` modules ``module`` reaches through its globals (itself included),
+    transitively: the modules it imported and the defining modules of the functions, kernels
+    and classes it imported by name."""
+    seen: set[str] = set()
+    todo = [module.__name__]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (name == _PACKAGE or name.startswith(_PACKAGE + ".")):
+            continue
+        seen.add(name)
+        mod = sys.modules.get(name)
+        for value in vars(mod).values() if mod is not None else ():
+            if isinstance(value, types.ModuleType):
+                todo.append(value.__name__)
+            else:
+                owner = getattr(value, "__module__", None)
+                if isinstance(owner, str):
+                    todo.append(owner)
+    return seen
+
+
+def _digest(module: types.ModuleType) -> str:
+    """A digest of the source of every module ``module`` reaches (computed at its first kernel:
+    the imports sit at the top of a module, above its kernels)."""
+    key = module.__name__
+    if key not in _digests:
+        h = hashlib.sha256()
+        for name in sorted(_reached(module)):
+            path = getattr(sys.modules.get(name), "__file__", None)
+            if path:
+                h.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+        _digests[key] = h.hexdigest()[:16]
+    return _digests[key]
+
+
+def _cache_dir(module: types.ModuleType) -> str:
+    """``<base>/<module>-<digest>``, base being ``$NUMBA_CACHE_DIR`` when set, else the
+    package's ``__pycache__/numba``; directories of the module's older digests that no process
+    has touched for a day are removed."""
+    base = Path(numba.config.CACHE_DIR or _ROOT / "__pycache__" / "numba")
+    path = base / f"{module.__name__}-{_digest(module)}"
+    if not path.exists():
+        for old in base.glob(f"{module.__name__}-*") if base.is_dir() else ():
+            try:
+                if time.time() - old.stat().st_mtime > _STALE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+    return str(path)
+
+
+def _cached(jit):
+    """Wrap numba's decorator ``jit`` so that the function's cache lives in its module's
+    ``_cache_dir`` (numba picks the directory when the function is decorated)."""
+
+    def decorate(fn):
+        module = sys.modules.get(fn.__module__)
+        if module is None or not getattr(module, "__file__", None):
+            return jit(fn)
+        saved = numba.config.CACHE_DIR
+        numba.config.CACHE_DIR = _cache_dir(module)
+        try:
+            return jit(fn)
+        finally:
+            numba.config.CACHE_DIR = saved
+
+    return decorate

@@ -655,8 +655,14 @@ ndtr = _generic("ndtr", ndtr_single, ndtr_double)
 # 1.46 over all float32 (torch 2.13's float32 sigmoid: 2.0 for |x| <= 10, 2e6 in the tails).
 
 _TWO64_F = _F(2.0 ** 64)
-_RECIP_A = _F(24.0 / 17.0 * 2.0 ** -64)  # 1/z ~ (24 - 8z) / 17 on [1, 2], relative error 1/17
-_RECIP_B = _F(-8.0 / 17.0 * 2.0 ** -128)
+# 1/z ~ (24 - 8z) / 17 on [1, 2], relative error 1/17, evaluated at z = dh 2^-64 (exact). Every
+# constant is a normal float32: an operand below 2^-126 (as -8/17 2^-128 was, folding the 2^-64
+# into the slope) makes each vector fma a microcode assist on Intel cores: measured 5.9 ns an
+# element instead of 0.4 on a Sapphire Rapids-class Xeon (AMD and older Intel parts do not
+# penalise it, which hid it).
+_TWO_M64_F = _F(2.0 ** -64)
+_RECIP_A = _F(24.0 / 17.0 * 2.0 ** -64)
+_RECIP_B = _F(-8.0 / 17.0 * 2.0 ** -64)
 
 
 @_scalar
@@ -673,7 +679,7 @@ def sigmoid_f32(x):
     n = _TWO64_F if x >= _F(0.0) else e
     y0 = n / dh
     rem = fma(-y0, dl, fma(-y0, dh, n))
-    return fma(rem, fma(dh, _RECIP_B, _RECIP_A), y0)
+    return fma(rem, fma(dh * _TWO_M64_F, _RECIP_B, _RECIP_A), y0)
 
 
 # float32 lanes for float32 results, the float64 routes above for float64 ones

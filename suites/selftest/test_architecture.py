@@ -4,6 +4,8 @@ packages are made unimportable."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +39,38 @@ def test_package_imports_without(package, blocked):
                          timeout=300)
     assert run.returncode == 0, f"{package} needs one of {blocked}:\n{run.stderr[-2000:]}"
     assert int(run.stdout.split()[-1]) >= 1
+
+
+_SIGMOID_AT_0 = """
+import numpy as np
+from reference import activations
+print(float(activations.sigmoid(np.zeros(4, np.float32))[0][0]))
+"""
+
+
+def test_an_edit_to_an_inlined_helper_reaches_the_cached_kernels(tmp_path):
+    # Numba keys a cached kernel on its own file, but activations' sigmoid kernel inlines
+    # _vmath.sigmoid_f32: after an edit to _vmath alone, a cache keyed on activations.py would
+    # serve the old kernel. On a copy of the package: compile and cache, edit the helper, and
+    # the next process must run the edited code.
+    shutil.copytree(ROOT / "reference", tmp_path / "reference",
+                    ignore=shutil.ignore_patterns("__pycache__", "cuda"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+
+    def sigmoid_at_0() -> float:
+        run = subprocess.run([sys.executable, "-c", _SIGMOID_AT_0], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return float(run.stdout.split()[-1])
+
+    assert sigmoid_at_0() == 0.5
+    vmath = tmp_path / "reference" / "_vmath.py"
+    src = vmath.read_text()
+    head, sep, tail = src.partition("def sigmoid_f32(x):")
+    body, _, rest = tail.partition("\n\n\n")
+    assert sep and "return " in body
+    vmath.write_text(head + sep + body[:body.rindex("return ")] + "return _F(0.25)\n\n\n" + rest)
+    assert sigmoid_at_0() == 0.25
+    assert len(list((tmp_path / "reference" / "__pycache__" / "numba").glob(
+        "reference.activations-*"))) == 2

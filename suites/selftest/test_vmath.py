@@ -240,6 +240,17 @@ def test_sigmoid_f32_subnormal_results_round_once():
     assert err.max() <= BOUND32["sigmoid_f32"]
 
 
+def test_no_constant_is_subnormal():
+    # A subnormal operand makes each vector fma or multiply a microcode assist on Intel cores
+    # (sigmoid_f32 took 5.9 ns an element instead of 0.4 with one such constant): every float
+    # constant of the module is zero or normal in its own precision.
+    consts = {k: c for k, c in vars(vm).items() if isinstance(c, (float, np.floating))}
+    assert len(consts) > 20
+    for name, c in consts.items():
+        tiny = np.finfo(c.dtype if isinstance(c, np.floating) else np.float64).tiny
+        assert c == 0 or not abs(c) < tiny, f"_vmath.{name} = {c!r} is subnormal"
+
+
 def test_exp_f32_special_values():
     x = np.array([NAN, INF, -INF, 0.0, 89.0, -104.0, -103.0, -90.0], np.float32)
     got = _apply("exp_f32", x, F32)
