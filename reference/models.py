@@ -443,7 +443,7 @@ def optimizer_buffers(optimizer: str, **hyper) -> tuple[str, ...]:
                                         else ())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature(optimizer: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(the step's keywords, the init_state's keywords, the step's keywords without a
     default) of an optimizer, read once from ``reference.optim``'s signatures."""
@@ -511,7 +511,7 @@ MODELS: dict[str, tuple[Callable, Callable, Callable]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_input_grad(backward: Callable) -> bool:
     """Whether a model loss's backward accepts ``input_grad`` (read once from its signature)."""
     return "input_grad" in inspect.signature(backward).parameters

@@ -330,8 +330,10 @@ def lm_init(rng: np.random.Generator, vocab: int, d_model: int, num_layers: int,
     for _ in range(nl):
         out += [_uniform(rng, (3 * d, d), math.sqrt(6.0 / (4 * d)), dt), np.zeros(3 * d, dt),
                 _uniform(rng, (d, d), 1 / math.sqrt(d), dt), np.zeros(d, dt),
-                _uniform(rng, (ff, d), 1 / math.sqrt(d), dt), _uniform(rng, (ff,), 1 / math.sqrt(d), dt),
-                _uniform(rng, (d, ff), 1 / math.sqrt(ff), dt), _uniform(rng, (d,), 1 / math.sqrt(ff), dt),
+                _uniform(rng, (ff, d), 1 / math.sqrt(d), dt),
+                _uniform(rng, (ff,), 1 / math.sqrt(d), dt),
+                _uniform(rng, (d, ff), 1 / math.sqrt(ff), dt),
+                _uniform(rng, (d,), 1 / math.sqrt(ff), dt),
                 np.ones(d, dt), np.zeros(d, dt), np.ones(d, dt), np.zeros(d, dt)]
     if not tied:
         out.append(_uniform(rng, (nv, d), 0.1, dt))

@@ -27,6 +27,7 @@ from reference.attention._core import (
     _project,
     _project_bwd,
     _split_rows,
+    _threads,
 )
 
 __all__ = ["multi_head_attention", "multi_head_attention_backward", "multi_head_attention_qkv",
@@ -133,7 +134,7 @@ def _mha_forward(xq, xk, xv, w_in, wq, wk, wv, b_in, w_out, b_out, batch, heads,
     attn = np.empty((n, length, hd), dt)
     scale = 1.0 / math.sqrt(hd)
     _attn_fwd(q, k, val, bias, div, has_bias, False, keep if has_keep else _NO_KEEP, has_keep,
-              keep_scale, scale, probs, kept, attn)
+              keep_scale, scale, probs, kept, attn, _threads(q, val, probs))
     o2 = np.empty((xq.shape[0], embed), dt)
     _merge_heads(attn, batch, heads, o2, 0)
     out = _project(o2, w_out, b_out, np.empty_like(o2))
@@ -172,7 +173,7 @@ def _mha_backward(ctx: MHACtx, d_out2, d_weights):
         dp_div, dp_scale, has_dp = 1, 1.0, True
     _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.kept, ctx.keep, ctx.has_keep, ctx.keep_scale,
               ctx.scale, dattn, dprobs, dp_div, dp_scale, has_dp, dq, dk, dv,
-              _NO_DPROBS.astype(dt), False)
+              _NO_DPROBS.astype(dt), False, _threads(ctx.q, ctx.v, ctx.probs))
     if ctx.xk is None:
         dqkv = np.empty((ctx.xq.shape[0], 3 * embed), dt)
         for part, col in ((dq, 0), (dk, embed), (dv, 2 * embed)):

@@ -20,6 +20,7 @@ from reference.attention._core import (
     _attn_dropout,
     _attn_fwd,
     _private,
+    _threads,
 )
 
 __all__ = ["scaled_dot_product_attention", "scaled_dot_product_attention_backward"]
@@ -176,7 +177,7 @@ def scaled_dot_product_attention(query: np.ndarray, key: np.ndarray, value: np.n
     kept = probs if keep is None else np.empty_like(probs)
     out = np.empty((n, L, val.shape[-1]), q.dtype)
     _attn_fwd(q3, k3, v3, bias, div, has_bias, causal, _NO_KEEP if keep is None else keep,
-              keep is not None, keep_scale, s, probs, kept, out)
+              keep is not None, keep_scale, s, probs, kept, out, _threads(q3, v3, probs))
     given = (query, key, value)
     ctx = SDPACtx(_private(q3, *given), _private(k3, *given), _private(v3, *given), probs, s,
                   lead, q.shape, k.shape, val.shape, None if keep is None else kept,
@@ -211,7 +212,8 @@ def scaled_dot_product_attention_backward(ctx: SDPACtx, grad_out: np.ndarray):
     db = np.empty(ctx.probs.shape) if has_db else _NO_DPROBS
     _attn_bwd(ctx.q, ctx.k, ctx.v, ctx.probs, ctx.kept if has_keep else ctx.probs,
               ctx.keep if has_keep else _NO_KEEP, has_keep, ctx.keep_scale, ctx.scale, g3,
-              _NO_DPROBS.astype(g.dtype), 1, 0.0, False, dq, dk, dv, db, has_db)
+              _NO_DPROBS.astype(g.dtype), 1, 0.0, False, dq, dk, dv, db, has_db,
+              _threads(ctx.q, ctx.v, ctx.probs))
     lead = ctx.lead
     d_mask = None
     if has_db:

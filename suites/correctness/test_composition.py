@@ -117,3 +117,59 @@ def test_attention_projections_are_linears_kernels():
     for got, want in zip(core._project_bwd(x, w, g, True), layers.linear_backward(ctx, g),
                          strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+# The attention core shares the heads of a large call among threads (_core._threads); each head's
+# arithmetic is the same whichever thread runs it, so sharing changes no bit.
+
+def _attention_runs(dtype, rng):
+    import reference.attention.mha as mha_mod
+    import reference.attention.sdpa as sdpa_mod
+    from reference.attention import (
+        multi_head_attention,
+        multi_head_attention_backward,
+        scaled_dot_product_attention,
+        scaled_dot_product_attention_backward,
+    )
+    b, h, length, src, d = 2, 5, 7, 9, 4
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in
+               ((b, h, length, d), (b, h, src, d), (b, h, src, d + 1)))
+    mask = rng.standard_normal((length, src)).astype(dtype)
+    keep = layers.dropout_mask(rng, (b, h, length, src), 0.3)
+    g = rng.standard_normal((b, h, length, d + 1)).astype(dtype)
+    e = h * d
+    x = rng.standard_normal((length, b, e)).astype(dtype)
+    w_in, b_in = rng.standard_normal((3 * e, e)).astype(dtype), rng.standard_normal(3 * e)
+    w_out, b_out = rng.standard_normal((e, e)).astype(dtype), rng.standard_normal(e)
+    gx = rng.standard_normal((length, b, e)).astype(dtype)
+    gw = rng.standard_normal((b, length, length)).astype(dtype)
+
+    def run():
+        outs = []
+        for kw in ({"attn_mask": mask, "dropout_p": 0.3, "dropout_mask": keep},
+                   {"is_causal": True}):
+            y, ctx = scaled_dot_product_attention(q, k, v, **kw)
+            outs += [y, *(a for a in scaled_dot_product_attention_backward(ctx, g)
+                          if a is not None)]
+        (y, w), ctx = multi_head_attention(x, w_in, b_in.astype(dtype), w_out,
+                                           b_out.astype(dtype), num_heads=h)
+        outs += [y, w, *(a for a in multi_head_attention_backward(ctx, (gx, gw))
+                         if a is not None)]
+        return outs
+
+    return run, (sdpa_mod, mha_mod)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_is_bit_equal_however_the_heads_are_shared(dtype, monkeypatch):
+    run, modules = _attention_runs(dtype, np.random.default_rng(7))
+    for mod in modules:
+        monkeypatch.setattr(mod, "_threads", lambda q, v, probs: 1)
+    serial = run()
+    for shares in (2, 3):  # 10 heads in 2 or 3 (uneven) shares
+        for mod in modules:
+            monkeypatch.setattr(mod, "_threads", lambda q, v, probs, s=shares: s)
+        shared = run()
+        assert len(shared) == len(serial) >= 10
+        for a, b in zip(serial, shared, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -209,7 +209,8 @@ def _tiny_model(model: str, rng):
 
     t = torch.from_numpy
     if model == "mlp":
-        params, x, y = M.mlp_init(rng, (5, 4, 3)), rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+        params = M.mlp_init(rng, (5, 4, 3))
+        x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
         return (x, y), params, lambda ps: F.cross_entropy(mlp_torch(t(x), ps), t(y))
     if model == "cnn":
         params = M.cnn_init(rng, (1, 6, 6), (2, 3, 3), 3)

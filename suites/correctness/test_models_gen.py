@@ -32,7 +32,7 @@ D_MODEL, HEADS, FF = 16, 2, 32
 def _torch_lm(params, vocab, dtype):
     mod = TorchLM(vocab, D_MODEL, HEADS, FF, 1, True, "relu", 1e-5, device="cpu").to(dtype)
     with torch.no_grad():
-        for (name, p), a in zip(mod.named_parameters(), params, strict=True):
+        for p, a in zip(mod.parameters(), params, strict=True):
             p.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(dtype))
     return mod
 
