@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+import reference  # fixes Numba's vector width (reference/_jit.py) before a suite compiles
+
 pytest_plugins = ["pytester"]  # the harness tests run pytest-benchmark in a subprocess
 
 _COMMON = dict(
@@ -94,6 +96,9 @@ def _threading() -> dict:
         facts["numba_layer"] = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
         facts["numba_layer"] = f"not initialised (configured: {numba.config.THREADING_LAYER})"
+    target = reference._jit.target()
+    facts["numba_vectors"] = f"{target['vector_bits']}-bit (LLVM cpu {target['cpu']})"
+    facts["torch_vectors"] = torch.backends.cpu.get_cpu_capability()
     for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER"):
         facts[var] = os.environ.get(var, "unset")

@@ -37,3 +37,7 @@ __all__ = [
     "mixture",         # Gaussian mixture by EM (full, diagonal)
     "models",          # MLP, CNN, perceptron training steps composed from the layers
 ]
+
+# Numba's code generation target is fixed by the first function it compiles in a process; the
+# vector width chosen in _jit must be in place before then (see its docstring).
+from reference import _jit  # noqa: E402, F401

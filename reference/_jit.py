@@ -12,6 +12,15 @@
   reference must get right. ``REDUCE`` is the one flag set allowed, on reductions only:
   ``reassoc`` lets a sum vectorise (a different but equally valid summation order) and
   ``contract`` allows fused multiply-add; NaN and inf still propagate.
+- The whole vector width: on a CPU with AVX-512, LLVM's tuning for most Intel parts prefers
+  256-bit vectors, so Numba's loops would use half the register torch's kernels use. Where
+  512-bit vectors do not lower the clock much (``_full_width``), this module turns that
+  preference off before the first kernel is compiled (``NUMBA_CPU_FEATURES``, when set,
+  wins). Measured paired against torch-cpu on a 2-core AVX-512 Xeon, medium float32, one run
+  each: sigmoid forward 1.49 -> 1.11, binary cross-entropy with logits 1.68 -> 1.25,
+  log-softmax forward+backward 1.15 -> 0.91, relu 1.28 -> 1.08, cross-entropy 1.03 -> 0.91.
+  It applies only when this module is imported before any other code has compiled a Numba
+  function in the process (Numba fixes its target then); ``target()`` says what is in force.
 """
 
 from __future__ import annotations
@@ -24,6 +33,40 @@ import types
 from pathlib import Path
 
 import numba
+from llvmlite import binding as _llvm
+
+# Parts whose 512-bit instructions cost clock speed for the whole core (the first AVX-512
+# generations): LLVM's 256-bit preference is right there.
+_THROTTLING = frozenset({"skylake-avx512", "cascadelake", "cooperlake", "knl", "knm"})
+
+
+def _wide_host() -> bool:
+    """Whether this CPU has AVX-512 and is not one of the parts it slows down."""
+    return bool(_llvm.get_host_cpu_features().get("avx512f")) and \
+        _llvm.get_host_cpu_name() not in _THROTTLING
+
+
+def _full_width() -> str | None:
+    """The CPU feature string that lets LLVM use 512-bit vectors, or None to leave numba's."""
+    if numba.config.CPU_FEATURES is not None or numba.config.CPU_NAME is not None:
+        return None  # the user chose
+    if not _wide_host():
+        return None
+    return _llvm.get_host_cpu_features().flatten() + ",-prefer-256-bit"
+
+
+def target() -> dict:
+    """What Numba compiles for in this process: CPU name and the widest vectors it prefers."""
+    from numba.core.registry import cpu_target
+
+    features = cpu_target.target_context.codegen()._tm_features  # noqa: SLF001
+    wide = "+avx512f" in features and "-prefer-256-bit" in features
+    return {"cpu": numba.config.CPU_NAME or _llvm.get_host_cpu_name(),
+            "vector_bits": 512 if wide else 256 if "+avx" in features else 128}
+
+
+if (_features := _full_width()) is not None:
+    numba.config.CPU_FEATURES = _features
 
 REDUCE = frozenset({"reassoc", "contract"})
 

@@ -4,6 +4,7 @@ packages are made unimportable."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,3 +75,37 @@ def test_an_edit_to_an_inlined_helper_reaches_the_cached_kernels(tmp_path):
     assert sigmoid_at_0() == 0.25
     assert len(list((tmp_path / "reference" / "__pycache__" / "numba").glob(
         "reference.activations-*"))) == 2
+
+
+_LOOP_ASM = """
+import json, numpy as np, reference, numba
+from reference import _jit
+@numba.njit
+def scale(x, y):
+    for i in range(x.size):
+        y[i] = x[i] * np.float32(3.0)
+x = np.ones(1024, np.float32)
+scale(x, np.empty_like(x))
+asm = scale.inspect_asm(scale.signatures[0])
+print(json.dumps({"target": _jit.target(), "zmm": "zmm" in asm, "ymm": "ymm" in asm,
+                  "wide": _jit._wide_host()}))
+"""
+
+
+@pytest.mark.parametrize("user_features", [False, True])
+def test_numba_uses_the_whole_vector_width(user_features):
+    # On an AVX-512 part that does not throttle, loops compiled after `import reference` use
+    # 512-bit registers (LLVM's default tuning would keep them to 256 bits); a user's
+    # NUMBA_CPU_FEATURES is left as given; target() tells what is in force.
+    env = {k: val for k, val in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    if user_features:
+        env["NUMBA_CPU_FEATURES"] = "+64bit,+sse,+sse2,+avx,+avx2,+fma"
+    run = subprocess.run([sys.executable, "-c", _LOOP_ASM], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.splitlines()[-1])
+    if got["wide"] and not user_features:
+        assert got["zmm"] and got["target"]["vector_bits"] == 512
+    else:
+        assert not got["zmm"] and got["target"]["vector_bits"] == 256
+        assert got["ymm"] or not user_features
