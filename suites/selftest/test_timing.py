@@ -16,6 +16,7 @@ fast anything is.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import numpy as np
@@ -261,3 +262,36 @@ def test_an_attempt_stops_at_its_time_limit(monkeypatch):
     # begun before the limit (0.2 s)
     assert time.perf_counter() - t0 < 2.5
     assert 1 <= len(res.times["a"]) < 10
+
+
+# The measured peaks: judged by what other processes used while measuring, not by the load
+# average (which also counts this job's own work just before).
+
+def test_peaks_are_unstable_under_a_hog(hog):
+    from suites.performance import peaks
+
+    if peaks._machine_busy_s() is None:
+        pytest.fail("/proc/stat is unreadable here; the load-average fallback is what runs")
+    time.sleep(0.5)  # the hogs' interpreters up and spinning
+    got = peaks.measure("cpu", n=1024, copy_mib=64, repeat=5)
+    assert got["others_share"] >= peaks.OTHERS_MAX, got
+    assert not got["stable"]
+    assert any(r.startswith("other processes used") for r in got["reasons"]), got["reasons"]
+
+
+def test_peaks_do_not_count_this_processs_own_work():
+    # Burn CPU in this process first (what the correctness phase does to the load average);
+    # the probe's own threads and that burn are not "other processes".
+    from suites.performance import peaks
+
+    before_busy, before_own = peaks._machine_busy_s(), peaks._own_cpu_s()
+    t0 = time.perf_counter()
+    a = np.random.default_rng(0).standard_normal((400, 400))
+    while time.perf_counter() - t0 < 1.0:
+        a = np.tanh(a @ a / 400.0)
+    wall, cores = time.perf_counter() - t0, os.cpu_count() or 1
+    own = peaks._own_cpu_s() - before_own
+    others = peaks._others_share(peaks._machine_busy_s() - before_busy, own, wall, cores)
+    # the burn kept about one core busy; what is left for "others" is the machine's own noise
+    assert own / (wall * cores) >= 0.8 / cores
+    assert others < 0.5 * own / (wall * cores), (others, own, wall)
