@@ -16,6 +16,22 @@ import numpy as np
 
 from reference._jit import kernel
 
+
+@kernel()
+def matmul(a, b, out):
+    """``out = a @ b`` through SciPy's OpenBLAS (``np.dot`` inside Numba), for products made
+    in Python code between kernels.
+
+    NumPy's own ``np.dot`` calls a second OpenBLAS (NumPy's wheel bundles its own, 64-bit
+    indices) with a thread pool of its own; after a call its threads spin for a while, and a
+    product in the other library's pool then fights them for the cores. Measured on 2 cores,
+    an LSTM forward + backward (medium) alternating NumPy's input product with the kernels'
+    products: 9.6-15 ms; either pool held to one thread: 7.3-7.8 ms. So every product in the
+    reference goes through this one BLAS.
+    """
+    np.dot(a, b, out)
+
+
 SERIAL_MNK = 1 << 18  # OpenBLAS runs a product on one thread when m * n * k <= this
 # Above this many multiply-adds (~50 us on one core) threads pay for themselves: the product
 # goes to np.dot whole. (LSTM hidden 512, batch 64: one step is 2^26 and runs 2.5x faster

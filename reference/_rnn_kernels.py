@@ -408,6 +408,28 @@ def lstm_fwd_chunk(xw, w_hh, w_hr, bias, h_all, cell_all, lens, reverse, hs, ms,
 
 
 @kernel()
+def _lstm_bwd_flat(gbuf, cpbuf, dm, dc, dgt):
+    """One step's gate gradients when every column is active, as the per-unit loop of
+    ``lstm_bwd_chunk`` computes them (the same expressions in the same order: the same bits),
+    in one loop over the contiguous (H, nb) blocks: gbuf (5H, nb) holds i, f, g, o, tanh c_t;
+    cpbuf c_{t-1}; dm d m_t; dc d c_t in, d c_{t-1} out; dgt (4H, nb) out. (The per-unit loop
+    of nb = 32 over 13 row views spent most of its time in setup and overlap checks.)"""
+    n = dc.size
+    gf, cpf, dmf = gbuf.reshape(gbuf.size), cpbuf.reshape(n), dm.reshape(n)
+    dcf, dgf = dc.reshape(n), dgt.reshape(dgt.size)
+    for k in range(n):
+        gh = np.float64(dmf[k])
+        ib, fb, gb = np.float64(gf[k]), np.float64(gf[n + k]), np.float64(gf[2 * n + k])
+        ob, tb, dcb = np.float64(gf[3 * n + k]), np.float64(gf[4 * n + k]), np.float64(dcf[k])
+        gc = dcb + gh * ob * (1.0 - tb * tb)
+        dgf[k] = gc * gb * ib * (1.0 - ib)
+        dgf[n + k] = gc * np.float64(cpf[k]) * fb * (1.0 - fb)
+        dgf[2 * n + k] = gc * ib * (1.0 - gb * gb)
+        dgf[3 * n + k] = gh * tb * ob * (1.0 - ob)
+        dcf[k] = gc * fb
+
+
+@kernel()
 def lstm_bwd_chunk(w_t, w_hr_t, c_init, lens, reverse, gates, cs, dys, row0, dh_all, dc_all,
                    dg, dhs, b0, nb, threaded):
     """w_t = W_hh^T (P, 4H); w_hr_t = W_hr^T (H, P), or (0, P) without a projection.
@@ -427,6 +449,8 @@ def lstm_bwd_chunk(w_t, w_hr_t, c_init, lens, reverse, gates, cs, dys, row0, dh_
     dht = np.empty((hout, nb), dt)
     dm = np.empty((hidden, nb), dt) if proj else dht
     back = np.empty((hout, nb), dt)
+    gbuf = np.empty((5 * hidden, nb), dt)     # a step's gates and c_{t-1}, contiguous
+    cpbuf = np.empty((hidden, nb), dt)
     for s in range(n_steps):
         t = step_of(s, n_steps, not reverse)
         c0 = t * batch + b0
@@ -441,7 +465,16 @@ def lstm_bwd_chunk(w_t, w_hr_t, c_init, lens, reverse, gates, cs, dys, row0, dh_
         if proj:
             dhs[:, c0:c0 + nb] = dht
             product(w_hr_t, dht, dm, threaded)     # d m_t = W_hr^T d h_t
-        for u in range(hidden):
+        all_on = True
+        for b in range(nb):
+            all_on = all_on and t < ln[b]
+        if all_on:  # the common case: every column active, one flat loop (see _lstm_bwd_flat)
+            for r in range(5 * hidden):
+                _copy_row(gbuf[r], gates[r, c0:c0 + nb])
+            for u in range(hidden):
+                _copy_row(cpbuf[u], c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb])
+            _lstm_bwd_flat(gbuf, cpbuf, dm, dc, dgt)
+        for u in range(hidden if not all_on else 0):
             fu, gu, ou = hidden + u, 2 * hidden + u, 3 * hidden + u
             i, f = gates[u, c0:c0 + nb], gates[fu, c0:c0 + nb]
             g, o = gates[gu, c0:c0 + nb], gates[ou, c0:c0 + nb]
