@@ -109,3 +109,42 @@ def test_numba_uses_the_whole_vector_width(user_features):
     else:
         assert not got["zmm"] and got["target"]["vector_bits"] == 256
         assert got["ymm"] or not user_features
+
+
+# Products made in Python code between kernels go through reference._blas.matmul (SciPy's
+# OpenBLAS, the kernels' own), not NumPy's np.dot / @ (NumPy's wheel bundles a second OpenBLAS
+# whose spinning thread pool fights the first: see _blas.matmul). The classical fits' one-off
+# solves and vector dots are allowed by name.
+_NUMPY_BLAS_ALLOWED = {
+    ("linear_models.py", "_min_norm_solve"), ("linear_models.py", "linear_regression_fit"),
+    ("linear_models.py", "ridge_fit"), ("linear_models.py", "lasso_fit"),
+    ("linear_models.py", "ridge_objective"), ("logistic_svm.py", "_objective"),
+    ("logistic_svm.py", "_lbfgs"), ("logistic_svm.py", "fun"),
+}
+
+
+def _python_products(path: Path) -> set[tuple[str, str, int]]:
+    import ast
+
+    found = set()
+    tree = ast.parse(path.read_text())
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef) or any(
+                name in ast.unparse(d) for d in fn.decorator_list
+                for name in ("kernel", "njit", "inline", "_scalar")):
+            continue
+        for node in ast.walk(fn):
+            matmul = isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)
+            call = isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "np.dot", "np.matmul", "np.tensordot", "np.einsum", "np.inner")
+            if matmul or call:
+                found.add((path.name, fn.name, node.lineno))
+    return found
+
+
+def test_python_level_products_use_the_kernels_blas():
+    paths = [p for p in (ROOT / "reference").rglob("*.py") if "cuda" not in p.parts]
+    found = set().union(*(_python_products(p) for p in paths))
+    assert any(name == "ridge_objective" for _, name, _ in found)  # the scan sees them
+    stray = sorted(f for f in found if f[:2] not in _NUMPY_BLAS_ALLOWED)
+    assert not stray, f"NumPy BLAS products outside kernels (use _blas.matmul): {stray}"
