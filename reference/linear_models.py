@@ -358,11 +358,13 @@ def linear_predict(X: np.ndarray, coef: np.ndarray, intercept):
 
 
 class RidgeCtx(NamedTuple):
-    X: np.ndarray  # a private copy: the caller may overwrite its array after forward
-    y64: np.ndarray
+    # The data term's gradient, computed in the forward's own pass over X: backward needs X
+    # only through it, so nothing of the caller's X is kept (no private copy: a copy is a read
+    # and a write of X, the gradient one more product in a pass that reads X anyway)
+    gW: np.ndarray  # (1, d) float64: sum_i 2 r_i x_i, r = X w + b - y
+    gb: np.ndarray  # (1,) float64: sum_i 2 r_i
+    n: int
     W: np.ndarray  # (1, d) float64
-    b: np.ndarray  # (1,) float64
-    code: int
     strength: float
     dtype: np.dtype
 
@@ -387,8 +389,7 @@ def _objective_args(X, y, coef, intercept):
 
 def _data_grad(ctx: RidgeCtx, grad_out) -> tuple[float, np.ndarray, np.ndarray]:
     g = v.float_array(grad_out, "grad_out", ndim=0, dtype=ctx.dtype)
-    _, gW, gb = K.data_term(ctx.X, ctx.y64, ctx.W, ctx.b, ctx.code, True)
-    return float(g), gW, gb
+    return float(g), ctx.gW, ctx.gb
 
 
 def ridge_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *,
@@ -403,10 +404,10 @@ def ridge_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *
     """
     X, y64, W, b = _objective_args(X, y, coef, intercept)
     alpha = v.real(alpha, "alpha", lo=0.0)
-    s, _, _ = K.data_term(X, y64, W, b, K.SQUARED, False)
+    s, gW, gb = K.data_term(X, y64, W, b, K.SQUARED, True)
     value = s + alpha * float(W[0] @ W[0])
     return (np.asarray(value, dtype=X.dtype),
-            RidgeCtx(X.copy(), y64, W, b, K.SQUARED, alpha, X.dtype))
+            RidgeCtx(gW, gb, X.shape[0], W, alpha, X.dtype))
 
 
 def ridge_objective_backward(ctx: RidgeCtx, grad_out):
@@ -434,10 +435,10 @@ def lasso_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *
     """
     X, y64, W, b = _objective_args(X, y, coef, intercept)
     alpha = v.real(alpha, "alpha", lo=0.0)
-    s, _, _ = K.data_term(X, y64, W, b, K.SQUARED, False)
+    s, gW, gb = K.data_term(X, y64, W, b, K.SQUARED, True)
     value = s / (2.0 * X.shape[0]) + alpha * float(np.abs(W[0]).sum())
     return (np.asarray(value, dtype=X.dtype),
-            LassoCtx(X.copy(), y64, W, b, K.SQUARED, alpha, X.dtype))
+            LassoCtx(gW, gb, X.shape[0], W, alpha, X.dtype))
 
 
 def lasso_objective_backward(ctx: LassoCtx, grad_out):
@@ -448,6 +449,6 @@ def lasso_objective_backward(ctx: LassoCtx, grad_out):
     """
     ctx = _ctx(ctx, LassoCtx, "lasso_objective")
     g, gW, gb = _data_grad(ctx, grad_out)
-    n = ctx.X.shape[0]
+    n = ctx.n
     dw = g * (gW[0] / (2.0 * n) + ctx.strength * np.sign(ctx.W[0]))
     return dw.astype(ctx.dtype), np.asarray(g * gb[0] / (2.0 * n), dtype=ctx.dtype)

@@ -81,11 +81,13 @@ def _logistic_code(rows: int) -> int:
 
 
 class LogisticCtx(NamedTuple):
-    X: np.ndarray  # a private copy: the caller may overwrite its array after forward
-    y64: np.ndarray
+    # The data term's gradient from the forward's own pass over X (see linear_models.RidgeCtx:
+    # nothing of the caller's X is kept, so editing it after forward changes nothing)
+    gW: np.ndarray  # (K, d) float64
+    gb: np.ndarray  # (K,) float64
+    dtype: np.dtype
     W: np.ndarray  # (K, d) float64
     b: np.ndarray  # (K,) float64
-    code: int
     C: float
     b_penalty: float  # weight of 1/2 ||b||^2 (0 for logistic regression, 1/s^2 for the SVM)
 
@@ -102,21 +104,19 @@ def _objective(X, y, coef, intercept, C, code_of_rows, b_penalty, cls):
     W = coef.astype(np.float64)
     b = intercept.astype(np.float64)
     code = code_of_rows(coef.shape[0])
-    data, _, _ = K.data_term(X, y.astype(np.float64), W, b, code, False)
+    data, gW, gb = K.data_term(X, y.astype(np.float64), W, b, code, True)
     value = 0.5 * float(np.sum(W * W)) + 0.5 * b_penalty * float(b @ b) + C * data
-    return np.asarray(value, dtype=X.dtype), cls(X.copy(), y.astype(np.float64), W, b, code,
-                                                 C, b_penalty)
+    return np.asarray(value, dtype=X.dtype), cls(gW, gb, X.dtype, W, b, C, b_penalty)
 
 
 def _objective_backward(ctx, grad_out, cls: type, forward: str):
     if type(ctx) is not cls:
         raise TypeError(f"ctx must be the context returned by {forward}, got "
                         f"{type(ctx).__name__}")
-    g = float(v.float_array(grad_out, "grad_out", ndim=0, dtype=ctx.X.dtype))
-    _, gW, gb = K.data_term(ctx.X, ctx.y64, ctx.W, ctx.b, ctx.code, True)
-    dW = g * (ctx.W + ctx.C * gW)
-    db = g * (ctx.b_penalty * ctx.b + ctx.C * gb)
-    return dW.astype(ctx.X.dtype), db.astype(ctx.X.dtype)
+    g = float(v.float_array(grad_out, "grad_out", ndim=0, dtype=ctx.dtype))
+    dW = g * (ctx.W + ctx.C * ctx.gW)
+    db = g * (ctx.b_penalty * ctx.b + ctx.C * ctx.gb)
+    return dW.astype(ctx.dtype), db.astype(ctx.dtype)
 
 
 def logistic_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
