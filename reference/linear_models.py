@@ -351,9 +351,9 @@ def _params(X: np.ndarray, coef, intercept) -> tuple[np.ndarray, np.ndarray]:
 def linear_predict(X: np.ndarray, coef: np.ndarray, intercept):
     r"""Predictions of a linear regression model, :math:`\hat y = X w + b` (float64
     accumulation, rounded once). ``coef`` (d,) and ``intercept`` 0-d, of X's dtype."""
-    X = K.check_X(X)
+    X = K.check_X(X, finite=False)
     coef, intercept = _params(X, coef, intercept)
-    f = K.scores(X, coef[None, :], intercept.reshape(1))
+    f = K.scores_of_finite(X, coef[None, :], intercept.reshape(1))
     return f[:, 0].astype(X.dtype)
 
 

@@ -288,9 +288,9 @@ def linear_svm_fit(X: np.ndarray, y: np.ndarray, *, C: float = 1.0, fit_intercep
 
 
 def _decision(X, coef, intercept):
-    X = K.check_X(X)
+    X = K.check_X(X, finite=False)
     coef, intercept = _params(X, coef, intercept)
-    return X, K.scores(X, coef, intercept)
+    return X, K.scores_of_finite(X, coef, intercept)
 
 
 def linear_classifier_predict(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray):

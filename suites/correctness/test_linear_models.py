@@ -397,3 +397,28 @@ def test_real_classification(name, record):
                 label=f"{label} objective", record=record)
         assert vals[0] <= vals[1] * (1 + 1e-6), f"{label}: reference objective higher"
         assert abs(acc[0] - acc[1]) <= 1.0 / len(te) + 1e-12, f"{label}: accuracies {acc}"
+
+
+# Predictions check X's finiteness through their scores (one pass over X instead of two):
+# every NaN or inf in X must still raise, whatever the weights, and a finite X whose scores
+# overflow must still be answered.
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("zero_weight", [False, True])
+def test_predictions_refuse_nonfinite_X_through_their_scores(bad, zero_weight):
+    rng = np.random.default_rng(3)
+    X, w = rng.standard_normal((40, 5)), rng.standard_normal(5)
+    if zero_weight:
+        w[2] = 0.0  # inf * 0 is NaN: still not finite
+    X[17, 2] = bad
+    for call in (lambda: L.linear_predict(X, w, np.asarray(0.5)),
+                 lambda: LS.linear_classifier_predict(X, w[None, :], np.asarray([0.5])),
+                 lambda: LS.logistic_regression_predict_proba(X, w[None, :], np.asarray([0.5]))):
+        with pytest.raises(ValueError, match=r"X must be finite .* at \[17, 2\]"):
+            call()
+
+
+def test_predictions_of_a_finite_X_that_overflow_are_returned():
+    X = np.full((3, 2), 1e308)
+    got = L.linear_predict(X, np.ones(2), np.asarray(0.0))
+    assert np.array_equal(got, np.full(3, np.inf))
