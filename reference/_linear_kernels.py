@@ -310,7 +310,8 @@ def _row_loss(code, f, yi, dl):
 
 
 @kernel()
-def _data_chunk(X, y, W, b, code, want_grad, r0, r1, gW, gb):
+def _data_chunk(X, y, W, b, code, want_grad, r0, r1, gW, gb, bad):
+    # bad[0] += f * 0 over every score: NaN exactly when some score is not finite
     K, d = W.shape
     f = np.empty(K)
     dl = np.empty(K)
@@ -318,6 +319,7 @@ def _data_chunk(X, y, W, b, code, want_grad, r0, r1, gW, gb):
     for i in range(r0, r1):
         for k in range(K):
             f[k] = b[k] + _xdot(X, i, W, k)
+            bad[0] += f[k] * 0.0
         total += _row_loss(code, f, y[i], dl)
         if want_grad:
             for k in range(K):
@@ -330,30 +332,37 @@ def _data_chunk(X, y, W, b, code, want_grad, r0, r1, gW, gb):
 
 
 @kernel(parallel=True)
-def _data_parallel(X, y, W, b, code, want_grad, parts, gW, gb):
+def _data_parallel(X, y, W, b, code, want_grad, parts, gW, gb, bad):
     n = X.shape[0]
     for c in prange(parts.shape[0]):
         r0 = c * _CHUNK
         parts[c] = _data_chunk(X, y, W, b, code, want_grad, r0, min(n, r0 + _CHUNK),
-                               gW[c], gb[c])
+                               gW[c], gb[c], bad[c:c + 1])
 
 
 def data_term(X: np.ndarray, y64: np.ndarray, W: np.ndarray, b: np.ndarray, code: int,
-              want_grad: bool):
+              want_grad: bool, x_name: str | None = None):
     """sum_i loss(W x_i + b, y_i) and, when ``want_grad``, its gradients (gW (K, d), gb (K,)),
     all float64. ``W`` (K, d) and ``b`` (K,) are float64; ``y64`` the targets or labels as
-    float64."""
+    float64. ``x_name``: X came through ``check_X(..., finite=False)``; raise check_X's error
+    under that name when X holds NaN or inf (found through the scores, as
+    ``scores_of_finite``)."""
     n = X.shape[0]
     K, d = W.shape
     chunks = -(-n // _CHUNK) if n * d * K >= _PARALLEL_WORK else 1
     gW = np.zeros((chunks, K, d))
     gb = np.zeros((chunks, K))
+    bad = np.zeros(chunks)
     if chunks == 1 or n * d * K < _PARALLEL_WORK:
-        total = _data_chunk(X, y64, W, b, code, want_grad, 0, n, gW[0], gb[0])
-        return total, gW[0], gb[0]
-    parts = np.zeros(chunks)
-    _data_parallel(X, y64, W, b, code, want_grad, parts, gW, gb)
-    return float(parts.sum()), gW.sum(axis=0), gb.sum(axis=0)
+        total = _data_chunk(X, y64, W, b, code, want_grad, 0, n, gW[0], gb[0], bad)
+        out = total, gW[0], gb[0]
+    else:
+        parts = np.zeros(chunks)
+        _data_parallel(X, y64, W, b, code, want_grad, parts, gW, gb, bad)
+        out = float(parts.sum()), gW.sum(axis=0), gb.sum(axis=0)
+    if x_name is not None and not all_finite(bad) and not all_finite(X):
+        raise _nonfinite_error(X, x_name)
+    return out
 
 
 @kernel()

@@ -118,13 +118,14 @@ def _gd(X, y, w, b, lr, n_iter, fit_intercept, parts, gW, gb):
     # The data term's gradient is that of sum (f - y)^2; the objective's is 1/(2n) of it.
     n = X.shape[0]
     scale = lr / (2.0 * n)
+    bad = np.zeros(parts.shape[0])  # the data pass's non-finite-score flag (X is checked)
     for _ in range(n_iter):
         gW[:] = 0.0
         gb[:] = 0.0
         if parts.shape[0] == 1:
-            K._data_chunk(X, y, w, b, K.SQUARED, True, 0, n, gW[0], gb[0])
+            K._data_chunk(X, y, w, b, K.SQUARED, True, 0, n, gW[0], gb[0], bad)
         else:
-            K._data_parallel(X, y, w, b, K.SQUARED, True, parts, gW, gb)
+            K._data_parallel(X, y, w, b, K.SQUARED, True, parts, gW, gb, bad)
         for c in range(parts.shape[0]):
             for j in range(w.shape[1]):
                 w[0, j] -= scale * gW[c, 0, j]
@@ -381,7 +382,8 @@ def _ctx(ctx, cls: type, forward: str):
 
 
 def _objective_args(X, y, coef, intercept):
-    X, y = _xy(X, y)
+    X = K.check_X(X, finite=False)  # data_term(..., x_name="X") checks it through the scores
+    y = K.check_target(y, X)
     coef, intercept = _params(X, coef, intercept)
     return X, y.astype(np.float64), coef.astype(np.float64)[None, :], \
         intercept.astype(np.float64).reshape(1)
@@ -404,7 +406,7 @@ def ridge_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *
     """
     X, y64, W, b = _objective_args(X, y, coef, intercept)
     alpha = v.real(alpha, "alpha", lo=0.0)
-    s, gW, gb = K.data_term(X, y64, W, b, K.SQUARED, True)
+    s, gW, gb = K.data_term(X, y64, W, b, K.SQUARED, True, "X")
     value = s + alpha * float(W[0] @ W[0])
     return (np.asarray(value, dtype=X.dtype),
             RidgeCtx(gW, gb, X.shape[0], W, alpha, X.dtype))
@@ -435,7 +437,7 @@ def lasso_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept, *
     """
     X, y64, W, b = _objective_args(X, y, coef, intercept)
     alpha = v.real(alpha, "alpha", lo=0.0)
-    s, gW, gb = K.data_term(X, y64, W, b, K.SQUARED, True)
+    s, gW, gb = K.data_term(X, y64, W, b, K.SQUARED, True, "X")
     value = s / (2.0 * X.shape[0]) + alpha * float(np.abs(W[0]).sum())
     return (np.asarray(value, dtype=X.dtype),
             LassoCtx(gW, gb, X.shape[0], W, alpha, X.dtype))

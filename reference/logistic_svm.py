@@ -97,14 +97,14 @@ class SvmCtx(LogisticCtx):
 
 
 def _objective(X, y, coef, intercept, C, code_of_rows, b_penalty, cls):
-    X = K.check_X(X)
+    X = K.check_X(X, finite=False)  # data_term(..., x_name="X") checks it through the scores
     coef, intercept = _params(X, coef, intercept)
     y, _ = K.check_labels(y, X, n_classes=max(coef.shape[0], 2))
     C = v.real(C, "C", lo=0.0, lo_open=True)
     W = coef.astype(np.float64)
     b = intercept.astype(np.float64)
     code = code_of_rows(coef.shape[0])
-    data, gW, gb = K.data_term(X, y.astype(np.float64), W, b, code, True)
+    data, gW, gb = K.data_term(X, y.astype(np.float64), W, b, code, True, "X")
     value = 0.5 * float(np.sum(W * W)) + 0.5 * b_penalty * float(b @ b) + C * data
     return np.asarray(value, dtype=X.dtype), cls(gW, gb, X.dtype, W, b, C, b_penalty)
 

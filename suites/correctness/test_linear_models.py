@@ -399,21 +399,27 @@ def test_real_classification(name, record):
         assert abs(acc[0] - acc[1]) <= 1.0 / len(te) + 1e-12, f"{label}: accuracies {acc}"
 
 
-# Predictions check X's finiteness through their scores (one pass over X instead of two):
+# Predictions and objectives check X's finiteness through their scores (one pass over X
+# instead of two):
 # every NaN or inf in X must still raise, whatever the weights, and a finite X whose scores
 # overflow must still be answered.
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("zero_weight", [False, True])
-def test_predictions_refuse_nonfinite_X_through_their_scores(bad, zero_weight):
+def test_nonfinite_X_is_refused_through_the_scores(bad, zero_weight):
     rng = np.random.default_rng(3)
     X, w = rng.standard_normal((40, 5)), rng.standard_normal(5)
     if zero_weight:
         w[2] = 0.0  # inf * 0 is NaN: still not finite
     X[17, 2] = bad
+    y, labels, b = rng.standard_normal(40), rng.integers(0, 2, 40), np.asarray([0.5])
     for call in (lambda: L.linear_predict(X, w, np.asarray(0.5)),
-                 lambda: LS.linear_classifier_predict(X, w[None, :], np.asarray([0.5])),
-                 lambda: LS.logistic_regression_predict_proba(X, w[None, :], np.asarray([0.5]))):
+                 lambda: LS.linear_classifier_predict(X, w[None, :], b),
+                 lambda: LS.logistic_regression_predict_proba(X, w[None, :], b),
+                 lambda: L.ridge_objective(X, y, w, np.asarray(0.5)),
+                 lambda: L.lasso_objective(X, y, w, np.asarray(0.5)),
+                 lambda: LS.logistic_objective(X, labels, w[None, :], b),
+                 lambda: LS.linear_svm_objective(X, labels, w[None, :], b)):
         with pytest.raises(ValueError, match=r"X must be finite .* at \[17, 2\]"):
             call()
 
