@@ -217,6 +217,42 @@ def rnn_bwd_tasks(w_t, relu, lens, hs, dys, dh, dg, chunk):
 
 
 @kernel()
+def _gru_step(xw, hw, b_ih, b_hh, c0, ln, t, pre, act, h):
+    """One GRU step's gates and state on contiguous (rows, nb) buffers, as ``_lstm_step``
+    (each transcendental one long loop): r, z = sigmoid(x + W h + b), q = W_hn h + b_hn,
+    n = tanh(x_n + b_in + r q), h' = (1 - z) n + z h where active. The same expressions and
+    roundings as the per-unit loop it replaces (each gate rounded to the state's dtype and read
+    back from there)."""
+    dt = act.dtype
+    hidden, nb = h.shape
+    for r in range(2 * hidden):
+        xr, hr, pr = xw[r, c0:c0 + nb], hw[r], pre[r]
+        br = np.float64(b_ih[r]) + np.float64(b_hh[r])
+        for b in range(nb):
+            pr[b] = np.float64(xr[b]) + np.float64(hr[b]) + br
+    n2 = 2 * hidden * nb
+    pf, af = pre.reshape(3 * hidden * nb), act.reshape(4 * hidden * nb)
+    for k in range(n2):                      # r and z
+        af[k] = Vm.sigmoid(pf[k], dt)
+    for u in range(hidden):
+        nu = 2 * hidden + u
+        bx, bh = np.float64(b_ih[nu]), np.float64(b_hh[nu])
+        xr, hr, pr = xw[nu, c0:c0 + nb], hw[nu], pre[nu]
+        rr, qr = act[u], act[3 * hidden + u]
+        for b in range(nb):
+            qr[b] = np.float64(hr[b]) + bh
+            pr[b] = np.float64(xr[b]) + bx + np.float64(rr[b]) * np.float64(qr[b])
+    for k in range(n2, 3 * hidden * nb):     # n
+        af[k] = Vm.tanh(pf[k], dt)
+    for u in range(hidden):
+        zr, nr, hh = act[hidden + u], act[2 * hidden + u], h[u]
+        for b in range(nb):
+            z = np.float64(zr[b])
+            new = (1.0 - z) * np.float64(nr[b]) + z * np.float64(hh[b])
+            hh[b] = new if t < ln[b] else hh[b]
+
+
+@kernel()
 def gru_fwd_chunk(xw, w_hh, b_ih, b_hh, h_all, lens, reverse, hs, ys, row0, gates, b0, nb,
                   threaded):
     """gates (4H, T*B): r, z, n and q = W_hn h + b_hn, per step."""
@@ -226,28 +262,17 @@ def gru_fwd_chunk(xw, w_hh, b_ih, b_hh, h_all, lens, reverse, hs, ys, row0, gate
     ln = lens[b0:b0 + nb]
     h = h_all[:, b0:b0 + nb].copy()
     hw = np.empty((3 * hidden, nb), dt)
+    pre = np.empty((3 * hidden, nb))          # float64 pre-activations of r, z, n
+    act = np.empty((4 * hidden, nb), dt)      # r, z, n, q of one step
     for s in range(n_steps):
         t = step_of(s, n_steps, reverse)
         c0 = t * batch + b0
         product(w_hh, h, hw, threaded)
+        _gru_step(xw, hw, b_ih, b_hh, c0, ln, t, pre, act, h)
+        for r in range(4 * hidden):
+            _copy_row(gates[r, c0:c0 + nb], act[r])
         for u in range(hidden):
-            zu, nu = hidden + u, 2 * hidden + u
-            br = np.float64(b_ih[u]) + np.float64(b_hh[u])
-            bz = np.float64(b_ih[zu]) + np.float64(b_hh[zu])
-            bx, bh = np.float64(b_ih[nu]), np.float64(b_hh[nu])
-            rr, zr = gates[u, c0:c0 + nb], gates[zu, c0:c0 + nb]
-            nr, qr = gates[nu, c0:c0 + nb], gates[3 * hidden + u, c0:c0 + nb]
-            hh, yr = h[u], hs[u, c0:c0 + nb]
-            for b in range(nb):
-                rr[b] = Vm.sigmoid(np.float64(xw[u, c0 + b]) + np.float64(hw[u, b]) + br, dt)
-                zr[b] = Vm.sigmoid(np.float64(xw[zu, c0 + b]) + np.float64(hw[zu, b]) + bz, dt)
-                qr[b] = np.float64(hw[nu, b]) + bh
-                nr[b] = Vm.tanh(np.float64(xw[nu, c0 + b]) + bx
-                                + np.float64(rr[b]) * np.float64(qr[b]), dt)
-                z = np.float64(zr[b])
-                new = (1.0 - z) * np.float64(nr[b]) + z * np.float64(hh[b])
-                yr[b] = new if t < ln[b] else hh[b]
-            hh[:] = yr
+            _copy_row(hs[u, c0:c0 + nb], h[u])
         put_outputs(h, ln, t, ys, c0, row0)
     h_all[:, b0:b0 + nb] = h
 
