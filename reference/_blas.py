@@ -8,6 +8,12 @@ and joining the threads costs more than they save, and when the other core is bu
 an idle machine, 13.8 ms on a loaded one). ``dot_serial`` cuts the product into row blocks
 under the threshold, so each call runs on the calling thread. Large products (all time steps
 at once, weight gradients, a step of a large network) keep using ``np.dot`` and its threads.
+
+Products made in Python code between kernels call ``dot_serial`` too, never NumPy's ``np.dot``
+or ``@``: NumPy's wheel bundles a second OpenBLAS (64-bit indices) with a thread pool of its
+own, whose threads spin for a while after a call and fight this one's for the cores. Measured on
+2 cores, an LSTM forward + backward (medium) whose input product went through NumPy: 19.5 ms in
+a loop; either pool held to one thread: 7.3-7.8 ms (a test scans reference/ for such products).
 """
 
 from __future__ import annotations
@@ -15,22 +21,6 @@ from __future__ import annotations
 import numpy as np
 
 from reference._jit import kernel
-
-
-@kernel()
-def matmul(a, b, out):
-    """``out = a @ b`` through SciPy's OpenBLAS (``np.dot`` inside Numba), for products made
-    in Python code between kernels.
-
-    NumPy's own ``np.dot`` calls a second OpenBLAS (NumPy's wheel bundles its own, 64-bit
-    indices) with a thread pool of its own; after a call its threads spin for a while, and a
-    product in the other library's pool then fights them for the cores. Measured on 2 cores,
-    an LSTM forward + backward (medium) alternating NumPy's input product with the kernels'
-    products: 9.6-15 ms; either pool held to one thread: 7.3-7.8 ms. So every product in the
-    reference goes through this one BLAS.
-    """
-    np.dot(a, b, out)
-
 
 SERIAL_MNK = 1 << 18  # OpenBLAS runs a product on one thread when m * n * k <= this
 # Above this many multiply-adds (~50 us on one core) threads pay for themselves: the product

@@ -105,9 +105,16 @@ def scores_of_finite(X: np.ndarray, W: np.ndarray, b: np.ndarray, name: str = "X
     scanned only when some score is not (an inf or NaN in X or in W, b, or a score that
     overflowed from a finite X, which is returned as it is)."""
     f = scores(X, W, b)
-    if not all_finite(f) and not all_finite(X):
-        raise _nonfinite_error(X, name)
+    _refuse_nonfinite(X, name, f)
     return f
+
+
+def _refuse_nonfinite(X: np.ndarray, name: str, finite_probe: np.ndarray) -> None:
+    """check_X's error when X holds NaN or inf, scanning X only when ``finite_probe`` (the
+    scores, or a sum of ``score * 0``) is not all finite: with X finite it always is, unless a
+    score overflowed, or W or b are not finite."""
+    if not all_finite(finite_probe) and not all_finite(X):
+        raise _nonfinite_error(X, name)
 
 
 def check_target(y, X: np.ndarray, name: str = "y") -> np.ndarray:
@@ -360,8 +367,8 @@ def data_term(X: np.ndarray, y64: np.ndarray, W: np.ndarray, b: np.ndarray, code
         parts = np.zeros(chunks)
         _data_parallel(X, y64, W, b, code, want_grad, parts, gW, gb, bad)
         out = float(parts.sum()), gW.sum(axis=0), gb.sum(axis=0)
-    if x_name is not None and not all_finite(bad) and not all_finite(X):
-        raise _nonfinite_error(X, x_name)
+    if x_name is not None:
+        _refuse_nonfinite(X, x_name, bad)
     return out
 
 

@@ -40,6 +40,7 @@ from numba import prange
 from reference import _vmath as Vm
 from reference._blas import dot_one_thread, dot_serial
 from reference._jit import inline, kernel
+from reference._rows import copy_row
 
 
 @inline()
@@ -270,9 +271,9 @@ def gru_fwd_chunk(xw, w_hh, b_ih, b_hh, h_all, lens, reverse, hs, ys, row0, gate
         product(w_hh, h, hw, threaded)
         _gru_step(xw, hw, b_ih, b_hh, c0, ln, t, pre, act, h)
         for r in range(4 * hidden):
-            _copy_row(gates[r, c0:c0 + nb], act[r])
+            copy_row(gates[r, c0:c0 + nb], act[r])
         for u in range(hidden):
-            _copy_row(hs[u, c0:c0 + nb], h[u])
+            copy_row(hs[u, c0:c0 + nb], h[u])
         put_outputs(h, ln, t, ys, c0, row0)
     h_all[:, b0:b0 + nb] = h
 
@@ -345,13 +346,6 @@ def gru_bwd_tasks(w_t, lens, gates, hprev, dys, dh, dgx, dgh, chunk):
 
 
 @kernel()
-def _copy_row(dst, src):
-    """``dst[:] = src`` (1-d views of one length; a loop, not a slice assignment: see conv)."""
-    for k in range(dst.size):
-        dst[k] = src[k]
-
-
-@kernel()
 def _lstm_step(xw, hw, bias, c0, ln, t, pre, act, cell, m):
     """One LSTM step's gates, cell and output on contiguous (rows, nb) buffers.
 
@@ -417,9 +411,9 @@ def lstm_fwd_chunk(xw, w_hh, w_hr, bias, h_all, cell_all, lens, reverse, hs, ms,
         product(w_hh, h, hw, threaded)
         _lstm_step(xw, hw, bias, c0, ln, t, pre, act, cell, m)
         for r in range(5 * hidden):
-            _copy_row(gates[r, c0:c0 + nb], act[r])
+            copy_row(gates[r, c0:c0 + nb], act[r])
         for u in range(hidden):
-            _copy_row(cs[u, c0:c0 + nb], cell[u])
+            copy_row(cs[u, c0:c0 + nb], cell[u])
         if proj:
             ms[:, c0:c0 + nb] = m
             product(w_hr, m, hp, threaded)
@@ -495,30 +489,31 @@ def lstm_bwd_chunk(w_t, w_hr_t, c_init, lens, reverse, gates, cs, dys, row0, dh_
             all_on = all_on and t < ln[b]
         if all_on:  # the common case: every column active, one flat loop (see _lstm_bwd_flat)
             for r in range(5 * hidden):
-                _copy_row(gbuf[r], gates[r, c0:c0 + nb])
+                copy_row(gbuf[r], gates[r, c0:c0 + nb])
             for u in range(hidden):
-                _copy_row(cpbuf[u], c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb])
+                copy_row(cpbuf[u], c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb])
             _lstm_bwd_flat(gbuf, cpbuf, dm, dc, dgt)
-        for u in range(hidden if not all_on else 0):
-            fu, gu, ou = hidden + u, 2 * hidden + u, 3 * hidden + u
-            i, f = gates[u, c0:c0 + nb], gates[fu, c0:c0 + nb]
-            g, o = gates[gu, c0:c0 + nb], gates[ou, c0:c0 + nb]
-            tc, gm = gates[4 * hidden + u, c0:c0 + nb], dm[u]
-            cp = c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb]
-            cr = dc[u]
-            di, df, dgg, do = dgt[u], dgt[fu], dgt[gu], dgt[ou]
-            # Computed for every b, kept by selects (no branches: the loop vectorises).
-            for b in range(nb):
-                on = t < ln[b]
-                gh = np.float64(gm[b])
-                ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
-                ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
-                gc = dcb + gh * ob * (1.0 - tb * tb)
-                di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
-                df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
-                dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
-                do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
-                cr[b] = gc * fb if on else dcb
+        else:  # some column inactive: per unit, with selects
+            for u in range(hidden):
+                fu, gu, ou = hidden + u, 2 * hidden + u, 3 * hidden + u
+                i, f = gates[u, c0:c0 + nb], gates[fu, c0:c0 + nb]
+                g, o = gates[gu, c0:c0 + nb], gates[ou, c0:c0 + nb]
+                tc, gm = gates[4 * hidden + u, c0:c0 + nb], dm[u]
+                cp = c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb]
+                cr = dc[u]
+                di, df, dgg, do = dgt[u], dgt[fu], dgt[gu], dgt[ou]
+                # Computed for every b, kept by selects (no branches: the loop vectorises).
+                for b in range(nb):
+                    on = t < ln[b]
+                    gh = np.float64(gm[b])
+                    ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
+                    ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
+                    gc = dcb + gh * ob * (1.0 - tb * tb)
+                    di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
+                    df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
+                    dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
+                    do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
+                    cr[b] = gc * fb if on else dcb
         dg[:, c0:c0 + nb] = dgt
         product(w_t, dgt, back, threaded)          # d h_{t-1} = W_hh^T dg_t
         carry(back, ln, t, dh)

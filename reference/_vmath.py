@@ -658,7 +658,7 @@ _TWO64_F = _F(2.0 ** 64)
 # 1/z ~ (24 - 8z) / 17 on [1, 2], relative error 1/17, evaluated at z = dh 2^-64 (exact). Every
 # constant is a normal float32: an operand below 2^-126 (as -8/17 2^-128 was, folding the 2^-64
 # into the slope) makes each vector fma a microcode assist on Intel cores: measured 5.9 ns an
-# element instead of 0.4 on a Sapphire Rapids-class Xeon (AMD and older Intel parts do not
+# element instead of 0.4 on an AVX-512 Xeon (the AMD EPYC this was first measured on does not
 # penalise it, which hid it).
 _TWO_M64_F = _F(2.0 ** -64)
 _RECIP_A = _F(24.0 / 17.0 * 2.0 ** -64)

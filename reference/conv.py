@@ -55,6 +55,7 @@ from numba import prange
 from reference import _validate as v
 from reference._blas import SERIAL_MNK, dot_one_thread
 from reference._jit import kernel
+from reference._rows import add_row, copy_row, zero_row
 
 __all__ = ["conv2d", "conv2d_backward", "conv_output_size", "conv_padding"]
 
@@ -154,38 +155,13 @@ def conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
 def _pad(src, plane, geo):
     """``plane`` (HP*WP,) = one channel ``src`` (H*W,) with its zero border."""
     wp = geo.wp
-    _zero(plane[:geo.pt * wp])
+    zero_row(plane[:geo.pt * wp])
     for h in range(geo.h):
         r = (h + geo.pt) * wp
-        _zero(plane[r:r + geo.pl])
-        _copy(plane[r + geo.pl:r + geo.pl + geo.w], src[h * geo.w:(h + 1) * geo.w])
-        _zero(plane[r + geo.pl + geo.w:r + wp])
-    _zero(plane[(geo.pt + geo.h) * wp:])
-
-
-# Copies and fills through these loops over views indexed from 0, not slice assignments: Numba's
-# slice assignment costs ~25 ns of bookkeeping a call, these ~5 (measured: the 144 rows of one
-# im2col block of 55 columns, 73 -> 15 us a sample of the medium forward).
-
-
-@kernel()
-def _copy(dst, src):
-    """``dst[:] = src`` (1-d views of one length)."""
-    for k in range(dst.size):
-        dst[k] = src[k]
-
-
-@kernel()
-def _zero(dst):
-    for k in range(dst.size):
-        dst[k] = 0
-
-
-@kernel()
-def _copy_plus(dst, src, c):
-    """``dst[:] = src + c``."""
-    for k in range(dst.size):
-        dst[k] = src[k] + c
+        zero_row(plane[r:r + geo.pl])
+        copy_row(plane[r + geo.pl:r + geo.pl + geo.w], src[h * geo.w:(h + 1) * geo.w])
+        zero_row(plane[r + geo.pl + geo.w:r + wp])
+    zero_row(plane[(geo.pt + geo.h) * wp:])
 
 
 @kernel()
@@ -193,7 +169,7 @@ def _unpad(plane, dst, geo):
     """``dst`` (H*W,) = the interior of ``plane`` (the adjoint of ``_pad``, border dropped)."""
     for h in range(geo.h):
         r = (h + geo.pt) * geo.wp + geo.pl
-        _copy(dst[h * geo.w:(h + 1) * geo.w], plane[r:r + geo.w])
+        copy_row(dst[h * geo.w:(h + 1) * geo.w], plane[r:r + geo.w])
 
 
 @kernel()
@@ -219,19 +195,19 @@ def _cols(planes, c0, cg, col, q0, q1, geo, zero_junk):
                 r = (c * geo.kh + i) * geo.kw + j
                 if geo.wide:
                     off = i * geo.dh * geo.wp + j * geo.dw + q0
-                    _copy(col[r, :m], plane[off:off + m])
+                    copy_row(col[r, :m], plane[off:off + m])
                     if zero_junk:
                         q = q0
                         while q < q1:
                             a, b, e, v = _segment(q, q1, geo)
-                            _zero(col[r, v - q0:e - q0])
+                            zero_row(col[r, v - q0:e - q0])
                             q = e
                 else:
                     q = q0
                     while q < q1:
                         a, b, e, v = _segment(q, q1, geo)
                         base = (a * geo.sh + i * geo.dh) * geo.wp + b * geo.sw + j * geo.dw
-                        _copy(col[r, q - q0:e - q0],
+                        copy_row(col[r, q - q0:e - q0],
                               plane[base:base + (e - q - 1) * geo.sw + 1:geo.sw])
                         q = e
 
@@ -250,7 +226,7 @@ def _cols_add(dcol, dplanes, c0, cg, q0, q1, geo, whole):
                 r = (c * geo.kh + i) * geo.kw + j
                 if whole:
                     off = i * geo.dh * geo.wp + j * geo.dw + q0
-                    _add_row(plane[off:off + q1 - q0], dcol[r, :q1 - q0])
+                    add_row(plane[off:off + q1 - q0], dcol[r, :q1 - q0])
                     continue
                 q = q0
                 while q < q1:
@@ -258,18 +234,11 @@ def _cols_add(dcol, dplanes, c0, cg, q0, q1, geo, whole):
                     if v > q:
                         base = (a * geo.sh + i * geo.dh) * geo.wp + b * geo.sw + j * geo.dw
                         if geo.sw == 1:
-                            _add_row(plane[base:base + v - q], dcol[r, q - q0:v - q0])
+                            add_row(plane[base:base + v - q], dcol[r, q - q0:v - q0])
                         else:
-                            _add_row(plane[base:base + (v - q - 1) * geo.sw + 1:geo.sw],
+                            add_row(plane[base:base + (v - q - 1) * geo.sw + 1:geo.sw],
                                      dcol[r, q - q0:v - q0])
                     q = e
-
-
-@kernel()
-def _add_row(dst, src):
-    """``dst += src`` (two views indexed from 0: no negative-index checks, it vectorises)."""
-    for k in range(dst.size):
-        dst[k] += src[k]
 
 
 @kernel(reduce=True)
@@ -284,6 +253,13 @@ def _all_finite(a):
 
 
 @kernel()
+def _copy_plus(dst, src, c):
+    """``dst[:] = src + c`` (a loop: see reference/_rows.py)."""
+    for k in range(dst.size):
+        dst[k] = src[k] + c
+
+
+@kernel()
 def _put(out, y3n, co0, q0, q1, geo, b, has_bias):
     """Valid columns of ``out`` (g_out, q1 - q0) into ``y3n[co0 + o]`` (+ bias)."""
     for o in range(out.shape[0]):
@@ -294,7 +270,7 @@ def _put(out, y3n, co0, q0, q1, geo, b, has_bias):
             if has_bias:
                 _copy_plus(y3n[co0 + o, t:t + v - q], out[o, q - q0:v - q0], b[co0 + o])
             else:
-                _copy(y3n[co0 + o, t:t + v - q], out[o, q - q0:v - q0])
+                copy_row(y3n[co0 + o, t:t + v - q], out[o, q - q0:v - q0])
             q = e
 
 
@@ -306,8 +282,8 @@ def _take(g3n, co0, dy, q0, q1, geo):
         while q < q1:
             a, bb, e, v = _segment(q, q1, geo)
             t = a * geo.ow + bb
-            _copy(dy[o, q - q0:v - q0], g3n[co0 + o, t:t + v - q])
-            _zero(dy[o, v - q0:e - q0])
+            copy_row(dy[o, q - q0:v - q0], g3n[co0 + o, t:t + v - q])
+            zero_row(dy[o, v - q0:e - q0])
             q = e
 
 
@@ -366,7 +342,7 @@ def _bwd_sample(n, x3, wt3, g3, dx3, dwp, geo, planes, dplanes, cols, dys, dcols
             _cols(planes[n], g * g_in, g_in, col, q0, q1, geo, zero_junk)
             _take(g3[n], g * g_out, dy, q0, q1, geo)
             dot_one_thread(col, dy.T, part)                 # (kc, g_out) = dW^T, m-long sums
-            _add_row(dwp[n, g].reshape(kc * g_out), part.reshape(kc * g_out))  # float64 +=
+            add_row(dwp[n, g].reshape(kc * g_out), part.reshape(kc * g_out))  # float64 +=
             if want_dx:
                 dot_one_thread(wt3[g], dy, dcol)            # (kc, m)
                 _cols_add(dcol, dplanes[n], g * g_in, g_in, q0, q1, geo, whole)
@@ -479,7 +455,7 @@ def _dw_fwd_item(t, x3, w2, b, has_bias, y3, geo, planes, accs):
                     off = i * geo.dh * geo.wp + j * geo.dw
                     _tap_wide(acc, plane, w2[co, i * geo.kw + j], off, geo.ncols, False)
             for a in range(geo.oh):
-                _copy(y[a * geo.ow:(a + 1) * geo.ow], acc[a * geo.wp:a * geo.wp + geo.ow])
+                copy_row(y[a * geo.ow:(a + 1) * geo.ow], acc[a * geo.wp:a * geo.wp + geo.ow])
         else:
             y[:] = 0
             for i in range(geo.kh):
@@ -520,7 +496,7 @@ def _dw_bwd_item(t, x3, w2, g3, dx3, dwp, geo, planes, dplanes, accs):
         if geo.wide:
             acc[:] = 0
             for a in range(geo.oh):
-                _copy(acc[a * geo.wp:a * geo.wp + geo.ow], gy[a * geo.ow:(a + 1) * geo.ow])
+                copy_row(acc[a * geo.wp:a * geo.wp + geo.ow], gy[a * geo.ow:(a + 1) * geo.ow])
         for k in range(taps):
             if plane_finite:
                 off = (k // geo.kw) * geo.dh * geo.wp + (k % geo.kw) * geo.dw
@@ -635,7 +611,7 @@ def _sum_samples_t(dwp, dw3):
     acc = dwp[0].copy()
     flat = acc.reshape(acc.size)
     for n in range(1, dwp.shape[0]):
-        _add_row(flat, dwp[n].reshape(acc.size))
+        add_row(flat, dwp[n].reshape(acc.size))
     for g in range(dw3.shape[0]):
         for o in range(dw3.shape[1]):
             for r in range(dw3.shape[2]):

@@ -70,7 +70,7 @@ import numpy as np
 
 from reference import _rnn_kernels as K
 from reference import _validate as v
-from reference._blas import SERIAL_MNK, matmul
+from reference._blas import SERIAL_MNK, dot_serial
 from reference.layers import _scale_by_mask
 
 __all__ = [
@@ -287,7 +287,7 @@ def _layer_forward(mode, sh: _Shape, wl, inp, h, cell, lens, proj):
     gh = _GATES[mode] * sh.hidden
     xw = np.empty((dirs, gh, cols), dt)
     for d in range(dirs):
-        matmul(wl[d][0], inp.T, xw[d])                 # every step's input product at once
+        dot_serial(wl[d][0], inp.T, xw[d])                 # every step's input product at once
     w_hh = _stack([wk[1] for wk in wl])
     if sh.bias:
         b_ih, b_hh = _stack([wk[2] for wk in wl]), _stack([wk[3] for wk in wl])
@@ -497,7 +497,7 @@ def _backward(ctx: RNNCtx, grad_out, forward: str):
                 dk += [db_ih, db_hh]
             if proj:
                 dw_hr = np.empty((dhs[d].shape[0], ctx.ms[layer][d].shape[0]), sh.dtype)
-                matmul(dhs[d], ctx.ms[layer][d].T, dw_hr)       # sum_t d h_t m_t^T
+                dot_serial(dhs[d], ctx.ms[layer][d].T, dw_hr)       # sum_t d h_t m_t^T
                 dk.append(dw_hr)
             dh0[k] = dh[d].T
             if ctx.mode == "lstm":

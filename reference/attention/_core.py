@@ -111,19 +111,25 @@ def _attn_fwd(q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_sc
     # keep (N, L, S) dropout keep-mask. probs: softmax (N, L, S); kept: probs after dropout
     # (the same array when there is no dropout); out (N, L, Dv) = kept @ v. The heads in
     # ``threads`` contiguous shares (``_threads``), each with its own scratch.
-    n_prob, n_q, n_k = probs.shape
-    rb = min(n_q, _block_rows(n_k, q.shape[2], v.shape[2]))
     if threads <= 1:
-        scores, row = np.empty((rb, n_k), q.dtype), np.empty(n_k)
-        for n in range(n_prob):
-            _attn_fwd_head(n, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep,
-                           keep_scale, scale, probs, kept, out, scores, row)
+        _attn_fwd_share(0, 1, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep,
+                        keep_scale, scale, probs, kept, out)
     else:
         for t in prange(threads):
-            scores, row = np.empty((rb, n_k), q.dtype), np.empty(n_k)
-            for n in range(t * n_prob // threads, (t + 1) * n_prob // threads):
-                _attn_fwd_head(n, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep,
-                               keep_scale, scale, probs, kept, out, scores, row)
+            _attn_fwd_share(t, threads, q, k, v, bias, bias_div, has_bias, causal, keep,
+                            has_keep, keep_scale, scale, probs, kept, out)
+
+
+@kernel()
+def _attn_fwd_share(t, nt, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep,
+                    keep_scale, scale, probs, kept, out):
+    # heads [t N / nt, (t + 1) N / nt) with scratch of their own
+    n_prob, n_q, n_k = probs.shape
+    rb = min(n_q, _block_rows(n_k, q.shape[2], v.shape[2]))
+    scores, row = np.empty((rb, n_k), q.dtype), np.empty(n_k)
+    for n in range(t * n_prob // nt, (t + 1) * n_prob // nt):
+        _attn_fwd_head(n, q, k, v, bias, bias_div, has_bias, causal, keep, has_keep, keep_scale,
+                       scale, probs, kept, out, scores, row)
 
 
 @kernel()
@@ -184,13 +190,12 @@ def _attn_bwd(q, k, v, probs, kept, keep, has_keep, keep_scale, scale, d_out, d_
     # d_probs (N / dp_div, L, S): an upstream gradient of the kept probabilities themselves
     # (the attention weights an MHA returns, after dropout as torch's), times dp_scale.
     # d_bias (N, L, S), when has_dbias: the gradient of the additive mask, dS before the scale.
-    n_prob, n_q, n_k = probs.shape
+    _, n_q, n_k = probs.shape
     d, d_v = q.shape[2], v.shape[2]
     rb = min(n_q, _block_rows(n_k, d, d_v))
-    # the scratch in two allocations, not five: on this machine five small ones left the heap
-    # so that glibc returned the caller's large arrays to the OS and each call page-faulted
-    # them back in (~1500 faults, a fifth of the forward + backward)
-    # (one share per thread, as the forward)
+    # the scratch in two allocations (a row of each per share), not five: on this machine five
+    # small ones left the heap so that glibc returned the caller's large arrays to the OS and
+    # each call page-faulted them back in (~1500 faults, a fifth of the forward + backward)
     size = rb * n_k + n_k * (d + d_v)
     nt = max(1, threads)
     buf = np.empty((nt, size), q.dtype)

@@ -111,9 +111,9 @@ def test_numba_uses_the_whole_vector_width(user_features):
         assert got["ymm"] or not user_features
 
 
-# Products made in Python code between kernels go through reference._blas.matmul (SciPy's
+# Products made in Python code between kernels go through reference._blas.dot_serial (SciPy's
 # OpenBLAS, the kernels' own), not NumPy's np.dot / @ (NumPy's wheel bundles a second OpenBLAS
-# whose spinning thread pool fights the first: see _blas.matmul). The classical fits' one-off
+# whose spinning thread pool fights the first: see reference/_blas.py). The classical fits' one-off
 # solves and vector dots are allowed by name.
 _NUMPY_BLAS_ALLOWED = {
     ("linear_models.py", "_min_norm_solve"), ("linear_models.py", "linear_regression_fit"),
@@ -147,4 +147,4 @@ def test_python_level_products_use_the_kernels_blas():
     found = set().union(*(_python_products(p) for p in paths))
     assert any(name == "ridge_objective" for _, name, _ in found)  # the scan sees them
     stray = sorted(f for f in found if f[:2] not in _NUMPY_BLAS_ALLOWED)
-    assert not stray, f"NumPy BLAS products outside kernels (use _blas.matmul): {stray}"
+    assert not stray, f"NumPy BLAS products outside kernels (use _blas.dot_serial): {stray}"
