@@ -99,6 +99,9 @@ def _threading() -> dict:
     target = reference._jit.target()
     facts["numba_vectors"] = f"{target['vector_bits']}-bit (LLVM cpu {target['cpu']})"
     facts["torch_vectors"] = torch.backends.cpu.get_cpu_capability()
+    from reference import _blas
+
+    facts["numba_blas"] = _blas.BACKEND
     for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER"):
         facts[var] = os.environ.get(var, "unset")

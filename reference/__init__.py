@@ -10,7 +10,8 @@ algorithm is a pair of public functions::
 takes them (the docstring lists it). Inputs are float32 or float64 numpy arrays; outputs
 have the input's dtype. Bad input raises ``TypeError``/``ValueError`` naming the argument.
 
-This package needs numpy, numba and scipy only; it never imports torch.
+This package needs numpy, numba and scipy (and uses Intel's MKL for single-thread products
+where the ``mkl`` wheel is installed: ``reference/_blas.py``); it never imports torch.
 """
 
 __all__ = [

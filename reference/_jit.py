@@ -5,7 +5,8 @@
   from other modules (``_vmath``, ``_prims``, ``_blas``): after an edit there, the cache would
   keep serving the old code. So each module's kernels are cached in a directory named by a
   digest of the sources of every ``reference`` module it reaches through its globals
-  (``_cache_dir``); an edit anywhere in that closure starts a fresh directory.
+  (``_cache_dir``), and of the ``CACHE_SALT`` of those that have one (``_blas``: which BLAS its
+  kernels call); an edit anywhere in that closure starts a fresh directory.
 - ``error_model='numpy'``: division by zero gives inf/nan as numpy does instead of raising,
   which also lets loops containing a division vectorise.
 - No blanket ``fastmath``: it assumes no NaN/inf and would change results at the edges a
@@ -132,6 +133,9 @@ def _digest(module: types.ModuleType) -> str:
             path = getattr(sys.modules.get(name), "__file__", None)
             if path:
                 h.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+                # what a module decided at import that its kernels freeze (e.g. _blas's library)
+                salt = getattr(sys.modules[name], "CACHE_SALT", "")
+                h.update(str(salt).encode() + b"\0")
         _digests[key] = h.hexdigest()[:16]
     return _digests[key]
 
