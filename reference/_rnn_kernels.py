@@ -96,9 +96,10 @@ def shifted(hs, h0, reverse, batch):
     return prev
 
 
-@kernel()
+@kernel(reduce=True)
 def row_sums(a, out):
-    """out[j] = sum_c a[j, c], accumulated in float64."""
+    """out[j] = sum_c a[j, c], accumulated in float64 (reassociated: the sum vectorises; in
+    order it was a chain of dependent adds, 0.35 ms of the medium LSTM's 4.4 ms backward)."""
     for j in range(a.shape[0]):
         row = a[j]
         acc = 0.0
@@ -111,9 +112,11 @@ def row_sums(a, out):
 def weight_grads(dg_x, dg_h, inp, w_ih, hprev, dinp, dw_ih, dw_hh):
     """One product over all steps each: d inp += dG_x^T W_ih, dW_ih = dG_x inp,
     dW_hh = dG_h hprev^T."""
-    dinp += np.dot(dg_x.T, w_ih)
-    np.dot(dg_x, inp, dw_ih)
-    np.dot(dg_h, hprev.T, dw_hh)
+    tmp = np.empty_like(dinp)
+    dot_serial(dg_x.T, w_ih, tmp)
+    dinp += tmp
+    dot_serial(dg_x, inp, dw_ih)
+    dot_serial(dg_h, hprev.T, dw_hh)
 
 
 @kernel()

@@ -54,7 +54,8 @@ def _bound(a, b, dtype):
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (1, 9, 4), (6, 1, 3), (6, 4, 1),
-                                   (0, 3, 2), (3, 0, 2), (3, 2, 0), (33, 17, 65)])
+                                   (0, 3, 2), (3, 0, 2), (3, 2, 0), (33, 17, 65),
+                                   (600, 100, 100)])  # the last over THREADED_MNK: row blocks
 def test_products_in_every_layout(entry, dtype, shape):
     m, k, n = shape
     rng = np.random.default_rng(m * 100 + k * 10 + n)
