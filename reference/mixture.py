@@ -48,6 +48,7 @@ from numba import prange
 
 from reference import _samples as s
 from reference import _validate as v
+from reference._blas import dot_serial
 from reference._jit import kernel
 from reference.naive_bayes import _argmax_rows, _jll
 
@@ -182,7 +183,7 @@ def _m_step_means(x, resp, weights, means):
         tot += nk[k]
     for k in range(n_comp):
         weights[k] = nk[k] / tot
-    np.dot(resp.T, x, means)
+    dot_serial(resp.T, x, means)
     for k in range(n_comp):
         for f in range(x.shape[1]):
             means[k, f] /= nk[k]
@@ -207,7 +208,7 @@ def _m_step_full(x, resp, reg, weights, means, cov):
     for k in range(resp.shape[1]):
         _weighted_diff(x, resp, means, k, diff, wdiff)
         ck = cov[k]
-        np.dot(wdiff.T, diff, ck)
+        dot_serial(wdiff.T, diff, ck)
         for a in range(d):
             for b in range(d):
                 ck[a, b] /= nk[k]
