@@ -429,6 +429,145 @@ def lstm_fwd_chunk(xw, w_hh, w_hr, bias, h_all, cell_all, lens, reverse, hs, ms,
     cell_all[:, b0:b0 + nb] = cell
 
 
+@kernel(parallel=True)
+def lstm_fwd_halves(xwp, whp, biasp, h_all, cell_all, lens, reverse, hs, ys, row0, gates, cs):
+    """``lstm_fwd_chunk`` for a lone direction without a projection, every batch column, each
+    step shared by two threads: thread p takes the units of half p (``H`` even). xwp (2, 4Hh,
+    T*B), whp (2, 4Hh, H) and biasp (2, 4Hh) are the input products, W_hh and the bias with
+    the rows of half p's units in gate order (i, f, g, o; ``split_rows``). A step needs all of
+    h_{t-1}, so h is double-buffered and each step is one parallel region; the split is fixed
+    (two halves), so results do not depend on the number of threads."""
+    dt = h_all.dtype
+    hidden, batch = h_all.shape
+    hh = hidden // 2
+    n_steps = xwp.shape[2] // batch
+    hbuf = np.empty((2, hidden, batch), dt)
+    hbuf[0] = h_all
+    cellp = np.empty((2, hh, batch), dt)
+    for p in range(2):
+        cellp[p] = cell_all[p * hh:(p + 1) * hh]
+    hw = np.empty((2, 4 * hh, batch), dt)
+    m = np.empty((2, hh, batch), dt)
+    pre = np.empty((2, 4 * hh, batch))
+    act = np.empty((2, 5 * hh, batch), dt)
+    for s in range(n_steps):
+        t = step_of(s, n_steps, reverse)
+        c0 = t * batch
+        cur = s % 2
+        for p in prange(2):
+            u0 = p * hh
+            dot_one_thread(whp[p], hbuf[cur], hw[p])
+            _lstm_step(xwp[p], hw[p], biasp[p], c0, lens, t, pre[p], act[p], cellp[p], m[p])
+            for g in range(5):
+                for u in range(hh):
+                    copy_row(gates[g * hidden + u0 + u, c0:c0 + batch], act[p, g * hh + u])
+            for u in range(hh):
+                copy_row(cs[u0 + u, c0:c0 + batch], cellp[p, u])
+                hn, hc, mu = hbuf[1 - cur, u0 + u], hbuf[cur, u0 + u], m[p, u]
+                for b in range(batch):
+                    hn[b] = mu[b] if t < lens[b] else hc[b]
+                copy_row(hs[u0 + u, c0:c0 + batch], hn)
+            put_outputs(hbuf[1 - cur, u0:u0 + hh], lens, t, ys, c0, row0 + u0)
+    h_all[:] = hbuf[n_steps % 2]
+    for p in range(2):
+        cell_all[p * hh:(p + 1) * hh] = cellp[p]
+
+
+@kernel()
+def _lstm_bwd_half(gates, cs, c_init, lens, t, first, cp0, c0, u0, hidden, dht, dc, dgt,
+                   gbuf, cpbuf):
+    """``lstm_bwd_chunk``'s gate gradients of one step for the units u0 .. u0 + Hh (dht, dc,
+    cpbuf: (Hh, B); dgt: (4Hh, B) in gate order; gbuf (5Hh, B)): the same expressions in the
+    same order as there."""
+    hh, batch = dc.shape
+    all_on = True
+    for b in range(batch):
+        all_on = all_on and t < lens[b]
+    if all_on:
+        for g in range(5):
+            for u in range(hh):
+                copy_row(gbuf[g * hh + u], gates[g * hidden + u0 + u, c0:c0 + batch])
+        for u in range(hh):
+            copy_row(cpbuf[u], c_init[u0 + u] if first else cs[u0 + u, cp0:cp0 + batch])
+        _lstm_bwd_flat(gbuf, cpbuf, dht, dc, dgt)
+        return
+    for u in range(hh):
+        r = u0 + u
+        i, f = gates[r, c0:c0 + batch], gates[hidden + r, c0:c0 + batch]
+        g, o = gates[2 * hidden + r, c0:c0 + batch], gates[3 * hidden + r, c0:c0 + batch]
+        tc, gm = gates[4 * hidden + r, c0:c0 + batch], dht[u]
+        cp = c_init[r] if first else cs[r, cp0:cp0 + batch]
+        cr = dc[u]
+        di, df, dgg, do = dgt[u], dgt[hh + u], dgt[2 * hh + u], dgt[3 * hh + u]
+        for b in range(batch):
+            on = t < lens[b]
+            gh = np.float64(gm[b])
+            ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
+            ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
+            gc = dcb + gh * ob * (1.0 - tb * tb)
+            di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
+            df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
+            dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
+            do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
+            cr[b] = gc * fb if on else dcb
+
+
+@kernel(parallel=True)
+def lstm_bwd_halves(wtp, c_init, lens, gates, cs, dys, row0, dh_all, dc_all, dg):
+    """``lstm_bwd_chunk`` for a lone direction without a projection, every batch column, each
+    step shared by two threads as in ``lstm_fwd_halves``: thread p makes d h_t of half p's units
+    (rows p of W_hh^T d g_{t+1}), then their gate gradients. wtp (2, Hh, 4H): W_hh^T's rows of
+    half p, its columns in ``split_rows`` order; the step's gate gradients are double-buffered
+    (a thread writes step t's while the other may still read step t+1's)."""
+    dt = dh_all.dtype
+    hidden, batch = dh_all.shape
+    hh = hidden // 2
+    n_steps = dg.shape[1] // batch
+    dgt = np.empty((2, 2, 4 * hh, batch), dt)   # [buffer, half]: rows in gate order
+    dcp = np.empty((2, hh, batch), dt)
+    dhp = np.empty((2, hh, batch), dt)
+    dht = np.empty((2, hh, batch), dt)
+    back = np.empty((2, hh, batch), dt)
+    gbuf = np.empty((2, 5 * hh, batch), dt)
+    cpbuf = np.empty((2, hh, batch), dt)
+    for p in range(2):
+        dcp[p] = dc_all[p * hh:(p + 1) * hh]
+        dhp[p] = dh_all[p * hh:(p + 1) * hh]
+    for s in range(n_steps + 1):
+        t = n_steps - 1 - s
+        cur = s % 2
+        for p in prange(2):
+            u0 = p * hh
+            if s > 0:  # d h_t (rows p) = W_hh^T d g_{t+1}, kept where step t + 1 was active
+                dot_one_thread(wtp[p], dgt[1 - cur].reshape(8 * hh, batch), back[p])
+                carry(back[p], lens, t + 1, dhp[p])
+            if t >= 0:
+                c0 = t * batch
+                for u in range(hh):                # the total gradient of h_t
+                    row, dhr, dyr = dht[p, u], dhp[p, u], dys[c0:c0 + batch, row0 + u0 + u]
+                    for b in range(batch):
+                        row[b] = (np.float64(dhr[b]) + np.float64(dyr[b])
+                                  if t < lens[b] else 0.0)
+                first = t == 0
+                cp0 = (t - 1) * batch
+                _lstm_bwd_half(gates, cs, c_init, lens, t, first, cp0, c0, u0, hidden, dht[p],
+                               dcp[p], dgt[cur, p], gbuf[p], cpbuf[p])
+                for g in range(4):
+                    for u in range(hh):
+                        copy_row(dg[g * hidden + u0 + u, c0:c0 + batch], dgt[cur, p, g * hh + u])
+    for p in range(2):
+        dh_all[p * hh:(p + 1) * hh] = dhp[p]
+        dc_all[p * hh:(p + 1) * hh] = dcp[p]
+
+
+def split_rows(hidden: int) -> np.ndarray:
+    """The order of the 4H gate rows for ``lstm_fwd_halves``: half 0's units (i, f, g, o
+    blocks of H/2 rows each), then half 1's."""
+    hh = hidden // 2
+    return np.concatenate([g * hidden + p * hh + np.arange(hh) for p in range(2)
+                           for g in range(4)])
+
+
 @kernel()
 def _lstm_bwd_flat(gbuf, cpbuf, dm, dc, dgt):
     """One step's gate gradients when every column is active, as the per-unit loop of

@@ -9,6 +9,10 @@
   must give torch's outputs, states and, through the layered twin's autograd, gradients.
 - **Weights for bias=False / proj_size are counted**: the catalog's calling convention reads
   the weights' count from the parameters, so a wrong count can only be tried directly.
+- **The LSTM's two-thread steps**: a lone LSTM direction without a projection shares each
+  step between two threads once ``hidden * batch >= R.HALVES_MIN`` (2048), beyond the
+  catalog's hypothesis cases; those cases go through that path here (the threshold lowered),
+  and so does the benchmarks' medium size, against torch with the catalog's tolerances.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from reference import rnn as R
+from suites.catalog import get
 from suites.catalog.spec import DEFAULT_TOL, FLOAT32, FLOAT64
+from suites.catalog.strategies import seeds
+from suites.correctness import checks
 from suites.recording import compare
 
 FAMILY = "sequence"
@@ -170,3 +179,25 @@ def test_lengths_and_masks_in_any_layout_and_kept_private():
     for i, (a, b) in enumerate(zip(want[1][:1] + want[1][3:], edited[1][:1] + edited[1][3:],
                                    strict=True)):
         assert np.array_equal(a, b), f"editing lengths/mask after forward changed gradient {i}"
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+@given(data=st.data())
+def test_lstm_in_two_thread_steps(dtype, device, data):
+    spec = get("lstm")
+    case = data.draw(spec.cases(dtype), label="case")
+    rng = data.draw(seeds(), label="upstream gradient seed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R, "HALVES_MIN", 0)
+        checks.check_forward(spec, case, device)
+        checks.check_gradient(spec, case, rng, device)
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
+def test_lstm_medium_in_two_thread_steps(dtype, device):
+    spec = get("lstm")
+    case = spec.sizes["medium"](dtype)
+    sh_hidden = case.inputs["x"].shape[-1]
+    assert sh_hidden * case.inputs["x"].shape[1] >= R.HALVES_MIN  # the path is taken as is
+    checks.check_forward(spec, case, device)
+    checks.check_gradient(spec, case, np.random.default_rng(0), device)
