@@ -79,6 +79,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config._refbench_records = []  # type: ignore[attr-defined]
     config._refbench_start = time.time()  # type: ignore[attr-defined]
     config._refbench_load_start = _loadavg()  # type: ignore[attr-defined]
+    # pytest-benchmark writes --benchmark-json at the end without creating its folder: in a
+    # fresh clone `nox -s compile` (or `bench`) ran 17 minutes, then failed on the missing
+    # reports/out/.
+    bench_json = config.getoption("benchmark_json", None)
+    if bench_json is not None:
+        Path(bench_json).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _loadavg() -> list[float] | None:

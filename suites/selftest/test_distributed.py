@@ -38,3 +38,16 @@ def test_workers_and_shards_give_the_same_records(tmp_path):
     ids = [r["nodeid"] for s in shards for r in s]
     assert len(ids) == len(set(ids)), "a test ran in two shards"
     assert sorted((r for s in shards for r in s), key=lambda r: r["nodeid"]) == one
+
+
+def test_benchmark_json_into_a_folder_that_does_not_exist(tmp_path):
+    # As `nox -s compile` or `nox -s bench` in a fresh clone: reports/out/ is not there yet.
+    out = tmp_path / "not" / "yet" / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "suites/performance", "-k",
+                           "relu and not leaky", "--bench-sizes=small", "--bench-impls=numba",
+                           "--benchmark-min-rounds=2", "--benchmark-max-time=0.01",
+                           f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = {b["extra_info"]["algorithm"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert names == {"relu"}
