@@ -499,17 +499,7 @@ def _lstm_bwd_half(gates, cs, c_init, lens, t, first, cp0, c0, u0, hidden, dht, 
         cp = c_init[r] if first else cs[r, cp0:cp0 + batch]
         cr = dc[u]
         di, df, dgg, do = dgt[u], dgt[hh + u], dgt[2 * hh + u], dgt[3 * hh + u]
-        for b in range(batch):
-            on = t < lens[b]
-            gh = np.float64(gm[b])
-            ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
-            ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
-            gc = dcb + gh * ob * (1.0 - tb * tb)
-            di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
-            df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
-            dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
-            do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
-            cr[b] = gc * fb if on else dcb
+        _lstm_bwd_unit(i, f, g, o, tc, gm, cp, cr, di, df, dgg, do, lens, t)
 
 
 @kernel(parallel=True)
@@ -566,6 +556,25 @@ def split_rows(hidden: int) -> np.ndarray:
     hh = hidden // 2
     return np.concatenate([g * hidden + p * hh + np.arange(hh) for p in range(2)
                            for g in range(4)])
+
+
+@kernel()
+def _lstm_bwd_unit(i, f, g, o, tc, gm, cp, cr, di, df, dgg, do, lens, t):
+    """One unit's gate gradients at step t over the batch columns, where some column may be
+    inactive: gates i, f, g, o and tanh c_t; gm = d m_t; cp = c_{t-1}; cr = d c_t in, d c_{t-1}
+    out; di, df, dgg, do out. Computed for every column, kept by selects (no branches: the loop
+    vectorises); an inactive column's gradients are 0 and its d c passes through."""
+    for b in range(cr.size):
+        on = t < lens[b]
+        gh = np.float64(gm[b])
+        ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
+        ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
+        gc = dcb + gh * ob * (1.0 - tb * tb)
+        di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
+        df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
+        dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
+        do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
+        cr[b] = gc * fb if on else dcb
 
 
 @kernel()
@@ -644,18 +653,7 @@ def lstm_bwd_chunk(w_t, w_hr_t, c_init, lens, reverse, gates, cs, dys, row0, dh_
                 cp = c_init[u, b0:b0 + nb] if first else cs[u, cp0:cp0 + nb]
                 cr = dc[u]
                 di, df, dgg, do = dgt[u], dgt[fu], dgt[gu], dgt[ou]
-                # Computed for every b, kept by selects (no branches: the loop vectorises).
-                for b in range(nb):
-                    on = t < ln[b]
-                    gh = np.float64(gm[b])
-                    ib, fb, gb = np.float64(i[b]), np.float64(f[b]), np.float64(g[b])
-                    ob, tb, dcb = np.float64(o[b]), np.float64(tc[b]), np.float64(cr[b])
-                    gc = dcb + gh * ob * (1.0 - tb * tb)
-                    di[b] = gc * gb * ib * (1.0 - ib) if on else 0.0
-                    df[b] = gc * np.float64(cp[b]) * fb * (1.0 - fb) if on else 0.0
-                    dgg[b] = gc * ib * (1.0 - gb * gb) if on else 0.0
-                    do[b] = gh * tb * ob * (1.0 - ob) if on else 0.0
-                    cr[b] = gc * fb if on else dcb
+                _lstm_bwd_unit(i, f, g, o, tc, gm, cp, cr, di, df, dgg, do, ln, t)
         dg[:, c0:c0 + nb] = dgt
         product(w_t, dgt, back, threaded)          # d h_{t-1} = W_hh^T dg_t
         carry(back, ln, t, dh)
