@@ -6,8 +6,12 @@ dependency on x86-64 Linux), every product that runs on the calling thread goes 
 make it is as fast as the MKL inside torch and 1.2-1.5x faster than SciPy's OpenBLAS (measured
 on one core of an AVX-512 Xeon, float32: (32 x 128) @ (128 x 512) 28 us vs 41 us, (8192 x 144)
 @ (144 x 32) 0.47 ms vs 0.70 ms). MKL is called through its C symbols, registered with LLVM by
-name, so kernels that call it still cache. Without MKL (another platform) the same products go
-to ``np.dot``, i.e. SciPy's OpenBLAS, in row blocks small enough to stay on the calling thread.
+name, so kernels that call it still cache. A large product (over ``THREADED_MNK``) is cut into
+row blocks, each one sequential MKL call, shared among Numba's threads: no BLAS thread pool
+runs beside Numba's and torch's (OpenBLAS's spinning threads had made torch's timings of the
+RNNs, linear layers and MLPs up to 20x slower). Without MKL (another platform) the products go
+to ``np.dot``, i.e. SciPy's OpenBLAS: in row blocks small enough to stay on the calling thread,
+or whole on its threads when large.
 
 OpenBLAS (SciPy's, which ``np.dot`` calls inside Numba) splits a product over its threads once
 ``m * n * k`` exceeds 2^18 (``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``). For the
@@ -15,7 +19,7 @@ products of a recurrence step or of one attention head (e.g. (128 x 32) @ (32 x 
 and joining the threads costs more than they save, and when the other core is busy they stall
 (measured here, 64 heads of (128 x 32) @ (32 x 128): 1.7 ms on one thread, 2.5 ms on two on
 an idle machine, 13.8 ms on a loaded one). Large products (all time steps at once, weight
-gradients, a step of a large network) use ``np.dot`` and its threads.
+gradients, a step of a large network) use every core.
 
 Products made in Python code between kernels call ``dot_serial`` too, never NumPy's ``np.dot``
 or ``@``: NumPy's wheel bundles a second OpenBLAS (64-bit indices) with a thread pool of its
@@ -87,8 +91,8 @@ HAVE_MKL = MKL_VERSION is not None
 # Kernels compiled with one backend must not be loaded from the cache by a process with the
 # other (reference._jit adds this to the cache directory's digest).
 CACHE_SALT = f"mkl-{MKL_VERSION}" if HAVE_MKL else "openblas"
-BACKEND = f"MKL {MKL_VERSION} (sequential) on one thread, OpenBLAS threaded" if HAVE_MKL \
-    else "OpenBLAS"
+BACKEND = (f"MKL {MKL_VERSION} (sequential; large products in row blocks on Numba's threads)"
+           if HAVE_MKL else "OpenBLAS")
 
 
 @intrinsic
@@ -221,9 +225,12 @@ def dot_serial(a, b, out):
     if rows >= m or m * k * n > THREADED_MNK or not a.flags.c_contiguous:
         np.dot(a, b, out)
         return
+    # Typed C-contiguous, so the row blocks below are C arrays to np.dot (no copy where ``a``
+    # is typed C; a transposed view typed 'A' but contiguous is copied once).
+    ac = np.ascontiguousarray(a)
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
-        np.dot(a[r0:r1], b, out[r0:r1])
+        np.dot(ac[r0:r1], b, out[r0:r1])
 
 
 @kernel()

@@ -430,13 +430,14 @@ def lstm_fwd_chunk(xw, w_hh, w_hr, bias, h_all, cell_all, lens, reverse, hs, ms,
 
 
 @kernel(parallel=True)
-def lstm_fwd_halves(xwp, whp, biasp, h_all, cell_all, lens, reverse, hs, ys, row0, gates, cs):
-    """``lstm_fwd_chunk`` for a lone direction without a projection, every batch column, each
-    step shared by two threads: thread p takes the units of half p (``H`` even). xwp (2, 4Hh,
-    T*B), whp (2, 4Hh, H) and biasp (2, 4Hh) are the input products, W_hh and the bias with
-    the rows of half p's units in gate order (i, f, g, o; ``split_rows``). A step needs all of
-    h_{t-1}, so h is double-buffered and each step is one parallel region; the split is fixed
-    (two halves), so results do not depend on the number of threads."""
+def lstm_fwd_halves(xwp, whp, biasp, h_all, cell_all, lens, hs, ys, gates, cs):
+    """``lstm_fwd_chunk`` for a lone (forward) direction without a projection, every batch
+    column, ys (T*B, H) its whole output, each step shared by two threads: thread p takes the
+    units of half p (``H`` even). xwp (2, 4Hh, T*B), whp (2, 4Hh, H) and biasp (2, 4Hh) are
+    the input products, W_hh and the bias with the rows of half p's units in gate order (i,
+    f, g, o; ``split_rows``). A step needs all of h_{t-1}, so h is double-buffered and each
+    step is one parallel region; the split is fixed (two halves), so results do not depend on
+    the number of threads."""
     dt = h_all.dtype
     hidden, batch = h_all.shape
     hh = hidden // 2
@@ -450,10 +451,9 @@ def lstm_fwd_halves(xwp, whp, biasp, h_all, cell_all, lens, reverse, hs, ys, row
     m = np.empty((2, hh, batch), dt)
     pre = np.empty((2, 4 * hh, batch))
     act = np.empty((2, 5 * hh, batch), dt)
-    for s in range(n_steps):
-        t = step_of(s, n_steps, reverse)
+    for t in range(n_steps):
         c0 = t * batch
-        cur = s % 2
+        cur = t % 2
         for p in prange(2):
             u0 = p * hh
             dot_one_thread(whp[p], hbuf[cur], hw[p])
@@ -467,7 +467,7 @@ def lstm_fwd_halves(xwp, whp, biasp, h_all, cell_all, lens, reverse, hs, ys, row
                 for b in range(batch):
                     hn[b] = mu[b] if t < lens[b] else hc[b]
                 copy_row(hs[u0 + u, c0:c0 + batch], hn)
-            put_outputs(hbuf[1 - cur, u0:u0 + hh], lens, t, ys, c0, row0 + u0)
+            put_outputs(hbuf[1 - cur, u0:u0 + hh], lens, t, ys, c0, u0)
     h_all[:] = hbuf[n_steps % 2]
     for p in range(2):
         cell_all[p * hh:(p + 1) * hh] = cellp[p]
@@ -503,9 +503,10 @@ def _lstm_bwd_half(gates, cs, c_init, lens, t, first, cp0, c0, u0, hidden, dht, 
 
 
 @kernel(parallel=True)
-def lstm_bwd_halves(wtp, c_init, lens, gates, cs, dys, row0, dh_all, dc_all, dg):
-    """``lstm_bwd_chunk`` for a lone direction without a projection, every batch column, each
-    step shared by two threads as in ``lstm_fwd_halves``: thread p makes d h_t of half p's units
+def lstm_bwd_halves(wtp, c_init, lens, gates, cs, dys, dh_all, dc_all, dg):
+    """``lstm_bwd_chunk`` for a lone (forward) direction without a projection, every batch
+    column, dys (T*B, H) its whole upstream gradient, each step shared by two threads as in
+    ``lstm_fwd_halves``: thread p makes d h_t of half p's units
     (rows p of W_hh^T d g_{t+1}), then their gate gradients. wtp (2, Hh, 4H): W_hh^T's rows of
     half p, its columns in ``split_rows`` order; the step's gate gradients are double-buffered
     (a thread writes step t's while the other may still read step t+1's)."""
@@ -534,7 +535,7 @@ def lstm_bwd_halves(wtp, c_init, lens, gates, cs, dys, row0, dh_all, dc_all, dg)
             if t >= 0:
                 c0 = t * batch
                 for u in range(hh):                # the total gradient of h_t
-                    row, dhr, dyr = dht[p, u], dhp[p, u], dys[c0:c0 + batch, row0 + u0 + u]
+                    row, dhr, dyr = dht[p, u], dhp[p, u], dys[c0:c0 + batch, u0 + u]
                     for b in range(batch):
                         row[b] = (np.float64(dhr[b]) + np.float64(dyr[b])
                                   if t < lens[b] else 0.0)

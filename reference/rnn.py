@@ -299,7 +299,7 @@ def _lstm_forward_halves(sh: _Shape, wk, inp, h, cell, lens):
     """``_layer_forward`` for one LSTM direction by ``K.lstm_fwd_halves``."""
     cols, dt, hid = sh.steps * sh.batch, sh.dtype, sh.hidden
     rows = K.split_rows(hid)
-    w_ih, w_hh = np.ascontiguousarray(wk[0][rows]), np.ascontiguousarray(wk[1][rows])
+    w_ih, w_hh = wk[0][rows], wk[1][rows]                 # row copies, C-contiguous
     bsum = ((wk[2].astype(np.float64) + wk[3].astype(np.float64))[rows] if sh.bias else
             np.zeros(4 * hid))
     xw = np.empty((4 * hid, cols), dt)
@@ -309,8 +309,8 @@ def _lstm_forward_halves(sh: _Shape, wk, inp, h, cell, lens):
     gates = np.empty((1, 5 * hid, cols), dt)
     cs = np.empty((1, hid, cols), dt)
     K.lstm_fwd_halves(xw.reshape(2, 2 * hid, cols), w_hh.reshape(2, 2 * hid, hid),
-                      bsum.reshape(2, 2 * hid), h[0], cell[0], lens, False, hs[0], ys, 0,
-                      gates[0], cs[0])
+                      bsum.reshape(2, 2 * hid), h[0], cell[0], lens, hs[0], ys, gates[0],
+                      cs[0])
     return ys, hs, gates, cs, None
 
 
@@ -451,7 +451,7 @@ def _layer_backward(ctx: RNNCtx, layer, wl, dys, dh, dc, proj):
         if _halves(sh, proj):
             rows = K.split_rows(sh.hidden)
             wtp = np.ascontiguousarray(wl[0][1][rows].T).reshape(2, sh.hidden // 2, gh)
-            K.lstm_bwd_halves(wtp, c_init[0], ctx.lens, gates[0], cs[0], dys, 0, dh[0], dc[0],
+            K.lstm_bwd_halves(wtp, c_init[0], ctx.lens, gates[0], cs[0], dys, dh[0], dc[0],
                               dg_x[0])
         elif par:
             K.lstm_bwd_tasks(w_t, w_hr_t, c_init, ctx.lens, gates, cs, dys, dh, dc, dg_x, dhs,
