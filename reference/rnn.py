@@ -271,8 +271,9 @@ class RNNCtx(NamedTuple):
     states: list[np.ndarray]         # per layer, h_t at columns t*B.., (D, P, T*B)
     h0: list[np.ndarray]             # per layer, (D, P, B)
     c0: list[np.ndarray] | None      # per layer, (D, H, B)
-    gates: list[np.ndarray | None]   # per layer, (D, rows, T*B)
-    cells: list[np.ndarray | None]   # LSTM cell states, per layer, (D, H, T*B)
+    gates: list[np.ndarray | None]   # per layer, (D, rows, T*B); step-major when halves:
+    cells: list[np.ndarray | None]   # LSTM cell states, per layer, (D, H, T*B); see
+    #                                  ``_halves``: (1, T, 2, 5H/2 or H/2, B) (lstm_fwd_halves)
     ms: list[np.ndarray | None]      # LSTM with projection: o tanh c per step, (D, H, T*B)
     lens: np.ndarray                 # (B,) int64, T for every element when not packed
     masks: list[np.ndarray]          # per layer but the last, its keep-mask as rows (T*B, D*P)
@@ -306,8 +307,8 @@ def _lstm_forward_halves(sh: _Shape, wk, inp, h, cell, lens):
     dot_serial(w_ih, inp.T, xw)                            # every step's input product at once
     ys = np.empty((cols, hid), dt)
     hs = np.empty((1, hid, cols), dt)
-    gates = np.empty((1, 5 * hid, cols), dt)
-    cs = np.empty((1, hid, cols), dt)
+    gates = np.empty((1, sh.steps, 2, 5 * hid // 2, sh.batch), dt)  # step-major: see the kernel
+    cs = np.empty((1, sh.steps, 2, hid // 2, sh.batch), dt)
     K.lstm_fwd_halves(xw.reshape(2, 2 * hid, cols), w_hh.reshape(2, 2 * hid, hid),
                       bsum.reshape(2, 2 * hid), h[0], cell[0], lens, hs[0], ys, gates[0],
                       cs[0])
@@ -438,7 +439,8 @@ def _layer_backward(ctx: RNNCtx, layer, wl, dys, dh, dc, proj):
     hprev = np.empty_like(hs)
     for d in range(dirs):
         hprev[d] = K.shifted(hs[d], ctx.h0[layer][d], d == 1, sh.batch)
-    w_t = _transposed([wk[1] for wk in wl])            # W_hh^T, (D, P, G*H)
+    halves = ctx.mode == "lstm" and _halves(sh, proj)
+    w_t = None if halves else _transposed([wk[1] for wk in wl])  # W_hh^T, (D, P, G*H)
     chunk = _chunk(sh)
     par = _parallel(sh, chunk, _GATES[ctx.mode])
     dg_x = np.empty((dirs, gh, cols), dt)
@@ -448,9 +450,9 @@ def _layer_backward(ctx: RNNCtx, layer, wl, dys, dh, dc, proj):
                   np.zeros((dirs, 0, sh.out), dt))
         dhs = np.empty((dirs, sh.out, cols) if proj else (dirs, 0, 0), dt)
         c_init, gates, cs = ctx.c0[layer], ctx.gates[layer], ctx.cells[layer]
-        if _halves(sh, proj):
+        if halves:
             rows = K.split_rows(sh.hidden)
-            wtp = np.ascontiguousarray(wl[0][1][rows].T).reshape(2, sh.hidden // 2, gh)
+            wtp = np.take(wl[0][1].T, rows, axis=1).reshape(2, sh.hidden // 2, gh)
             K.lstm_bwd_halves(wtp, c_init[0], ctx.lens, gates[0], cs[0], dys, dh[0], dc[0],
                               dg_x[0])
         elif par:
@@ -521,11 +523,11 @@ def _backward(ctx: RNNCtx, grad_out, forward: str):
         dh = _states(grads[1], layer, sh.out, sh)
         dc = _states(grads[2], layer, sh.hidden, sh) if ctx.mode == "lstm" else None
         dg_x, dg_h, hprev, dhs = _layer_backward(ctx, layer, wl, dys, dh, dc, proj)
-        dinp = np.zeros_like(inp)
+        dinp = np.empty_like(inp)
         for d, k in enumerate(ks):
             w_ih, w_hh = wl[d][0], wl[d][1]
             dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
-            K.weight_grads(dg_x[d], dg_h[d], inp, w_ih, hprev[d], dinp, dw_ih, dw_hh)
+            K.weight_grads(dg_x[d], dg_h[d], inp, w_ih, hprev[d], dinp, d == 0, dw_ih, dw_hh)
             dk = [dw_ih, dw_hh]
             if sh.bias:
                 gh = w_ih.shape[0]
