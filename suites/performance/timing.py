@@ -13,7 +13,8 @@ How:
    that a round lasts at least ``min_time``; the number of rounds comes from the time budget
    (``max_time`` per implementation, as pytest-benchmark's option means it), at least
    ``min_rounds``, at most ``max_rounds``.
-3. Rounds: in every round the implementations run in a fresh random order; each runs one
+3. Rounds: in every round the implementations run in one of their orders, every order once
+   in each block of rounds (``_orders``: AB, BA, ... for two), the blocks shuffled; each runs one
    untimed call (it absorbs the switch from the other runtime: the measured cost of the first
    small torch call after a numba parallel kernel is ~0.4 us, see ``threads.py``; a call over
    ``WARM_UP_BELOW_S`` skips it) and then its ``iterations`` timed calls. Round ``i`` of every
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -297,6 +299,26 @@ def _probe(probes: dict[str, Probe], timer, seen: dict[str, list[float]]) -> boo
     return ok
 
 
+def _orders(n: int, rng: np.random.Generator):
+    """The order of the implementations in each round: every one of the n! orders once per
+    block of n! rounds, the block shuffled (n <= 4; a fresh random order each round above).
+
+    The position in a round changes the time: one relu kernel timed as both "a" and "b"
+    beside a CPU hog (one busy process per core) gave per-round ratios a/b with median 0.984
+    in the 62 rounds where a ran first and 1.018 in the 54 where b did. With a fresh random
+    order each round the two orders come up unequally often, and the median of all rounds
+    leans to the more frequent one: such an A/A pair once gave the 99.9% interval [0.970,
+    0.980] in CI (test_timing's ``test_aa_under_hog``). Balanced blocks give both orders the
+    same number of rounds."""
+    if n > 4:
+        while True:
+            yield rng.permutation(n)
+    perms = list(itertools.permutations(range(n)))
+    while True:
+        for i in rng.permutation(len(perms)):
+            yield perms[i]
+
+
 def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disable_gc,
             probes: dict[str, Probe], warm_up: set[str]) -> tuple[dict[str, list[float]], dict]:
     names = list(live)
@@ -311,6 +333,7 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
     hard = start + min(max(HARD_LIMIT * budget, HARD_FLOOR_S), MAX_ATTEMPT_S)
     total = clean = 0
     flags: list[bool] = []  # per round: no stalled probe before or after it
+    orders = _orders(len(names), rng)
     try:
         ok_before = _probe(probes, timer, seen)
         while clean < max_rounds:
@@ -318,7 +341,7 @@ def _rounds(live, iterations, budget, min_rounds, max_rounds, rng, timer, disabl
             if total and (now >= hard or (clean >= min_rounds and now >= deadline)):
                 break
             this: dict[str, float] = {}
-            for j in rng.permutation(len(names)):
+            for j in next(orders):
                 name = names[j]
                 fn, k = live[name], iterations[name]
                 if name in warm_up:

@@ -16,6 +16,7 @@ fast anything is.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 
@@ -295,3 +296,19 @@ def test_peaks_do_not_count_this_processs_own_work():
     # the burn kept about one core busy; what is left for "others" is the machine's own noise
     assert own / (wall * cores) >= 0.8 / cores
     assert others < 0.5 * own / (wall * cores), (others, own, wall)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_orders_are_balanced(n):
+    # Every order of the implementations once per block of n! rounds (n <= 4), so that no
+    # position in a round (which costs time under load: _orders) weighs on one side more.
+    rng = np.random.default_rng(1)
+    gen = timing._orders(n, rng)
+    block = math.factorial(n)
+    rounds = [tuple(int(i) for i in next(gen)) for _ in range(3 * block)]
+    assert all(sorted(r) == list(range(n)) for r in rounds)
+    if n <= 4:
+        for b in range(3):
+            assert len(set(rounds[b * block:(b + 1) * block])) == block
+        firsts = [r[0] for r in rounds]
+        assert all(firsts.count(i) == 3 * block // n for i in range(n))
