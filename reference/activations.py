@@ -6,10 +6,10 @@ Convention (the same in every family)::
     (dx,) = relu_backward(ctx, dy)   # vector-Jacobian product, one gradient per input
 
 ``x`` is a float32/float64 array of any shape; ``y`` and ``dx`` have its shape and dtype.
-Elementwise math is done in float64 and rounded once to the input's dtype (exp, tanh, Phi
-from reference/_vmath.py, which vectorise); float32 sigmoid runs in float32 lanes (<= 1.5 ulp,
-vm.sigmoid_f32) and float32 softmax rows evaluate e^(x - m) in float32 lanes (<= 0.9 ulp) for
-speed. Softmax sums accumulate in float64. Kernels work on flat views;
+Elementwise math is done in float64 and rounded once to the input's dtype (exp, Phi from
+reference/_vmath.py, which vectorise); float32 sigmoid and tanh run in float32 lanes (<= 1.5
+ulp, vm.sigmoid_f32; <= 0.52 ulp, vm.tanh_f32) and float32 softmax rows evaluate e^(x - m) in
+float32 lanes (<= 0.9 ulp) for speed. Softmax sums accumulate in float64. Kernels work on flat views;
 ``ctx`` keeps what backward needs.
 
 Contexts: each forward returns a context of its own type (``SigmoidCtx``, ``ReluCtx``, ...),
@@ -89,7 +89,7 @@ def _binary(saved, grad_out, kern, *args) -> np.ndarray:
 
 # The transcendental kernels call reference/_vmath.py, whose functions vectorise: here float32
 # inputs are computed in float64 with polynomials accurate far below a float32 ulp and rounded
-# once (<= 0.51 ulp measured; float32 sigmoid and softmax trade that for float32 lanes). At
+# once (<= 0.51 ulp measured; float32 sigmoid, tanh and softmax use float32 lanes). At
 # ~0.8 ns an element they gain from the thread pool well below PARALLEL_MIN (set for copy-like
 # kernels): measured here, sigmoid of 8192 floats takes 6.6 us serial and 4.9 us on two threads.
 _PARALLEL_MIN_HEAVY = PARALLEL_MIN // 8
@@ -151,17 +151,18 @@ def sigmoid_backward(ctx: Saved, grad_out: np.ndarray) -> tuple[np.ndarray]:
 
 @kernel(parallel=True)
 def _tanh_fwd(x, y, ys):
-    # y and the ctx's copy ys in one pass, as sigmoid's. tanh stays in float64 arithmetic
-    # rounded once (<= 0.51 ulp): it is already faster than torch's float32 tanh.
+    # y and the ctx's copy ys in one pass, as sigmoid's. float32 in float32 lanes with
+    # error-free pairs (vm.tanh_f32, <= 0.52 ulp, torch's 0.57): 0.6x the time of the float64
+    # route rounded once (<= 0.51 ulp), which took 2.1x torch's time at 64K elements.
     n = x.size
     if n < _PARALLEL_MIN_HEAVY:
         for i in range(n):
-            t = vm.tanh(x[i], y.dtype)
+            t = vm.tanh_fast(x[i], y.dtype)
             y[i] = t
             ys[i] = t
     else:
         for i in prange(n):
-            t = vm.tanh(x[i], y.dtype)
+            t = vm.tanh_fast(x[i], y.dtype)
             y[i] = t
             ys[i] = t
 
