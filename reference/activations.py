@@ -9,8 +9,8 @@ Convention (the same in every family)::
 Elementwise math is done in float64 and rounded once to the input's dtype (exp, Phi from
 reference/_vmath.py, which vectorise); float32 sigmoid and tanh run in float32 lanes (<= 1.5
 ulp, vm.sigmoid_f32; <= 0.52 ulp, vm.tanh_f32) and float32 softmax rows evaluate e^(x - m) in
-float32 lanes (<= 0.9 ulp) for speed. Softmax sums accumulate in float64. Kernels work on flat views;
-``ctx`` keeps what backward needs.
+float32 lanes (<= 0.9 ulp) for speed. Softmax sums accumulate in float64. Kernels work on
+flat views; ``ctx`` keeps what backward needs.
 
 Contexts: each forward returns a context of its own type (``SigmoidCtx``, ``ReluCtx``, ...),
 and each backward refuses any other (``None``, another activation's) with a TypeError naming

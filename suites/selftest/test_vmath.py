@@ -342,9 +342,9 @@ ACT32 = {
 
 @pytest.mark.parametrize("name", sorted(ACT32))
 def test_float32_activation_ulp_bound(name, sweep):
-    # Measured 1.4837 (sigmoid in float32 lanes) 0.5122 (tanh, all 2^32) 0.5083 0.5038, where torch 2.13
-    # measures 2.1e6 (sigmoid's tails;
-    # 2.0 for |x| <= 10), 0.568 (tanh), inf and 1.7e7 (GELU: 1 + erf and 1 + tanh cancel, x < 0).
+    # Measured 1.4837 (sigmoid in float32 lanes) 0.5122 (tanh, all 2^32) 0.5083 0.5038, where
+    # torch 2.13 measures 2.1e6 (sigmoid's tails; 2.0 for |x| <= 10), 0.568 (tanh), inf and
+    # 1.7e7 (GELU: 1 + erf and 1 + tanh cancel, x < 0).
     fn, oracle, bound = ACT32[name]
     with np.errstate(all="ignore"):
         exact = oracle(sweep.astype(np.float64))
