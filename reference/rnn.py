@@ -303,15 +303,15 @@ def _lstm_forward_halves(sh: _Shape, wk, inp, h, cell, lens):
     w_ih, w_hh = wk[0][rows], wk[1][rows]                 # row copies, C-contiguous
     bsum = ((wk[2].astype(np.float64) + wk[3].astype(np.float64))[rows] if sh.bias else
             np.zeros(4 * hid))
-    xw = np.empty((4 * hid, cols), dt)
-    dot_serial(w_ih, inp.T, xw)                            # every step's input product at once
+    xw = np.empty((sh.steps, 4 * hid, sh.batch), dt)
+    K.input_steps(w_ih, inp, xw)                           # every step's input product
     ys = np.empty((cols, hid), dt)
     hs = np.empty((1, hid, cols), dt)
     gates = np.empty((1, sh.steps, 2, 5 * hid // 2, sh.batch), dt)  # step-major: see the kernel
     cs = np.empty((1, sh.steps, 2, hid // 2, sh.batch), dt)
-    K.lstm_fwd_halves(xw.reshape(2, 2 * hid, cols), w_hh.reshape(2, 2 * hid, hid),
-                      bsum.reshape(2, 2 * hid), h[0], cell[0], lens, hs[0], ys, gates[0],
-                      cs[0])
+    K.lstm_fwd_halves(xw.reshape(sh.steps, 2, 2 * hid, sh.batch),
+                      w_hh.reshape(2, 2 * hid, hid), bsum.reshape(2, 2 * hid), h[0], cell[0],
+                      lens, hs[0], ys, gates[0], cs[0])
     return ys, hs, gates, cs, None
 
 
