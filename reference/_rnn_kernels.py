@@ -549,11 +549,12 @@ def lstm_bwd_halves(wtp, c_init, lens, gates, cs, dys, dh_all, dc_all, dg):
                 carry(back[p], lens, t + 1, dhp[p])
             if t >= 0:
                 c0 = t * batch
-                for u in range(hh):                # the total gradient of h_t
-                    row, dhr, dyr = dht[p, u], dhp[p, u], dys[c0:c0 + batch, u0 + u]
-                    for b in range(batch):
-                        row[b] = (np.float64(dhr[b]) + np.float64(dyr[b])
-                                  if t < lens[b] else 0.0)
+                tot, dhb = dht[p], dhp[p]
+                for b in range(batch):             # the total gradient of h_t, by rows of dys
+                    dyr = dys[c0 + b, u0:u0 + hh]
+                    on = t < lens[b]
+                    for u in range(hh):
+                        tot[u, b] = np.float64(dhb[u, b]) + np.float64(dyr[u]) if on else 0.0
                 cpp = cinit[p] if t == 0 else cs[t - 1, p]
                 _lstm_bwd_half(gates[t, p], cpp, lens, t, dht[p], dcp[p], dgs[t, p])
     for q in prange(8 * hh):                       # dg's rows in split_rows order
