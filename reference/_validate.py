@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = FLOAT_DTYPES
 _FLOATS = "float32 or float64"
 INT_MAX = 2**31 - 1
 
@@ -80,19 +81,28 @@ def float_array(
     ``dtype``, when given, is the dtype ``x`` must share with an earlier argument.
     A numpy scalar (what arithmetic on a 0-d array returns) counts as a 0-d array.
     """
-    if isinstance(x, np.generic):
-        x = np.asarray(x)
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of {_FLOATS}, got {_describe(x)}")
-    if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name} must have dtype {_FLOATS}, got {x.dtype}")
-    x = _native(x)
-    if dtype is not None and x.dtype != dtype:
+    d = x.dtype if type(x) is np.ndarray else None
+    if d is _F32 or d is _F64:
+        # the common case in a few attribute reads (the native float dtypes are singletons):
+        # a plain ndarray of float32/float64, so only its layout is left to check
+        f = x.flags
+        if not (f.c_contiguous and f.writeable):
+            x = _kernel_ready(x)
+    else:
+        if isinstance(x, np.generic):
+            x = np.asarray(x)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of {_FLOATS}, got {_describe(x)}")
+        if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+            raise TypeError(f"{name} must have dtype {_FLOATS}, got {x.dtype}")
+        x = _kernel_ready(_native(x))
+    if dtype is not None and x.dtype is not dtype and x.dtype != dtype:
         raise TypeError(f"{name} must have the same dtype as the input ({dtype}), got {x.dtype}")
-    _check_ndim(x, name, ndim, min_ndim)
+    if ndim is not None or min_ndim:
+        _check_ndim(x, name, ndim, min_ndim)
     if not allow_empty and x.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-    return _kernel_ready(x)
+    return x
 
 
 def int_array(x, name: str, *, ndim: int | Sequence[int] | None = None) -> np.ndarray:
