@@ -69,6 +69,15 @@ def target() -> dict:
 if (_features := _full_width()) is not None:
     numba.config.CPU_FEATURES = _features
 
+# Numba registers its thread pool's scheduling functions (allocate_sched, do_scheduling_*,
+# get_num_threads) with LLVM only when it launches the pool: on compiling or loading a parallel
+# kernel. A serial kernel that calls a parallel one (dot_serial's row blocks of MKL products)
+# carries calls to them in its own machine code; loaded from the cache into a process that had
+# not launched the pool yet, it called address 0 (numba/numba#8578): ``layers.linear`` as the
+# first call of a fresh process crashed once its kernels were cached. The pool is launched
+# here, before any kernel can load.
+numba.get_num_threads()
+
 REDUCE = frozenset({"reassoc", "contract"})
 
 # Below this many elements a kernel runs its serial loop: launching the thread pool costs

@@ -77,6 +77,43 @@ def test_an_edit_to_an_inlined_helper_reaches_the_cached_kernels(tmp_path):
         "reference.activations-*"))) == 2
 
 
+_LINEAR_FIRST = """
+import numpy as np
+from reference import layers
+y, _ = layers.linear(np.ones((3, 2), np.float32), np.ones((4, 2), np.float32))
+print(sum(layers._linear_fwd.stats.cache_hits.values()), float(y.sum()))
+"""
+
+
+def test_a_cached_serial_kernel_that_calls_a_parallel_one_runs_first_in_a_process(tmp_path):
+    # linear's kernel is serial and calls dot_serial's parallel row blocks, so its machine code
+    # calls the thread pool's scheduling functions, which Numba registers with LLVM only when
+    # it launches the pool. A cached kernel carries "launch the pool" among its reload steps
+    # only if its parallel callees were compiled in the same process: compiled against callees
+    # loaded from the cache it carries none, and loaded as the first kernel of a later process
+    # it called address 0 (numba/numba#8578). reference._jit now launches the pool at import.
+    # Here: cache everything, drop linear's own entries, compile linear again against the
+    # cached callees, then load that in a fresh process.
+    shutil.copytree(ROOT / "reference", tmp_path / "reference",
+                    ignore=shutil.ignore_patterns("__pycache__", "cuda"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    results = []
+    for step in range(3):
+        if step == 1:
+            entries = list((tmp_path / "reference" / "__pycache__" / "numba").glob(
+                "reference.layers-*/*/layers._linear_fwd-*"))
+            assert entries
+            for f in entries:
+                f.unlink()
+        run = subprocess.run([sys.executable, "-c", _LINEAR_FIRST], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (f"step {step}: exit status {run.returncode}\n"
+                                     f"{run.stderr[-2000:]}")
+        results.append(run.stdout.split()[-2:])
+    assert results == [["0", "24.0"], ["0", "24.0"], ["1", "24.0"]]
+
+
 _LOOP_ASM = """
 import json, numpy as np, reference, numba
 from reference import _jit
