@@ -399,9 +399,11 @@ def _adagrad_vjp1(p, g, s, dp1, ds1, clr, eps, wd, maximize):
     r = np.sqrt(sn)
     den = r + eps
     dpn = np.float64(dp1)
-    d_den = clr * dpn * gi / (den * den)
+    q = clr * dpn / den
+    d_den = q * (gi / den)  # (gi / den) / den as torch's division backward: clr dpn gi first
+    # would underflow for a subnormal gi (0, then 0 / 0 = NaN below, where torch has +-inf)
     dst = np.float64(ds1) + d_den / (2.0 * r)  # sqrt'(0) = inf: inf or NaN, as torch's
-    dgi = -clr * dpn / den + 2.0 * gi * dst
+    dgi = -q + 2.0 * gi * dst
     return dpn + wd * dgi if wd != 0.0 else dpn, (-dgi if maximize else dgi), dst
 
 
@@ -525,12 +527,11 @@ def _rms_vjp1(p, g, sq, buf, ga, dp1, dsq1, db1, dga1, lr, alpha, eps, wd, mu, c
     if mu > 0.0:
         dbt = np.float64(db1) - lr * dpn    # d new buffer
         dgi = dbt / den
-        d_den = -dbt * gi / (den * den)
         db_old = mu * dbt
     else:
         dgi = -lr * dpn / den
-        d_den = lr * dpn * gi / (den * den)
         db_old = 0.0
+    d_den = -dgi * (gi / den)               # the order of _adagrad_vjp1's (a subnormal gi)
     dvar = d_den / (2.0 * r)                # sqrt'(0) = inf: inf or NaN, as torch's
     dsqt = np.float64(dsq1) + dvar
     dgi += 2.0 * (1.0 - alpha) * gi * dsqt
@@ -688,8 +689,9 @@ def _adam_vjp1(p, g, m, vv, vmax, dp1, dm1, dv1, dvm1, lr, b1, b2, eps, wd, deco
     _, mn, vn, vm, gi, r, den = _adam1(p, g, m, vv, vmax, lr, b1, b2, eps, wd, decoupled,
                                        amsgrad, maximize, c, k)
     dpn = np.float64(dp1)
-    dmt = np.float64(dm1) - c * dpn / den
-    d_den = c * dpn * mn / (den * den)
+    q = c * dpn / den
+    dmt = np.float64(dm1) - q
+    d_den = q * (mn / den)                  # the order of _adagrad_vjp1's (a subnormal mn)
     dr = d_den / k / (2.0 * r)              # sqrt'(0) = inf: inf or NaN, as torch's
     dvt = np.float64(dv1)
     dvmax_old = 0.0

@@ -15,6 +15,7 @@ from hypothesis import find, settings
 from hypothesis import strategies as st
 
 from reference import activations as A
+from suites import twin
 from suites.catalog import get
 from suites.catalog.spec import FLOAT32, FLOAT64, Case
 from suites.catalog.strategies import seeds
@@ -246,3 +247,64 @@ def test_compile_first_reports_a_twin_that_recompiles_every_call():
     assert torch._dynamo.eval_frame._stance.stance == "default"  # put back
     assert tb._compile_first(lambda: None, "one graph") is None  # a steady twin is timed
     tb._COMPILE_TIMES.pop()
+
+
+def _adagrad_case(params, grads, weight_decay):
+    f = np.float32
+    return Case({"params": np.array(params, f), "grads": np.array(grads, f),
+                 "sum": np.array(0.0, f)},
+                dict(step=1, lr=0.001, lr_decay=0.0, weight_decay=weight_decay, eps=1e-08,
+                     maximize=False, initial_accumulator_value=0.0))
+
+
+# Cases the dev profile found where torch's float32 step is inf in an intermediate and the true
+# gradient is finite: Adagrad squares g_hat = 1e-4 * 3.9e-26 to 0 in float32 (sqrt'(0) = inf),
+# AdamW's backward passes 3.4e38 on its way to -1.3e19.
+FLOAT32_TWIN_OVERFLOWS = [
+    pytest.param("adagrad", _adagrad_case(3.9270118e-26, 0.0, 1e-4), id="adagrad g_hat^2 = 0"),
+    pytest.param("adamw_model", Case(
+        {"params": np.zeros(2, np.float32), "grads": np.array([0, 1e-18], np.float32),
+         "exp_avg": np.array([0, 1], np.float32), "exp_avg_sq": np.zeros(2, np.float32)},
+        dict(step=1, sizes=(1, 1), lr=1.0, betas=(0.5, 0.99), eps=1e-10, weight_decay=0.0,
+             amsgrad=False, maximize=False)), id="adamw past float32's max"),
+]
+
+
+@pytest.mark.parametrize(("name", "case"), FLOAT32_TWIN_OVERFLOWS)
+def test_a_float32_twins_overflow_is_judged_in_float64(name, case):
+    spec = get(name)
+    outs, ctx = spec.run_forward(case)
+    grads = checks.upstream(spec, outs, np.random.default_rng(0))
+    mine = checks.present_gradients(spec, case, spec.run_backward(ctx, grads))
+    present = dataclasses.replace(spec, grad_inputs=spec.grad_names(case))
+    theirs = twin.gradients(present, case, "cpu", grads)
+    pairs = zip(mine, theirs, strict=True)
+    assert any(np.any(~np.isfinite(t) & np.isfinite(m)) for m, t in pairs), \
+        "the float32 twin no longer overflows here: the case tests nothing"
+    checks.check_gradient(spec, case, np.random.default_rng(0), "cpu")
+
+
+def _adagrad_finite(ctx, g):
+    # turns the inf and NaN of sqrt'(0) into zeros: wrongly finite
+    return tuple(None if d is None else np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
+                 for d in get("adagrad").backward(ctx, g))
+
+
+def test_a_wrongly_finite_gradient_still_fails_against_the_float64_twin():
+    spec = dataclasses.replace(get("adagrad"), backward=_adagrad_finite)
+    with pytest.raises(Mismatch):
+        checks.check_gradient(spec, _adagrad_case(0.0, 0.0, 0.0), np.random.default_rng(0),
+                              "cpu")
+
+
+def test_adams_backward_keeps_a_subnormal_first_moment():
+    # float64, found by the dev profile: m = 5e-324 over v = 0. c dp m underflowed to 0 before
+    # the division by den^2, and 0 / (2 sqrt 0) gave NaN where the derivative is +-inf (torch's
+    # division backward divides by den twice first, as the reference now does)
+    f = np.float64
+    case = Case({"params": np.zeros(2, f), "grads": np.zeros(2, f),
+                 "exp_avg": np.array([0.0, 5e-324]), "exp_avg_sq": np.zeros(2, f),
+                 "max_exp_avg_sq": np.zeros(2, f)},
+                dict(step=1, sizes=(1, 1), lr=0.001, betas=(0.9, 0.0), eps=1e-08,
+                     weight_decay=0.0, amsgrad=True, maximize=False))
+    checks.check_gradient(get("adam_model"), case, np.random.default_rng(0), "cpu")
