@@ -557,6 +557,14 @@ def _equals_nll_of_log_softmax(case: Case, outs) -> None:
     assert np.all(diff <= bound), f"cross_entropy != nll_loss(log_softmax) by {diff.max():.3g}"
 
 
+def _lse_err(e, d, s):
+    """The bound on float32 lanes' log-sum-exp error of rows (last axis) with shifted logits
+    d = x - max, e = e^d and s = sum e (keepdims): e^d from vm.exp_f32_scaled (<= 0.9 ulp,
+    test_vmath) of d rounded to float32 (a relative error |d| 2^-24 in e^d), summed in float64:
+    sum_c e_c (0.9 2^-23 + |d_c| 2^-24) / s."""
+    return (e * (0.9 * 2.0**-23 + np.abs(d) * 2.0**-24)).sum(axis=-1, keepdims=True) / s
+
+
 def _float32_rows_bound(case: Case, outs) -> None:
     """float32 logits: per-sample losses within the derived bound of the exact loss.
 
@@ -592,7 +600,7 @@ def _float32_rows_bound(case: Case, outs) -> None:
     wy = w[y]
     exact = (-(1 - eps) * wy * logp[np.arange(len(y)), y]
              - eps / n_classes * (logp * w).sum(axis=1)).astype(np.float64)
-    lse_err = ((e * (0.9 * 2.0**-23 + np.abs(d) * 2.0**-24)).sum(axis=1) / s).astype(np.float64)
+    lse_err = _lse_err(e, d, s[:, None])[:, 0].astype(np.float64)
     a = (1 - eps) * wy + eps * w.sum() / n_classes
     scale = (a * np.abs(np.log(s)) + (1 - eps) * wy * np.abs(d[np.arange(len(y)), y])
              + eps / n_classes * (np.abs(d) * w).sum(axis=1)).astype(np.float64)
@@ -780,6 +788,17 @@ def _one_hot_equals_labels(case: Case, outs) -> None:
     wmax = 1.0 if w is None else max(1.0, float(np.abs(w).max()))
     gscale = np.expand_dims(np.abs(g.astype(np.float64)), axis) * (c + 1) * wmax
     gbound = eps * np.abs(dl) + 8 * _eps(np.float64) * gscale + tiny
+    if x.dtype == np.float32:
+        # The labels' path takes its log-sum-exp from float32 lanes (_float32_rows_bound):
+        # its p_c = e^(x_c - lse) carries lse's error, and g (A p_c - B w_c) with it, A <= wmax
+        # (p_c near B w_c / A leaves that absolute error on a small gradient: 2 ulp of it seen
+        # with label_smoothing=1).
+        rows = np.moveaxis(x.astype(np.float64), axis, -1)
+        d = rows - rows.max(axis=-1, keepdims=True)
+        e = np.exp(d)
+        s = e.sum(axis=-1, keepdims=True)
+        p_err = e / s * _lse_err(e, d, s)
+        gbound = gbound + np.moveaxis(p_err, -1, axis) * gscale / (c + 1)
     assert np.all(np.abs(dp - dl) <= gbound), (
         f"one-hot input gradient != labels' by {np.abs(dp - dl).max():.3g}")
 
