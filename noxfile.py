@@ -106,11 +106,14 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def cudasim(session: nox.Session) -> None:
     """The numba-cuda kernels under numba's CUDA simulator (no GPU needed), in their own
-    process: the simulator replaces numba.cuda for the whole interpreter."""
+    processes (the simulator replaces numba.cuda for the whole interpreter), on all cores:
+    the simulated kernels run in Python (serially 387 s of CI's 1826 s at stop 23; on 2 cores
+    173 s wall for 308 s of CPU, the same 123 checks)."""
     if session.name == "cudasim":
         _install(session, "test")
     session.run("python", "-m", "pytest", "suites/cudasim", "--hypothesis-profile=ci", "-q",
-                f"--results-json={CUDASIM}", env={**_env(), "NUMBA_ENABLE_CUDASIM": "1"})
+                "-n", "auto", "--dist", "loadgroup", f"--results-json={CUDASIM}",
+                env={**_env(), "NUMBA_ENABLE_CUDASIM": "1"})
 
 
 @nox.session(python=PYTHON)
