@@ -69,15 +69,6 @@ def target() -> dict:
 if (_features := _full_width()) is not None:
     numba.config.CPU_FEATURES = _features
 
-# Numba registers its thread pool's scheduling functions (allocate_sched, do_scheduling_*,
-# get_num_threads) with LLVM only when it launches the pool: on compiling or loading a parallel
-# kernel. A serial kernel that calls a parallel one (dot_serial's row blocks of MKL products)
-# carries calls to them in its own machine code; loaded from the cache into a process that had
-# not launched the pool yet, it called address 0 (numba/numba#8578): ``layers.linear`` as the
-# first call of a fresh process crashed once its kernels were cached. The pool is launched
-# here, before any kernel can load.
-numba.get_num_threads()
-
 REDUCE = frozenset({"reassoc", "contract"})
 
 # Below this many elements a kernel runs its serial loop: launching the thread pool costs
@@ -176,8 +167,35 @@ def _cached(jit):
         saved = numba.config.CACHE_DIR
         numba.config.CACHE_DIR = _cache_dir(module)
         try:
-            return jit(fn)
+            dispatcher = jit(fn)
         finally:
             numba.config.CACHE_DIR = saved
+        _pool_before_load(dispatcher)
+        return dispatcher
 
     return decorate
+
+
+def _pool_before_load(dispatcher) -> None:
+    """Launch Numba's thread pool before ``dispatcher`` loads a kernel from its cache.
+
+    Numba registers the pool's scheduling functions (allocate_sched, do_scheduling_*) with LLVM
+    only when it launches the pool. A serial kernel that calls a parallel one (linear's, through
+    dot_serial's row blocks) has calls to them in its own machine code, and its cache entry
+    asks for the launch on loading only if its parallel callees were compiled in the same
+    process: compiled against callees loaded from the cache, it asks for nothing, and loaded as
+    the first kernel of a later process it called address 0 (numba/numba#8578; seen here as a
+    segfault of ``layers.linear`` as a script's first call). Launching at import instead would
+    start the pool in processes that only fork (an OpenMP pool does not survive a fork: the
+    README's forked shard runs hung), so it happens on the first load, as for a parallel kernel.
+    """
+    cache = getattr(dispatcher, "_cache", None)
+    load = getattr(cache, "load_overload", None)
+    if load is None:
+        return
+
+    def load_overload(sig, target_context):
+        numba.get_num_threads()  # launches the pool once; a no-op after
+        return load(sig, target_context)
+
+    cache.load_overload = load_overload

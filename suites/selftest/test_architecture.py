@@ -91,7 +91,8 @@ def test_a_cached_serial_kernel_that_calls_a_parallel_one_runs_first_in_a_proces
     # it launches the pool. A cached kernel carries "launch the pool" among its reload steps
     # only if its parallel callees were compiled in the same process: compiled against callees
     # loaded from the cache it carries none, and loaded as the first kernel of a later process
-    # it called address 0 (numba/numba#8578). reference._jit now launches the pool at import.
+    # it called address 0 (numba/numba#8578). reference._jit now launches the pool before a
+    # kernel loads from the cache.
     # Here: cache everything, drop linear's own entries, compile linear again against the
     # cached callees, then load that in a fresh process.
     shutil.copytree(ROOT / "reference", tmp_path / "reference",
