@@ -786,8 +786,8 @@ def _one_hot_equals_labels(case: Case, outs) -> None:
     assert np.all(np.abs(lp64 - ll64) <= bound), (
         f"one-hot loss != labels' loss by {np.abs(lp64 - ll64).max():.3g}")
     wmax = 1.0 if w is None else max(1.0, float(np.abs(w).max()))
-    gscale = np.expand_dims(np.abs(g.astype(np.float64)), axis) * (c + 1) * wmax
-    gbound = eps * np.abs(dl) + 8 * _eps(np.float64) * gscale + tiny
+    gw = np.expand_dims(np.abs(g.astype(np.float64)), axis) * wmax
+    gbound = eps * np.abs(dl) + 8 * _eps(np.float64) * gw * (c + 1) + tiny
     if x.dtype == np.float32:
         # The labels' path takes its log-sum-exp from float32 lanes (_float32_rows_bound):
         # its p_c = e^(x_c - lse) carries lse's error, and g (A p_c - B w_c) with it, A <= wmax
@@ -798,7 +798,7 @@ def _one_hot_equals_labels(case: Case, outs) -> None:
         e = np.exp(d)
         s = e.sum(axis=-1, keepdims=True)
         p_err = e / s * _lse_err(e, d, s)
-        gbound = gbound + np.moveaxis(p_err, -1, axis) * gscale / (c + 1)
+        gbound = gbound + np.moveaxis(p_err, -1, axis) * gw
     assert np.all(np.abs(dp - dl) <= gbound), (
         f"one-hot input gradient != labels' by {np.abs(dp - dl).max():.3g}")
 

@@ -65,6 +65,29 @@ def _zero_confirmed(value64: np.ndarray, atol: float) -> bool:
     return bool(np.all(np.abs(value64) <= ZERO_CONFIRM * atol))
 
 
+def _once(compute):
+    """``compute()``, run on the first call only (the float64 twin, needed by few checks)."""
+    kept = []
+
+    def get():
+        if not kept:
+            kept.append(compute())
+        return kept[0]
+    return get
+
+
+def _settled(mine, theirs: np.ndarray, theirs64, atol: float) -> np.ndarray:
+    """The twin's answer to compare with, after the two float64 re-runs above: zeros where
+    its nonzeros are confirmed noise, the float64 twin's values where the float32 twin alone
+    is inf or NaN. ``theirs64()`` gives the float64 twin's output (computed only if needed)."""
+    if _all_zero_against_noise(mine, theirs) and _zero_confirmed(theirs64(), atol):
+        return np.zeros_like(theirs)
+    odd = _twin_nonfinite(mine, theirs)
+    if odd is not None:
+        return np.where(odd, theirs64().astype(theirs.dtype), theirs)
+    return theirs
+
+
 def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | None = None,
                   ) -> None:
     outs, _ = spec.run_forward(case)
@@ -74,14 +97,9 @@ def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | Non
         raise Mismatch(f"{spec.name} forward: reference gave {len(outs)} outputs, "
                        f"twin {len(theirs)}")
     tol = spec.tolerance(dtype, case=case)
+    in64 = _once(lambda: twin.forward(spec, _in_float64(case), device))
     for i, (mine, ref) in enumerate(zip(outs, theirs, strict=True)):
-        if _all_zero_against_noise(mine, ref) and _zero_confirmed(
-                twin.forward(spec, _in_float64(case), device)[i], tol.atol):
-            ref = np.zeros_like(ref)
-        odd = _twin_nonfinite(mine, ref)
-        if odd is not None:
-            ref = np.where(odd, twin.forward(spec, _in_float64(case), device)[i].astype(
-                ref.dtype), ref)
+        ref = _settled(mine, ref, lambda i=i: in64()[i], tol.atol)
         label = f"{spec.name} forward, {dtype}, output {i + 1} of {len(outs)}, on {device}"
         compare(mine, ref, tol.rtol, tol.atol, label=label, record=record,
                 case=case.describe)
@@ -116,15 +134,10 @@ def check_gradient(spec: Spec, case: Case, rng: np.random.Generator, device: str
     dtype = case_dtype(case)
     tol = spec.tolerance(dtype, grad=True, case=case, upstream=grads)
     n = len(names)
+    in64 = _once(lambda: twin.gradients(present, _in_float64(case), device,
+                                        tuple(g.astype(np.float64) for g in grads)))
     for i, (name, m, t) in enumerate(zip(names, mine, theirs, strict=True)):
-        if _all_zero_against_noise(m, t) and _zero_confirmed(twin.gradients(
-                present, _in_float64(case), device,
-                tuple(g.astype(np.float64) for g in grads))[i], tol.atol):
-            t = np.zeros_like(t)
-        odd = _twin_nonfinite(m, t)
-        if odd is not None:
-            t = np.where(odd, twin.gradients(present, _in_float64(case), device, tuple(
-                g.astype(np.float64) for g in grads))[i].astype(t.dtype), t)
+        t = _settled(m, t, lambda i=i: in64()[i], tol.atol)
         label = (f"{spec.name} backward, {dtype}, gradient of {name!r} ({i + 1} of {n}), "
                  f"on {device}")
         compare(m, t, tol.rtol, tol.atol, label=label, record=record, case=case.describe)
