@@ -676,8 +676,12 @@ def test_bench(benchmark, bench, request):
     benchmark.extra_info.update(
         first_call_s=result.first_call_s[impl], compile_s=result.compile_s[impl],
         paired={"rounds": len(result.times[impl]), "partners": result.timed,
-                "attempts": result.attempts, "order": "random per round",
-                "warmup": "one untimed call before each timed round",
+                "attempts": result.attempts,
+                "order": "every order once per block of rounds, the blocks shuffled",
+                "warmup": ("one untimed call before each timed round"
+                           if impl in result.warm_up else
+                           f"none (calls over {timing.WARM_UP_BELOW_S * 1e3:g} ms)"),
+                "recalibrated": impl in result.recalibrated,
                 "iterations": result.iterations[impl], "stall": result.stall},
         ratios={other: {**r, "reasons": result.pair_reasons(impl, other)}
                 for other, r in result.ratios[impl].items()},

@@ -212,6 +212,42 @@ def test_pytest_benchmark_receives_the_rounds(pytester):
     assert bench["stats"]["rounds"] == 3
 
 
+class _Clock:
+    """A fake timer: each reading costs 0.4 us (a round's fixed cost), calls advance it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.4e-6
+        return self.now
+
+    def call(self, seconds: float):
+        def fn():
+            self.now += seconds
+        return fn
+
+
+def test_a_side_calibrated_in_a_stall_is_recalibrated():
+    # "a" stalls (300 us instead of 15) through its first calls and the whole of its
+    # calibration, then runs as fast as "b": the same work. Left at one call per round, a pays
+    # a round's fixed cost on every call and b on a fifteenth of its calls: a/b = 1.025.
+    clock, calls = _Clock(), [0]
+    fast = clock.call(15e-6)
+
+    def a():
+        calls[0] += 1
+        clock.now += 300e-6 if calls[0] <= 7 else 15e-6  # 2 first calls, 5 calibration trials
+
+    res = timing.measure({"a": a, "b": fast}, max_time=0.01, min_time=2e-4, min_rounds=60,
+                         retries=0, timer=clock)
+    assert res.recalibrated == ["a"], res.iterations
+    assert res.iterations["a"] >= 13 and res.iterations["b"] >= 13, res.iterations
+    # 13 or 14 calls per round on either side: their shares of the fixed cost differ by at
+    # most 0.4/13 - 0.4/14 us, 1.5e-4 of a 15 us call (the unrepaired bias: 2.5e-2)
+    assert res.ratios["a"]["b"]["value"] == pytest.approx(1.0, abs=2e-4), res.iterations
+
+
 def test_small_budget_still_gets_min_rounds():
     # A share of --bench-budget can be far below one round: min_rounds rounds are still run
     # (timing.measure sizes the budget to fit them), so the group can be judged.
