@@ -8,9 +8,10 @@ columns are unrolled into ``col`` (C_g * KH * KW, nb) and BLAS does the rest:
     forward     Y_g  = W_g @ col                       (C_out_g, nb)
     backward    dW_g += dY_g @ col^T,  dcol = W_g^T @ dY_g,  dx += col2im(dcol)
 
-Samples run in parallel (one ``prange`` per pass), each block's products small enough
-(``SERIAL_MNK``) that OpenBLAS runs them on the calling thread: no BLAS threads beside
-Numba's, and the blocks stay in cache. With stride 1 the columns are laid out on the padded
+Samples run in parallel (one ``prange`` per pass), each block's products on the calling
+thread: no BLAS threads beside Numba's. With MKL (sequential) a block's columns fill about
+``COL_BYTES`` of cache; with OpenBLAS alone its products stay within ``SERIAL_MNK``, below
+which OpenBLAS does not wake its threads. With stride 1 the columns are laid out on the padded
 width (see "kernels"), so each row of ``col`` is one contiguous copy of the padded input.
 Measured within one run (paired, medium (8, 16, 32, 32) with 32 3x3 filters, float32, a busy
 2-core machine): forward+backward 4.77x torch's time with one serial im2col + a threaded
@@ -53,7 +54,7 @@ import numpy as np
 from numba import prange
 
 from reference import _validate as v
-from reference._blas import SERIAL_MNK, dot_one_thread
+from reference._blas import HAVE_MKL, SERIAL_MNK, dot_one_thread
 from reference._jit import kernel
 from reference._rows import add_row, copy_row, zero_row
 
@@ -692,7 +693,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
                          f"input ({h + pt + pb} x {w + pl + pr})")
     oh = conv_output_size(h, kh, s[0], pt, pb, d[0])
     ow = conv_output_size(w, kw, s[1], pl, pr, d[1])
-    geo = _geometry(n, c, h, w, c_out, kh, kw, oh, ow, s, (pt, pb, pl, pr), d, groups)
+    geo = _geometry(n, c, h, w, c_out, kh, kw, oh, ow, s, (pt, pb, pl, pr), d, groups,
+                    x.dtype.itemsize)
     y = v.empty((n, c_out, oh * ow), x.dtype, "padding, stride and dilation")
     kc, g_out, plane = (c // groups) * kh * kw, c_out // groups, geo.hp * geo.wp
     x3, threaded = x.reshape(n, c, h * w), _threaded(geo)
@@ -712,16 +714,31 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
                                                geo, unbatched)
 
 
-def _geometry(n, c, h, w, c_out, kh, kw, oh, ow, s, pads, d, groups) -> Geometry:
+# With MKL, a block's column matrix (kc x nb) is held to about this many bytes (16 to 512
+# columns). Measured within one run, paired with torch (3x3, stride 1, padding 1; ratios to
+# torch's time, forward / forward+backward): medium (8, 16, 32, 32) -> 32 float32, nb 55 (the
+# OpenBLAS rule's) 1.22 / 1.19, 128: 1.00 / 0.98, 218: 0.89 / 0.93, 362: 0.91 / 0.91, 543:
+# 0.96 / 0.96, all 1086: 1.10 / 1.28; large (16, 32, 64, 64) -> 64 float32, nb 28 (OpenBLAS
+# rule) 1.92 / 1.75, 113: 1.43 / 1.33, 227: 1.31 / 1.23, 455: 1.33 / 1.22; medium float64, nb
+# 27: 0.52 / 1.04, 109: 0.38 / 0.81, 218: 0.38 / 0.80. 256 KiB gives 362, 227 and 218.
+COL_BYTES = 256 << 10
+
+
+def _geometry(n, c, h, w, c_out, kh, kw, oh, ow, s, pads, d, groups, itemsize) -> Geometry:
     pt, pb, pl, pr = pads
     hp, wp = h + pt + pb, w + pl + pr
     # wide columns when stride 1 and the junk columns cost at most as much as the real ones
     wide = s == (1, 1) and (oh - 1) * wp + ow <= 2 * oh * ow
     ncols = (oh - 1) * wp + ow if wide else oh * ow
     kc, g_out = (c // groups) * kh * kw, c_out // groups
-    # a block's three products ((g_out x kc) by (kc x nb) and its adjoints) each within
-    # SERIAL_MNK multiply-adds, so each runs on its caller's thread; 16 to 512 columns
-    nb = min(ncols, max(16, min(512, SERIAL_MNK // max(1, g_out * kc))))
+    if HAVE_MKL:
+        # every product runs on its caller's thread whatever its size: a block's columns
+        # (kc x nb) sized for the core's cache, COL_BYTES
+        nb = min(ncols, max(16, min(512, COL_BYTES // max(1, kc * itemsize))))
+    else:
+        # a block's three products ((g_out x kc) by (kc x nb) and its adjoints) each within
+        # SERIAL_MNK multiply-adds, so that OpenBLAS runs each on its caller's thread
+        nb = min(ncols, max(16, min(512, SERIAL_MNK // max(1, g_out * kc))))
     nb = -(-ncols // -(-ncols // max(nb, 1)))  # the same blocks, balanced (61: 31 + 30)
     path = GENERIC
     if c // groups == 1:
