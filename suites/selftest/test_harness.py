@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from reference import activations as A
 from suites import twin
 from suites.catalog import get
-from suites.catalog.spec import FLOAT32, FLOAT64, Case
+from suites.catalog.spec import FLOAT32, FLOAT64, Case, Tol
 from suites.catalog.strategies import seeds
 from suites.correctness import checks
 from suites.recording import CheckRecord, Mismatch, compare
@@ -116,12 +116,36 @@ def _first_scaled(name: str, by: float):
     return wrong
 
 
+def test_a_wider_tolerance_is_measured_only_for_a_miss_and_recorded_as_passed():
+    asked = []
+
+    def wider():
+        asked.append(1)
+        return Tol(rtol=0.0, atol=1e-3)
+
+    tol = Tol(rtol=0.0, atol=1e-6, wider=wider)
+    theirs = np.ones(3, np.float32)
+
+    def judge(mine, record=None):
+        checks._judge(mine, theirs, lambda: theirs.astype(np.float64), tol, "t", record,
+                      Case({}, {}))
+
+    judge(theirs + np.float32(1e-7))  # within tol: the wider one is never measured
+    assert not asked
+    rec = CheckRecord("t", "replay t")
+    judge(theirs + np.float32(1e-4), rec)  # misses tol, within the wider one: passes
+    assert asked and 0.0 < rec.worst <= 1.0 and rec.atol == 1e-3 and not rec.message, rec.worst
+    with pytest.raises(Mismatch):
+        judge(theirs + np.float32(1e-2))
+
+
+@pytest.mark.parametrize("dtype", [FLOAT32, FLOAT64], ids=str)
 @pytest.mark.parametrize("name", ["scaled_dot_product_attention", "transformer_encoder_layer"])
-def test_measured_float32_tolerance_catches_a_one_per_cent_error(name):
-    # The attention family's float32 tolerance is measured on each case, and it grows with
-    # the case's conditioning (_attention_tools: the twin's float32 error and the move of one
-    # unit roundoff in the inputs); a backward 1% off in its first gradient must still fail.
-    _caught(_with_backward(name, _first_scaled(name, 1.01)), FLOAT32, _gradient)
+def test_measured_tolerance_catches_a_one_per_cent_error(name, dtype):
+    # The attention family's tolerance is measured on each case, and it grows with the case's
+    # conditioning (_attention_tools: the twin's float32 error and the move of one rounding in
+    # the inputs); a backward 1% off in its first gradient must still fail.
+    _caught(_with_backward(name, _first_scaled(name, 1.01)), dtype, _gradient)
 
 
 @pytest.mark.parametrize(("name", "backward"), [
