@@ -349,3 +349,16 @@ def test_adams_backward_keeps_a_subnormal_first_moment():
                 dict(step=1, sizes=(1, 1), lr=0.001, betas=(0.9, 0.0), eps=1e-08,
                      weight_decay=0.0, amsgrad=True, maximize=False))
     checks.check_gradient(get("adam_model"), case, np.random.default_rng(0), "cpu")
+
+
+def test_gradcheck_allows_for_the_rounding_of_its_moved_inputs(monkeypatch):
+    # ridge_objective at its minimum: residual 1 - 1 = 0, objective ~ r^2 ~ 1e-8 at the step,
+    # while rounding 1 + t v to float64 moves it by ~1e-20 (found by the dev profile; see
+    # checks._input_rounding). Without that allowance the exact 0 of backward fails.
+    spec = get("ridge_objective")
+    case = Case({"X": np.zeros((1, 1)), "y": np.ones(1), "coef": np.zeros(1),
+                 "intercept": np.array(1.0)}, {"alpha": 0.0})
+    checks.check_gradcheck(spec, case, np.random.default_rng(0))
+    monkeypatch.setattr(checks, "_input_rounding", lambda *args: 0.0)
+    with pytest.raises(Mismatch):
+        checks.check_gradcheck(spec, case, np.random.default_rng(0))
