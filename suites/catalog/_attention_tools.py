@@ -15,11 +15,11 @@ from suites.catalog import get
 from suites.catalog import strategies as S
 from suites.catalog.spec import (
     FLOAT32,
-    FLOAT64,
     Case,
     Tol,
     case_dtype,
 )
+from suites.conditioning import MOVE, max_error, move_error
 
 FAMILY = "sequence"
 
@@ -44,8 +44,8 @@ FAMILY = "sequence"
 # 3e-11. Moving every float32 input by one unit roundoff u = 2^-24, signs at random, moved the
 # exact dx by 0.0076-0.0174 over four draws: what rounding the inputs of one operation does,
 # and what any backward-stable float32 evaluation can err by. So the scale the reference is held
-# to is s = max(e, e_u), e_u the larger such move over two draws (a rounding error behaves like
-# random signs, not like the worst case; two draws make a lucky small one unlikely), and the
+# to is s = max(e, e_u), e_u the largest such move over ``conditioning.MOVES`` draws (a
+# rounding error behaves like random signs, not like the worst case), and the
 # tolerance is DEFAULT_TOL + e + 3 s. On well-conditioned cases e_u is about e and nothing
 # changes; a wrong formula errs by O(1) relative, far above either.
 #
@@ -59,11 +59,9 @@ FAMILY = "sequence"
 # draws. So float64 cases are held to DEFAULT_TOL + 3 e_u, e_u from that one-ulp move; on
 # well-conditioned cases e_u is ~1e-16 and DEFAULT_TOL's 1e-7 decides alone.
 #
-# The moves cost two more twin runs a check (CI's checks of these specs: 37 s -> 98 s on two
+# Two moves on every check cost CI's checks of these specs 37 s -> 98 s (on two
 # workers), and they can only widen the tolerance: DEFAULT_TOL + 4e is given first and the
 # moves are measured only for a comparison that misses it (``Tol.wider``).
-_INPUT_MOVES = 2
-_MOVE = {FLOAT32: float(np.finfo(FLOAT32).eps) / 2, FLOAT64: float(np.finfo(np.float64).eps)}
 
 
 def _as64(case: Case) -> Case:
@@ -71,30 +69,11 @@ def _as64(case: Case) -> Case:
                  for k, a in case.inputs.items()}, case.params)
 
 
-def _moved(case: Case, seed: int) -> Case:
-    """``case`` in float64 with every float input moved by ``_MOVE`` of its dtype (relative),
-    signs drawn from ``seed`` (masks and integer inputs as they are)."""
-    rng = np.random.default_rng(seed)
-    return Case({k: (a.astype(np.float64) * (1.0 + _MOVE[a.dtype] * rng.choice([-1.0, 1.0],
-                                                                                 a.shape))
-                     if a.dtype in _MOVE else a)
-                 for k, a in case.inputs.items()}, case.params)
-
-
-def _max_error(got, exact) -> float:
-    worst = 0.0
-    for a, e in zip(got, exact, strict=True):
-        a, e = a.astype(np.float64), e.astype(np.float64)
-        finite = np.isfinite(a) & np.isfinite(e)
-        if finite.any():
-            worst = max(worst, float(np.max(np.abs(a[finite] - e[finite]))))
-    return worst
-
 
 def _oracle_tol(name: str):
     def tol(case: Case, upstream) -> Tol | None:
         dtype = case_dtype(case)
-        if dtype not in _MOVE:
+        if dtype not in MOVE:
             return None
         spec = get(name)
         if upstream is None:
@@ -107,15 +86,14 @@ def _oracle_tol(name: str):
             def run(c: Case):
                 return twin.gradients(spec, c, "cpu", upstream if c is case else up64)
         if dtype == FLOAT32:
-            err = _max_error(run(case), exact := run(_as64(case)))
+            err = max_error(run(case), exact := run(_as64(case)))
         else:
             err, exact = 0.0, None  # no more precise twin to measure its error by
         base = ((spec.grad_tol or spec.tol) if upstream is not None else spec.tol)[dtype]
 
-        def wider() -> Tol:  # e_u: two more runs of the twin, made only where needed
-            ex = run(case) if exact is None else exact
-            moved = max(_max_error(run(_moved(case, seed)), ex) for seed in range(_INPUT_MOVES))
-            return Tol(rtol=base.rtol, atol=base.atol + err + 3.0 * max(err, moved))
+        def wider() -> Tol:  # e_u: more runs of the twin, made only where needed
+            e_u = move_error(run, case, exact)
+            return Tol(rtol=base.rtol, atol=base.atol + err + 3.0 * max(err, e_u))
 
         return Tol(rtol=base.rtol, atol=base.atol + 4.0 * err, wider=wider)
 

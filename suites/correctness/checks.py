@@ -13,6 +13,7 @@ import numpy as np
 from suites import twin
 from suites.catalog.spec import FLOAT64, Case, Spec, Tol, case_dtype
 from suites.catalog.strategies import normal
+from suites.conditioning import MOVES, max_error, moved
 from suites.recording import CheckRecord, Mismatch, compare
 
 
@@ -88,17 +89,35 @@ def _settled(mine, theirs: np.ndarray, theirs64, atol: float) -> np.ndarray:
     return theirs
 
 
+# A case can sit within one rounding of a place where the answer jumps or is ill-conditioned,
+# and then neither side can be judged closer than that: a MobileNet block (float64) whose
+# depthwise outputs are equal up to rounding (a constant input of 2.8e-98) feeds batch norm a
+# spread of ~1e-114 to normalise (x_hat ~ 1e-112 of rounding-decided sign) and then a ReLU6
+# whose bias is -6.8e-200: whether the gradient passes the ReLU (it is 582 where it does) is
+# decided by the rounding of the convolution, and the reference said 0 where the twin said
+# -582 (found by the dev profile). Such a case is recognised by the twin itself: moving the
+# inputs by one rounding (suites/conditioning.py) moves its answer as far. So a comparison that
+# misses its tolerance is judged again with 3 e_u added, e_u the twin's largest move over
+# ``MOVES`` moves of the inputs for that output (more twin runs, only on a miss). A wrong
+# formula on a well-conditioned case still fails: there e_u is a few ulps.
+def _moves(run, case: Case, exact) -> list[float]:
+    """Per output, the twin's largest move over ``MOVES`` one-rounding moves of the inputs."""
+    runs = [run(moved(case, seed)) for seed in range(MOVES)]
+    return [max(max_error([r[i]], [exact[i]]) for r in runs) for i in range(len(exact))]
+
+
 def _judge(mine, theirs: np.ndarray, theirs64, tol: Tol, label: str,
-           record: CheckRecord | None, case: Case) -> None:
-    """``compare`` the reference with the twin (``_settled``) under ``tol``; where ``tol`` has
-    a ``wider`` one, a miss under ``tol`` is judged again under it (a trial without the record,
-    so that a pass is recorded against the tolerance that passed it)."""
-    if tol.wider is not None:
-        try:
-            compare(mine, _settled(mine, theirs, theirs64, tol.atol), tol.rtol, tol.atol,
-                    label=label)
-        except Mismatch:
-            tol = tol.wider()
+           record: CheckRecord | None, case: Case, moves, i: int) -> None:
+    """``compare`` the reference with the twin (``_settled``) under ``tol``; a miss is judged
+    again under ``tol.wider`` when the spec measures one, else under ``tol`` plus 3 e_u
+    (``moves()[i]``, see above): a trial without the record first, so that a pass is recorded
+    against the tolerance that passed it."""
+    try:
+        compare(mine, _settled(mine, theirs, theirs64, tol.atol), tol.rtol, tol.atol,
+                label=label)
+    except Mismatch:
+        tol = tol.wider() if tol.wider is not None else Tol(tol.rtol,
+                                                             tol.atol + 3.0 * moves()[i])
     compare(mine, _settled(mine, theirs, theirs64, tol.atol), tol.rtol, tol.atol, label=label,
             record=record, case=case.describe)
 
@@ -112,10 +131,14 @@ def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | Non
         raise Mismatch(f"{spec.name} forward: reference gave {len(outs)} outputs, "
                        f"twin {len(theirs)}")
     tol = spec.tolerance(dtype, case=case)
-    in64 = _once(lambda: twin.forward(spec, _in_float64(case), device))
+
+    def run(c: Case):
+        return twin.forward(spec, c, device)
+    in64 = _once(lambda: run(_in_float64(case)))
+    moves = _once(lambda: _moves(run, case, in64()))
     for i, (mine, ref) in enumerate(zip(outs, theirs, strict=True)):
         label = f"{spec.name} forward, {dtype}, output {i + 1} of {len(outs)}, on {device}"
-        _judge(mine, ref, lambda i=i: in64()[i], tol, label, record, case)
+        _judge(mine, ref, lambda i=i: in64()[i], tol, label, record, case, moves, i)
 
 
 def present_gradients(spec: Spec, case: Case, result: tuple) -> tuple[np.ndarray, ...]:
@@ -147,12 +170,16 @@ def check_gradient(spec: Spec, case: Case, rng: np.random.Generator, device: str
     dtype = case_dtype(case)
     tol = spec.tolerance(dtype, grad=True, case=case, upstream=grads)
     n = len(names)
-    in64 = _once(lambda: twin.gradients(present, _in_float64(case), device,
-                                        tuple(g.astype(np.float64) for g in grads)))
+    up64 = tuple(g.astype(np.float64) for g in grads)
+
+    def run(c: Case):
+        return twin.gradients(present, c, device, up64)
+    in64 = _once(lambda: run(_in_float64(case)))
+    moves = _once(lambda: _moves(run, case, in64()))
     for i, (name, m, t) in enumerate(zip(names, mine, theirs, strict=True)):
         label = (f"{spec.name} backward, {dtype}, gradient of {name!r} ({i + 1} of {n}), "
                  f"on {device}")
-        _judge(m, t, lambda i=i: in64()[i], tol, label, record, case)
+        _judge(m, t, lambda i=i: in64()[i], tol, label, record, case, moves, i)
 
 
 # Central differences, in float64, of phi(t) = <g, f(x + t v)> against <grad, v>.

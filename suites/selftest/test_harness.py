@@ -128,7 +128,7 @@ def test_a_wider_tolerance_is_measured_only_for_a_miss_and_recorded_as_passed():
 
     def judge(mine, record=None):
         checks._judge(mine, theirs, lambda: theirs.astype(np.float64), tol, "t", record,
-                      Case({}, {}))
+                      Case({}, {}), lambda: [0.0], 0)
 
     judge(theirs + np.float32(1e-7))  # within tol: the wider one is never measured
     assert not asked
@@ -362,3 +362,34 @@ def test_gradcheck_allows_for_the_rounding_of_its_moved_inputs(monkeypatch):
     monkeypatch.setattr(checks, "_input_rounding", lambda *args: 0.0)
     with pytest.raises(Mismatch):
         checks.check_gradcheck(spec, case, np.random.default_rng(0))
+
+
+def test_a_branch_decided_by_rounding_is_judged_by_the_twins_own_moves():
+    # MobileNet block, float64, found by the dev profile: a constant input and constant
+    # depthwise weights make the outputs of channel 0 equal up to the order of their sums; batch
+    # norm normalises that rounding (x_hat ~ 1e-13, its sign the summation order's) and adds a
+    # bias of -3.1e-77 before ReLU6, so whether the gradient passes is decided by rounding. The
+    # reference's sums tie (0 passes), torch's do not (-468 passes); moving the inputs by one ulp
+    # flips torch's branch (checks._moves).
+    f = np.float64
+    case = Case({
+        "x": np.full((1, 3, 4, 2), -2.5), "dw_weight": np.full((3, 1, 3, 3), -1 / 3),
+        "bn1_weight": np.ones(3), "bn1_bias": np.array([-3.147368919463164e-77, 0.5, 0.5]),
+        "bn1_running_mean": np.array([0.06286511054669665, -0.06605243164565094,
+                                      0.32021132522164103]),
+        "bn1_running_var": np.array([0.5165276355285291, 1.3132702392002724,
+                                     1.4127555772777218]),
+        "pw_weight": np.array([0.10888556549031268, -0.1144061675737378,
+                               0.5546222844428438]).reshape(1, 3, 1, 1),
+        "bn2_weight": np.ones(1), "bn2_bias": np.array([0.06286511054669665]),
+        "bn2_running_mean": np.array([0.6520000225650686]),
+        "bn2_running_var": np.array([1.2294965609839985])},
+        dict(stride=3, training=True, momentum=0.1, eps=1e-05))
+    assert all(a.dtype == f for a in case.inputs.values())
+    spec = get("mobilenet_block")
+    outs, ctx = spec.run_forward(case)
+    grads = checks.upstream(spec, outs, np.random.default_rng(0))
+    mine = checks.present_gradients(spec, case, spec.run_backward(ctx, grads))
+    theirs = twin.gradients(spec, case, "cpu", grads)
+    assert np.abs(mine[0] - theirs[0]).max() > 1.0, "the branch no longer differs: tests nothing"
+    checks.check_gradient(spec, case, np.random.default_rng(0), "cpu")
