@@ -90,13 +90,14 @@ def _settled(mine, theirs: np.ndarray, theirs64, atol: float) -> np.ndarray:
 
 
 # A case can sit within one rounding of a place where the answer jumps or is ill-conditioned,
-# and then neither side can be judged closer than that: a MobileNet block (float64) whose
-# depthwise outputs are equal up to rounding (a constant input of 2.8e-98) feeds batch norm a
-# spread of ~1e-114 to normalise (x_hat ~ 1e-112 of rounding-decided sign) and then a ReLU6
-# whose bias is -6.8e-200: whether the gradient passes the ReLU (it is 582 where it does) is
-# decided by the rounding of the convolution, and the reference said 0 where the twin said
-# -582 (found by the dev profile). Such a case is recognised by the twin itself: moving the
-# inputs by one rounding (suites/conditioning.py) moves its answer as far. So a comparison that
+# and then neither side can be judged closer than that: a MobileNet block (float64) with a
+# constant input (-2.5) and constant depthwise weights has depthwise outputs equal up to the
+# order of their sums; batch norm normalises that rounding (x_hat ~ 1e-13, of rounding-decided
+# sign) and adds a bias of -3.1e-77 before ReLU6, so whether the gradient passes the ReLU (it
+# is -468 where it does) is decided by rounding: the reference's sums tie and it said 0, the
+# twin's do not and it said -468 (found by the dev profile; test_harness has the case). Such a
+# case is recognised by the twin itself: moving the inputs by one rounding
+# (suites/conditioning.py) moves its answer as far. So a comparison that
 # misses its tolerance is judged again with 3 e_u added, e_u the twin's largest move over
 # ``MOVES`` moves of the inputs for that output (more twin runs, only on a miss). A wrong
 # formula on a well-conditioned case still fails: there e_u is a few ulps.
