@@ -167,7 +167,8 @@ def ci(session: nox.Session) -> None:
                 "--bench", str(BENCH), "--out", str(OUT), env=_env())
     summary = OUT / "gate.json"
     code = _run(session, "python", "-m", "reports", "gate", "--correctness", *correctness,
-                "--bench", str(BENCH), "--summary", str(summary), *session.posargs)
+                "--bench", str(BENCH), "--summary", str(summary), "--then-confirm",
+                *session.posargs)
     verdict = json.loads(summary.read_text()) if code == 1 and summary.exists() else {}
     if verdict.get("regressions") and not verdict["correctness_failures"]:
         # The baseline was measured on another day (maybe another host of the same kind), and
