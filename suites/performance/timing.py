@@ -323,7 +323,7 @@ def _short_rounds(iterations: dict[str, int], times: dict[str, list[float]],
     ~0.2% (~0.4 us on a 200 us round). Calibrated in a stall, one side of a pair gets one call
     per round while the other gets fifteen: relu's medium kernel timed as both sides of an A/A
     pair, forced to 1 and 15 calls, gave ratios 1.016-1.034 in eight runs, quiet and under a
-    hog, six of their 99.9% intervals excluding 1."""
+    hog, seven of their 99.9% intervals excluding 1."""
     short = {}
     for name, k in iterations.items():
         if not times.get(name):
