@@ -39,6 +39,8 @@ _RANK = {"failed": 0, "passed": 1, "skipped": 2, "not run": 3}
 # The GPU implementations: the twin on CUDA, and reference.cuda's kernels (the benchmark times
 # the two together, by CUDA events; their ratio is the numba-cuda vs torch-cuda column).
 GPU_IMPLS = ("torch-cuda", "numba-cuda")
+# The overview's one column for the checks outside CHECK_ORDER (every dtype together).
+OTHER_CHECKS = ("other checks", "")
 
 
 @dataclass
@@ -152,6 +154,16 @@ class PerfRow:
     peaks: dict[str, dict]
     # implementation -> the reason the benchmark gave for not timing it in this group
     not_run: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size_label(self) -> str:
+        """The size as a headline names it: a sweep point's name ("s4") says nothing alone,
+        so it comes with its shapes ("s4 (x: 65536)")."""
+        b = self.any_bench
+        if self.size in ("small", "medium", "large") or b is None or not b.shapes:
+            return self.size
+        shapes = ", ".join(f"{k}: {'×'.join(str(n) for n in s)}" for k, s in b.shapes.items())
+        return f"{self.size} ({shapes})"
 
     def median(self, impl: str) -> float | None:
         b = self.cells.get(impl)
@@ -308,6 +320,16 @@ class Algo:
         one: it is compared with torch-cuda (timed with it, by CUDA events)."""
         return [i for i in self.impls if i not in (NUMERATOR, DENOMINATOR, *GPU_IMPLS)]
 
+    @property
+    def overview_peer(self) -> str:
+        """The implementation the overview's ratio column divides by: torch-cpu, or for an
+        algorithm without a torch twin (classical ML) its first peer that was timed beside
+        numba (scikit-learn, scipy): "not run" there would say a benchmark failed."""
+        if any(r.pair(NUMERATOR, DENOMINATOR) for r in self.perf):
+            return DENOMINATOR
+        return next((i for i in self.peers if i != "torch-compile"
+                     and any(r.pair(NUMERATOR, i) for r in self.perf)), DENOMINATOR)
+
     def not_run_reason(self, impl: str) -> str | None:
         """The first reason a benchmark gave for not timing ``impl`` (None: it never said)."""
         return next((row.not_run[impl] for row in self.perf if impl in row.not_run), None)
@@ -359,6 +381,7 @@ class Report:
     comparisons: list[Comparison]
     config: GateConfig
     notes: list[str] = field(default_factory=list)
+    other_column: tuple[str, str] = OTHER_CHECKS
 
     # -- how the machine was ---------------------------------------------------------------
     @property
@@ -607,11 +630,17 @@ def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list
 
     dtypes = sorted({c.dtype for c in correctness.checks} if correctness else set(),
                     key=lambda d: (d == "", d))
-    check_names = sorted({c.check for c in correctness.checks} if correctness else set(),
-                         key=lambda c: order_key(c, CHECK_ORDER))
+    # The overview has a column per dtype for each kind of check every spec runs (forward,
+    # gradient, ...). The checks only some algorithms have (a real-data accuracy, a
+    # trajectory, a convergence) share one column: a column each made the table 57 columns
+    # wide, mostly dashes, and pushed the timings out of sight.
+    present = {c.check for c in correctness.checks} if correctness else set()
+    check_names = [ch for ch in CHECK_ORDER if ch in present]
     columns = [(ch, dt) for ch in check_names for dt in dtypes
                if correctness and any(c.check == ch and c.dtype == dt
                                       for c in correctness.checks)]
+    if present - set(CHECK_ORDER):
+        columns.append(OTHER_CHECKS)
     all_impls: set[str] = set()
     taken: set[str] = set()
     ordered = sorted(algos.values(), key=lambda a: (a.family, a.name))
@@ -620,7 +649,8 @@ def build_report(correctness: CorrectnessSet | CorrectnessRun | None, runs: list
         a.checks.sort(key=lambda c: (order_key(c.check, CHECK_ORDER), c.dtype, c.device,
                                      c.run, c.nodeid))
         for col in columns:
-            mine = [c for c in a.checks if (c.check, c.dtype) == col]
+            mine = ([c for c in a.checks if c.check not in CHECK_ORDER] if col == OTHER_CHECKS
+                    else [c for c in a.checks if (c.check, c.dtype) == col])
             if mine:
                 a.cells[col] = Cell(mine)
         # Performance: every (run, dtype, pass, size) any run has for this algorithm, with a

@@ -28,7 +28,7 @@ from reports import paired, stats
 from reports.__main__ import main
 from reports.build import build, compare, run_gate, write_baseline
 from reports.config import load_config
-from reports.loading import PROBS, InputError, Timing, load
+from reports.loading import CHECK_ORDER, PROBS, InputError, Timing, load
 from reports.render import md
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -805,6 +805,51 @@ def test_check_figures_are_shown_with_the_check(tmp_path):
     assert "<b>not markup</b>" not in page
 
 
+def test_checks_only_some_algorithms_have_share_one_overview_column(tmp_path):
+    """A column per rare check made the overview 57 columns wide on the real catalogue, with
+    the timings out of sight: the checks outside CHECK_ORDER are counted in one column, a
+    failure among them shows there, and a skipped one is not counted as a pass."""
+    doc = json.loads((DATA / "paired_correctness.json").read_text())
+    base = next(r for r in doc["records"] if r["algorithm"] == "softmax")
+    extra = [dict(base, check=name, verdict=verdict, dtype=dtype, reason=reason,
+                  nodeid=f"{base['nodeid']}::{name}")
+             for name, verdict, dtype, reason in (
+                 ("real data: iris", "passed", "float64", ""),
+                 ("trajectory (3 steps)", "failed", "float32", ""),
+                 ("trajectory (3 steps)", "passed", "float64", ""),
+                 ("converges", "skipped", "float64", "no sklearn"))]
+    doc["records"] += extra
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    page = build(str(path), [], tmp_path / "out").html.read_text()
+    head = page[page.index('id="overview-table">'):]
+    head = head[:head.index("</thead>")]
+    names = re.findall(r'<th class="num">([^<]*)<', head)
+    assert names.count("other checks") == 1
+    assert not {"real data: iris", "trajectory (3 steps)", "converges"} & set(names)
+    assert set(names) - {"other checks"} <= set(CHECK_ORDER)
+    row = page[page.index('<td><a href="#algo-softmax">'):]
+    row = row[:row.index("</tr>")]
+    other = re.findall(r'<td class="cell v-(\w+)" data-sort="(\d+)" title="([^"]*)">([^<]*)</td>',
+                       row)
+    other = [o for o in other if "trajectory" in o[2]]
+    assert len(other) == 1
+    verdict, failed, title, text = other[0]
+    assert (verdict, failed, text) == ("failed", "1", "✗ 1/4")
+    assert "trajectory (3 steps): 1 of 2 passed" in title
+    # Without the failure: the two passes are counted, the skipped one apart.
+    doc["records"] = [r for r in doc["records"] if r.get("verdict") != "failed"
+                      or r["check"] != "trajectory (3 steps)"]
+    path.write_text(json.dumps(doc))
+    page = build(str(path), [], tmp_path / "out2").html.read_text()
+    row = page[page.index('<td><a href="#algo-softmax">'):]
+    row = row[:row.index("</tr>")]
+    assert ">✓ 2 · 1 skipped</td>" in row
+    # Every check is still shown in the algorithm's own section.
+    section = visible(page, "algo-softmax")
+    assert "real data: iris" in section and "converges" in section and "no sklearn" in section
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [[], ["build"], ["compare"], ["gate"], ["baseline"]])
@@ -911,10 +956,41 @@ def test_torch_compile_compile_time_and_graphs_shown_like_numbas(tmp_path):
     # The overview gives inductor's compile time per algorithm beside numba's.
     overview = visible(page, "overview")
     heads = next(ln for ln in overview.splitlines() if ln.startswith("| family"))
-    assert "| compile | numba / torch-compile | torch-compile compile |" in heads
+    assert heads.endswith("| compile | numba / torch-compile | torch-compile compile")
     relu = next(ln for ln in overview.splitlines() if "| relu |" in ln)
     worst = max(e["compile_s"] for e in compiled if e["algorithm"] == "relu")
-    assert relu.split(" | ")[-2] == time_text(worst)
+    assert relu.split(" | ")[-1].rstrip(" |") == time_text(worst)
+
+
+def test_overview_ratio_of_an_algorithm_without_a_torch_twin_is_against_its_peer(tmp_path):
+    """A classical algorithm has no torch twin: its overview cell gives numba / its peer
+    (named), not "not run"; an algorithm with checks and no benchmark at all shows a dash."""
+    doc = _compiled_doc()
+    doc["benchmarks"] = [b for b in doc["benchmarks"]
+                         if not (b["extra_info"]["algorithm"] == "kmeans_assign"
+                                 and b["extra_info"]["implementation"].startswith("torch"))]
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    page = build(f("paired_correctness.json"), [str(path)], tmp_path / "out").html.read_text()
+    rows = {ln.split(" | ")[1]: ln for ln in visible(page, "overview").splitlines()
+            if ln.startswith("| ") and not ln.startswith("| family")}
+    # the harness's own record of numba / sklearn per size (small, medium, large)
+    want = [e["ratios"]["sklearn"]["value"] for e in
+            sorted((b["extra_info"] for b in doc["benchmarks"]
+                    if b["extra_info"]["algorithm"] == "kmeans_assign"
+                    and b["extra_info"]["implementation"] == "numba"),
+                   key=lambda e: ("small", "medium", "large").index(e["size"]))]
+    # the cells after it: compile, numba / torch-compile, inductor's compile time
+    cell = rows["kmeans_assign"].split(" | ")[-4]
+    assert cell == "/ sklearn: " + "· ".join(f"{v:.2g}" for v in want), rows["kmeans_assign"]
+    assert "/ sklearn" not in rows["relu"]  # relu has its torch twin
+    checked_only = {r["algorithm"] for r in json.loads(
+        (DATA / "paired_correctness.json").read_text())["records"]} - {
+        b["extra_info"]["algorithm"] for b in doc["benchmarks"]}
+    assert checked_only
+    for name in checked_only:
+        ratio_cell = rows[name].split(" | ")[-4]
+        assert ratio_cell == "–", rows[name]
 
 
 def test_eager_in_disguise_is_labelled_wherever_its_time_appears(tmp_path):
@@ -940,7 +1016,8 @@ def test_eager_in_disguise_is_labelled_wherever_its_time_appears(tmp_path):
     # The overview (headline columns) and the verdict.
     for line in visible(page, "overview").splitlines():
         if line.startswith("| sequence | lstm |"):
-            assert label in line.split(" | ")[-3] and label in line.split(" | ")[-2]
+            # the last two cells: numba / torch-compile, inductor's compile time
+            assert label in line.split(" | ")[-2] and label in line.split(" | ")[-1]
         elif line.startswith("| activations | relu |"):
             assert label not in line
     verdict = visible(page, "verdict")
