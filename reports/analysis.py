@@ -219,7 +219,9 @@ def fit_mask(times: list[float], noisy: list[bool]) -> tuple[list[bool], str]:
     its time or more on what every call costs whatever its size, so its time says little about
     how the work grows; a fit through it flattens the exponent. The smallest size is therefore
     never fitted. With fewer than two points left the line is not fitted, and the note says
-    why ("not fitted: dispatch-bound" or "not fitted: noisy").
+    why ("not fitted: dispatch-bound", "not fitted: noisy", or "not fitted: too few sizes"
+    when only the smallest was left out and its call is not dispatch-bound: a line of two
+    sizes, 340 µs and 25 ms, is not dispatch-bound).
     """
     stable = [t for t, n in zip(times, noisy, strict=True) if not n]
     if not stable:
@@ -229,7 +231,15 @@ def fit_mask(times: list[float], noisy: list[bool]) -> tuple[list[bool], str]:
     if sum(mask) >= 2:
         return mask, ""
     fittable_if_quiet = sum(t >= bound for t in times)
-    why = "noisy" if fittable_if_quiet >= 2 else "dispatch-bound"
+    left_out = [t for t, n in zip(times, noisy, strict=True) if not n and t < bound]
+    if fittable_if_quiet >= 2:
+        why = "noisy"
+    elif left_out == [min(stable)] and min(stable) >= DISPATCH_FLOOR_S:
+        # Only the reference point was left out, and it is no dispatch-bound call: the line
+        # has too few sizes (two sizes give one point past the smallest).
+        why = "too few sizes (the smallest is never fitted)"
+    else:
+        why = "dispatch-bound"
     return mask, f"not fitted: {why}"
 
 

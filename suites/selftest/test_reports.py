@@ -671,6 +671,12 @@ def test_exponents_skip_noisy_and_dispatch_bound_sizes():
     assert fit_mask([1e-3, 1.5e-3, 4e-3, 3e-2], [False] * 4)[0] == [False, False, True, True]
     assert fit_mask([5e-6, 6e-6, 7e-6], [False] * 3)[1] == "not fitted: dispatch-bound"
     assert fit_mask([5e-6, 4e-5, 3e-4], [False, True, False])[1] == "not fitted: noisy"
+    # Two sizes far past the floor: one point after the smallest, which is no dispatch-bound
+    # call (k-means at 340 us and 25 ms was called "dispatch-bound").
+    assert fit_mask([3.4e-4, 2.5e-2], [False] * 2) == (
+        [False, True], "not fitted: too few sizes (the smallest is never fitted)")
+    assert fit_mask([5e-6, 2.5e-2], [False] * 2)[1] == "not fitted: dispatch-bound"
+    assert fit_mask([3.4e-4, 5e-4], [False] * 2)[1] == "not fitted: dispatch-bound"
 
 
 def test_sizes_are_ordered_by_problem_size(tmp_path):
