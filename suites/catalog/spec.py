@@ -73,12 +73,13 @@ class Case:
 class Tol:
     """Elementwise tolerance: ``|actual - expected| <= atol + rtol * |expected|``.
 
-    ``wider``: a larger tolerance that is dear to measure (more twin runs), asked for only where
-    a comparison fails this one (a pass here is a pass there). None: this one is final."""
+    ``wider(i)``: a larger tolerance for the i-th output that is dear to measure (more twin
+    runs), asked for only where a comparison of that output fails this one (a pass here is a
+    pass there). None: this one is final."""
 
     rtol: float
     atol: float
-    wider: Callable[[], Tol] | None = field(default=None, compare=False, repr=False)
+    wider: Callable[[int], Tol] | None = field(default=None, compare=False, repr=False)
 
 
 # torch.testing.assert_close's defaults for these dtypes.

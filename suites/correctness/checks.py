@@ -10,10 +10,10 @@ import dataclasses
 
 import numpy as np
 
-from suites import twin
+from suites import conditioning, twin
 from suites.catalog.spec import FLOAT64, Case, Spec, Tol, case_dtype
 from suites.catalog.strategies import normal
-from suites.conditioning import MOVES, max_error, moved
+from suites.conditioning import in_float64
 from suites.recording import CheckRecord, Mismatch, compare
 
 
@@ -57,11 +57,6 @@ def _twin_nonfinite(mine, theirs: np.ndarray) -> np.ndarray | None:
     return odd if np.any(odd) else None
 
 
-def _in_float64(case: Case) -> Case:
-    return Case({n: (a.astype(np.float64) if a.dtype.kind == "f" else a)
-                 for n, a in case.inputs.items()}, case.params)
-
-
 def _zero_confirmed(value64: np.ndarray, atol: float) -> bool:
     return bool(np.all(np.abs(value64) <= ZERO_CONFIRM * atol))
 
@@ -101,31 +96,18 @@ def _settled(mine, theirs: np.ndarray, theirs64, atol: float) -> np.ndarray:
 # misses its tolerance is judged again with 3 e_u added, e_u the twin's largest move over
 # ``MOVES`` moves of the inputs for that output (more twin runs, only on a miss). A wrong
 # formula on a well-conditioned case still fails: there e_u is a few ulps.
-def _moves(run, case: Case, exact) -> list[float]:
-    """Per output, the twin's largest move over ``MOVES`` one-rounding moves of the inputs (a
-    move the twin refuses, such as a probability moved past 1, counts for nothing)."""
-    runs = []
-    for seed in range(MOVES):
-        try:
-            runs.append(run(moved(case, seed)))
-        except Exception:  # noqa: BLE001 - the miss it was asked about stands
-            continue
-    return [max((max_error([r[i]], [exact[i]]) for r in runs), default=0.0)
-            for i in range(len(exact))]
-
-
 def _judge(mine, theirs: np.ndarray, theirs64, tol: Tol, label: str,
            record: CheckRecord | None, case: Case, moves, i: int) -> None:
     """``compare`` the reference with the twin (``_settled``) under ``tol``; a miss is judged
-    again under ``tol.wider`` when the spec measures one, else under ``tol`` plus 3 e_u
+    again under ``tol.wider(i)`` when the spec measures one, else under ``tol`` plus 3 e_u
     (``moves()[i]``, see above): a trial without the record first, so that a pass is recorded
     against the tolerance that passed it."""
     try:
         compare(mine, _settled(mine, theirs, theirs64, tol.atol), tol.rtol, tol.atol,
                 label=label)
     except Mismatch:
-        tol = tol.wider() if tol.wider is not None else Tol(tol.rtol,
-                                                             tol.atol + 3.0 * moves()[i])
+        tol = tol.wider(i) if tol.wider is not None else Tol(tol.rtol,
+                                                              tol.atol + 3.0 * moves()[i])
     compare(mine, _settled(mine, theirs, theirs64, tol.atol), tol.rtol, tol.atol, label=label,
             record=record, case=case.describe)
 
@@ -142,8 +124,8 @@ def check_forward(spec: Spec, case: Case, device: str, record: CheckRecord | Non
 
     def run(c: Case):
         return twin.forward(spec, c, device)
-    in64 = _once(lambda: run(_in_float64(case)))
-    moves = _once(lambda: _moves(run, case, in64()))
+    in64 = _once(lambda: run(in_float64(case)))
+    moves = _once(lambda: conditioning.moves(run, case, in64()))
     for i, (mine, ref) in enumerate(zip(outs, theirs, strict=True)):
         label = f"{spec.name} forward, {dtype}, output {i + 1} of {len(outs)}, on {device}"
         _judge(mine, ref, lambda i=i: in64()[i], tol, label, record, case, moves, i)
@@ -182,8 +164,8 @@ def check_gradient(spec: Spec, case: Case, rng: np.random.Generator, device: str
 
     def run(c: Case):
         return twin.gradients(present, c, device, up64)
-    in64 = _once(lambda: run(_in_float64(case)))
-    moves = _once(lambda: _moves(run, case, in64()))
+    in64 = _once(lambda: run(in_float64(case)))
+    moves = _once(lambda: conditioning.moves(run, case, in64()))
     for i, (name, m, t) in enumerate(zip(names, mine, theirs, strict=True)):
         label = (f"{spec.name} backward, {dtype}, gradient of {name!r} ({i + 1} of {n}), "
                  f"on {device}")

@@ -119,8 +119,8 @@ def _first_scaled(name: str, by: float):
 def test_a_wider_tolerance_is_measured_only_for_a_miss_and_recorded_as_passed():
     asked = []
 
-    def wider():
-        asked.append(1)
+    def wider(i):
+        asked.append(i)
         return Tol(rtol=0.0, atol=1e-3)
 
     tol = Tol(rtol=0.0, atol=1e-6, wider=wider)
@@ -134,7 +134,8 @@ def test_a_wider_tolerance_is_measured_only_for_a_miss_and_recorded_as_passed():
     assert not asked
     rec = CheckRecord("t", "replay t")
     judge(theirs + np.float32(1e-4), rec)  # misses tol, within the wider one: passes
-    assert asked and 0.0 < rec.worst <= 1.0 and rec.atol == 1e-3 and not rec.message, rec.worst
+    assert asked == [0] and 0.0 < rec.worst <= 1.0, rec.worst
+    assert rec.atol == 1e-3 and not rec.message
     with pytest.raises(Mismatch):
         judge(theirs + np.float32(1e-2))
 
@@ -370,7 +371,7 @@ def test_a_branch_decided_by_rounding_is_judged_by_the_twins_own_moves():
     # norm normalises that rounding (x_hat ~ 1e-13, its sign the summation order's) and adds a
     # bias of -3.1e-77 before ReLU6, so whether the gradient passes is decided by rounding. The
     # reference's sums tie (0 passes), torch's do not (-468 passes); moving the inputs by one ulp
-    # flips torch's branch (checks._moves).
+    # flips torch's branch (conditioning.moves).
     f = np.float64
     case = Case({
         "x": np.full((1, 3, 4, 2), -2.5), "dw_weight": np.full((3, 1, 3, 3), -1 / 3),
