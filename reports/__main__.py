@@ -59,7 +59,9 @@ algorithm overrides under [tool.refbench.gate.overrides]). The baseline is --bas
 `baseline` path configured there. Within-run ratios cancel the machine, so a slower machine is not
 a regression; when both runs timed the pair in interleaved rounds, the change compares the two
 runs' per-round ratios. A pair with noisy timings in either run is listed as "not gated: noisy"
-and never fails the gate. Several --correctness files are merged as for `build` (shards of a
+and never fails the gate, nor does one whose torch twin's code differs between the runs ("not
+gated: twin changed": both files give a digest of the twin, and they differ). Several
+--correctness files are merged as for `build` (shards of a
 run into one; other runs side by side), and every check of every run counts; several --bench
 files must be the shards of one run. Prints a summary; exits 0 when everything passed.
 

@@ -65,10 +65,13 @@ class RatioChange:
     max_slowdown: float
     method: str = "medians"  # "paired": per-round ratios of interleaved rounds in both runs
     noisy: list[str] = field(default_factory=list)  # why it is not judged, when noisy
+    # Not empty when the torch twin timed is another program than the baseline's (their
+    # digests differ, suites/digest.py): the ratio's denominator changed, not the reference.
+    twin_changed: str = ""
 
     @property
     def gated(self) -> bool:
-        return not self.noisy
+        return not self.noisy and not self.twin_changed
 
     @property
     def regression(self) -> bool:
@@ -81,6 +84,8 @@ class RatioChange:
 
     @property
     def verdict(self) -> str:
+        if self.twin_changed:
+            return "not gated: twin changed"
         if self.noisy:
             return "not gated: noisy"
         return "regression" if self.regression else self.change.verdict
@@ -210,8 +215,17 @@ def ratio_changes(base: BenchRun, cand: BenchRun, config: GateConfig) -> list[Ra
         out.append(RatioChange(nc.algorithm, nc.family, nc.size, nc.dtype, nc.pass_,
                                base_ratio, cand_ratio, change, limit, method,
                                _noise("baseline", nb, db) + drift
-                               + _noise("candidate", nc, dc)))
+                               + _noise("candidate", nc, dc), _twin_changed(db, dc)))
     return out
+
+
+def _twin_changed(base: Bench, cand: Bench) -> str:
+    """Why the pair is not comparable when the two runs timed different twins (empty when they
+    timed the same, or a run does not say: an older file is judged as before)."""
+    if base.twin and cand.twin and base.twin != cand.twin:
+        return (f"the {cand.impl} twin's code changed ({base.twin} in the baseline, "
+                f"{cand.twin} now): the ratio's denominator is another program")
+    return ""
 
 
 
@@ -252,7 +266,8 @@ class Comparison:
                 c[a.verdict] += 1
         c["regressions"] = sum(r.regression for r in self.ratios)
         c["improvements"] = sum(r.improvement for r in self.ratios)
-        c["noisy"] = sum(not r.gated for r in self.ratios)
+        c["noisy"] = sum(bool(r.noisy) and not r.twin_changed for r in self.ratios)
+        c["twin changed"] = sum(bool(r.twin_changed) for r in self.ratios)
         c["paired"] = sum(r.method == "paired" for r in self.ratios)
         return c
 

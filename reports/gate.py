@@ -78,6 +78,8 @@ def _confirm(regressions: list[RatioChange], baseline: BenchRun,
             c = by_key.get(_key(reg))
             if c is None:
                 said.append(f"re-run {i}: not measured")
+            elif c.twin_changed:
+                said.append(f"re-run {i}: twin changed, not judged")
             elif not c.gated:
                 said.append(f"re-run {i}: noisy, not judged")
             else:
@@ -148,7 +150,8 @@ def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
             lines.append(f"performance: not gated: no numba / torch-cpu pair in common with "
                          f"the baseline {where} ({have} pair(s) in this run)")
         else:
-            noisy = [c for c in changes if not c.gated]
+            noisy = [c for c in changes if c.noisy and not c.twin_changed]
+            other_twin = [c for c in changes if c.twin_changed]
             gated = [c for c in changes if c.gated]
             judged = [c for c in gated if c.change.judged]
             slower = [c for c in gated if c.change.significant and c.change.value > 1]
@@ -183,6 +186,12 @@ def gate(correctness: CorrectnessSet | CorrectnessRun, bench: BenchRun | None,
                     lines.append(f"  - not gated: noisy {c.label}: {'; '.join(c.noisy)}")
                 if len(noisy) > 15:
                     lines.append(f"  ... and {len(noisy) - 15} more (see the report)")
+            if other_twin:
+                lines.append(f"  not gated: twin changed ({len(other_twin)}): the torch twin "
+                             f"timed is another program than the baseline's; never a failure")
+                for c in other_twin[:15]:
+                    lines.append(f"  - not gated: twin changed {c.label}: "
+                                 f"{c.base_ratio:.3g} -> {c.cand_ratio:.3g}; {c.twin_changed}")
             small = [c for c in slower if not c.regression]
             if small:
                 lines.append(f"  {len(small)} significant slow-down(s) within the threshold, "

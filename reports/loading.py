@@ -558,6 +558,8 @@ class Bench:
     # torch-compile only: how dynamo captured the twin ("one graph", "N graphs, M breaks:
     # ...", "no graph (eager in disguise): ..."); empty for other implementations.
     compiled: str = ""
+    # torch twins only: a digest of the twin's code (suites/digest.py); empty where not said
+    twin: str = ""
 
     @property
     def eager_in_disguise(self) -> bool:
@@ -782,6 +784,7 @@ def _bench(b: Any, i: int) -> Bench:
         noise=noise, data=_raw(stats, where),
         fullname=_get(b, "fullname", str, where, "") or name,
         compiled=_text(_get(info, "compiled", str, where, ""), 300),
+        twin=_text(_get(info, "twin", str, where, ""), 64),
     )
 
 
@@ -916,6 +919,7 @@ def _baseline(doc: dict, path: str) -> BenchRun:
             pass_=_get(b, "pass", str, where, "forward"), timing=timing,
             flops=_get(b, "flops", float, where, None), bytes=_get(b, "bytes", float, where, None),
             fullname=_get(b, "name", str, where, ""),
+            twin=_text(_get(b, "twin", str, where, ""), 64),
         ))
     return BenchRun(path=path, created=_text(doc.get("created"), 64), env=env, benchmarks=out,
                     kind="baseline")
@@ -965,7 +969,8 @@ def baseline_doc(run: BenchRun, source: str) -> dict:
              "quantiles": [sig(x) for x in np.maximum.accumulate(b.timing.quantiles)],
              "group": b.group or None, "stable": b.stable,
              "noise_reasons": b.reasons or None,
-             "ratios": {k: ratio(r) for k, r in b.ratios.items()} or None}
+             "ratios": {k: ratio(r) for k, r in b.ratios.items()} or None,
+             **({"twin": b.twin} if b.twin else {})}
             for b in run.benchmarks
         ],
     }

@@ -53,6 +53,7 @@ from suites import twin
 from suites.catalog import all_specs, get
 from suites.catalog.spec import SIZES, Case, Spec, as_tuple
 from suites.correctness.checks import upstream
+from suites.digest import twin_digest
 from suites.performance import stalls, sweeps, timing
 
 PASSES = ("forward", "forward+backward")
@@ -654,6 +655,12 @@ def test_bench(benchmark, bench, request):
         flops=cost.flops * factor, bytes=cost.bytes * factor, group=benchmark.group,
         **{"pass": pass_},
     )
+    # Which code was timed as numba's partner: a ratio against a twin (or peer) whose code
+    # changed since the baseline is not judged by the gate (suites/digest.py).
+    other = (spec.peers.get(impl) if impl in spec.peers else
+             spec.torch if impl in ("torch-cpu", COMPILED, "torch-cuda") else None)
+    if other is not None:
+        benchmark.extra_info["twin"] = twin_digest(other)
     if not benchmark.enabled:  # --benchmark-disable: a smoke test of every callable
         if why := _unavailable(impl):
             pytest.skip(why)

@@ -394,3 +394,17 @@ def test_a_branch_decided_by_rounding_is_judged_by_the_twins_own_moves():
     theirs = twin.gradients(spec, case, "cpu", grads)
     assert np.abs(mine[0] - theirs[0]).max() > 1.0, "the branch no longer differs: tests nothing"
     checks.check_gradient(spec, case, np.random.default_rng(0), "cpu")
+
+
+def test_the_polynomial_twin_differentiates_where_a_product_underflows():
+    # X = [1e-45, 0.5] in float32: x0 * x1 underflows to 0, and d(x0 x1)/dx0 = 0.5. The twin
+    # built on Tensor.prod divided the product by each factor and said 0 (found by the dev
+    # profile); the chain of products says 0.5, as the reference does.
+    spec = get("polynomial_features")
+    case = Case({"X": np.array([[1e-45, 0.5]], np.float32)}, {"degree": 2,
+                                                               "include_bias": False})
+    (dx,) = twin.gradients(spec, case, "cpu", (np.ones((1, 5), np.float32),))
+    # outputs x0, x1, x0^2, x0 x1, x1^2: d/dx0 = 1 + 2 x0 + x1, d/dx1 = 1 + x0 + 2 x1
+    assert dx[0, 0] == np.float32(1.5) and dx[0, 1] == np.float32(2.0)
+    for seed in range(5):
+        checks.check_gradient(spec, case, np.random.default_rng(seed), "cpu")

@@ -538,6 +538,43 @@ def test_gate(tmp_path):
     assert "replay: python -m pytest" in failing.stdout
 
 
+def _with_twins(src: str, dst: Path, digests: dict[str, str]) -> str:
+    """``src`` with ``extra_info.twin`` set on its torch-cpu benchmarks, per algorithm."""
+    doc = json.loads((DATA / src).read_text())
+    for b in doc["benchmarks"]:
+        e = b["extra_info"]
+        if e["implementation"] == "torch-cpu" and e["algorithm"] in digests:
+            e["twin"] = digests[e["algorithm"]]
+    dst.write_text(json.dumps(doc))
+    return str(dst)
+
+
+def test_a_ratio_against_a_changed_twin_is_not_gated(tmp_path):
+    """The slower fixture's softmax regression, with the twin's code said to differ between the
+    runs: the ratio's denominator is another program, so the pair is listed, not judged, and
+    does not fail the gate; the same digest (or a run that does not say) is judged as ever."""
+    base = _with_twins("cpu_bench.json", tmp_path / "base.json", {"softmax": "v1:aaaa"})
+    run = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+              _with_twins("slower_bench.json", tmp_path / "b.json", {"softmax": "v1:bbbb"}),
+              "--baseline", base)
+    assert "REGRESSION softmax" not in run.stdout, run.stdout
+    assert re.search(r"not gated: twin changed softmax large float32 forward: [\d.]+ -> "
+                     r"[\d.]+; the torch-cpu twin's code changed \(v1:aaaa in the baseline, "
+                     r"v1:bbbb now\)", run.stdout), run.stdout
+    for same in ({"softmax": "v1:aaaa"}, {}):
+        judged = cli("gate", "--correctness", f("cpu_correctness.json"), "--bench",
+                     _with_twins("slower_bench.json", tmp_path / "c.json", same),
+                     "--baseline", base)
+        assert judged.returncode == 1 and "REGRESSION softmax large float32 forward" in \
+            judged.stdout, judged.stdout
+    # The compact baseline keeps the digest, and a comparison shows the verdict.
+    compact = write_baseline(base, tmp_path / "compact.json")
+    assert '"twin":"v1:aaaa"' in compact.read_text()
+    done = compare(str(compact), _with_twins("slower_bench.json", tmp_path / "d.json",
+                                             {"softmax": "v1:bbbb"}), tmp_path / "cmp")
+    assert "not gated: twin changed" in visible(done.html.read_text(), "comparison")
+
+
 def test_gate_overrides_and_compact_baseline(tmp_path):
     base = write_baseline(f("cpu_bench.json"), tmp_path / "base.json")
     assert base.stat().st_size < (DATA / "cpu_bench.json").stat().st_size / 2
