@@ -92,25 +92,38 @@ def _sq_distances(x, y, out):
                 out[i, j] = _sqdist_row(x[i], y[j])
 
 
+@kernel()
+def _sq_grad_row(a, i, b, g, row, out):
+    """``out[i] = 2 sum_j w_j (a_i - b_j)`` in float64, with ``w_j = g[i, j]`` when ``row`` else
+    ``g[j, i]``: the sum over j in order for every feature at once (the features are the
+    vector lanes; the terms and their order are those of a sum per feature)."""
+    d = a.shape[1]
+    acc = np.zeros(d)
+    for j in range(b.shape[0]):
+        w = np.float64(g[i, j]) if row else np.float64(g[j, i])
+        for f in range(d):
+            acc[f] += w * (np.float64(a[i, f]) - np.float64(b[j, f]))
+    for f in range(d):
+        out[i, f] = 2.0 * acc[f]
+
+
 @kernel(parallel=True)
 def _sq_distances_bwd(x, y, g, dx, dy):
-    # dx_i = 2 sum_j g_ij (x_i - y_j); dy_j = 2 sum_i g_ij (y_j - x_i), in float64.
-    n, d = x.shape
+    # dx_i = 2 sum_j g_ij (x_i - y_j); dy_j = 2 sum_i g_ij (y_j - x_i), in float64. A loop per
+    # feature with the sum over j inside read y (and for dy, x and g) a column at a time: the
+    # medium size (2048 x 64 against 256 x 64) took 200 ms against torch's 54.
+    n = x.shape[0]
     m = y.shape[0]
-    for i in prange(n):
-        for f in range(d):
-            acc = 0.0
-            xf = np.float64(x[i, f])
-            for j in range(m):
-                acc += np.float64(g[i, j]) * (xf - np.float64(y[j, f]))
-            dx[i, f] = 2.0 * acc
-    for j in prange(m):
-        for f in range(d):
-            acc = 0.0
-            yf = np.float64(y[j, f])
-            for i in range(n):
-                acc += np.float64(g[i, j]) * (yf - np.float64(x[i, f]))
-            dy[j, f] = 2.0 * acc
+    if n * m * x.shape[1] < PARALLEL_MIN:
+        for i in range(n):
+            _sq_grad_row(x, i, y, g, True, dx)
+        for j in range(m):
+            _sq_grad_row(y, j, x, g, False, dy)
+    else:
+        for i in prange(n):
+            _sq_grad_row(x, i, y, g, True, dx)
+        for j in prange(m):
+            _sq_grad_row(y, j, x, g, False, dy)
 
 
 def sq_distances(x: np.ndarray, y: np.ndarray):
