@@ -37,6 +37,7 @@ import platform
 import sys
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -51,10 +52,16 @@ SERIAL_MNK = 1 << 18  # OpenBLAS runs a product on one thread when m * n * k <= 
 # threaded on an idle machine.)
 THREADED_MNK = 1 << 22
 # With MKL a threaded product is cut into row blocks of about this many multiply-adds (at
-# least two blocks). Each block packs all of b again, so blocks must stay large: measured on
-# 2 cores, float32, (512 x 1024) @ (1024 x 128)^T: 2 blocks 0.43 ms, 4 0.49, 16 0.86, against
-# 0.52 for OpenBLAS's own two threads.
+# least two blocks, at most ``MAX_BLOCKS_PER_THREAD`` per Numba thread). Each block packs all
+# of b again, so blocks must stay large: measured on 2 cores, float32, (512 x 1024) @ (1024 x
+# 128)^T: 2 blocks 0.43 ms, 4 0.49, 16 0.86, against 0.52 for OpenBLAS's own two threads.
 BLOCK_MNK = 1 << 24
+# Without the cap a (1024 x 1024) @ (1024 x 1024) linear layer made 64 blocks of 16 rows:
+# 34 ms against torch's 14; with 2 blocks 13.6 ms, 4 13.4, 8 13.7, 16 16.0. Fewer blocks for
+# every product (one per thread) was tried too: the MobileNet block's forward went from 0.85
+# and 0.93 to 1.24 and 1.24 of torch's time (two alternated runs), so the rule stands below
+# the cap.
+MAX_BLOCKS_PER_THREAD = 4
 
 _SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -205,8 +212,9 @@ def dot_serial(a, b, out):
     """``out = a @ b``: on the calling thread when the whole product is small (at most
     ``THREADED_MNK``; one MKL call, or without MKL ``np.dot`` in row blocks of at most
     ``SERIAL_MNK`` multiply-adds each), else on every core: with MKL in row blocks of about
-    ``BLOCK_MNK`` multiply-adds shared among Numba's threads (one thread pool for the whole
-    library), without it (or when ``a`` has one row) one threaded ``np.dot``.
+    ``BLOCK_MNK`` multiply-adds (at most ``MAX_BLOCKS_PER_THREAD`` per thread) shared among
+    Numba's threads (one thread pool for the whole library), without it (or when ``a`` has one
+    row) one threaded ``np.dot``.
 
     With MKL any layout with a unit stride; without it, ``a`` and ``out`` C-contiguous 2-d
     and ``b`` C- or F-contiguous (a transposed view is fine).
@@ -218,7 +226,8 @@ def dot_serial(a, b, out):
             if _gemm_one_thread(a, b, out):
                 return
         elif m >= 2 and _gemm_args(a, b, out)[0]:
-            blocks = min(m, max(2, m * k * n // BLOCK_MNK))
+            blocks = min(m, MAX_BLOCKS_PER_THREAD * numba.get_num_threads(),
+                         max(2, m * k * n // BLOCK_MNK))
             _gemm_rows(a, b, out, (m + blocks - 1) // blocks)
             return
     rows = max(1, SERIAL_MNK // max(1, k * n))
