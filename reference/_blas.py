@@ -62,6 +62,9 @@ BLOCK_MNK = 1 << 24
 # and 0.93 to 1.24 and 1.24 of torch's time (two alternated runs), so the rule stands below
 # the cap.
 MAX_BLOCKS_PER_THREAD = 4
+# A constant, not numba.get_num_threads() inside the kernel: a kernel calling that is not
+# cached (every caller of dot_serial would compile again in each process).
+_MAX_BLOCKS = MAX_BLOCKS_PER_THREAD * max(1, numba.config.NUMBA_NUM_THREADS)
 
 _SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -226,8 +229,7 @@ def dot_serial(a, b, out):
             if _gemm_one_thread(a, b, out):
                 return
         elif m >= 2 and _gemm_args(a, b, out)[0]:
-            blocks = min(m, MAX_BLOCKS_PER_THREAD * numba.get_num_threads(),
-                         max(2, m * k * n // BLOCK_MNK))
+            blocks = min(m, _MAX_BLOCKS, max(2, m * k * n // BLOCK_MNK))
             _gemm_rows(a, b, out, (m + blocks - 1) // blocks)
             return
     rows = max(1, SERIAL_MNK // max(1, k * n))
