@@ -341,18 +341,12 @@ def _rows64_impl(X, r0, r1):
 
 @inline()
 def _loss1(code, f, yi):
-    """``_row_loss`` for one score ``f``: (loss, d loss / d f)."""
+    """``_row_loss`` for one score ``f`` and the squared or hinge losses (the logistic one has
+    its own loop in ``_data_rows``): (loss, d loss / d f)."""
     if code == SQUARED:
         r = f - yi
         return r * r, 2.0 * r
     s = 2.0 * yi - 1.0
-    if code == LOGISTIC:  # as _softplus, sharing its exp with the derivative
-        z = -s * f
-        if z > 0.0:
-            e = math.exp(-z)
-            return z + math.log1p(e), -s / (1.0 + e)
-        e = math.exp(z)
-        return math.log1p(e), -s * e / (1.0 + e)
     margin = 1.0 - s * f
     if margin <= 0.0:
         return 0.0, 0.0
